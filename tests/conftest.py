@@ -1,0 +1,54 @@
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.settings import Settings
+from shared.storage import s3_client
+from tests.servers import moto_server, redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+MINI_ARCHIVE = ROOT / "data" / "archive_mini.zip"
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def settings(redis_url: str, s3_endpoint: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own Redis database keys and its own bucket."""
+    bucket = f"test-{os.urandom(4).hex()}"
+    config = Settings(
+        redis_url=redis_url,
+        key_prefix=f"t{os.urandom(4).hex()}",
+        s3_endpoint_url=s3_endpoint,
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+        bucket=bucket,
+        data_dir=tmp_path / "data",
+    )
+    s3_client(config).create_bucket(Bucket=bucket)
+    return config
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator["redis.Redis[str]"]:
+    client: redis.Redis[str] = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    client.close()
