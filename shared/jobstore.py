@@ -189,7 +189,8 @@ class JobStore:
     """The job store for synchronous code: workers, the listener, the CLI."""
 
     def __init__(self, client: "redis.Redis", settings: Settings) -> None:
-        self.redis = client
+        # redis-py's annotations ignore decode_responses; every reply here is str.
+        self.redis: Any = client
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
         self._emit = client.register_script(_EMIT)
@@ -270,7 +271,8 @@ class JobStore:
         return self.get(job_id)
 
     def is_cancelled(self, job_id: str) -> bool:
-        return self.redis.hget(self.keys.job(job_id), "status") == JobStatus.cancelled.value
+        status: str | None = self.redis.hget(self.keys.job(job_id), "status")
+        return status == JobStatus.cancelled.value
 
     def events(self, job_id: str, after: str = "0-0", count: int = 1000) -> list[Event]:
         entries = self.redis.xrange(self.keys.events(job_id), min=f"({after}", count=count)
@@ -281,7 +283,7 @@ class AsyncJobStore:
     """The same store for the gateway's event loop."""
 
     def __init__(self, client: "redis.asyncio.Redis", settings: Settings) -> None:
-        self.redis = client
+        self.redis: Any = client
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
         self._emit = client.register_script(_EMIT)

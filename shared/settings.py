@@ -49,6 +49,17 @@ class Settings(BaseSettings):
     presign_expiry_s: int = 900
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Dataset archives: limits on what is unpacked, and the rules a dataset must pass.
+    archive_max_uncompressed_bytes: int = 2 * 1024**3
+    archive_max_ratio: float = 200.0
+    archive_max_members: int = 100
+    max_bad_rows: int = 10
+    max_bad_row_fraction: float = 0.001
+    min_train_rows: int = 100
+    min_class_rows: int = 10
+    max_class_imbalance: float = 3.0
+    report_max_problems: int = 100
+
     # Machine learning.
     base_model: str = PACKAGED_BASE_MODEL
     training_profile: Literal["quick", "full"] = "quick"
@@ -56,6 +67,7 @@ class Settings(BaseSettings):
     torch_threads: int = 0
     predict_max_batch: int = 64
     predict_max_wait_ms: int = 5
+    model_poll_s: float = 2.0
     train_visibility_timeout_s: int = 6 * 3600
 
     log_level: str = "INFO"

@@ -1,0 +1,13 @@
+.PHONY: up test lint bench-sse bench-throughput bench-accuracy
+
+# Start the whole system on local defaults (installs what is missing first).
+up:
+	scripts/bootstrap.sh up
+	.venv/bin/python -m stack
+
+# The whole test suite, as CI runs it.
+test:
+	scripts/test.sh
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy shared gateway workers pipeline stack

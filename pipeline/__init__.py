@@ -1,0 +1,1 @@
+"""The ML library: ingest, validation, training, evaluation, registry, serving."""

@@ -1,0 +1,62 @@
+"""`python -m stack`: start the whole system locally; Ctrl-C stops it all."""
+
+import argparse
+import signal
+import sys
+import time
+from types import FrameType
+
+from shared.settings import Settings
+from stack.local import local_settings, start_stack
+
+
+def _summary(settings: Settings, port: int) -> str:
+    logs = (settings.data_dir / "logs").resolve()
+    return "\n".join(
+        [
+            "",
+            "AG News stack is up:",
+            f"  web app and API   http://localhost:{port}/",
+            f"  API document      http://localhost:{port}/openapi.json",
+            f"  Redis             {settings.redis_url}",
+            f"  S3 store          {settings.s3_endpoint_url}  bucket {settings.bucket}",
+            f"  drop archive.zip  s3://{settings.bucket}/{settings.incoming_prefix}...archive.zip",
+            f"  logs              {logs}/*.log",
+            "Press Ctrl-C to stop everything.",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    parser.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
+    args = parser.parse_args()
+    settings = local_settings()
+    port = args.port or settings.http_port
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    supervisor = start_stack(settings, gateway_port=port)
+    print(_summary(settings, port), flush=True)
+    try:
+        while not stopping:
+            failed = list(supervisor.failed())
+            if failed:
+                names = ", ".join(service.name for service in failed)
+                print(f"stopping: {names} exited; see its log", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        print("stopping the stack ...", flush=True)
+        supervisor.stop()
+    sys.exit(1 if not stopping else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The services of the local stack, built from one Settings object."""
+
+import os
+import sys
+from urllib.parse import urlparse
+
+from botocore.exceptions import ClientError
+
+from shared.settings import Settings
+from shared.storage import s3_client
+from stack.processes import Service, Supervisor, executable, http_ok, log_says, redis_ok
+
+LOCAL_ENV = {
+    "AGNEWS_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
+    "AGNEWS_S3_ACCESS_KEY_ID": "agnews",
+    "AGNEWS_S3_SECRET_ACCESS_KEY": "agnews-local-secret",
+    "AGNEWS_DATA_DIR": ".agnews",
+}
+
+
+def local_settings() -> Settings:
+    """Settings with the local stack's embedded defaults under whatever the environment sets."""
+    for name, value in LOCAL_ENV.items():
+        os.environ.setdefault(name, value)
+    return Settings()
+
+
+def _port(url: str, default: int) -> int:
+    return urlparse(url).port or default
+
+
+def redis_service(settings: Settings) -> Service:
+    directory = (settings.data_dir / "redis").resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    return Service(
+        name="redis",
+        argv=[
+            executable("redis-server"),
+            "--port",
+            str(_port(settings.redis_url, 6379)),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ],
+        ready=redis_ok(settings.redis_url),
+    )
+
+
+def s3_service(settings: Settings) -> Service:
+    """SeaweedFS: a real, persistent S3 API on loopback."""
+    if settings.s3_endpoint_url is None:
+        raise ValueError("the local stack needs AGNEWS_S3_ENDPOINT_URL")
+    directory = (settings.data_dir / "s3").resolve()
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    port = _port(settings.s3_endpoint_url, 8333)
+    return Service(
+        name="s3",
+        argv=[
+            executable("weed"),
+            "server",
+            f"-dir={directory / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={port + 1000}",
+            f"-volume.port={port + 1001}",
+            f"-filer.port={port + 1002}",
+            "-s3",
+            f"-s3.port={port}",
+            "-volume.max=0",
+            "-master.volumeSizeLimitMB=1024",
+        ],
+        ready=http_ok(f"{settings.s3_endpoint_url}/"),
+        cwd=directory,
+    )
+
+
+def worker_service(settings: Settings, queue: str, concurrency: int = 1) -> Service:
+    log = (settings.data_dir / "logs" / f"worker-{queue}.log").resolve()
+    return Service(
+        name=f"worker-{queue}",
+        argv=[
+            executable("celery"),
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{queue}@%h",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        ready=log_says(log, " ready."),
+        start_timeout_s=120,
+    )
+
+
+def gateway_service(settings: Settings, port: int) -> Service:
+    return Service(
+        name="gateway",
+        argv=[sys.executable, "-m", "gateway"],
+        ready=http_ok(f"http://127.0.0.1:{port}/healthz"),
+        env={"AGNEWS_HTTP_PORT": str(port)},
+    )
+
+
+def ensure_bucket(settings: Settings) -> None:
+    client = s3_client(settings)
+    try:
+        client.head_bucket(Bucket=settings.bucket)
+    except ClientError:
+        client.create_bucket(Bucket=settings.bucket)
+
+
+def start_stack(
+    settings: Settings,
+    *,
+    queues: tuple[str, ...] = ("predict", "train", "evaluate"),
+    gateway_port: int = 8080,
+) -> Supervisor:
+    log_dir = (settings.data_dir / "logs").resolve()
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.update({f"AGNEWS_{k.upper()}": v for k, v in _settings_env(settings).items()})
+    supervisor = Supervisor(log_dir, env)
+    try:
+        supervisor.start(redis_service(settings))
+        supervisor.start(s3_service(settings))
+        ensure_bucket(settings)
+        for queue in queues:
+            supervisor.start(worker_service(settings, queue))
+        supervisor.start(gateway_service(settings, gateway_port))
+    except BaseException:
+        supervisor.stop()
+        raise
+    return supervisor
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """The settings a child process must share with this one, as environment variables."""
+    env = {
+        "redis_url": settings.redis_url,
+        "key_prefix": settings.key_prefix,
+        "bucket": settings.bucket,
+        "data_dir": str(settings.data_dir.resolve()),
+    }
+    if settings.s3_endpoint_url:
+        env["s3_endpoint_url"] = settings.s3_endpoint_url
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        env["s3_access_key_id"] = settings.s3_access_key_id
+        env["s3_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    return env

@@ -1,0 +1,10 @@
+"""The workers' Celery app: `celery -A workers.app worker -Q train` (or predict, evaluate)."""
+
+from shared.logs import configure_logging
+from shared.settings import get_settings
+from shared.tasks import make_celery
+
+settings = get_settings()
+configure_logging(settings, "worker")
+app = make_celery(settings, "agnews-workers")
+app.conf.imports = ("workers.tasks",)

@@ -1,0 +1,137 @@
+"""The tasks. Each parses its message, calls pipeline/, and reports through the job store.
+
+A train or pipeline job runs as a chain of tasks across the queues, each sending the next:
+ingest (evaluate queue) -> train (train queue) -> evaluate (evaluate queue) -> promote.
+"""
+
+from functools import cache
+from typing import Any
+
+from pipeline.predictor import Predictor
+
+from pipeline import stages
+from shared import tasks as names
+from shared.jobs import EvaluateParams, Job, JobType, PipelineParams, PredictParams, TrainParams
+from shared.jobstore import JobStore
+from workers.app import app, settings
+from workers.models import ServingModel
+from workers.reporting import JobReporter, run_step
+
+# Long tasks hold their message until they finish; a worker that dies mid-task leaves it to be
+# redelivered to another, which resumes from the last checkpoint.
+LONG_TASK: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+@cache
+def store() -> JobStore:
+    return JobStore.from_settings(settings)
+
+
+@cache
+def serving_model() -> ServingModel:
+    return ServingModel(settings)
+
+
+def _send(task: str, job_id: str, **kwargs: Any) -> None:
+    app.send_task(task, args=[job_id], kwargs=kwargs, queue=names.ROUTES[task])
+
+
+@app.task(name=names.PREDICT)
+def predict(job_id: str) -> None:
+    def step(job: Job, reporter: JobReporter) -> dict[str, Any]:
+        params = PredictParams.model_validate({"type": "predict", **job.params})
+        predictor: Predictor = serving_model().current()
+        return {"model_version": predictor.version, "predictions": predictor.predict(params.texts)}
+
+    run_step(store(), job_id, step)
+
+
+@app.task(name=names.INGEST, **LONG_TASK)
+def ingest(job_id: str) -> None:
+    def step(job: Job, reporter: JobReporter) -> None:
+        dataset = job.params["dataset"]
+        reporter.stage("ingest", "started", dataset=dataset)
+        output = stages.ingest(dataset, settings, reporter)
+        reporter.stage("ingest", "finished", dataset_sha256=output.dataset_sha256)
+        _send(names.TRAIN, job.id, dataset_sha256=output.dataset_sha256)
+
+    run_step(store(), job_id, step)
+
+
+@app.task(name=names.TRAIN, **LONG_TASK)
+def train(job_id: str, dataset_sha256: str) -> None:
+    def step(job: Job, reporter: JobReporter) -> None:
+        params = _training_params(job)
+        reporter.stage("train", "started")
+        output = stages.train(
+            job.id,
+            dataset_sha256,
+            settings,
+            reporter,
+            profile=params.profile,
+            base_model=params.base_model,
+            max_steps=params.max_steps,
+        )
+        reporter.stage("train", "finished", **output.validation)
+        _send(
+            names.EVALUATE,
+            job.id,
+            dataset_sha256=dataset_sha256,
+            candidate_prefix=output.candidate_prefix,
+        )
+
+    run_step(store(), job_id, step)
+
+
+@app.task(name=names.EVALUATE, **LONG_TASK)
+def evaluate(
+    job_id: str, dataset_sha256: str | None = None, candidate_prefix: str | None = None
+) -> None:
+    def step(job: Job, reporter: JobReporter) -> dict[str, Any] | None:
+        reporter.stage("evaluate", "started")
+        if job.type is JobType.evaluate:
+            params = EvaluateParams.model_validate({"type": "evaluate", **job.params})
+            metrics = stages.evaluate_version(
+                params.model_version, params.dataset, settings, reporter
+            )
+            reporter.stage("evaluate", "finished")
+            return {"metrics": metrics}
+        if dataset_sha256 is None or candidate_prefix is None:
+            raise ValueError("evaluating a candidate needs its dataset and its model's location")
+        registered = stages.evaluate_and_register(
+            job.id, dataset_sha256, candidate_prefix, settings, reporter
+        )
+        reporter.stage("evaluate", "finished", version=registered.version)
+        promote_requested = job.type is JobType.pipeline or bool(job.params.get("promote"))
+        if promote_requested:
+            _send(names.PROMOTE, job.id, version=registered.version, dataset_sha256=dataset_sha256)
+            return None
+        return {
+            "dataset_sha256": dataset_sha256,
+            "version": registered.version,
+            "metrics": registered.metrics,
+        }
+
+    run_step(store(), job_id, step)
+
+
+@app.task(name=names.PROMOTE, **LONG_TASK)
+def promote(job_id: str, version: str, dataset_sha256: str) -> None:
+    def step(job: Job, reporter: JobReporter) -> dict[str, Any]:
+        reporter.stage("promote", "started", version=version)
+        decision = stages.promote_if_better(version, settings, reporter)
+        reporter.stage("promote", "finished", promoted=decision.promoted, reason=decision.reason)
+        return {
+            "dataset_sha256": dataset_sha256,
+            "version": version,
+            "metrics": decision.candidate_metrics,
+            "promotion": decision.model_dump(mode="json"),
+        }
+
+    run_step(store(), job_id, step)
+
+
+def _training_params(job: Job) -> TrainParams | PipelineParams:
+    if job.type is JobType.pipeline:
+        return PipelineParams.model_validate({"type": "pipeline", **job.params})
+    return TrainParams.model_validate({"type": "train", **job.params})
