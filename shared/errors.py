@@ -79,6 +79,12 @@ class DatasetNotFound(NotFound):
     code = "dataset_not_found"
 
 
+class MalformedEvent(InvalidRequest):
+    """A storage event notification that is not in any format the listener knows."""
+
+    code = "malformed_event"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 
@@ -92,6 +98,13 @@ class ModelIntegrityError(AgNewsError):
 
     status_code = 409
     code = "model_integrity"
+
+
+class DatasetIntegrityError(AgNewsError):
+    """A stored dataset's bytes do not match the sha256 it is stored under."""
+
+    status_code = 409
+    code = "dataset_integrity"
 
 
 class JobCancelled(AgNewsError):

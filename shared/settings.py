@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     checkpoints_prefix: str = "checkpoints/"
     sqs_queue_url: str | None = None
 
+    # The S3-event listener: SQS long polling on AWS, the local store's webhook on loopback.
+    sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
+    sqs_batch_size: int = Field(default=10, ge=1, le=10)
+    listener_host: str = "127.0.0.1"
+    listener_port: int = 8090
+    # The bearer token the local store's webhook must send; the local stack makes one if unset.
+    listener_token: SecretStr | None = None
+    listener_backoff_max_s: float = 30.0
+    # One object version starts one pipeline: deliveries are remembered this long (SQS keeps a
+    # message at most 14 days), and a delivery being handled holds the version this long.
+    trigger_dedupe_ttl_s: int = 14 * 24 * 3600
+    trigger_lease_s: float = 30.0
+
     # Local state (the local stack's Redis and S3 data, caches of downloaded models).
     data_dir: Path = Path(".agnews")
 
@@ -48,6 +61,14 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 1024**3
     presign_expiry_s: int = 900
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # The gateway's HTTP server.
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    http_shutdown_grace_s: int = 5
+    frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
+    redis_timeout_s: float = 5.0
+    probe_timeout_s: float = 2.0
 
     # Dataset archives: limits on what is unpacked, and the rules a dataset must pass.
     archive_max_uncompressed_bytes: int = 2 * 1024**3
@@ -69,6 +90,11 @@ class Settings(BaseSettings):
     predict_max_wait_ms: int = 5
     model_poll_s: float = 2.0
     train_visibility_timeout_s: int = 6 * 3600
+    # Training and evaluation report progress at most this often.
+    progress_interval_s: float = 2.0
+    # A training checkpoint every N steps, and at least every checkpoint_interval_s.
+    checkpoint_every_steps: int = 500
+    checkpoint_interval_s: float = 300.0
 
     log_level: str = "INFO"
 

@@ -2,9 +2,11 @@
 
 import os
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
+from pydantic import SecretStr
 
 from shared.settings import Settings
 from shared.storage import s3_client
@@ -60,21 +62,20 @@ def s3_service(settings: Settings) -> Service:
     directory = (settings.data_dir / "s3").resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
     port = _port(settings.s3_endpoint_url, 8333)
+    # Every port it opens is named: s3, then master, volume and filer, each http then grpc.
     return Service(
         name="s3",
         argv=[
-            executable("weed"),
-            "server",
+            executable("weed"), "server",
             f"-dir={directory / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={port + 1000}",
-            f"-volume.port={port + 1001}",
-            f"-filer.port={port + 1002}",
-            "-s3",
-            f"-s3.port={port}",
-            "-volume.max=0",
-            "-master.volumeSizeLimitMB=1024",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-s3", f"-s3.port={port}", f"-s3.port.grpc={port + 1}",
+            f"-master.port={port + 2}", f"-master.port.grpc={port + 3}",
+            f"-volume.port={port + 4}", f"-volume.port.grpc={port + 5}",
+            f"-filer.port={port + 6}", f"-filer.port.grpc={port + 7}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-volume.max=0", "-master.volumeSizeLimitMB=1024",
         ],
         ready=http_ok(f"{settings.s3_endpoint_url}/"),
         cwd=directory,
@@ -152,16 +153,16 @@ def start_stack(
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
-    """The settings a child process must share with this one, as environment variables."""
-    env = {
-        "redis_url": settings.redis_url,
-        "key_prefix": settings.key_prefix,
-        "bucket": settings.bucket,
-        "data_dir": str(settings.data_dir.resolve()),
-    }
-    if settings.s3_endpoint_url:
-        env["s3_endpoint_url"] = settings.s3_endpoint_url
-    if settings.s3_access_key_id and settings.s3_secret_access_key:
-        env["s3_access_key_id"] = settings.s3_access_key_id
-        env["s3_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    """Every setting as the environment variable a child process reads it from."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(map(str, value))
+        elif isinstance(value, Path):
+            value = str(value.resolve())
+        env[name] = str(value)
     return env

@@ -1,0 +1,55 @@
+"""The whole local stack on free ports, for end-to-end tests."""
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.settings import Settings
+from stack.local import start_stack
+from stack.processes import Supervisor
+from tests.servers import free_port
+
+
+@dataclass
+class LiveStack:
+    settings: Settings
+    url: str
+    supervisor: Supervisor
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free ports, below the ephemeral range."""
+    for base in range(21000, 30000, 97):
+        if all(_free(port) for port in range(base, base + size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextmanager
+def live_stack(workdir: Path, **overrides: object) -> Iterator[LiveStack]:
+    gateway_port = free_port()
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port_block(8)}",
+        s3_access_key_id="agnews",
+        s3_secret_access_key="agnews-test-secret",
+        bucket="agnews-e2e",
+        data_dir=workdir,
+        **overrides,  # type: ignore[arg-type]
+    )
+    supervisor = start_stack(settings, gateway_port=gateway_port)
+    try:
+        yield LiveStack(settings, f"http://127.0.0.1:{gateway_port}", supervisor)
+    finally:
+        supervisor.stop()
