@@ -352,6 +352,25 @@ class AsyncJobStore:
     async def exists(self, job_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.job(job_id)))
 
+    async def fail(self, job_id: str, error: ErrorInfo) -> None:
+        try:
+            await self._emit(
+                keys=[self.keys.job(job_id), self.keys.events(job_id)],
+                args=_failed(error).argv(self.settings),
+            )
+        except redis.ResponseError as exc:
+            _raise_emit_error(job_id, exc)
+            raise
+
+    async def events(
+        self, job_id: str, after: str = "0-0", until: str = "+", count: int = 1000
+    ) -> list[Event]:
+        """Events after `after` up to and including `until`, without waiting."""
+        entries = await self.redis.xrange(
+            self.keys.events(job_id), min=f"({after}", max=until, count=count
+        )
+        return [decode_event(entry_id, fields) for entry_id, fields in entries]
+
 
 def terminal_event(events: Iterable[Event]) -> Event | None:
     return next((event for event in events if event.type.terminal), None)

@@ -28,7 +28,10 @@ def client_options(settings: Settings, *, public: bool = False) -> dict[str, Any
     return options
 
 
-def s3_client(settings: Settings, *, public: bool = False) -> S3Client:
+def s3_client(
+    settings: Settings, *, public: bool = False, overrides: Config | None = None
+) -> S3Client:
+    """`overrides` replaces parts of the default config (short timeouts for probes)."""
     # Path-style addressing: S3-compatible stores on loopback have no per-bucket host names.
     config = Config(
         signature_version="s3v4",
@@ -37,6 +40,8 @@ def s3_client(settings: Settings, *, public: bool = False) -> S3Client:
         connect_timeout=5,
         read_timeout=60,
     )
+    if overrides is not None:
+        config = config.merge(overrides)
     return boto3.client("s3", config=config, **client_options(settings, public=public))
 
 

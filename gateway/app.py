@@ -1,0 +1,69 @@
+"""The gateway's Starlette application: routes, middleware and the lifespan of its clients."""
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from gateway import events, health, jobs, models, openapi, predict, uploads
+from gateway.auth import ApiKeyMiddleware
+from gateway.errors import ErrorMiddleware, http_exception
+from gateway.limits import BodyLimitMiddleware
+from gateway.metrics import MetricsMiddleware
+from gateway.services import Services
+from shared.settings import Settings, get_settings
+
+
+def _routes(settings: Settings) -> list[BaseRoute]:
+    api = [*jobs.routes, *events.routes, *predict.routes, *models.routes, *uploads.routes]
+    routes: list[BaseRoute] = [*health.routes, *openapi.routes, Mount("/v1", routes=api)]
+    if settings.frontend_dir.is_dir():
+        static = StaticFiles(directory=settings.frontend_dir, html=True)
+        routes.append(Mount("/", app=static, name="frontend"))
+    return routes
+
+
+def _middleware(settings: Settings, state: Services) -> list[Middleware]:
+    # Outermost first: metrics see the final status of every response, errors included.
+    stack = [Middleware(MetricsMiddleware, metrics=state.metrics), Middleware(ErrorMiddleware)]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
+                expose_headers=["Location"],
+            )
+        )
+    if settings.api_keys:
+        stack.append(Middleware(ApiKeyMiddleware, keys=settings.api_keys))
+    stack.append(Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes))
+    return stack
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    state = Services.from_settings(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.hub.start()
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = Starlette(
+        routes=_routes(settings),
+        middleware=_middleware(settings, state),
+        exception_handlers={HTTPException: http_exception},
+        lifespan=lifespan,
+    )
+    app.state.services = state
+    return app

