@@ -1,0 +1,106 @@
+// The page: routes between the four screens, watches the server, exposes hooks for tests.
+
+import { api } from "./api.js";
+import { ClassifyScreen } from "./classify.js";
+import { CONFIG } from "./config.js";
+import { $, clear, h } from "./dom.js";
+import { JobsScreen } from "./jobs.js";
+import { ModelsScreen } from "./models.js";
+import { RetrainScreen } from "./retrain.js";
+
+class App {
+  constructor() {
+    this.banner = $("#offline");
+    this.serving = $("#serving");
+    this.healthTimer = null;
+    this.screens = {
+      classify: new ClassifyScreen(this),
+      retrain: new RetrainScreen(this),
+      jobs: new JobsScreen(this),
+      models: new ModelsScreen(this),
+    };
+    this.current = null;
+    window.addEventListener("hashchange", () => this.route(true));
+    window.addEventListener("agnews:network", (event) => this.network(event.detail));
+    window.addEventListener("agnews:production", () => this.refreshServing());
+    this.route(false);
+    this.refreshServing();
+  }
+
+  route(moveFocus) {
+    const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
+    const screen = this.screens[name] ? name : "classify";
+    const argument = rest.length ? decodeURIComponent(rest.join("/")) : null;
+    if (this.current && this.current !== screen) this.screens[this.current].leave?.();
+    this.current = screen;
+    for (const section of document.querySelectorAll("[data-screen]")) section.hidden = section.dataset.screen !== screen;
+    for (const link of document.querySelectorAll("[data-tab]")) {
+      if (link.dataset.tab === screen) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    this.screens[screen].enter(argument);
+    document.title = `${$(`#h-${screen}`).textContent} · AG News classifier`;
+    if (moveFocus) {
+      const heading = $(`#h-${screen}`);
+      heading.setAttribute("tabindex", "-1");
+      heading.focus({ preventScroll: true });
+      window.scrollTo({ top: 0 });
+    }
+  }
+
+  async refreshServing() {
+    try {
+      this.setServing(await api.production());
+    } catch {
+      // The banner tells.
+    }
+  }
+
+  setServing(production) {
+    clear(this.serving, production
+      ? [h("span", { class: "live-dot", "aria-hidden": "true" }), "Serving ", h("code", { title: production.reason }, production.version)]
+      : h("span", { class: "muted" }, "No model in production"));
+  }
+
+  network({ online, message }) {
+    if (online) {
+      if (!this.banner.hidden) {
+        this.banner.hidden = true;
+        this.refreshServing();
+      }
+      clearTimeout(this.healthTimer);
+      this.healthTimer = null;
+      return;
+    }
+    clear(this.banner, h("div", { class: "banner-inner" },
+      h("strong", {}, "The server is unreachable. "), message || "", " Retrying every few seconds…",
+      h("button", { type: "button", class: "btn small", onclick: () => this.checkHealth() }, "Retry now")));
+    this.banner.hidden = false;
+    if (!this.healthTimer) this.healthTimer = setTimeout(() => this.checkHealth(), CONFIG.healthPollMs);
+  }
+
+  async checkHealth() {
+    clearTimeout(this.healthTimer);
+    this.healthTimer = null;
+    try {
+      await api.health();
+    } catch {
+      // `network` has scheduled the next try.
+    }
+  }
+
+  visibleJobView() {
+    if (this.current === "retrain") return this.screens.retrain.view;
+    if (this.current === "jobs") return this.screens.jobs.view;
+    return null;
+  }
+}
+
+const app = new App();
+
+// Hooks for the browser tests.
+window.__agnews = {
+  app,
+  dropStream: () => app.visibleJobView()?.drop() ?? false,
+  job: () => app.visibleJobView()?.snapshot() ?? null,
+};
