@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     http_shutdown_grace_s: int = 5
     frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
     redis_timeout_s: float = 5.0
+    redis_max_connections: int = 64
     probe_timeout_s: float = 2.0
 
     # Dataset archives: limits on what is unpacked, and the rules a dataset must pass.
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     # Machine learning.
     base_model: str = PACKAGED_BASE_MODEL
     training_profile: Literal["quick", "full"] = "quick"
+    # The step limit of a pipeline job that names none (those started by uploads name none).
+    pipeline_max_steps: int | None = Field(default=None, ge=1)
     seed: int = 42
     torch_threads: int = 0
     predict_max_batch: int = 64

@@ -1,7 +1,10 @@
 """The services of the local stack, built from one Settings object."""
 
+import json
 import os
+import secrets
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,6 +14,7 @@ from pydantic import SecretStr
 from shared.settings import Settings
 from shared.storage import s3_client
 from stack.processes import Service, Supervisor, executable, http_ok, log_says, redis_ok
+from workers.listener_webhook import WEBHOOK_PATH
 
 LOCAL_ENV = {
     "AGNEWS_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
@@ -55,30 +59,95 @@ def redis_service(settings: Settings) -> Service:
     )
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """SeaweedFS's `notification.webhook`: how its filer delivers events to the listener.
+
+    A delivery not answered 2xx is retried for about three minutes, so an upload made while the
+    listener restarts still starts its pipeline.
+    """
+
+    endpoint: str
+    bearer_token: str
+    event_types: tuple[str, ...] = ("create", "update")
+    timeout_seconds: int = 5
+    max_retries: int = 10
+    backoff_seconds: int = 1
+    max_backoff_seconds: int = 30
+    workers: int = 2
+    buffer_size: int = 10_000
+
+    @classmethod
+    def to_listener(cls, settings: Settings) -> "Webhook":
+        if settings.listener_token is None:
+            raise ValueError("the local stack's webhook needs a listener_token")
+        return cls(
+            endpoint=f"http://127.0.0.1:{settings.listener_port}{WEBHOOK_PATH}",
+            bearer_token=settings.listener_token.get_secret_value(),
+        )
+
+    def toml(self) -> str:
+        # JSON strings, integers and arrays are TOML values too.
+        values = [f"{name} = {json.dumps(value)}" for name, value in asdict(self).items()]
+        return "\n".join(["[notification.webhook]", "enabled = true", *values, ""])
+
+
 def s3_service(settings: Settings) -> Service:
     """SeaweedFS: a real, persistent S3 API on loopback."""
     if settings.s3_endpoint_url is None:
         raise ValueError("the local stack needs AGNEWS_S3_ENDPOINT_URL")
     directory = (settings.data_dir / "s3").resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
+    # weed reads ./notification.toml: its filer posts every object written to the listener.
+    (directory / "notification.toml").write_text(Webhook.to_listener(settings).toml())
     port = _port(settings.s3_endpoint_url, 8333)
     # Every port it opens is named: s3, then master, volume and filer, each http then grpc.
     return Service(
         name="s3",
         argv=[
-            executable("weed"), "server",
+            executable("weed"),
+            "server",
             f"-dir={directory / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-s3", f"-s3.port={port}", f"-s3.port.grpc={port + 1}",
-            f"-master.port={port + 2}", f"-master.port.grpc={port + 3}",
-            f"-volume.port={port + 4}", f"-volume.port.grpc={port + 5}",
-            f"-filer.port={port + 6}", f"-filer.port.grpc={port + 7}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-s3",
+            f"-s3.port={port}",
+            f"-s3.port.grpc={port + 1}",
+            f"-master.port={port + 2}",
+            f"-master.port.grpc={port + 3}",
+            f"-volume.port={port + 4}",
+            f"-volume.port.grpc={port + 5}",
+            f"-filer.port={port + 6}",
+            f"-filer.port.grpc={port + 7}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-master.telemetry=false",
-            "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+            "-volume.max=0",
+            "-master.volumeSizeLimitMB=1024",
         ],
         ready=http_ok(f"{settings.s3_endpoint_url}/"),
+        env=_s3_admin_env(settings),
         cwd=directory,
+    )
+
+
+def _s3_admin_env(settings: Settings) -> dict[str, str]:
+    """weed takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from its environment as its admin's
+    keys: they must be the stack's, not whatever the calling shell has."""
+    if not (settings.s3_access_key_id and settings.s3_secret_access_key):
+        return {}
+    return {
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
+    }
+
+
+def listener_service(settings: Settings) -> Service:
+    """Turns the S3 store's events into pipeline jobs; it starts first, to miss none."""
+    return Service(
+        name="listener",
+        argv=[sys.executable, "-m", "workers.listener"],
+        ready=http_ok(f"http://127.0.0.1:{settings.listener_port}/healthz"),
     )
 
 
@@ -130,6 +199,7 @@ def start_stack(
     queues: tuple[str, ...] = ("predict", "train", "evaluate"),
     gateway_port: int = 8080,
 ) -> Supervisor:
+    settings = with_listener_token(settings)
     log_dir = (settings.data_dir / "logs").resolve()
     env = {
         **os.environ,
@@ -141,6 +211,7 @@ def start_stack(
     supervisor = Supervisor(log_dir, env)
     try:
         supervisor.start(redis_service(settings))
+        supervisor.start(listener_service(settings))
         supervisor.start(s3_service(settings))
         ensure_bucket(settings)
         for queue in queues:
@@ -150,6 +221,13 @@ def start_stack(
         supervisor.stop()
         raise
     return supervisor
+
+
+def with_listener_token(settings: Settings) -> Settings:
+    """The settings, with a fresh webhook token unless one is set."""
+    if settings.listener_token is not None:
+        return settings
+    return settings.model_copy(update={"listener_token": SecretStr(secrets.token_urlsafe(32))})
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:

@@ -42,6 +42,7 @@ def live_stack(workdir: Path, **overrides: object) -> Iterator[LiveStack]:
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         s3_endpoint_url=f"http://127.0.0.1:{free_port_block(8)}",
+        listener_port=free_port(),
         s3_access_key_id="agnews",
         s3_secret_access_key="agnews-test-secret",
         bucket="agnews-e2e",

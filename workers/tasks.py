@@ -7,9 +7,8 @@ ingest (evaluate queue) -> train (train queue) -> evaluate (evaluate queue) -> p
 from functools import cache
 from typing import Any
 
-from pipeline.predictor import Predictor
-
 from pipeline import stages
+from pipeline.predictor import Predictor
 from shared import tasks as names
 from shared.jobs import EvaluateParams, Job, JobType, PipelineParams, PredictParams, TrainParams
 from shared.jobstore import JobStore
@@ -133,5 +132,8 @@ def promote(job_id: str, version: str, dataset_sha256: str) -> None:
 
 def _training_params(job: Job) -> TrainParams | PipelineParams:
     if job.type is JobType.pipeline:
-        return PipelineParams.model_validate({"type": "pipeline", **job.params})
+        params = PipelineParams.model_validate({"type": "pipeline", **job.params})
+        return params.model_copy(
+            update={"max_steps": params.max_steps or settings.pipeline_max_steps}
+        )
     return TrainParams.model_validate({"type": "train", **job.params})

@@ -1,0 +1,128 @@
+"""How fast an upload starts its pipeline, on the local stack (real SeaweedFS, Redis, listener).
+
+    .venv/bin/python bench/trigger.py --uploads 5
+
+Starts Redis, the listener, SeaweedFS, the gateway and an evaluate-queue worker (which runs the
+ingest task that marks a pipeline job running) on free ports, then puts archive.zip under the
+incoming prefix N times, one after another. For each it prints the time from put_object returning
+to the job being created and to its first `running` status event (both read from Redis's own
+clocks: the job's created_at and its event's stream id), then p50 and max of each.
+A negative time means SeaweedFS's filer notified the listener before its answer to the put
+reached the client.
+"""
+
+import argparse
+import contextlib
+import socket
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from shared.jobs import EventType, Job, JobType
+from shared.jobstore import JobStore
+from shared.settings import Settings
+from shared.storage import s3_client
+from stack.local import start_stack
+
+ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive_mini.zip"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free ports (SeaweedFS opens eight), below the ephemeral
+    range."""
+    for base in range(31000, 32000, 97):
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(base, base + size):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports")
+
+
+def wait_for_job(store: JobStore, key: str, timeout_s: float) -> Job:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for job in store.recent(JobType.pipeline, limit=20):
+            if (job.params.get("source") or {}).get("key") == key:
+                return job
+        time.sleep(0.005)
+    raise TimeoutError(f"no pipeline job for {key} after {timeout_s}s")
+
+
+def running_at(store: JobStore, job_id: str, timeout_s: float) -> float:
+    """The epoch time of the job's `running` status event."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for event in store.events(job_id):
+            if event.type is EventType.status and event.data.get("status") == "running":
+                return int(event.id.split("-")[0]) / 1000
+        time.sleep(0.005)
+    raise TimeoutError(f"job {job_id} was not running after {timeout_s}s")
+
+
+def summary(name: str, seconds: list[float]) -> str:
+    return (
+        f"{name:<24} p50 {statistics.median(seconds):.3f}s  max {max(seconds):.3f}s  "
+        f"(n={len(seconds)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--uploads", type=int, default=5)
+    parser.add_argument("--no-worker", action="store_true", help="measure to job creation only")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="agnews-bench-trigger-") as workdir:
+        settings = Settings(
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            s3_endpoint_url=f"http://127.0.0.1:{free_port_block(8)}",
+            listener_port=free_port(),
+            s3_access_key_id="agnews",
+            s3_secret_access_key="agnews-bench-secret",
+            bucket="agnews-bench",
+            data_dir=Path(workdir),
+        )
+        began = time.monotonic()
+        queues = () if args.no_worker else ("evaluate",)
+        supervisor = start_stack(settings, queues=queues, gateway_port=free_port())
+        print(f"stack up in {time.monotonic() - began:.1f}s", flush=True)
+        created: list[float] = []
+        running: list[float] = []
+        try:
+            store = JobStore.from_settings(settings)
+            s3 = s3_client(settings)
+            body = ARCHIVE.read_bytes()
+            for index in range(args.uploads):
+                key = f"{settings.incoming_prefix}bench-{index}/archive.zip"
+                s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+                uploaded = time.time()
+                job = wait_for_job(store, key, args.timeout)
+                created.append(job.created_at.timestamp() - uploaded)
+                line = f"upload {index}: job {job.id} created after {created[-1]:.3f}s"
+                if not args.no_worker:
+                    running.append(running_at(store, job.id, args.timeout) - uploaded)
+                    line += f", running after {running[-1]:.3f}s"
+                print(line, flush=True)
+        finally:
+            supervisor.stop()
+    print(summary("upload -> job created", created))
+    if running:
+        print(summary("upload -> job running", running))
+    print(f"measured at {datetime.now().isoformat(timespec='seconds')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""One uploaded archive.zip version starts one pipeline job, on a real Redis and broker."""
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from celery import Celery
+
+import workers.trigger
+from shared.jobs import EventType, Job, JobStatus, PipelineParams
+from shared.jobstore import JobStore
+from shared.settings import Settings
+from shared.tasks import INGEST, dispatch
+from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
+from workers.s3events import ObjectEvent
+from workers.trigger import Outcome, PipelineTrigger
+
+
+@pytest.fixture
+def trigger(settings: Settings) -> Iterator[PipelineTrigger]:
+    made = PipelineTrigger.from_settings(settings)
+    yield made
+    drop_tasks(settings, {job.id for job in pipeline_jobs(settings)})
+    made.redis.close()
+
+
+def upload(
+    settings: Settings, key: str = "incoming/u1/archive.zip", **fields: object
+) -> ObjectEvent:
+    values: dict[str, object] = {
+        "name": "ObjectCreated:Put",
+        "bucket": settings.bucket,
+        "key": key,
+        "size": 51153,
+        "etag": "202b3840d24ff001061372ab171da160",
+        "sequencer": "0055AED6DCD90281E5",
+        **fields,
+    }
+    return ObjectEvent.model_validate(values)
+
+
+def test_an_upload_starts_one_pipeline_job_that_records_its_source(
+    settings: Settings, trigger: PipelineTrigger
+) -> None:
+    event = upload(settings, version_id="v1")
+    handled = trigger.handle(event)
+
+    assert handled.outcome is Outcome.started
+    [job] = pipeline_jobs(settings)
+    assert job.id == handled.job_id
+    assert job.status is JobStatus.queued
+    assert job.params == {
+        "dataset": f"s3://{settings.bucket}/incoming/u1/archive.zip",
+        "source": {
+            "bucket": settings.bucket,
+            "key": "incoming/u1/archive.zip",
+            "version_id": "v1",
+            "etag": "202b3840d24ff001061372ab171da160",
+            "size": 51153,
+            "sequencer": "0055AED6DCD90281E5",
+            "event_time": None,
+        },
+    }
+    PipelineParams.model_validate({"type": "pipeline", **job.params})
+    assert sent_tasks(settings, job.id) == [INGEST]
+
+
+def test_the_same_event_three_times_starts_one_job(
+    settings: Settings, trigger: PipelineTrigger
+) -> None:
+    event = upload(settings)
+    outcomes = [trigger.handle(event) for _ in range(3)]
+
+    assert [handled.outcome for handled in outcomes] == [
+        Outcome.started,
+        Outcome.duplicate,
+        Outcome.duplicate,
+    ]
+    [job] = pipeline_jobs(settings)
+    assert {handled.job_id for handled in outcomes} == {job.id}
+    assert sent_tasks(settings, job.id) == [INGEST]
+
+
+def test_each_new_version_of_the_object_starts_its_own_job(
+    settings: Settings, trigger: PipelineTrigger
+) -> None:
+    first = trigger.handle(upload(settings, sequencer="01"))
+    second = trigger.handle(upload(settings, sequencer="02"))
+    assert (first.outcome, second.outcome) == (Outcome.started, Outcome.started)
+    assert first.job_id != second.job_id
+    assert len(pipeline_jobs(settings)) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "fields"),
+    [
+        ("datasets/abc/archive.zip", {}),
+        ("incoming/u1/report.json", {}),
+        ("incoming/u1/archive.zip.part", {}),
+        ("other/incoming/archive.zip", {}),
+        ("incoming/u1/archive.zip", {"name": "ObjectRemoved:Delete"}),
+        ("incoming/u1/archive.zip", {"bucket": "someone-elses"}),
+    ],
+)
+def test_other_objects_and_events_start_nothing(
+    settings: Settings, trigger: PipelineTrigger, key: str, fields: dict[str, object]
+) -> None:
+    handled = trigger.handle(upload(settings, key, **fields))
+    assert handled.outcome is Outcome.ignored
+    assert handled.job_id is None
+    assert pipeline_jobs(settings) == []
+
+
+def failing_once(error: BaseException) -> Callable[[Celery, Job], None]:
+    calls = 0
+
+    def send(app: Celery, job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        dispatch(app, job)
+
+    return send
+
+
+def test_a_delivery_that_failed_before_dispatch_is_finished_by_the_next(
+    settings: Settings, trigger: PipelineTrigger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers.trigger, "dispatch", failing_once(ConnectionError("broker away")))
+    event = upload(settings)
+
+    with pytest.raises(ConnectionError):
+        trigger.handle(event)
+    [created] = pipeline_jobs(settings)
+    assert sent_tasks(settings, created.id) == []
+
+    handled = trigger.handle(event)
+    assert handled.outcome is Outcome.resumed
+    assert handled.job_id == created.id
+    assert trigger.handle(event).outcome is Outcome.duplicate
+
+    [job] = pipeline_jobs(settings)
+    assert job.id == created.id
+    assert sent_tasks(settings, job.id) == [INGEST]
+    store = JobStore(trigger.redis, settings)
+    assert [event.type for event in store.events(job.id)] == [EventType.status]
+
+
+class Died(BaseException):
+    """Stands for the process being killed: nothing after it runs, no clean-up either."""
+
+
+def test_a_listener_that_died_half_way_leaves_the_version_to_the_next_delivery(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings.model_copy(update={"trigger_lease_s": 0.2})
+    monkeypatch.setattr(workers.trigger, "dispatch", failing_once(Died()))
+    dead, alive = PipelineTrigger.from_settings(settings), PipelineTrigger.from_settings(settings)
+    event = upload(settings)
+    try:
+        with pytest.raises(Died):
+            dead.handle(event)
+        # While the dead one's lease lasts, the version is taken; the delivery must come again.
+        busy = alive.handle(event)
+        assert busy.outcome is Outcome.busy
+        assert not busy.outcome.acknowledged
+        time.sleep(0.3)
+        handled = alive.handle(event)
+        assert handled.outcome is Outcome.resumed
+
+        [job] = pipeline_jobs(settings)
+        assert handled.job_id == busy.job_id == job.id
+        assert sent_tasks(settings, job.id) == [INGEST]
+    finally:
+        drop_tasks(settings, {job.id for job in pipeline_jobs(settings)})
+
+
+def test_the_listener_imports_neither_torch_nor_the_workers_tasks() -> None:
+    code = (
+        "import sys, workers.listener; "
+        "print(sorted(m for m in ('torch', 'transformers', 'pipeline', 'workers.tasks') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -1,0 +1,157 @@
+"""Object events to pipeline jobs: one job per uploaded object version, however often its event
+arrives, and none lost when the listener dies half way.
+
+Each object version has a record in Redis: the id of its job, set when the first delivery claims
+it, and a flag set once the job's first task has been sent. A delivery that finds the flag is a
+duplicate. One that finds the record without the flag finishes what an earlier delivery left:
+it creates the job under the recorded id if it is missing, and sends its task. A short lease
+keeps two deliveries handled at the same moment from both doing so.
+"""
+
+import hashlib
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from shared.errors import NotFound
+from shared.jobs import Job, JobType, PipelineParams, new_job_id
+from shared.jobstore import JobStore
+from shared.settings import Settings
+from shared.tasks import dispatch, make_celery
+from workers.s3events import ObjectEvent
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_NAME = "archive.zip"
+
+# Errors of the services the trigger writes to; a delivery that meets one is retried later.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
+
+# KEYS: the version's record, its lease. ARGV: a new job id, record ttl (s), lease (ms), owner.
+# Returns the recorded job id and what this delivery must do.
+_CLAIM = """
+if redis.call('HSETNX', KEYS[1], 'job', ARGV[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local job = redis.call('HGET', KEYS[1], 'job')
+if redis.call('HGET', KEYS[1], 'dispatched') then return {job, 'dispatched'} end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {job, 'claimed'} end
+return {job, 'busy'}
+"""
+
+# KEYS: the version's record, its lease. ARGV: owner, '1' when the job's task was sent.
+_RELEASE = """
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'dispatched', '1') end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+class Outcome(StrEnum):
+    started = "started"
+    resumed = "resumed"
+    duplicate = "duplicate"
+    ignored = "ignored"
+    busy = "busy"
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the delivery is done with; a busy one must come again."""
+        return self is not Outcome.busy
+
+
+@dataclass(frozen=True)
+class Handled:
+    outcome: Outcome
+    job_id: str | None = None
+
+
+class PipelineTrigger:
+    def __init__(self, store: JobStore, app: Celery, settings: Settings) -> None:
+        self.store = store
+        self.app = app
+        self.settings = settings
+        self.redis: Any = store.redis
+        self._claim = self.redis.register_script(_CLAIM)
+        self._release = self.redis.register_script(_RELEASE)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PipelineTrigger":
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
+        return cls(JobStore(client, settings), make_celery(settings, "agnews-listener"), settings)
+
+    def ignore_reason(self, event: ObjectEvent) -> str | None:
+        if not event.created:
+            return f"{event.name} is not an object creation"
+        if event.bucket != self.settings.bucket:
+            return f"bucket {event.bucket} is not {self.settings.bucket}"
+        if not event.key.startswith(self.settings.incoming_prefix):
+            return f"not under {self.settings.incoming_prefix}"
+        if PurePosixPath(event.key).name != ARCHIVE_NAME:
+            return f"not an {ARCHIVE_NAME}"
+        return None
+
+    def handle(self, event: ObjectEvent) -> Handled:
+        """Start the pipeline job of an uploaded archive.zip, once per object version."""
+        reason = self.ignore_reason(event)
+        if reason is not None:
+            # The store reports every object written (models, checkpoints): only uploads matter.
+            uploaded = event.key.startswith(self.settings.incoming_prefix)
+            level = logging.INFO if uploaded else logging.DEBUG
+            log.log(level, "ignored %s %s: %s", event.name, event.url, reason)
+            return Handled(Outcome.ignored)
+        with self._lock:
+            return self._handle(event)
+
+    def _handle(self, event: ObjectEvent) -> Handled:
+        keys = self._keys(event)
+        owner = secrets.token_hex(8)
+        candidate = new_job_id()
+        lease_ms = max(1, int(self.settings.trigger_lease_s * 1000))
+        job_id, state = self._claim(
+            keys=keys, args=[candidate, self.settings.trigger_dedupe_ttl_s, lease_ms, owner]
+        )
+        if state == "dispatched":
+            log.info("duplicate event for %s: job %s already started", event.identity(), job_id)
+            return Handled(Outcome.duplicate, job_id)
+        if state == "busy":
+            log.info("event for %s is being handled elsewhere (job %s)", event.identity(), job_id)
+            return Handled(Outcome.busy, job_id)
+        try:
+            job = self._job(job_id, event)
+            dispatch(self.app, job)
+        except Exception:
+            self._release(keys=keys, args=[owner, ""])
+            raise
+        self._release(keys=keys, args=[owner, "1"])
+        outcome = Outcome.started if job_id == candidate else Outcome.resumed
+        log.info("%s pipeline job %s for %s", outcome.value, job_id, event.identity())
+        return Handled(outcome, job_id)
+
+    def _job(self, job_id: str, event: ObjectEvent) -> Job:
+        """The version's job, created now unless an earlier delivery created it."""
+        try:
+            return self.store.get(job_id)
+        except NotFound:
+            params = PipelineParams(dataset=event.url, source=event.source())
+            body = params.model_dump(mode="json", include={"dataset", "source"})
+            return self.store.create(Job(id=job_id, type=JobType.pipeline, params=body))
+
+    def _keys(self, event: ObjectEvent) -> list[str]:
+        digest = hashlib.sha256(event.identity().encode()).hexdigest()
+        record = f"{self.settings.key_prefix}:trigger:{digest}"
+        return [record, f"{record}:lease"]
