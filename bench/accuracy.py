@@ -1,0 +1,87 @@
+"""Train a profile on an archive and score the model on the archive's test.csv.
+
+    .venv/bin/python bench/accuracy.py --profile quick
+    .venv/bin/python bench/accuracy.py --profile full --data /work/shared/data/archive.zip
+    .venv/bin/python bench/accuracy.py --profile full --set epochs=4 --set bf16=false
+
+Prints wall time (training, evaluation, all), validation and test accuracy, and test macro-F1;
+the model lands in bench/out/model-{profile}/.
+"""
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from pipeline.ingest import read_archive
+from pipeline.report import TqdmReporter
+from pipeline.stages import TrainOutput, finish_model
+from pipeline.train import PROFILES, config_for, fit
+from shared.settings import Settings
+
+DEFAULT_ARCHIVE = Path("/work/shared/data/archive.zip")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--base-model")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="change a TrainConfig field",
+    )
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    settings = Settings()
+    config = config_for(
+        settings, args.profile, base_model=args.base_model, max_steps=args.max_steps
+    )
+    changes = dict(item.split("=", 1) for item in args.set)
+    config = dataclasses.replace(
+        config, **{name: json.loads(value) for name, value in changes.items()}
+    )
+    dataset = read_archive(args.data, settings)
+    reporter = TqdmReporter()
+    result = fit(config, dataset.train.rows, settings, reporter)
+    trained = time.monotonic()
+    out = args.out or Path(__file__).parent / "out" / f"model-{args.profile}"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in out.iterdir():
+        path.unlink()
+    result.save(out)
+    training = TrainOutput(
+        candidate_prefix=str(out),
+        validation=result.validation,
+        params=result.params(),
+        train_seconds=result.state.seconds,
+    )
+    info = finish_model(out, dataset, training, settings, reporter)
+    reporter.close()
+    finished = time.monotonic()
+    summary = {
+        "profile": args.profile,
+        "changes": changes,
+        "data": str(args.data),
+        "rows_trained": result.rows_trained,
+        "steps": result.state.step,
+        "train_s": round(trained - started, 1),
+        "evaluate_s": round(finished - trained, 1),
+        "wall_s": round(finished - started, 1),
+        "validation_accuracy": round(result.validation["accuracy"], 4),
+        "test_accuracy": round(info.metrics["accuracy"], 4),
+        "test_macro_f1": round(info.metrics["macro_f1"], 4),
+        "model_dir": str(out),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

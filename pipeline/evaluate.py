@@ -1,0 +1,81 @@
+"""Scores of a model on labelled rows: accuracy, macro-F1, per-class figures, confusion matrix."""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.ingest import Row
+from pipeline.labels import LABELS
+from pipeline.predictor import Predictor
+from pipeline.report import Reporter, Ticker
+from shared.jobs import EventType
+from shared.settings import Settings
+
+
+def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Rows of the confusion matrix are true labels, columns predicted ones, in label order."""
+    size = len(LABELS)
+    confusion = np.zeros((size, size), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    hits = np.diag(confusion).astype(np.float64)
+    support, claimed = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(hits, claimed, out=np.zeros(size), where=claimed > 0)
+    recall = np.divide(hits, support, out=np.zeros(size), where=support > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros(size), where=both > 0)
+    n = int(confusion.sum())
+    return {
+        "n": n,
+        "accuracy": float(hits.sum() / n) if n else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(LABELS)
+        },
+        "labels": list(LABELS),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate(
+    predictor: Predictor,
+    rows: Sequence[Row],
+    settings: Settings,
+    reporter: Reporter,
+    *,
+    dataset_sha256: str | None,
+    split: str = "test.csv",
+) -> dict[str, Any]:
+    """The model's metrics on rows, as stored in metrics.json."""
+    started = time.monotonic()
+    ticker = Ticker(reporter, "evaluate", len(rows), settings.progress_interval_s)
+    ticker.send(0)
+    probabilities, truncated = predictor.probabilities([row.text for row in rows], on_batch=ticker)
+    truth = np.array([row.label for row in rows], dtype=np.int64)
+    metrics = classification_metrics(truth, probabilities.argmax(axis=1))
+    metrics.update(
+        model_version=predictor.version,
+        dataset_sha256=dataset_sha256,
+        split=split,
+        truncated=sum(truncated),
+        max_length=predictor.max_length,
+        seconds=round(time.monotonic() - started, 2),
+    )
+    reporter.event(
+        EventType.metric,
+        {
+            "name": "evaluation",
+            "model_version": predictor.version,
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "n": metrics["n"],
+        },
+    )
+    return metrics

