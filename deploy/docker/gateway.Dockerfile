@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# The gateway: HTTP API, server-sent events and the front end. Base dependencies only, no torch.
+# From the repository root: docker build -f deploy/docker/gateway.Dockerfile -t agnews-gateway .
+# The same image runs the queue-backlog exporter (python -m workers.backlog_exporter) and the
+# bucket-creating init job of docker-compose.yml: both need only the base dependencies.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+# The dependencies get a layer of their own, rebuilt only when pyproject.toml changes.
+COPY pyproject.toml README.md ./
+RUN pip install . && pip uninstall --yes agnews
+COPY shared shared
+COPY gateway gateway
+COPY workers workers
+COPY pipeline pipeline
+COPY stack stack
+RUN pip install --no-deps .
+
+FROM ${PYTHON_IMAGE} AS gateway
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH \
+    AGNEWS_FRONTEND_DIR=/app/frontend \
+    AGNEWS_DATA_DIR=/var/lib/agnews \
+    AGNEWS_HTTP_HOST=0.0.0.0 \
+    AGNEWS_HTTP_PORT=8080
+RUN groupadd --system --gid 10001 agnews \
+    && useradd --system --uid 10001 --gid agnews --home-dir /var/lib/agnews --create-home agnews
+COPY --from=build /opt/venv /opt/venv
+COPY frontend /app/frontend
+USER 10001:10001
+WORKDIR /var/lib/agnews
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['AGNEWS_HTTP_PORT']}/healthz\", timeout=4)"]
+CMD ["python", "-m", "gateway"]

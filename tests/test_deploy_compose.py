@@ -1,0 +1,207 @@
+"""Dockerfiles, docker-compose.yml and the CircleCI pipeline: their validators, and what they
+promise (pinned images, non-root users, health checks, the local stack's settings, main-only
+deploys, no credentials)."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.settings import Settings
+from shared.tasks import QUEUES
+from stack.local import Webhook
+from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, run, tool
+from workers.listener_webhook import WEBHOOK_PATH
+
+SETTINGS = {f"AGNEWS_{name.upper()}" for name in Settings.model_fields}
+GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
+
+
+def test_the_dockerfiles_are_the_gateway_and_the_workers() -> None:
+    assert [path.name for path in DOCKERFILES] == ["gateway.Dockerfile", "worker.Dockerfile"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_hadolint_passes(dockerfile: Path) -> None:
+    result = run(tool("hadolint"), "--failure-threshold", "info", str(dockerfile))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def _stages(dockerfile: Path) -> dict[str, list[str]]:
+    """Each stage's instructions (continuation lines joined), by stage name."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            current = []
+            stages[line.split(" AS ")[-1] if " AS " in line else "final"] = current
+        if line and not line.startswith("#"):
+            current.append(line)
+    return stages
+
+
+def _args(dockerfile: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile.read_text(), re.MULTILINE))
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "stage"),
+    [
+        ("gateway.Dockerfile", "gateway"),
+        ("worker.Dockerfile", "worker"),
+        ("worker.Dockerfile", "worker-cuda"),
+    ],
+)
+def test_each_image_is_pinned_unprivileged_and_checks_its_health(
+    dockerfile: str, stage: str
+) -> None:
+    path = ROOT / "deploy" / "docker" / dockerfile
+    for base in _args(path).values():
+        if base.startswith(("python:", "nvidia/")):
+            assert re.fullmatch(r"[\w/.-]+:\d+\.\d+\.\d+-[\w.-]+", base), base
+    instructions = _stages(path)[stage]
+    assert "USER 10001:10001" in instructions
+    assert any(line.startswith("HEALTHCHECK ") for line in instructions)
+    assert any(line.startswith("CMD ") for line in instructions)
+
+
+def test_the_gateway_image_has_no_torch_and_the_worker_images_take_theirs_from_pytorch() -> None:
+    stages = _stages(ROOT / "deploy" / "docker" / "gateway.Dockerfile")
+    gateway = "\n".join(line for instructions in stages.values() for line in instructions)
+    assert "torch" not in gateway
+    assert "[ml]" not in gateway
+    stages = _stages(ROOT / "deploy" / "docker" / "worker.Dockerfile")
+    [cpu] = [line for line in stages["deps-cpu"] if line.startswith("RUN ")]
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu
+    [cuda] = [line for line in stages["deps-cuda"] if line.startswith("RUN ")]
+    assert "torch==2.13.0" in cuda
+    assert (
+        "download.pytorch.org/whl/cu"
+        in _args(ROOT / "deploy" / "docker" / "worker.Dockerfile")["TORCH_CUDA_INDEX_URL"]
+    )
+
+
+def test_the_build_context_is_an_allowlist() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    rules = [line for line in lines if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    assert {"!shared/", "!gateway/", "!workers/", "!pipeline/", "!frontend/"} <= set(rules)
+
+
+def test_docker_compose_config_passes(tmp_path: Path) -> None:
+    compose = tool("docker-compose")
+    result = run(compose, "--file", str(COMPOSE), "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+    gpu = run(compose, "--file", str(COMPOSE), "--file", str(GPU_COMPOSE), "config", "--quiet")
+    assert gpu.returncode == 0, gpu.stderr
+    docker = shutil.which("docker")
+    if docker:
+        # The same binary as the docker CLI's compose plugin, as users run it.
+        (tmp_path / "config.json").write_text(
+            json.dumps({"cliPluginsExtraDirs": [str(Path(compose).parent)]})
+        )
+        env = {"DOCKER_CONFIG": str(tmp_path), "PATH": str(Path(docker).parent)}
+        result = run(docker, "compose", "--file", str(COMPOSE), "config", "-q", env=env)
+        assert result.returncode == 0, result.stderr
+
+
+def _compose(*overrides: Path) -> dict[str, Any]:
+    files = [arg for path in (COMPOSE, *overrides) for arg in ("--file", str(path))]
+    result = run(tool("docker-compose"), *files, "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def test_compose_runs_the_local_stacks_processes_with_its_settings() -> None:
+    services = _compose()["services"]
+    assert set(services) == {
+        "redis",
+        "s3",
+        "s3-init",
+        "listener",
+        "gateway",
+        *(f"worker-{queue}" for queue in QUEUES),
+        "flower",
+    }
+    for queue in QUEUES:
+        worker = services[f"worker-{queue}"]
+        assert worker["environment"]["WORKER_QUEUE"] == queue
+        # Scalable with --scale: no fixed name, no published port.
+        assert "container_name" not in worker
+        assert "ports" not in worker
+    for name, service in services.items():
+        names = {key for key in service.get("environment", {}) if key.startswith("AGNEWS_")}
+        assert names <= SETTINGS, (name, names - SETTINGS)
+    assert services["listener"]["environment"]["AGNEWS_LISTENER_TOKEN"]
+    assert services["gateway"]["environment"]["AGNEWS_REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_compose_images_are_pinned_and_redis_keeps_an_append_only_file() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        image = service["image"]
+        if "build" in service:
+            continue
+        assert re.search(r":\d+(\.\d+)+", image), (name, image)
+        assert not image.endswith(":latest")
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume["target"] == "/data" for volume in services["redis"]["volumes"])
+    assert any(volume["target"] == "/data" for volume in services["s3"]["volumes"])
+
+
+def test_the_stores_webhook_is_the_local_stacks() -> None:
+    config = _compose()
+    token = config["services"]["listener"]["environment"]["AGNEWS_LISTENER_TOKEN"]
+    port = config["services"]["listener"]["environment"]["AGNEWS_LISTENER_PORT"]
+    webhook = Webhook(endpoint=f"http://listener:{port}{WEBHOOK_PATH}", bearer_token=token)
+    assert config["configs"]["seaweedfs-notification"]["content"] == webhook.toml()
+    [mount] = config["services"]["s3"]["configs"]
+    assert mount["target"] == "/etc/seaweedfs/notification.toml"
+
+
+def test_the_gpu_override_trains_with_the_cuda_image_on_the_gpus() -> None:
+    train = _compose(GPU_COMPOSE)["services"]["worker-train"]
+    assert train["build"]["target"] == "worker-cuda"
+    assert train["environment"]["WORKER_QUEUE"] == "train"
+    [device] = train["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"]
+
+
+def test_circleci_config_matches_circlecis_schema() -> None:
+    result = run(tool("check-jsonschema"), "--builtin-schema", "vendor.circle-ci", str(CIRCLECI))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_circleci_tests_everything_and_deploys_main_only_without_credentials() -> None:
+    text = CIRCLECI.read_text()
+    config = yaml.safe_load(text)
+    for orb in config["orbs"].values():
+        assert re.fullmatch(r"[\w-]+/[\w-]+@\d+\.\d+\.\d+", orb)
+    [workflow] = config["workflows"].values()
+    jobs = {next(iter(job)) if isinstance(job, dict) else job: job for job in workflow["jobs"]}
+    assert jobs["test"] == "test"
+    assert any(step.get("run", {}).get("command") == "make test" for step in _steps(config, "test"))
+    for name in ("build-images", "deploy"):
+        job = jobs[name][name]
+        assert job["filters"] == {"branches": {"only": "main"}}
+        assert job["context"] == "agnews-aws"
+    assert jobs["build-images"]["build-images"]["requires"] == ["test"]
+    assert jobs["deploy"]["deploy"]["requires"] == ["build-images"]
+    assert "$CIRCLE_SHA1" in text
+    for image in ("gateway", "worker", "worker-cuda"):
+        assert re.search(rf"build {image} deploy/docker/\w+\.Dockerfile {image}\b", text)
+    assert "deploy/rollout.py" in text
+    # Credentials and account ids come from the context only.
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|\b\d{12}\b", text)
+
+
+def _steps(config: dict[str, Any], job: str) -> list[dict[str, Any]]:
+    return [step for step in config["jobs"][job]["steps"] if isinstance(step, dict)]

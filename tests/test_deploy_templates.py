@@ -1,0 +1,296 @@
+"""The CloudFormation templates: cfn-lint, and the rules the deployment promises, read from them."""
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.settings import Settings
+from shared.tasks import QUEUES
+from tests.deploy_support import TEMPLATES, resources, run, template, tool
+from workers.backlog_exporter import (
+    BACKLOG_PER_INSTANCE,
+    UNSERVED_BACKLOG,
+    Backlog,
+    Capacity,
+)
+
+NAMES = sorted(path.name for path in TEMPLATES.glob("*.yaml"))
+
+# Actions that take no resource-level permission: "*" is the only resource they accept.
+RESOURCELESS = {
+    "autoscaling:DescribeAutoScalingGroups",
+    "autoscaling:DescribeInstanceRefreshes",
+    "autoscaling:DescribeLifecycleHooks",
+    "autoscaling:DescribePolicies",
+    "autoscaling:DescribeScalingActivities",
+    "cloudwatch:PutMetricData",
+    "ec2:DescribeImages",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ec2:DescribeLaunchTemplates",
+    "ecr:GetAuthorizationToken",
+}
+WORKER_GROUPS = {f"{queue.capitalize()}Group": queue for queue in QUEUES}
+
+
+def test_the_templates_are_those_the_guide_deploys() -> None:
+    assert NAMES == ["ci.yaml", "data.yaml", "fleet.yaml", "network.yaml", "platform.yaml"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cfn_lint_passes(name: str) -> None:
+    result = run(tool("cfn-lint"), str(TEMPLATES / name))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _statements(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every statement of every IAM policy in a template, with where it is."""
+    for name, resource in document["Resources"].items():
+        properties = resource.get("Properties", {})
+        policies = [properties.get("PolicyDocument"), properties.get("AssumeRolePolicyDocument")]
+        policies += [policy["PolicyDocument"] for policy in properties.get("Policies", [])]
+        for policy in policies:
+            if policy is None:
+                continue
+            if "Fn::Sub" in policy:  # a JSON string, its placeholders inside JSON strings
+                body = policy["Fn::Sub"]
+                policy = json.loads(body[0] if isinstance(body, list) else body)
+            for statement in policy["Statement"]:
+                yield name, statement
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+ALL_STATEMENTS = [
+    (name, resource, statement)
+    for name in NAMES
+    for resource, statement in _statements(template(name))
+]
+
+
+def test_the_templates_have_policies_to_check() -> None:
+    kinds = {resource for _, resource, _ in ALL_STATEMENTS}
+    assert {"CircleCiRole", "GatewayRole", "PredictRole", "TrainRole", "EventQueuePolicy"} <= kinds
+
+
+@pytest.mark.parametrize(("name", "resource", "statement"), ALL_STATEMENTS)
+def test_no_statement_allows_a_wildcard_action(
+    name: str, resource: str, statement: dict[str, Any]
+) -> None:
+    actions = _listed(statement.get("Action", []))
+    assert "NotAction" not in statement
+    if statement["Effect"] == "Allow":
+        assert all("*" not in action for action in actions), (name, resource, actions)
+    else:
+        # The bucket policy's deny of anything over plain HTTP is the one wildcard there is.
+        assert (resource, actions) == ("BucketPolicy", ["s3:*"])
+        assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+@pytest.mark.parametrize(("name", "resource", "statement"), ALL_STATEMENTS)
+def test_only_resourceless_actions_take_every_resource(
+    name: str, resource: str, statement: dict[str, Any]
+) -> None:
+    if statement["Effect"] != "Allow" or statement.get("Resource") != "*":
+        return
+    assert set(_listed(statement["Action"])) <= RESOURCELESS, (name, resource)
+    if "cloudwatch:PutMetricData" in _listed(statement["Action"]):
+        assert "cloudwatch:namespace" in statement["Condition"]["StringEquals"]
+
+
+def test_no_role_has_a_managed_policy_of_aws() -> None:
+    """No AdministratorAccess, nor any other AWS-managed policy: each role's rights are written
+    here."""
+    for name in NAMES:
+        for role in resources(template(name), "AWS::IAM::Role").values():
+            for arn in role["Properties"].get("ManagedPolicyArns", []):
+                assert arn == {"Ref": "FleetCommonPolicy"}
+    text = "\n".join((TEMPLATES / name).read_text() for name in NAMES)
+    assert "AdministratorAccess" not in text
+    assert "arn:aws:iam::aws:policy" not in text
+
+
+def test_redis_admits_the_fleet_only() -> None:
+    platform = template("platform.yaml")
+    [redis] = resources(platform, "AWS::ElastiCache::ReplicationGroup").values()
+    [group] = redis["Properties"]["SecurityGroupIds"]
+    rules = platform["Resources"][group["Ref"]]["Properties"]["SecurityGroupIngress"]
+    assert rules == [
+        {
+            "Description": "Redis from the fleet",
+            "IpProtocol": "tcp",
+            "FromPort": 6379,
+            "ToPort": 6379,
+            "SourceSecurityGroupId": {"Ref": "FleetSecurityGroup"},
+        }
+    ]
+    for name in NAMES:
+        assert not resources(template(name), "AWS::EC2::SecurityGroupIngress")
+    assert "SecurityGroupIngress" not in platform["Resources"]["FleetSecurityGroup"]["Properties"]
+    assert redis["Properties"]["TransitEncryptionEnabled"] is True
+    assert redis["Properties"]["AtRestEncryptionEnabled"] is True
+    assert platform["Outputs"]["FleetSecurityGroupId"]["Value"] == {"Ref": "FleetSecurityGroup"}
+    # Every instance of the fleet carries the group.
+    fleet = template("fleet.yaml")
+    for launch in resources(fleet, "AWS::EC2::LaunchTemplate").values():
+        groups = launch["Properties"]["LaunchTemplateData"]["SecurityGroupIds"]
+        imports = [group["Fn::ImportValue"]["Fn::Sub"] for group in groups]
+        assert "${PlatformStackName}-FleetSecurityGroupId" in imports
+
+
+def test_the_bucket_is_private_versioned_encrypted_and_notifies_the_queue() -> None:
+    data = template("data.yaml")
+    bucket = data["Resources"]["Bucket"]["Properties"]
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    [cors] = bucket["CorsConfiguration"]["CorsRules"]
+    assert {"PUT", "POST"} <= set(cors["AllowedMethods"])
+    [notification] = bucket["NotificationConfiguration"]["QueueConfigurations"]
+    assert notification["Queue"] == {"Fn::GetAtt": ["EventQueue", "Arn"]}
+    rules = {rule["Name"]: rule["Value"] for rule in notification["Filter"]["S3Key"]["Rules"]}
+    assert rules == {"prefix": {"Ref": "IncomingPrefix"}, "suffix": "archive.zip"}
+    assert data["Parameters"]["IncomingPrefix"]["Default"] == Settings().incoming_prefix
+    redrive = data["Resources"]["EventQueue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    [allow] = data["Resources"]["EventQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert "aws:SourceArn" in allow["Condition"]["ArnEquals"]
+
+
+def _group_name(group: dict[str, Any]) -> str:
+    name: str = group["Properties"]["AutoScalingGroupName"]["Fn::Sub"]
+    return name
+
+
+def _policies_of(fleet: dict[str, Any], group: str) -> list[dict[str, Any]]:
+    return [
+        policy["Properties"]
+        for policy in resources(fleet, "AWS::AutoScaling::ScalingPolicy").values()
+        if policy["Properties"]["AutoScalingGroupName"] == {"Ref": group}
+    ]
+
+
+def test_every_worker_group_tracks_its_queues_backlog_per_instance() -> None:
+    fleet = template("fleet.yaml")
+    groups = resources(fleet, "AWS::AutoScaling::AutoScalingGroup")
+    assert set(groups) == {"GatewayGroup", *WORKER_GROUPS}
+    for group, queue in WORKER_GROUPS.items():
+        [tracking] = [
+            policy
+            for policy in _policies_of(fleet, group)
+            if policy["PolicyType"] == "TargetTrackingScaling"
+        ]
+        metric = tracking["TargetTrackingConfiguration"]["CustomizedMetricSpecification"]
+        assert metric["MetricName"] == BACKLOG_PER_INSTANCE
+        assert metric["Statistic"] == "Average"
+        expected = Backlog(queue, "GROUP", 0, Capacity(0, 0)).dimensions()
+        expected[1]["Value"] = {"Fn::Sub": _group_name(groups[group])}  # type: ignore[assignment]
+        assert metric["Dimensions"] == expected
+        target = tracking["TargetTrackingConfiguration"]["TargetValue"]
+        assert target == {"Ref": f"{queue.capitalize()}BacklogTarget"}
+
+
+def test_every_worker_group_wakes_from_zero_on_its_unserved_backlog() -> None:
+    fleet = template("fleet.yaml")
+    groups = resources(fleet, "AWS::AutoScaling::AutoScalingGroup")
+    alarms = resources(fleet, "AWS::CloudWatch::Alarm")
+    for group, queue in WORKER_GROUPS.items():
+        [wake] = [
+            name
+            for name, policy in resources(fleet, "AWS::AutoScaling::ScalingPolicy").items()
+            if policy["Properties"]["AutoScalingGroupName"] == {"Ref": group}
+            and policy["Properties"]["PolicyType"] == "StepScaling"
+        ]
+        [alarm] = [
+            a["Properties"]
+            for a in alarms.values()
+            if {"Ref": wake} in a["Properties"]["AlarmActions"]
+        ]
+        assert alarm["MetricName"] == UNSERVED_BACKLOG
+        assert alarm["Dimensions"][0] == {"Name": "Queue", "Value": queue}
+        assert alarm["Dimensions"][1]["Value"] == {"Fn::Sub": _group_name(groups[group])}
+
+
+def test_the_gateways_track_cpu_behind_the_load_balancer() -> None:
+    fleet = template("fleet.yaml")
+    [tracking] = _policies_of(fleet, "GatewayGroup")
+    predefined = tracking["TargetTrackingConfiguration"]["PredefinedMetricSpecification"]
+    assert predefined["PredefinedMetricType"] == "ASGAverageCPUUtilization"
+    gateway = fleet["Resources"]["GatewayGroup"]["Properties"]
+    assert gateway["HealthCheckType"] == "ELB"
+    assert gateway["TargetGroupARNs"]
+
+
+def test_train_runs_on_gpus_and_the_other_queues_on_cpus() -> None:
+    parameters = template("fleet.yaml")["Parameters"]
+    assert parameters["TrainInstanceType"]["Default"].split(".")[0] in {"g5", "g6"}
+    for queue in ("Predict", "Evaluate", "Gateway"):
+        assert parameters[f"{queue}InstanceType"]["Default"][0] in "cmt"
+    user_data = _user_data(template("fleet.yaml"), "TrainTemplate")
+    assert "--gpus all" in user_data
+    assert "/worker-cuda:${ImageTag}" in user_data
+
+
+def _user_data(fleet: dict[str, Any], launch_template: str) -> str:
+    data = fleet["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
+    script: str = data["UserData"]["Fn::Base64"]["Fn::Sub"][0]
+    return script
+
+
+def test_instances_take_settings_and_secrets_from_the_stacks_and_log_to_cloudwatch() -> None:
+    fleet = template("fleet.yaml")
+    gateway = _user_data(fleet, "GatewayTemplate")
+    [groups] = [line for line in gateway.splitlines() if line.startswith("AGNEWS_BACKLOG_GROUPS=")]
+    parsed = json.loads(groups.partition("=")[2])
+    assert set(parsed) == set(QUEUES)
+    assert "aws ssm get-parameter" in gateway
+    assert "--with-decryption" in gateway
+    for launch_template in resources(fleet, "AWS::EC2::LaunchTemplate"):
+        script = _user_data(fleet, launch_template)
+        settings = {
+            line.partition("=")[0] for line in script.splitlines() if line.startswith("AGNEWS_")
+        }
+        assert settings <= {f"AGNEWS_{field.upper()}" for field in Settings.model_fields}
+        assert "aws secretsmanager get-secret-value" in script
+        assert "--log-driver awslogs" in script
+        data = fleet["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+
+
+def test_ci_may_update_only_the_fleet_and_push_only_its_repositories() -> None:
+    ci = template("ci.yaml")
+    repositories = resources(ci, "AWS::ECR::Repository")
+    names = {repo["Properties"]["RepositoryName"]["Fn::Sub"] for repo in repositories.values()}
+    assert names == {"${NamePrefix}/gateway", "${NamePrefix}/worker", "${NamePrefix}/worker-cuda"}
+    for repo in repositories.values():
+        assert repo["Properties"]["ImageTagMutability"] == "IMMUTABLE"
+    [trust] = [
+        statement
+        for _, statement in _statements(ci)
+        if statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    ]
+    # Only this CircleCI organization's project: its OIDC token's audience and subject.
+    assert set(trust["Condition"]) == {"StringEquals", "StringLike"}
+    [subject] = trust["Condition"]["StringLike"].values()
+    assert subject.endswith("/project/${CircleCiProjectId}/user/*")
+    stack_actions = [
+        statement["Resource"]
+        for _, statement in _statements(ci)
+        if "cloudformation:UpdateStack" in _listed(statement["Action"])
+    ]
+    assert stack_actions == [
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:cloudformation:${AWS::Region}:${AWS::AccountId}"
+            ":stack/${FleetStackName}/*"
+        }
+    ]
