@@ -10,4 +10,4 @@ test:
 	scripts/test.sh
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy shared gateway workers pipeline stack deploy/rollout.py
+	.venv/bin/ruff check --no-cache . && .venv/bin/ruff format --check --no-cache . && .venv/bin/mypy shared gateway workers pipeline stack deploy/rollout.py

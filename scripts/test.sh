@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff check --no-cache .
+.venv/bin/ruff format --check --no-cache .
 .venv/bin/mypy shared gateway workers pipeline stack deploy/rollout.py
 .venv/bin/pytest "$@"

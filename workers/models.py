@@ -5,7 +5,6 @@ import time
 
 from pipeline.predictor import Predictor, load_production
 from shared.registry import ModelRegistry
-
 from shared.settings import Settings
 from shared.storage import s3_client
 
