@@ -1,8 +1,9 @@
 """A loaded model answering texts: the one path that serving and evaluation both take."""
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from pipeline.modeling import (
     configure_torch,
     encode_flagged,
     load_tokenizer,
+    quantize_int8,
     quiet_transformers,
     to_device,
 )
@@ -23,8 +25,19 @@ from shared.errors import ModelIntegrityError, NoProductionModel
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 
+Precision = Literal["fp32", "int8"]
+
+
+class Encoded(NamedTuple):
+    """Token ids cut to the model's limit, and which texts lost tokens to the cut."""
+
+    ids: list[list[int]]
+    truncated: list[bool]
+
 
 class Predictor:
+    """Safe to share between threads: one thread tokenizes while another runs the model."""
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -34,6 +47,7 @@ class Predictor:
         max_length: int,
         batch_size: int,
         device: torch.device,
+        precision: Precision = "fp32",
     ) -> None:
         self.model = to_device(model, device)
         self.model.train(False)
@@ -42,6 +56,10 @@ class Predictor:
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
+        self.precision: Precision = precision
+        # A fast tokenizer is not reentrant; the model is the hot resource.
+        self._tokenizer_lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
     @classmethod
     def load(cls, model_dir: Path, settings: Settings) -> "Predictor":
@@ -72,37 +90,70 @@ class Predictor:
             load_tokenizer(str(model_dir)),
             version=version,
             max_length=max_length,
-            batch_size=settings.predict_max_batch,
+            batch_size=settings.forward_batch,
             device=device,
         )
+
+    def int8(self) -> "Predictor":
+        """This model with its linear layers dynamically quantized to int8 (CPU only)."""
+        if self.precision == "int8":
+            return self
+        return Predictor(
+            quantize_int8(self.model),
+            self.tokenizer,
+            version=self.version,
+            max_length=self.max_length,
+            batch_size=self.batch_size,
+            device=torch.device("cpu"),
+            precision="int8",
+        )
+
+    def with_precision(self, precision: Precision) -> "Predictor":
+        return self.int8() if precision == "int8" else self
+
+    def encode(self, texts: Sequence[str]) -> Encoded:
+        cleaned = [clean_text(text) for text in texts]
+        with self._tokenizer_lock:
+            return Encoded(*encode_flagged(self.tokenizer, cleaned, self.max_length))
+
+    def forward(
+        self, ids: Sequence[Sequence[int]], on_batch: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Class probabilities, one row per text in order, in length-sorted padded batches."""
+        with self._model_lock:
+            return class_probabilities(
+                self.model,
+                ids,
+                pad_id=self.tokenizer.pad_token_id or 0,
+                batch_size=self.batch_size,
+                device=self.device,
+                on_batch=on_batch,
+            )
 
     def probabilities(
         self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
     ) -> tuple[np.ndarray, list[bool]]:
         """Class probabilities (one row per text, in order) and which texts were cut short."""
-        cleaned = [clean_text(text) for text in texts]
-        ids, truncated = encode_flagged(self.tokenizer, cleaned, self.max_length)
-        probabilities = class_probabilities(
-            self.model,
-            ids,
-            pad_id=self.tokenizer.pad_token_id or 0,
-            batch_size=self.batch_size,
-            device=self.device,
-            on_batch=on_batch,
-        )
-        return probabilities, truncated
+        encoded = self.encode(texts)
+        return self.forward(encoded.ids, on_batch), encoded.truncated
 
     def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        probabilities, truncated = self.probabilities(texts)
-        return [
-            {
-                "label": LABELS[int(row.argmax())],
-                "label_id": int(row.argmax()),
-                "scores": {label: float(score) for label, score in zip(LABELS, row, strict=True)},
-                "truncated": cut,
-            }
-            for row, cut in zip(probabilities, truncated, strict=True)
-        ]
+        return answers(*self.probabilities(texts))
+
+
+def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[dict[str, Any]]:
+    """One answer per text: the label, its id, every class's probability, whether it was cut."""
+    rows: list[list[float]] = probabilities.tolist()
+    best = probabilities.argmax(axis=1).tolist()
+    return [
+        {
+            "label": LABELS[label_id],
+            "label_id": label_id,
+            "scores": dict(zip(LABELS, row, strict=True)),
+            "truncated": cut,
+        }
+        for row, label_id, cut in zip(rows, best, truncated, strict=True)
+    ]
 
 
 def load_version(version: str, settings: Settings, cache_dir: Path | None = None) -> Predictor:

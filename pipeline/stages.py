@@ -17,6 +17,7 @@ from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.predictor import Predictor, load_version
 from pipeline.registry import download_prefix, publish, upload_dir, write_manifest
 from pipeline.report import Reporter
+from pipeline.serving import int8_check, serving_note
 from pipeline.train import config_for, fit
 from pipeline.validate import check, validate
 from shared.errors import Conflict, NoProductionModel
@@ -144,6 +145,8 @@ def finish_model(
     metrics = evaluate(
         predictor, dataset.test.rows, settings, reporter, dataset_sha256=dataset.sha256
     )
+    metrics["serving"] = int8_check(predictor, dataset.test.rows, metrics, settings)
+    reporter.event(EventType.metric, {"name": "serving_check", **metrics["serving"]})
     metrics["validation"] = training.validation
     metrics["train_seconds"] = training.train_seconds
     return write_manifest(
@@ -262,6 +265,7 @@ def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> P
                 production_metrics=theirs,
             )
         if decision.promoted:
+            decision.reason += " " + serving_note(settings, candidate.metrics)
             try:
                 registry.promote(version, decision.reason, expected=decision.previous)
             except Conflict:
