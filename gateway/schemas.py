@@ -38,12 +38,13 @@ class JobQuery(BaseModel):
 class Prediction(BaseModel):
     label: str
     label_id: int
-    scores: dict[str, float]
-    truncated: bool
+    scores: dict[str, float] = Field(description="the probability of every class")
+    truncated: bool = Field(description="the text was longer than the model reads and was cut")
 
 
 class PredictResponse(BaseModel):
-    model_version: str
+    model_version: str = Field(description="the registered version that produced every answer")
+    precision: Literal["fp32", "int8"] = Field(description="the form the model served in")
     predictions: list[Prediction]
     job_id: str
 

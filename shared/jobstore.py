@@ -13,7 +13,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from shared.errors import ErrorInfo, JobCancelled, NotFound
+from shared.errors import AgNewsError, ErrorInfo, JobCancelled, NotFound
 from shared.jobs import Event, EventType, Job, JobStatus, JobType, utcnow
 from shared.settings import Settings
 
@@ -269,6 +269,49 @@ class JobStore:
     def cancel(self, job_id: str) -> Job:
         self._apply(job_id, _cancelled())
         return self.get(job_id)
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Jobs in one round trip; None for one that does not exist or has expired."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            rows = pipe.execute()
+        return [decode_job(row) if row else None for row in rows]
+
+    def _apply_many(self, changes: Sequence[tuple[str, _Change]]) -> list[AgNewsError | None]:
+        """Changes to many jobs in one round trip; for each, None or why it was not written."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, change in changes:
+                self._emit(
+                    keys=[self.keys.job(job_id), self.keys.events(job_id)],
+                    args=change.argv(self.settings),
+                    client=pipe,
+                )
+            replies = pipe.execute(raise_on_error=False)
+        outcomes: list[AgNewsError | None] = []
+        for (job_id, _), reply in zip(changes, replies, strict=True):
+            try:
+                if isinstance(reply, redis.ResponseError):
+                    _raise_emit_error(job_id, reply)
+                outcomes.append(None)
+            except (NotFound, JobCancelled) as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def start_many(self, job_ids: Sequence[str]) -> list[AgNewsError | None]:
+        """Mark jobs running; a job cancelled while it waited gets JobCancelled, not a start."""
+        return self._apply_many([(job_id, _started()) for job_id in job_ids])
+
+    def finish_many(
+        self, outcomes: Sequence[tuple[str, Mapping[str, Any] | ErrorInfo]]
+    ) -> list[AgNewsError | None]:
+        """End jobs, each with its result or its error, in one round trip."""
+        return self._apply_many(
+            [
+                (job_id, _failed(end) if isinstance(end, ErrorInfo) else _succeeded(end))
+                for job_id, end in outcomes
+            ]
+        )
 
     def is_cancelled(self, job_id: str) -> bool:
         status: str | None = self.redis.hget(self.keys.job(job_id), "status")

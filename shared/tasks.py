@@ -49,7 +49,10 @@ def make_celery(settings: Settings, name: str = "agnews") -> Celery:
         broker_connection_retry_on_startup=True,
         # A train task holds its message unacknowledged for hours; Redis redelivers it only
         # after this long, so it must exceed the longest training.
-        broker_transport_options={"visibility_timeout": settings.train_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.train_visibility_timeout_s,
+            "ack_emulation": settings.broker_ack_emulation,
+        },
         worker_send_task_events=False,
         task_send_sent_event=False,
     )

@@ -1,6 +1,7 @@
 """`python -m stack`: start the whole system locally; Ctrl-C stops it all."""
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -31,6 +32,12 @@ def _summary(settings: Settings, port: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
     parser.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
+    parser.add_argument(
+        "--predict-workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="predict worker processes, one torch thread each (default: one per core, up to 4)",
+    )
     args = parser.parse_args()
     settings = local_settings()
     port = args.port or settings.http_port
@@ -42,7 +49,7 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    supervisor = start_stack(settings, gateway_port=port)
+    supervisor = start_stack(settings, gateway_port=port, predict_workers=args.predict_workers)
     print(_summary(settings, port), flush=True)
     try:
         while not stopping:

@@ -151,25 +151,24 @@ def listener_service(settings: Settings) -> Service:
     )
 
 
-def worker_service(settings: Settings, queue: str, concurrency: int = 1) -> Service:
-    log = (settings.data_dir / "logs" / f"worker-{queue}.log").resolve()
+def worker_service(
+    settings: Settings, queue: str, concurrency: int = 1, instance: int = 1
+) -> Service:
+    """One worker process on a queue; instance 2, 3, ... are more beside the first."""
+    name = f"worker-{queue}" if instance == 1 else f"worker-{queue}-{instance}"
+    log = (settings.data_dir / "logs" / f"{name}.log").resolve()
+    node = queue if instance == 1 else f"{queue}{instance}"
     return Service(
-        name=f"worker-{queue}",
+        name=name,
         argv=[
-            executable("celery"),
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
+            sys.executable,
+            "-m",
+            "workers",
             queue,
-            "-n",
-            f"{queue}@%h",
             "--concurrency",
             str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
+            "-n",
+            f"{node}@%h",
         ],
         ready=log_says(log, " ready."),
         start_timeout_s=120,
@@ -198,6 +197,7 @@ def start_stack(
     *,
     queues: tuple[str, ...] = ("predict", "train", "evaluate"),
     gateway_port: int = 8080,
+    predict_workers: int = 1,
 ) -> Supervisor:
     settings = with_listener_token(settings)
     log_dir = (settings.data_dir / "logs").resolve()
@@ -215,7 +215,8 @@ def start_stack(
         supervisor.start(s3_service(settings))
         ensure_bucket(settings)
         for queue in queues:
-            supervisor.start(worker_service(settings, queue))
+            for instance in range(1, (predict_workers if queue == "predict" else 1) + 1):
+                supervisor.start(worker_service(settings, queue, instance=instance))
         supervisor.start(gateway_service(settings, gateway_port))
     except BaseException:
         supervisor.stop()

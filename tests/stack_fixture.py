@@ -37,7 +37,13 @@ def _free(port: int) -> bool:
 
 
 @contextmanager
-def live_stack(workdir: Path, **overrides: object) -> Iterator[LiveStack]:
+def live_stack(
+    workdir: Path,
+    *,
+    queues: tuple[str, ...] = ("predict", "train", "evaluate"),
+    predict_workers: int = 1,
+    **overrides: object,
+) -> Iterator[LiveStack]:
     gateway_port = free_port()
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
@@ -49,7 +55,9 @@ def live_stack(workdir: Path, **overrides: object) -> Iterator[LiveStack]:
         data_dir=workdir,
         **overrides,  # type: ignore[arg-type]
     )
-    supervisor = start_stack(settings, gateway_port=gateway_port)
+    supervisor = start_stack(
+        settings, gateway_port=gateway_port, queues=queues, predict_workers=predict_workers
+    )
     try:
         yield LiveStack(settings, f"http://127.0.0.1:{gateway_port}", supervisor)
     finally:

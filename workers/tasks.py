@@ -4,21 +4,27 @@ A train or pipeline job runs as a chain of tasks across the queues, each sending
 ingest (evaluate queue) -> train (train queue) -> evaluate (evaluate queue) -> promote.
 """
 
+import sys
 from functools import cache
 from typing import Any
 
+from celery.signals import worker_ready
+from celery_batches import SimpleRequest
+
 from pipeline import stages
-from pipeline.predictor import Predictor
 from shared import tasks as names
-from shared.jobs import EvaluateParams, Job, JobType, PipelineParams, PredictParams, TrainParams
+from shared.jobs import EvaluateParams, Job, JobType, PipelineParams, TrainParams
 from shared.jobstore import JobStore
 from workers.app import app, settings
+from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
+from workers.predict import serve_batch
 from workers.reporting import JobReporter, run_step
 
 # Long tasks hold their message until they finish; a worker that dies mid-task leaves it to be
 # redelivered to another, which resumes from the last checkpoint.
 LONG_TASK: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
+PREDICT_SWITCH_INTERVAL_S = 0.0005
 
 
 @cache
@@ -35,14 +41,29 @@ def _send(task: str, job_id: str, **kwargs: Any) -> None:
     app.send_task(task, args=[job_id], kwargs=kwargs, queue=names.ROUTES[task])
 
 
-@app.task(name=names.PREDICT)
-def predict(job_id: str) -> None:
-    def step(job: Job, reporter: JobReporter) -> dict[str, Any]:
-        params = PredictParams.model_validate({"type": "predict", **job.params})
-        predictor: Predictor = serving_model().current()
-        return {"model_version": predictor.version, "predictions": predictor.predict(params.texts)}
+@app.task(
+    name=names.PREDICT,
+    base=ModelPacedBatches,
+    flush_every=settings.predict_max_batch,
+    flush_interval=max(settings.predict_max_wait_ms, 1.0) / 1000,
+)
+def predict(requests: list[SimpleRequest]) -> None:
+    """A batch of predict jobs, each message naming one job."""
+    release = predict.model_released()
+    try:
+        serve_batch(store(), serving_model(), [request.args[0] for request in requests], release)
+    finally:
+        release()
 
-    run_step(store(), job_id, step)
+
+@worker_ready.connect
+def _start_serving(sender: Any, **_: Any) -> None:
+    """A predict worker loads the production model as it starts, not on its first request."""
+    if names.ROUTES[names.PREDICT] in {queue.name for queue in sender.task_consumer.queues}:
+        # The model thread takes the GIL back after every torch op; with Python's default 5 ms
+        # switch interval it waits that long whenever the consumer thread holds it.
+        sys.setswitchinterval(PREDICT_SWITCH_INTERVAL_S)
+        serving_model().start()
 
 
 @app.task(name=names.INGEST, **LONG_TASK)

@@ -1,0 +1,119 @@
+"""The predict fleet on the real local stack: Celery batches, the 503 before any model, and a
+model swap under steady load that loses and fails nothing."""
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from pipeline.registry import publish
+from pipeline.serving import load_serving
+from shared.registry import ModelRegistry
+from tests.pipeline_support import copy_as_new_version, tiny_model
+from tests.stack_fixture import LiveStack, live_stack
+
+pytestmark = pytest.mark.slow
+
+CLIENT_TEXTS = [
+    "Stocks rally as the central bank holds rates",
+    "The striker scored twice in the cup final",
+    "New chip doubles battery life of phones",
+    "Rebels seize the capital after peace talks fail",
+    "Quarterly profit beats forecasts at the carmaker",
+    "Astronomers find water on a distant moon",
+    "Tennis champion withdraws with a knee injury",
+    "Oil prices slide as supply grows",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    # Two predict workers, as `make up` starts on two cores: both swap, neither fails a request.
+    with live_stack(
+        tmp_path_factory.mktemp("fleet"), queues=("predict",), predict_workers=2, model_poll_s=0.5
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def promote(stack: LiveStack, model_dir: Path) -> str:
+    registry = ModelRegistry.from_settings(stack.settings)
+    version = publish(registry, model_dir).version
+    registry.promote(version, "test")
+    return version
+
+
+class Client(threading.Thread):
+    """Sends its own text, one request at a time, until told to stop."""
+
+    def __init__(self, url: str, text: str, stop: threading.Event) -> None:
+        super().__init__()
+        self.url, self.text, self.stop = url, text, stop
+        self.answers: list[tuple[int, dict[str, Any]]] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self.stop.is_set():
+                response = http.post("/v1/predict", json={"text": self.text})
+                self.answers.append((response.status_code, response.json()))
+
+    def versions(self) -> list[str]:
+        return [body.get("model_version", "") for _, body in self.answers]
+
+
+def test_before_any_model_predictions_are_refused_saying_what_to_do(stack: LiveStack) -> None:
+    response = httpx.post(f"{stack.url}/v1/predict", json={"text": "Stocks rally"}, timeout=30)
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "no_production_model"
+    assert "archive.zip" in error["message"]
+
+
+def test_a_model_swap_under_steady_load_loses_and_fails_nothing(
+    stack: LiveStack, model_dir: Path, tmp_path: Path
+) -> None:
+    first = promote(stack, model_dir)
+    stop = threading.Event()
+    clients = [Client(stack.url, text, stop) for text in CLIENT_TEXTS]
+    for client in clients:
+        client.start()
+    try:
+        _wait(lambda: all(client.versions().count(first) >= 5 for client in clients))
+        copy_as_new_version(model_dir, tmp_path / "second")
+        second = promote(stack, tmp_path / "second")
+        _wait(lambda: all(client.versions()[-5:] == [second] * 5 for client in clients))
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+
+    expected = {
+        version: load_serving(version, stack.settings, tmp_path / "models")
+        for version in (first, second)
+    }
+    for client in clients:
+        assert {status for status, _ in client.answers} == {200}
+        assert set(client.versions()) == {first, second}
+        for _, body in client.answers:
+            (answer,) = body["predictions"]
+            (truth,) = expected[body["model_version"]].predict([client.text])
+            assert answer["label"] == truth["label"]
+            assert np.allclose(
+                list(answer["scores"].values()), list(truth["scores"].values()), atol=1e-3
+            )
+
+
+def _wait(condition: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

@@ -1,0 +1,84 @@
+"""Predict jobs served in batches: many jobs' texts through one forward pass of one model."""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeline.predictor import answers
+from shared.errors import ErrorInfo, InvalidRequest, error_info
+from shared.jobs import PredictParams
+from shared.jobstore import JobStore
+from workers.models import ServingModel
+
+log = logging.getLogger(__name__)
+
+End = tuple[str, dict[str, Any] | ErrorInfo]
+
+
+def _texts(params: dict[str, Any]) -> list[str]:
+    return PredictParams.model_validate({"type": "predict", **params}).texts
+
+
+def serve_batch(
+    store: JobStore,
+    model: ServingModel,
+    job_ids: Sequence[str],
+    on_forward_done: Callable[[], None] = lambda: None,
+) -> None:
+    """Answer every predict job of a batch: each gets its own texts' predictions, or its error.
+
+    Redis is read and written once per batch, not per job; tokenizing happens outside the
+    model's lock, and `on_forward_done` lets the next batch into the model while this one's
+    answers are written.
+    """
+    ends: list[End] = []
+    work: list[tuple[str, list[str]]] = []
+    began = time.perf_counter()
+    for job_id, job in zip(job_ids, store.get_many(job_ids), strict=True):
+        if job is None:
+            log.warning("predict job %s expired before it was served", job_id)
+        elif not job.status.terminal:
+            try:
+                work.append((job_id, _texts(job.params)))
+            except ValidationError as exc:
+                ends.append((job_id, InvalidRequest(f"bad predict job: {exc}").info()))
+    started = store.start_many([job_id for job_id, _ in work])
+    work = [item for item, refused in zip(work, started, strict=True) if refused is None]
+    try:
+        ends += _predict(model, work)
+    finally:
+        on_forward_done()
+    store.finish_many(ends)
+    log.debug(
+        "served %d predict jobs in %.1f ms", len(job_ids), (time.perf_counter() - began) * 1000
+    )
+
+
+def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End]:
+    if not work:
+        return []
+    try:
+        predictor = model.current()
+        encoded = predictor.encode([text for _, texts in work for text in texts])
+        rows = answers(predictor.forward(encoded.ids), encoded.truncated)
+    except Exception as exc:
+        log.exception("a batch of %d predict jobs failed", len(work))
+        return [(job_id, error_info(exc)) for job_id, _ in work]
+    ends: list[End] = []
+    start = 0
+    for job_id, texts in work:
+        ends.append(
+            (
+                job_id,
+                {
+                    "model_version": predictor.version,
+                    "precision": predictor.precision,
+                    "predictions": rows[start : start + len(texts)],
+                },
+            )
+        )
+        start += len(texts)
+    return ends
