@@ -77,7 +77,7 @@ USER 10001:10001
 WORKDIR /var/lib/agnews
 HEALTHCHECK --interval=60s --timeout=20s --start-period=180s --retries=3 \
     CMD ["sh", "-c", "celery -A workers.app inspect ping --timeout 15 -d \"$WORKER_QUEUE@$HOSTNAME\" > /dev/null"]
-CMD ["sh", "-c", "exec celery -A workers.app worker -Q \"$WORKER_QUEUE\" -n \"$WORKER_QUEUE@%h\" --concurrency \"$WORKER_CONCURRENCY\" --loglevel INFO --without-gossip --without-mingle"]
+CMD ["sh", "-c", "exec python -m workers \"$WORKER_QUEUE\" --concurrency \"$WORKER_CONCURRENCY\""]
 
 # The CPU image (the default target).
 FROM ${PYTHON_IMAGE} AS worker
@@ -98,4 +98,4 @@ USER 10001:10001
 WORKDIR /var/lib/agnews
 HEALTHCHECK --interval=60s --timeout=20s --start-period=120s --retries=3 \
     CMD ["sh", "-c", "celery -A workers.app inspect ping --timeout 15 -d \"$WORKER_QUEUE@$HOSTNAME\" > /dev/null"]
-CMD ["sh", "-c", "exec celery -A workers.app worker -Q \"$WORKER_QUEUE\" -n \"$WORKER_QUEUE@%h\" --concurrency \"$WORKER_CONCURRENCY\" --loglevel INFO --without-gossip --without-mingle"]
+CMD ["sh", "-c", "exec python -m workers \"$WORKER_QUEUE\" --concurrency \"$WORKER_CONCURRENCY\""]
