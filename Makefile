@@ -11,3 +11,13 @@ test:
 
 lint:
 	.venv/bin/ruff check --no-cache . && .venv/bin/ruff format --check --no-cache . && .venv/bin/mypy shared gateway workers pipeline stack deploy/rollout.py
+
+# Benchmarks (bench/RESULTS.md records what they printed).
+bench-sse:
+	.venv/bin/python bench/sse.py --clients 1000 --events 10
+
+bench-throughput:
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/throughput.py
+
+bench-accuracy:
+	HF_HUB_OFFLINE=1 .venv/bin/python bench/accuracy.py --profile quick

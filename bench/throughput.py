@@ -1,0 +1,323 @@
+"""Predict throughput and latency: the model alone, then end to end through the real stack.
+
+    .venv/bin/python bench/throughput.py --model bench/out/model-full
+
+The model folder is what bench/accuracy.py leaves (`--profile full` makes bench/out/model-full).
+
+1. In process, on the archive's test.csv: fp32 and int8 accuracy and texts/s in length-sorted
+   batches (the ceiling), and single-text latency (tokenize + forward + answer).
+2. The local stack (Redis, SeaweedFS, the gateway, predict workers): the model is registered
+   with its int8 check and promoted; 1, 16 and 64 clients, each sending one text per request and
+   the next when answered, through HTTP -> gateway -> Redis -> predict worker -> answer; with one
+   worker of 2 torch threads, then with 2 workers of 1 thread (what `make up` starts on 2 cores).
+   The CPU time each process spent is divided among the requests it served.
+3. The ceiling again, since this machine's speed drifts.
+
+The clients speak minimal HTTP/1.1 over asyncio streams so that the load generator, which shares
+the machine's cores with the system, costs as little as possible. Prints a table and writes
+bench/out/throughput.json.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.ingest import read_archive
+from pipeline.predictor import Predictor
+from pipeline.registry import publish, write_manifest
+from pipeline.serving import int8_check
+from shared.registry import MANIFEST, ModelInfo, ModelRegistry, new_version
+from shared.settings import Settings
+from stack.processes import Supervisor
+from tests.stack_fixture import live_stack
+
+DEFAULT_ARCHIVE = Path("/work/shared/data/archive.zip")
+OUT = Path(__file__).parent / "out"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def single_latency_ms(predictor: Predictor, texts: list[str], n: int) -> dict[str, float]:
+    predictor.predict(texts[:4])
+    times = []
+    for text in texts[:n]:
+        started = time.perf_counter()
+        predictor.predict([text])
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": round(percentile(times, 50), 2), "p99_ms": round(percentile(times, 99), 2)}
+
+
+def in_process(model_dir: Path, texts: list[str], rows: list[Any], settings: Settings) -> dict:
+    """Accuracy and batched speed of both forms with every core; single-text latency with every
+    core and with the one thread a predict worker uses."""
+    fp32 = Predictor.load(model_dir, settings)
+    fp32.probabilities(texts[:64])
+    started = time.perf_counter()
+    probabilities, _ = fp32.probabilities([row.text for row in rows])
+    seconds = time.perf_counter() - started
+    truth = [row.label for row in rows]
+    accuracy = sum(int(p == t) for p, t in zip(probabilities.argmax(1), truth, strict=True))
+    check = int8_check(fp32, rows, {"accuracy": accuracy / len(rows), "seconds": seconds}, settings)
+    int8 = fp32.int8()
+    single = {}
+    for threads in (torch.get_num_threads(), settings.predict_threads):
+        torch.set_num_threads(threads)
+        for form, predictor in (("fp32", fp32), ("int8", int8)):
+            single[f"{form}_{threads}t"] = single_latency_ms(predictor, texts, 200)
+    return {"check": check, "single": single}
+
+
+def with_check(model_dir: Path, check: dict[str, Any], dest: Path) -> Path:
+    """The model as a new version whose metrics.json carries the int8 check just run."""
+    shutil.copytree(model_dir, dest)
+    old = ModelInfo.model_validate_json((dest / MANIFEST).read_bytes())
+    (dest / MANIFEST).unlink()
+    (dest / "metrics.json").unlink(missing_ok=True)
+    write_manifest(
+        dest,
+        version=new_version(),
+        base_model=old.base_model,
+        dataset_sha256=old.dataset_sha256,
+        metrics={**old.metrics, "serving": check},
+        params=old.params,
+    )
+    return dest
+
+
+def cpu_seconds(supervisor: Supervisor) -> dict[str, float]:
+    """CPU time (user + system) spent so far by each part of the stack and by this process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {"load generator": sum(os.times()[:2])}
+    for service in supervisor.services:
+        if service.process is None:
+            continue
+        fields = Path(f"/proc/{service.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        part = "predict workers" if service.name.startswith("worker-predict") else service.name
+        spent[part] = spent.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return spent
+
+
+@dataclass
+class Load:
+    clients: int
+    seconds: float
+    requests: int
+    errors: int
+    texts_per_s: float
+    p50_ms: float
+    p99_ms: float
+    versions: list[str]
+    precision: str
+    cpu_cores: dict[str, float]
+    cpu_ms_per_request: dict[str, float]
+
+
+async def _client(
+    url: str, texts: list[str], offset: int, until: float, latencies: list[float], seen: dict
+) -> int:
+    parsed = urlparse(url)
+    reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
+    errors = 0
+    index = offset
+    try:
+        while time.perf_counter() < until:
+            body = json.dumps({"text": texts[index % len(texts)]}).encode()
+            index += 1
+            head = (
+                f"POST /v1/predict HTTP/1.1\r\nHost: {parsed.netloc}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            started = time.perf_counter()
+            writer.write(head + body)
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while (line := await reader.readline()) != b"\r\n":
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            answer = json.loads(await reader.readexactly(length))
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                errors += 1
+                continue
+            seen[answer["model_version"]] = answer.get("precision", "?")
+    finally:
+        writer.close()
+    return errors
+
+
+async def load(
+    url: str, texts: list[str], clients: int, seconds: float, supervisor: Supervisor
+) -> Load:
+    seen: dict[str, str] = {}
+    warm: list[float] = []
+    await asyncio.gather(
+        *(
+            _client(url, texts, i * 97, time.perf_counter() + 1.5, warm, seen)
+            for i in range(clients)
+        )
+    )
+    latencies: list[float] = []
+    cpu_before = cpu_seconds(supervisor)
+    started = time.perf_counter()
+    errors = await asyncio.gather(
+        *(
+            _client(url, texts, 5000 + i * 97, started + seconds, latencies, seen)
+            for i in range(clients)
+        )
+    )
+    elapsed = time.perf_counter() - started
+    cpu = {
+        part: spent - cpu_before.get(part, 0.0)
+        for part, spent in cpu_seconds(supervisor).items()
+        if spent - cpu_before.get(part, 0.0) > 0.005 * elapsed
+    }
+    return Load(
+        clients=clients,
+        seconds=round(elapsed, 1),
+        requests=len(latencies),
+        errors=sum(errors),
+        texts_per_s=round((len(latencies) - sum(errors)) / elapsed, 1),
+        p50_ms=round(percentile(latencies, 50), 1),
+        p99_ms=round(percentile(latencies, 99), 1),
+        versions=sorted(seen),
+        precision=",".join(sorted(set(seen.values()))),
+        cpu_cores={part: round(spent / elapsed, 2) for part, spent in cpu.items()},
+        cpu_ms_per_request={
+            part: round(spent * 1000 / max(1, len(latencies)), 2) for part, spent in cpu.items()
+        },
+    )
+
+
+def end_to_end(
+    model_dir: Path, texts: list[str], runs: list[int], seconds: float, **settings: Any
+) -> list[Load]:
+    with (
+        tempfile.TemporaryDirectory() as work,
+        live_stack(Path(work), queues=("predict",), **settings) as stack,
+    ):
+        registry = ModelRegistry.from_settings(stack.settings)
+        version = publish(registry, model_dir).version
+        registry.promote(version, "benchmark")
+        deadline = time.monotonic() + 120
+        while True:
+            answer = httpx.post(f"{stack.url}/v1/predict", json={"text": texts[0]}, timeout=60)
+            if answer.status_code == 200 and answer.json()["model_version"] == version:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the stack never served {version}: {answer.text}")
+            time.sleep(0.5)
+        return [
+            asyncio.run(load(stack.url, texts, clients, seconds, stack.supervisor))
+            for clients in runs
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=OUT / "model-full")
+    parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    if not (args.model / MANIFEST).is_file():
+        parser.error(
+            f"{args.model} holds no trained model: make one with "
+            "`bench/accuracy.py --profile full` (or pass --model, e.g. bench/out/model-quick)"
+        )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    settings = Settings()
+    rows = read_archive(args.data, settings).test.rows
+    texts = [row.text for row in rows]
+    local = in_process(args.model, texts, rows, settings)
+    check = local["check"]
+    ceiling = (
+        check["int8"]["texts_per_s"] if check["int8_allowed"] else check["fp32"]["texts_per_s"]
+    )
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = with_check(args.model, check, Path(scratch) / "model")
+        runs = {
+            f"{workers} worker(s) x {threads} thread(s)": end_to_end(
+                model_dir,
+                texts,
+                [1, 16, 64],
+                args.seconds,
+                model_poll_s=0.5,
+                predict_threads=threads,
+                predict_workers=workers,
+            )
+            for workers, threads in ((1, 2), (2, 1))
+        }
+    # The machine is a shared VM whose speed drifts: the ceiling again, after the load runs.
+    served = Predictor.load(args.model, settings)
+    served = served.int8() if check["int8_allowed"] else served
+    started = time.perf_counter()
+    served.probabilities(texts)
+    ceiling_after = round(len(texts) / (time.perf_counter() - started), 1)
+    results = {
+        "model": str(args.model),
+        "test_rows": len(rows),
+        "check": check,
+        "single_in_process": local["single"],
+        "ceiling_texts_per_s": ceiling,
+        "ceiling_after_texts_per_s": ceiling_after,
+        "end_to_end": {name: [asdict(run) for run in loads] for name, loads in runs.items()},
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "throughput.json").write_text(json.dumps(results, indent=2))
+    report(results)
+
+
+def report(results: dict[str, Any]) -> None:
+    check, single = results["check"], results["single_in_process"]
+    ceiling = results["ceiling_texts_per_s"]
+    print(f"\nmodel {results['model']}, {results['test_rows']} test rows")
+    for form in ("fp32", "int8"):
+        print(
+            f"  {form}: accuracy {check[form]['accuracy']:.4f}, "
+            f"{check[form]['texts_per_s']} texts/s batched"
+        )
+    for name, latency in single.items():
+        print(f"  single text {name}: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
+    print(
+        f"  int8 vs fp32: {check['int8_speedup']}x faster, "
+        f"{check['int8_accuracy_drop_pts']:+.2f} pts accuracy drop, "
+        f"allowed: {check['int8_allowed']}"
+    )
+    print(
+        f"  ceiling (served form, batched, in process): {ceiling} texts/s "
+        f"({results['ceiling_after_texts_per_s']} texts/s again after the load runs)"
+    )
+    print("\nend to end (HTTP -> gateway -> Redis -> predict worker), one text per request")
+    for label, runs in results["end_to_end"].items():
+        for run in runs:
+            print(
+                f"  {label:32} {run['clients']:3} clients: {run['texts_per_s']:6.1f} texts/s "
+                f"({run['texts_per_s'] / ceiling:.2f} of ceiling), p50 {run['p50_ms']} ms, "
+                f"p99 {run['p99_ms']} ms, {run['requests']} requests, {run['errors']} errors, "
+                f"served in {run['precision']}"
+            )
+            cores = ", ".join(f"{part} {value}" for part, value in run["cpu_cores"].items())
+            print(f"  {'':32}              CPU cores: {cores}")
+
+
+if __name__ == "__main__":
+    main()
