@@ -1,7 +1,7 @@
 """Train a profile on an archive and score the model on the archive's test.csv.
 
     .venv/bin/python bench/accuracy.py --profile quick
-    .venv/bin/python bench/accuracy.py --profile full --data /work/shared/data/archive.zip
+    .venv/bin/python bench/accuracy.py --profile full --data data/archive.zip
     .venv/bin/python bench/accuracy.py --profile full --set epochs=4 --set bf16=false
 
 Prints wall time (training, evaluation, all), validation and test accuracy, and test macro-F1;
@@ -20,7 +20,7 @@ from pipeline.stages import TrainOutput, finish_model
 from pipeline.train import PROFILES, config_for, fit
 from shared.settings import Settings
 
-DEFAULT_ARCHIVE = Path("/work/shared/data/archive.zip")
+DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ from shared.settings import Settings
 from stack.processes import Supervisor
 from tests.stack_fixture import live_stack
 
-DEFAULT_ARCHIVE = Path("/work/shared/data/archive.zip")
+DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 OUT = Path(__file__).parent / "out"
 
 

@@ -1,6 +1,6 @@
 """Training throughput: the project's trainer against a bare PyTorch loop on the same batches.
 
-    .venv/bin/python bench/train_speed.py --steps 30 [--data /work/shared/data/archive.zip]
+    .venv/bin/python bench/train_speed.py --steps 30 [--data data/archive.zip]
     .venv/bin/python bench/train_speed.py --steps 30 --set bf16=false
 
 Each loop runs in its own process, so each reports its own peak memory (ru_maxrss). Samples per
@@ -39,7 +39,7 @@ from pipeline.train import TrainConfig, config_for, fit, split_rows
 from shared.jobs import EventType
 from shared.settings import Settings
 
-DEFAULT_ARCHIVE = Path("/work/shared/data/archive.zip")
+DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 WARMUP_STEPS = 5
 
 

@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 
 MINI_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive_mini.zip"
-REAL_ARCHIVE = Path("/work/shared/data/archive.zip")
+REAL_ARCHIVE = MINI_ARCHIVE.parent / "archive.zip"
 Record = list[str]
 HEADERS = {
     "original": None,
