@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -38,11 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.ingest import read_archive
 from pipeline.predictor import Predictor
-from pipeline.registry import publish, write_manifest
+from pipeline.registry import publish
 from pipeline.serving import int8_check
-from shared.registry import MANIFEST, ModelInfo, ModelRegistry, new_version
+from shared.registry import MANIFEST, ModelRegistry
 from shared.settings import Settings
 from stack.processes import Supervisor
+from tests.pipeline_support import copy_as_new_version
 from tests.stack_fixture import live_stack
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
@@ -82,23 +82,6 @@ def in_process(model_dir: Path, texts: list[str], rows: list[Any], settings: Set
         for form, predictor in (("fp32", fp32), ("int8", int8)):
             single[f"{form}_{threads}t"] = single_latency_ms(predictor, texts, 200)
     return {"check": check, "single": single}
-
-
-def with_check(model_dir: Path, check: dict[str, Any], dest: Path) -> Path:
-    """The model as a new version whose metrics.json carries the int8 check just run."""
-    shutil.copytree(model_dir, dest)
-    old = ModelInfo.model_validate_json((dest / MANIFEST).read_bytes())
-    (dest / MANIFEST).unlink()
-    (dest / "metrics.json").unlink(missing_ok=True)
-    write_manifest(
-        dest,
-        version=new_version(),
-        base_model=old.base_model,
-        dataset_sha256=old.dataset_sha256,
-        metrics={**old.metrics, "serving": check},
-        params=old.params,
-    )
-    return dest
 
 
 def cpu_seconds(supervisor: Supervisor) -> dict[str, float]:
@@ -253,7 +236,9 @@ def main() -> None:
     )
 
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = with_check(args.model, check, Path(scratch) / "model")
+        # The model as a new version whose metrics.json carries the int8 check just run.
+        model_dir = Path(scratch) / "model"
+        copy_as_new_version(args.model, model_dir, serving=check)
         runs = {
             f"{workers} worker(s) x {threads} thread(s)": end_to_end(
                 model_dir,

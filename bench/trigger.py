@@ -12,42 +12,21 @@ reached the client.
 """
 
 import argparse
-import contextlib
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from shared.jobs import EventType, Job, JobType
 from shared.jobstore import JobStore
-from shared.settings import Settings
 from shared.storage import s3_client
-from stack.local import start_stack
+from tests.stack_fixture import live_stack
 
 ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive_mini.zip"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_block(size: int) -> int:
-    """The first of `size` consecutive free ports (SeaweedFS opens eight), below the ephemeral
-    range."""
-    for base in range(31000, 32000, 97):
-        try:
-            with contextlib.ExitStack() as held:
-                for port in range(base, base + size):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no block of free ports")
 
 
 def wait_for_job(store: JobStore, key: str, timeout_s: float) -> Job:
@@ -85,39 +64,30 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="agnews-bench-trigger-") as workdir:
-        settings = Settings(
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            s3_endpoint_url=f"http://127.0.0.1:{free_port_block(8)}",
-            listener_port=free_port(),
-            s3_access_key_id="agnews",
-            s3_secret_access_key="agnews-bench-secret",
-            bucket="agnews-bench",
-            data_dir=Path(workdir),
-        )
-        began = time.monotonic()
-        queues = () if args.no_worker else ("evaluate",)
-        supervisor = start_stack(settings, queues=queues, gateway_port=free_port())
+    began = time.monotonic()
+    queues = () if args.no_worker else ("evaluate",)
+    created: list[float] = []
+    running: list[float] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="agnews-bench-trigger-") as workdir,
+        live_stack(Path(workdir), queues=queues) as stack,
+    ):
         print(f"stack up in {time.monotonic() - began:.1f}s", flush=True)
-        created: list[float] = []
-        running: list[float] = []
-        try:
-            store = JobStore.from_settings(settings)
-            s3 = s3_client(settings)
-            body = ARCHIVE.read_bytes()
-            for index in range(args.uploads):
-                key = f"{settings.incoming_prefix}bench-{index}/archive.zip"
-                s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
-                uploaded = time.time()
-                job = wait_for_job(store, key, args.timeout)
-                created.append(job.created_at.timestamp() - uploaded)
-                line = f"upload {index}: job {job.id} created after {created[-1]:.3f}s"
-                if not args.no_worker:
-                    running.append(running_at(store, job.id, args.timeout) - uploaded)
-                    line += f", running after {running[-1]:.3f}s"
-                print(line, flush=True)
-        finally:
-            supervisor.stop()
+        settings = stack.settings
+        store = JobStore.from_settings(settings)
+        s3 = s3_client(settings)
+        body = ARCHIVE.read_bytes()
+        for index in range(args.uploads):
+            key = f"{settings.incoming_prefix}bench-{index}/archive.zip"
+            s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+            uploaded = time.time()
+            job = wait_for_job(store, key, args.timeout)
+            created.append(job.created_at.timestamp() - uploaded)
+            line = f"upload {index}: job {job.id} created after {created[-1]:.3f}s"
+            if not args.no_worker:
+                running.append(running_at(store, job.id, args.timeout) - uploaded)
+                line += f", running after {running[-1]:.3f}s"
+            print(line, flush=True)
     print(summary("upload -> job created", created))
     if running:
         print(summary("upload -> job running", running))

@@ -19,10 +19,10 @@ from pipeline.modeling import (
     quiet_transformers,
     to_device,
 )
-from pipeline.registry import download, verify
+from pipeline.registry import download, read_manifest, verify
 from pipeline.text import clean_text
-from shared.errors import ModelIntegrityError, NoProductionModel
-from shared.registry import ModelRegistry
+from shared.errors import ModelIntegrityError
+from shared.registry import ModelInfo, ModelRegistry
 from shared.settings import Settings
 
 Precision = Literal["fp32", "int8"]
@@ -64,7 +64,11 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: Path, settings: Settings) -> "Predictor":
         """A model directory whose files all match its manifest (else ModelIntegrityError)."""
-        info = verify(model_dir)
+        return cls.from_manifest(model_dir, verify(model_dir), settings)
+
+    @classmethod
+    def from_manifest(cls, model_dir: Path, info: ModelInfo, settings: Settings) -> "Predictor":
+        """A model directory already verified against its manifest `info`."""
         return cls.from_files(
             model_dir, settings, version=info.version, max_length=int(info.params["max_length"])
         )
@@ -159,12 +163,10 @@ def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[dict[s
 def load_version(version: str, settings: Settings, cache_dir: Path | None = None) -> Predictor:
     registry = ModelRegistry.from_settings(settings)
     model_dir = download(registry, version, cache_dir or settings.data_dir / "models")
-    return Predictor.load(model_dir, settings)
+    return Predictor.from_manifest(model_dir, read_manifest(model_dir), settings)
 
 
 def load_production(settings: Settings, cache_dir: Path | None = None) -> Predictor:
     """The production version, downloaded and verified (NoProductionModel where there is none)."""
-    pointer = ModelRegistry.from_settings(settings).production()
-    if pointer is None:
-        raise NoProductionModel("no model has been promoted to production yet")
-    return load_version(pointer.version, settings, cache_dir)
+    version = ModelRegistry.from_settings(settings).production_version()
+    return load_version(version, settings, cache_dir)

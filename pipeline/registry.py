@@ -80,16 +80,21 @@ def write_manifest(
     return info
 
 
-def verify(model_dir: Path) -> ModelInfo:
-    """The manifest of a model directory whose every listed file matches its sha256."""
+def read_manifest(model_dir: Path) -> ModelInfo:
+    """The manifest of a model directory, its files not checked (see verify)."""
     try:
-        info = ModelInfo.model_validate_json((model_dir / MANIFEST).read_bytes())
+        return ModelInfo.model_validate_json((model_dir / MANIFEST).read_bytes())
     except FileNotFoundError:
         raise ModelIntegrityError(
             f"{model_dir} has no {MANIFEST}", details={"path": str(model_dir)}
         ) from None
     except ValidationError as exc:
         raise ModelIntegrityError(f"{model_dir / MANIFEST} is not a valid manifest: {exc}") from exc
+
+
+def verify(model_dir: Path) -> ModelInfo:
+    """The manifest of a model directory whose every listed file matches its sha256."""
+    info = read_manifest(model_dir)
     _refuse_unsafe(info.files, str(model_dir))
     if WEIGHTS not in info.files:
         raise ModelIntegrityError(f"the manifest of {info.version} lists no {WEIGHTS}")

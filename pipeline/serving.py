@@ -14,8 +14,7 @@ import numpy as np
 
 from pipeline.ingest import Row
 from pipeline.predictor import Precision, Predictor
-from pipeline.registry import download, verify
-from shared.errors import NoProductionModel
+from pipeline.registry import download, read_manifest
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 
@@ -73,24 +72,8 @@ def serving_note(settings: Settings, metrics: Mapping[str, Any]) -> str:
 def load_serving(version: str, settings: Settings, cache_dir: Path) -> Predictor:
     """A registered version, downloaded, verified and in the form it should serve in."""
     model_dir = download(ModelRegistry.from_settings(settings), version, cache_dir)
-    info = verify(model_dir)
+    info = read_manifest(model_dir)
     precision = choose_precision(settings, info.metrics)
     log.info("loading model %s to serve in %s", version, precision)
-    predictor = Predictor.from_files(
-        model_dir,
-        settings.model_copy(update={"torch_threads": settings.predict_threads}),
-        version=version,
-        max_length=int(info.params["max_length"]),
-    )
-    return predictor.with_precision(precision)
-
-
-def production_version(registry: ModelRegistry, settings: Settings) -> str:
-    pointer = registry.production()
-    if pointer is None:
-        raise NoProductionModel(
-            f"No model serves yet: upload an archive.zip under s3://{settings.bucket}/"
-            f"{settings.incoming_prefix} (or POST /v1/jobs with a pipeline job) to train one; "
-            "the first model to finish is promoted."
-        )
-    return pointer.version
+    serving = settings.model_copy(update={"torch_threads": settings.predict_threads})
+    return Predictor.from_manifest(model_dir, info, serving).with_precision(precision)

@@ -20,7 +20,7 @@ from pipeline.report import Reporter
 from pipeline.serving import int8_check, serving_note
 from pipeline.train import config_for, fit
 from pipeline.validate import check, validate
-from shared.errors import Conflict, NoProductionModel
+from shared.errors import Conflict
 from shared.jobs import EventType
 from shared.registry import ModelInfo, ModelRegistry, new_version, read_object
 from shared.settings import Settings
@@ -189,10 +189,7 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Metrics of a registered version (production when None) on an archive's test.csv."""
     if version is None:
-        pointer = ModelRegistry.from_settings(settings).production()
-        if pointer is None:
-            raise NoProductionModel("no model has been promoted to production yet")
-        version = pointer.version
+        version = ModelRegistry.from_settings(settings).production_version()
     predictor = load_version(version, settings)
     with scratch_dir(settings) as scratch:
         dataset = read_archive(fetch_archive(source, settings, Path(scratch)), settings)

@@ -69,6 +69,7 @@ class ModelRegistry:
         self.s3 = s3
         self.bucket = settings.bucket
         self.prefix = settings.models_prefix
+        self.incoming_prefix = settings.incoming_prefix
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelRegistry":
@@ -102,6 +103,17 @@ class ModelRegistry:
 
     def production(self) -> ProductionPointer | None:
         return self._production()[0]
+
+    def production_version(self) -> str:
+        """The version in production; where there is none, NoProductionModel says how to get one."""
+        pointer = self.production()
+        if pointer is None:
+            raise NoProductionModel(
+                f"No model serves yet: upload an archive.zip under s3://{self.bucket}/"
+                f"{self.incoming_prefix} (or POST /v1/jobs with a pipeline job) to train one; "
+                "the first model to finish is promoted."
+            )
+        return pointer.version
 
     def promote(
         self, version: str, reason: str, *, expected: str | EllipsisType | None = ...

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.predictor import Predictor
-from pipeline.serving import load_serving, production_version
+from pipeline.serving import load_serving
 from shared.errors import AgNewsError, ServiceUnavailable
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from shared.storage import s3_client
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ Loader = Callable[[str, Settings, Path], Predictor]
 class ServingModel:
     def __init__(self, settings: Settings, load: Loader = load_serving) -> None:
         self.settings = settings
-        self.registry = ModelRegistry(s3_client(settings), settings)
+        self.registry = ModelRegistry.from_settings(settings)
         self._load = load
         self._predictor: Predictor | None = None
         self._problem: AgNewsError | None = None
@@ -65,7 +64,7 @@ class ServingModel:
         model that serves and is retried after `model_retry_s`."""
         with self._refresh_lock:
             try:
-                version = production_version(self.registry, self.settings)
+                version = self.registry.production_version()
             except AgNewsError as exc:
                 self._problem = exc
                 return
