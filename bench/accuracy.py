@@ -9,16 +9,16 @@ the model lands in bench/out/model-{profile}/.
 """
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 from pipeline.ingest import read_archive
 from pipeline.report import TqdmReporter
-from pipeline.stages import TrainOutput, finish_model
-from pipeline.train import PROFILES, config_for, fit
+from pipeline.stages import train_model
+from pipeline.train import PROFILES, config_for
 from shared.settings import Settings
+from shared.training import TrainConfig
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 
@@ -45,39 +45,35 @@ def main() -> None:
         settings, args.profile, base_model=args.base_model, max_steps=args.max_steps
     )
     changes = dict(item.split("=", 1) for item in args.set)
-    config = dataclasses.replace(
-        config, **{name: json.loads(value) for name, value in changes.items()}
+    config = TrainConfig.model_validate(
+        {**config.model_dump(), **{name: json.loads(value) for name, value in changes.items()}}
     )
     dataset = read_archive(args.data, settings)
     reporter = TqdmReporter()
-    result = fit(config, dataset.train.rows, settings, reporter)
-    trained = time.monotonic()
     out = args.out or Path(__file__).parent / "out" / f"model-{args.profile}"
     out.mkdir(parents=True, exist_ok=True)
     for path in out.iterdir():
         path.unlink()
-    result.save(out)
-    training = TrainOutput(
-        candidate_prefix=str(out),
-        validation=result.validation,
-        params=result.params(),
-        train_seconds=result.state.seconds,
-    )
-    info = finish_model(out, dataset, training, settings, reporter)
+    info = train_model(config, dataset, out, settings, reporter)
     reporter.close()
-    finished = time.monotonic()
+    wall = time.monotonic() - started
+    train_s, metrics, validation = (
+        info.metrics.train_seconds or 0.0,
+        info.metrics,
+        info.metrics.validation,
+    )
     summary = {
         "profile": args.profile,
         "changes": changes,
         "data": str(args.data),
-        "rows_trained": result.rows_trained,
-        "steps": result.state.step,
-        "train_s": round(trained - started, 1),
-        "evaluate_s": round(finished - trained, 1),
-        "wall_s": round(finished - started, 1),
-        "validation_accuracy": round(result.validation["accuracy"], 4),
-        "test_accuracy": round(info.metrics["accuracy"], 4),
-        "test_macro_f1": round(info.metrics["macro_f1"], 4),
+        "rows_trained": info.params.rows_trained,
+        "steps": info.params.steps,
+        "train_s": round(train_s, 1),
+        "evaluate_s": round(wall - train_s, 1),
+        "wall_s": round(wall, 1),
+        "validation_accuracy": round(validation.accuracy, 4) if validation else None,
+        "test_accuracy": round(metrics.accuracy, 4),
+        "test_macro_f1": round(metrics.macro_f1, 4),
         "model_dir": str(out),
     }
     print(json.dumps(summary))

@@ -40,6 +40,7 @@ from pipeline.predictor import Predictor
 from pipeline.registry import publish
 from pipeline.serving import int8_check
 from shared.registry import MANIFEST, ModelRegistry
+from shared.results import ServingCheck
 from shared.settings import Settings
 from stack.processes import Supervisor
 from tests.pipeline_support import copy_as_new_version
@@ -74,7 +75,7 @@ def in_process(model_dir: Path, texts: list[str], rows: list[Any], settings: Set
     seconds = time.perf_counter() - started
     truth = [row.label for row in rows]
     accuracy = sum(int(p == t) for p, t in zip(probabilities.argmax(1), truth, strict=True))
-    check = int8_check(fp32, rows, {"accuracy": accuracy / len(rows), "seconds": seconds}, settings)
+    check = int8_check(fp32, rows, accuracy / len(rows), seconds, settings)
     int8 = fp32.int8()
     single = {}
     for threads in (torch.get_num_threads(), settings.predict_threads):
@@ -231,9 +232,7 @@ def main() -> None:
     texts = [row.text for row in rows]
     local = in_process(args.model, texts, rows, settings)
     check = local["check"]
-    ceiling = (
-        check["int8"]["texts_per_s"] if check["int8_allowed"] else check["fp32"]["texts_per_s"]
-    )
+    ceiling = check.int8.texts_per_s if check.int8_allowed else check.fp32.texts_per_s
 
     with tempfile.TemporaryDirectory() as scratch:
         # The model as a new version whose metrics.json carries the int8 check just run.
@@ -253,14 +252,14 @@ def main() -> None:
         }
     # The machine is a shared VM whose speed drifts: the ceiling again, after the load runs.
     served = Predictor.load(args.model, settings)
-    served = served.int8() if check["int8_allowed"] else served
+    served = served.int8() if check.int8_allowed else served
     started = time.perf_counter()
     served.probabilities(texts)
     ceiling_after = round(len(texts) / (time.perf_counter() - started), 1)
     results = {
         "model": str(args.model),
         "test_rows": len(rows),
-        "check": check,
+        "check": check.model_dump(mode="json"),
         "single_in_process": local["single"],
         "ceiling_texts_per_s": ceiling,
         "ceiling_after_texts_per_s": ceiling_after,
@@ -272,20 +271,20 @@ def main() -> None:
 
 
 def report(results: dict[str, Any]) -> None:
-    check, single = results["check"], results["single_in_process"]
+    check, single = ServingCheck.model_validate(results["check"]), results["single_in_process"]
     ceiling = results["ceiling_texts_per_s"]
     print(f"\nmodel {results['model']}, {results['test_rows']} test rows")
     for form in ("fp32", "int8"):
         print(
-            f"  {form}: accuracy {check[form]['accuracy']:.4f}, "
-            f"{check[form]['texts_per_s']} texts/s batched"
+            f"  {form}: accuracy {getattr(check, form).accuracy:.4f}, "
+            f"{getattr(check, form).texts_per_s} texts/s batched"
         )
     for name, latency in single.items():
         print(f"  single text {name}: p50 {latency['p50_ms']} ms, p99 {latency['p99_ms']} ms")
     print(
-        f"  int8 vs fp32: {check['int8_speedup']}x faster, "
-        f"{check['int8_accuracy_drop_pts']:+.2f} pts accuracy drop, "
-        f"allowed: {check['int8_allowed']}"
+        f"  int8 vs fp32: {check.int8_speedup}x faster, "
+        f"{check.int8_accuracy_drop_pts:+.2f} pts accuracy drop, "
+        f"allowed: {check.int8_allowed}"
     )
     print(
         f"  ceiling (served form, batched, in process): {ceiling} texts/s "

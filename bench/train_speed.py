@@ -8,7 +8,6 @@ second are timed over the steps after the first few (warm-up), excluding loading
 """
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import resource
@@ -124,9 +123,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     changes = dict(item.split("=", 1) for item in args.set)
-    config = dataclasses.replace(
-        config_for(Settings(), args.profile, max_steps=args.steps),
-        **{name: json.loads(value) for name, value in changes.items()},
+    config = config_for(Settings(), args.profile, max_steps=args.steps).model_copy(
+        update={name: json.loads(value) for name, value in changes.items()}
     )
     context = multiprocessing.get_context("spawn")
     results: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import errors as shared_errors
 from shared.errors import (
+    HTTP_ERRORS,
     AgNewsError,
     ErrorInfo,
     InvalidRequest,
@@ -23,19 +24,6 @@ from shared.errors import (
 )
 
 log = logging.getLogger("gateway")
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    422: "invalid_request",
-    429: "rate_limited",
-    503: "service_unavailable",
-}
 
 # The status of each error code a job can end with: the codes shared/errors.py defines.
 _JOB_ERROR_STATUS: dict[str, int] = {
@@ -113,8 +101,9 @@ async def http_exception(request: Request, exc: Exception) -> Response:
         message = f"{request.method} is not allowed on {request.url.path}"
     else:
         message = exc.detail
-    error = AgNewsError(message)
-    error.status_code, error.code = status, _HTTP_CODES.get(status, "http_error")
+    error = HTTP_ERRORS.get(status, AgNewsError)(message)
+    if status not in HTTP_ERRORS:
+        error.status_code, error.code = status, "http_error"
     return error_response(error, headers=dict(exc.headers or {}))
 
 

@@ -13,13 +13,13 @@ from gateway.parsing import parse_body, parse_query
 from gateway.schemas import JobQuery
 from gateway.services import Services, services
 from shared.errors import ErrorInfo, InvalidRequest, ServiceUnavailable
-from shared.jobs import Job, JobRequest, JobType, PredictParams, new_job_id
+from shared.jobs import Job, JobParams, JobType, PredictParams, new_job_id
 from shared.settings import Settings
 from shared.tasks import dispatch
 
 log = logging.getLogger("gateway")
 
-JOB_REQUEST: TypeAdapter[JobRequest] = TypeAdapter(JobRequest)
+JOB_REQUEST: TypeAdapter[JobParams] = TypeAdapter(JobParams)
 JOB_QUERY = TypeAdapter(JobQuery)
 JOB_TAGS = frozenset(JobType)
 
@@ -42,15 +42,11 @@ def check_predict_limits(params: PredictParams, settings: Settings) -> None:
             )
 
 
-async def submit(state: Services, params: JobRequest) -> Job:
+async def submit(state: Services, params: JobParams) -> Job:
     """Store a new job and send its first task; a job that cannot be sent is failed, not left."""
     if isinstance(params, PredictParams):
         check_predict_limits(params, state.settings)
-    job = Job(
-        id=new_job_id(),
-        type=JobType(params.type),
-        params=params.model_dump(mode="json", exclude={"type"}, exclude_none=True),
-    )
+    job = Job(id=new_job_id(), type=JobType(params.type), params=params)
     await state.store.create(job)
     try:
         await asyncio.to_thread(dispatch, state.celery, job)

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from gateway.errors import NoProductionModelYet
 from gateway.parsing import parse_optional_body
-from gateway.schemas import PromoteRequest
+from gateway.schemas import ModelList, PromoteRequest
 from gateway.services import services
 
 PROMOTE_REQUEST = TypeAdapter(PromoteRequest)
@@ -20,12 +20,7 @@ async def list_models(request: Request) -> JSONResponse:
     versions, production = await asyncio.gather(
         asyncio.to_thread(registry.versions), asyncio.to_thread(registry.production)
     )
-    return JSONResponse(
-        {
-            "models": [info.model_dump(mode="json") for info in versions],
-            "production": production.model_dump(mode="json") if production else None,
-        }
-    )
+    return JSONResponse(ModelList(models=versions, production=production).model_dump(mode="json"))
 
 
 async def production_model(request: Request) -> JSONResponse:

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydantic import TypeAdapter, create_model
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -15,13 +15,14 @@ from gateway.schemas import (
     JobList,
     JobQuery,
     JobResource,
+    ModelList,
     PredictResponse,
     PromoteRequest,
     Readiness,
     UploadRequest,
     UploadTicket,
 )
-from shared.jobs import JobRequest, PredictParams
+from shared.jobs import JobParams, PredictParams
 from shared.registry import ModelInfo, ProductionPointer
 
 REF = "#/components/schemas/{model}"
@@ -128,7 +129,7 @@ OPERATIONS = (
 
 def _models() -> dict[str, TypeAdapter[Any]]:
     return {
-        "JobRequest": TypeAdapter(JobRequest),
+        "JobRequest": TypeAdapter(JobParams),
         "PredictParams": TypeAdapter(PredictParams),
         "PromoteRequest": TypeAdapter(PromoteRequest),
         "UploadRequest": TypeAdapter(UploadRequest),
@@ -138,13 +139,7 @@ def _models() -> dict[str, TypeAdapter[Any]]:
         "PredictResponse": TypeAdapter(PredictResponse),
         "UploadTicket": TypeAdapter(UploadTicket),
         "ModelInfo": TypeAdapter(ModelInfo),
-        "ModelList": TypeAdapter(
-            create_model(
-                "ModelList",
-                models=(list[ModelInfo], ...),
-                production=(ProductionPointer | None, ...),
-            )
-        ),
+        "ModelList": TypeAdapter(ModelList),
         "ProductionPointer": TypeAdapter(ProductionPointer),
         "Health": TypeAdapter(Health),
         "Readiness": TypeAdapter(Readiness),

@@ -6,6 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.errors import ErrorInfo
 from shared.jobs import Job, JobStatus, JobType
+from shared.registry import ModelInfo, ProductionPointer
+from shared.results import PredictResult
 
 
 class _Strict(BaseModel):
@@ -35,18 +37,13 @@ class JobQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=200)
 
 
-class Prediction(BaseModel):
-    label: str
-    label_id: int
-    scores: dict[str, float] = Field(description="the probability of every class")
-    truncated: bool = Field(description="the text was longer than the model reads and was cut")
-
-
-class PredictResponse(BaseModel):
-    model_version: str = Field(description="the registered version that produced every answer")
-    precision: Literal["fp32", "int8"] = Field(description="the form the model served in")
-    predictions: list[Prediction]
+class PredictResponse(PredictResult):
     job_id: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    production: ProductionPointer | None
 
 
 class UploadRequest(_Strict):

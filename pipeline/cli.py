@@ -11,11 +11,12 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
 
 from pipeline.checkpoints import LocalCheckpoints
 from pipeline.evaluate import evaluate
@@ -23,12 +24,13 @@ from pipeline.ingest import BAD_ROW_RULES, Row, Split, fetch_archive, read_archi
 from pipeline.labels import LABELS
 from pipeline.predictor import Predictor, load_production, load_version
 from pipeline.report import TqdmReporter
-from pipeline.stages import TrainOutput, finish_model
-from pipeline.train import PROFILES, config_for, fit
+from pipeline.stages import train_model
+from pipeline.train import PROFILES, config_for
 from pipeline.validate import check, validate
 from shared.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
 from shared.logs import configure_logging
 from shared.registry import MANIFEST
+from shared.results import Metrics, PredictResult
 from shared.settings import Settings
 
 
@@ -94,16 +96,8 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         check(report)
-        result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
         model_dir = Path(scratch) / "model"
-        result.save(model_dir)
-        training = TrainOutput(
-            candidate_prefix=str(out),
-            validation=result.validation,
-            params=result.params(),
-            train_seconds=round(result.state.seconds, 1),
-        )
-        info = finish_model(model_dir, dataset, training, settings, reporter)
+        info = train_model(config, dataset, model_dir, settings, reporter, checkpoints)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.move(model_dir, out)
@@ -116,7 +110,7 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
 
 def evaluate_command(
     args: argparse.Namespace, settings: Settings, reporter: TqdmReporter
-) -> dict[str, Any]:
+) -> Metrics:
     predictor = _load(args.model, settings)
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as scratch:
@@ -133,36 +127,36 @@ def evaluate_command(
     return metrics
 
 
-def predict(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) -> Any:
+def predict(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) -> PredictResult:
     predictor = _load(args.model, settings)
     predictions = predictor.predict(args.texts)
     if not args.json:
         for text, prediction in zip(args.texts, predictions, strict=True):
-            score = prediction["scores"][prediction["label"]]
-            cut = " (truncated)" if prediction["truncated"] else ""
-            print(f"{prediction['label']:<9} {score:6.1%}  {text}{cut}")
-    return {"model_version": predictor.version, "predictions": predictions}
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
-
-
-def _print_metrics(metrics: dict[str, Any]) -> None:
-    print(
-        f"model {metrics.get('model_version')}: accuracy {metrics['accuracy']:.4f}, "
-        f"macro-F1 {metrics['macro_f1']:.4f} on {metrics['n']} rows"
+            score = prediction.scores[prediction.label]
+            cut = " (truncated)" if prediction.truncated else ""
+            print(f"{prediction.label:<9} {score:6.1%}  {text}{cut}")
+    return PredictResult(
+        model_version=predictor.version, precision=predictor.precision, predictions=predictions
     )
+
+
+def _headline(metrics: Metrics) -> dict[str, Any]:
+    return {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "n": metrics.n}
+
+
+def _print_metrics(metrics: Metrics) -> None:
+    print(f"model {metrics.model_version}: {metrics.headline()}")
     print(f"{'':<9} {'precision':>9} {'recall':>9} {'f1':>9}   confusion (rows: true)")
-    for label, row in zip(LABELS, metrics["confusion_matrix"], strict=True):
-        scores = metrics["per_class"][label]
+    for label, row in zip(LABELS, metrics.confusion_matrix, strict=True):
+        scores = metrics.per_class[label]
         print(
-            f"{label:<9} {scores['precision']:9.4f} {scores['recall']:9.4f} {scores['f1']:9.4f}"
+            f"{label:<9} {scores.precision:9.4f} {scores.recall:9.4f} {scores.f1:9.4f}"
             f"   {' '.join(f'{count:5d}' for count in row)}"
         )
 
 
-COMMANDS = {"train": train, "evaluate": evaluate_command, "predict": predict}
+Command = Callable[[argparse.Namespace, Settings, TqdmReporter], BaseModel | dict[str, Any]]
+COMMANDS: dict[str, Command] = {"train": train, "evaluate": evaluate_command, "predict": predict}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.close()
         return 130
     if args.json:
-        print(json.dumps(result, default=str))
+        print(result.model_dump_json() if isinstance(result, BaseModel) else json.dumps(result))
     return 0
 
 

@@ -11,10 +11,11 @@ from pipeline.labels import LABELS
 from pipeline.predictor import Predictor
 from pipeline.report import Reporter, Ticker
 from shared.jobs import EventType
+from shared.results import ClassScores, Metrics
 from shared.settings import Settings
 
 
-def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+def classification_metrics(truth: np.ndarray, predicted: np.ndarray, **about: Any) -> Metrics:
     """Rows of the confusion matrix are true labels, columns predicted ones, in label order."""
     size = len(LABELS)
     confusion = np.zeros((size, size), dtype=np.int64)
@@ -26,22 +27,23 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros(size), where=both > 0)
     n = int(confusion.sum())
-    return {
-        "n": n,
-        "accuracy": float(hits.sum() / n) if n else 0.0,
-        "macro_f1": float(f1.mean()),
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
+    return Metrics(
+        n=n,
+        accuracy=float(hits.sum() / n) if n else 0.0,
+        macro_f1=float(f1.mean()),
+        per_class={
+            label: ClassScores(
+                precision=float(precision[i]),
+                recall=float(recall[i]),
+                f1=float(f1[i]),
+                support=int(support[i]),
+            )
             for i, label in enumerate(LABELS)
         },
-        "labels": list(LABELS),
-        "confusion_matrix": confusion.tolist(),
-    }
+        labels=list(LABELS),
+        confusion_matrix=confusion.tolist(),
+        **about,
+    )
 
 
 def evaluate(
@@ -52,15 +54,16 @@ def evaluate(
     *,
     dataset_sha256: str | None,
     split: str = "test.csv",
-) -> dict[str, Any]:
+) -> Metrics:
     """The model's metrics on rows, as stored in metrics.json."""
     started = time.monotonic()
     ticker = Ticker(reporter, "evaluate", len(rows), settings.progress_interval_s)
     ticker.send(0)
     probabilities, truncated = predictor.probabilities([row.text for row in rows], on_batch=ticker)
     truth = np.array([row.label for row in rows], dtype=np.int64)
-    metrics = classification_metrics(truth, probabilities.argmax(axis=1))
-    metrics.update(
+    metrics = classification_metrics(
+        truth,
+        probabilities.argmax(axis=1),
         model_version=predictor.version,
         dataset_sha256=dataset_sha256,
         split=split,
@@ -73,9 +76,9 @@ def evaluate(
         {
             "name": "evaluation",
             "model_version": predictor.version,
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"],
-            "n": metrics["n"],
+            "accuracy": metrics.accuracy,
+            "macro_f1": metrics.macro_f1,
+            "n": metrics.n,
         },
     )
     return metrics

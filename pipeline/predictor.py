@@ -3,7 +3,7 @@
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,9 +23,8 @@ from pipeline.registry import download, read_manifest, verify
 from pipeline.text import clean_text
 from shared.errors import ModelIntegrityError
 from shared.registry import ModelInfo, ModelRegistry
+from shared.results import Precision, Prediction
 from shared.settings import Settings
-
-Precision = Literal["fp32", "int8"]
 
 
 class Encoded(NamedTuple):
@@ -70,7 +69,7 @@ class Predictor:
     def from_manifest(cls, model_dir: Path, info: ModelInfo, settings: Settings) -> "Predictor":
         """A model directory already verified against its manifest `info`."""
         return cls.from_files(
-            model_dir, settings, version=info.version, max_length=int(info.params["max_length"])
+            model_dir, settings, version=info.version, max_length=info.params.max_length
         )
 
     @classmethod
@@ -141,21 +140,21 @@ class Predictor:
         encoded = self.encode(texts)
         return self.forward(encoded.ids, on_batch), encoded.truncated
 
-    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return answers(*self.probabilities(texts))
 
 
-def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[dict[str, Any]]:
+def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[Prediction]:
     """One answer per text: the label, its id, every class's probability, whether it was cut."""
     rows: list[list[float]] = probabilities.tolist()
     best = probabilities.argmax(axis=1).tolist()
     return [
-        {
-            "label": LABELS[label_id],
-            "label_id": label_id,
-            "scores": dict(zip(LABELS, row, strict=True)),
-            "truncated": cut,
-        }
+        Prediction(
+            label=LABELS[label_id],
+            label_id=label_id,
+            scores=dict(zip(LABELS, row, strict=True)),
+            truncated=cut,
+        )
         for row, label_id, cut in zip(rows, best, truncated, strict=True)
     ]
 

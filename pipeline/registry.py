@@ -8,11 +8,9 @@ version in the registry is complete or invisible.
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -22,6 +20,8 @@ from pydantic import ValidationError
 
 from shared.errors import Conflict, ModelIntegrityError
 from shared.registry import MANIFEST, METRICS, ModelInfo, ModelRegistry, read_object
+from shared.results import Metrics
+from shared.training import TrainingParams
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -58,11 +58,11 @@ def write_manifest(
     version: str,
     base_model: str,
     dataset_sha256: str,
-    metrics: Mapping[str, Any],
-    params: Mapping[str, Any],
+    metrics: Metrics,
+    params: TrainingParams,
 ) -> ModelInfo:
     """Write metrics.json, then manifest.json with the sha256 of every other file."""
-    (model_dir / METRICS).write_text(json.dumps(metrics, indent=2))
+    (model_dir / METRICS).write_text(metrics.model_dump_json(indent=2))
     names = [name for name in _relative_files(model_dir) if name != MANIFEST]
     _refuse_unsafe(names, str(model_dir))
     if WEIGHTS not in names:
@@ -72,8 +72,8 @@ def write_manifest(
         created_at=datetime.now(UTC),
         base_model=base_model,
         dataset_sha256=dataset_sha256,
-        metrics=dict(metrics),
-        params=dict(params),
+        metrics=metrics,
+        params=params,
         files={name: file_sha256(model_dir / name) for name in names},
     )
     (model_dir / MANIFEST).write_text(info.model_dump_json(indent=2))

@@ -6,11 +6,10 @@ its finished model under checkpoints/{job_id}/final/, and a version records the 
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.checkpoints import S3Checkpoints
+from pipeline.checkpoints import CheckpointStore, S3Checkpoints
 from pipeline.datasets import load_dataset, store_dataset
 from pipeline.evaluate import evaluate
 from pipeline.ingest import RawDataset, fetch_archive, read_archive
@@ -19,12 +18,14 @@ from pipeline.registry import download_prefix, publish, upload_dir, write_manife
 from pipeline.report import Reporter
 from pipeline.serving import int8_check, serving_note
 from pipeline.train import config_for, fit
-from pipeline.validate import check, validate
+from pipeline.validate import ValidationReport, check, validate
 from shared.errors import Conflict
 from shared.jobs import EventType
 from shared.registry import ModelInfo, ModelRegistry, new_version, read_object
+from shared.results import Metrics, PromotionDecision, TrainingRecord
 from shared.settings import Settings
 from shared.storage import s3_client
+from shared.training import TrainConfig
 
 TRAINING = "training.json"
 
@@ -32,32 +33,16 @@ TRAINING = "training.json"
 class IngestOutput(BaseModel):
     dataset_sha256: str
     dataset_key: str
-    report: dict[str, Any]
-
-
-class TrainOutput(BaseModel):
-    candidate_prefix: str
-    validation: dict[str, Any]
-    params: dict[str, Any]
-    train_seconds: float
-
-
-class RegisterOutput(BaseModel):
-    version: str
-    metrics: dict[str, Any]
-
-
-class PromotionDecision(BaseModel):
-    promoted: bool
-    reason: str
-    version: str
-    previous: str | None
-    candidate_metrics: dict[str, Any]
-    production_metrics: dict[str, Any] | None
+    report: ValidationReport
 
 
 def checkpoint_prefix(job_id: str, settings: Settings) -> str:
     return f"{settings.checkpoints_prefix}{job_id}/"
+
+
+def trained_model_prefix(job_id: str, settings: Settings) -> str:
+    """Where a job's finished model waits, with its training record, to be registered."""
+    return checkpoint_prefix(job_id, settings) + "final/"
 
 
 def scratch_dir(settings: Settings) -> tempfile.TemporaryDirectory[str]:
@@ -88,7 +73,7 @@ def ingest(source: str, settings: Settings, reporter: Reporter) -> IngestOutput:
         _step(reporter, "ingest", 2, 3)
         key = store_dataset(archive, report, settings)
         _step(reporter, "ingest", 3, 3)
-    return IngestOutput(dataset_sha256=dataset.sha256, dataset_key=key, report=body)
+    return IngestOutput(dataset_sha256=dataset.sha256, dataset_key=key, report=report)
 
 
 def train(
@@ -100,59 +85,71 @@ def train(
     profile: str | None = None,
     base_model: str | None = None,
     max_steps: int | None = None,
-) -> TrainOutput:
-    """Fine-tune on the dataset's train.csv; the model lands under checkpoints/{job_id}/final/."""
+) -> TrainingRecord:
+    """Fine-tune on the dataset's train.csv; the model lands under trained_model_prefix."""
     s3 = s3_client(settings)
-    prefix = checkpoint_prefix(job_id, settings)
-    final = prefix + "final/"
+    final = trained_model_prefix(job_id, settings)
     done = read_object(s3, settings.bucket, final + TRAINING)
-    checkpoints = S3Checkpoints(s3, settings.bucket, prefix)
+    checkpoints = S3Checkpoints(s3, settings.bucket, checkpoint_prefix(job_id, settings))
     if done is not None:
         checkpoints.clear()
         reporter.event(EventType.log, {"message": f"job {job_id} has already trained its model"})
-        return TrainOutput.model_validate_json(done)
+        return TrainingRecord.model_validate_json(done)
     config = config_for(settings, profile, base_model=base_model, max_steps=max_steps)
     dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
     result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
-    output = TrainOutput(
-        candidate_prefix=final,
-        validation=result.validation,
-        params=result.params(),
-        train_seconds=round(result.state.seconds, 1),
-    )
+    record = result.record()
     with scratch_dir(settings) as scratch:
         model_dir = Path(scratch)
         result.save(model_dir)
-        (model_dir / TRAINING).write_text(output.model_dump_json(indent=2))
+        (model_dir / TRAINING).write_text(record.model_dump_json(indent=2))
         names = sorted(path.name for path in model_dir.iterdir() if path.name != TRAINING)
         upload_dir(s3, settings.bucket, final, model_dir, [*names, TRAINING])
     checkpoints.clear()
-    return output
+    return record
+
+
+def train_model(
+    config: TrainConfig,
+    dataset: RawDataset,
+    model_dir: Path,
+    settings: Settings,
+    reporter: Reporter,
+    checkpoints: CheckpointStore | None = None,
+) -> ModelInfo:
+    """Fine-tune, then evaluate into a complete model folder (metrics.json and manifest)."""
+    result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
+    result.save(model_dir)
+    return finish_model(model_dir, dataset, result.record(), settings, reporter)
 
 
 def finish_model(
     model_dir: Path,
     dataset: RawDataset,
-    training: TrainOutput,
+    training: TrainingRecord,
     settings: Settings,
     reporter: Reporter,
 ) -> ModelInfo:
     """Evaluate a trained model folder on test.csv and write its metrics.json and manifest."""
     version = new_version()
     predictor = Predictor.from_files(
-        model_dir, settings, version=version, max_length=int(training.params["max_length"])
+        model_dir, settings, version=version, max_length=training.params.max_length
     )
     metrics = evaluate(
         predictor, dataset.test.rows, settings, reporter, dataset_sha256=dataset.sha256
     )
-    metrics["serving"] = int8_check(predictor, dataset.test.rows, metrics, settings)
-    reporter.event(EventType.metric, {"name": "serving_check", **metrics["serving"]})
-    metrics["validation"] = training.validation
-    metrics["train_seconds"] = training.train_seconds
+    metrics.serving = int8_check(
+        predictor, dataset.test.rows, metrics.accuracy, metrics.seconds, settings
+    )
+    reporter.event(
+        EventType.metric, {"name": "serving_check", **metrics.serving.model_dump(mode="json")}
+    )
+    metrics.validation = training.validation
+    metrics.train_seconds = training.train_seconds
     return write_manifest(
         model_dir,
         version=version,
-        base_model=str(training.params["base_model"]),
+        base_model=training.params.base_model,
         dataset_sha256=dataset.sha256,
         metrics=metrics,
         params=training.params,
@@ -160,33 +157,31 @@ def finish_model(
 
 
 def evaluate_and_register(
-    job_id: str,
-    dataset_sha256: str,
-    candidate_prefix: str,
-    settings: Settings,
-    reporter: Reporter,
-) -> RegisterOutput:
-    """Evaluate the trained candidate on test.csv and register it as a new version."""
+    job_id: str, dataset_sha256: str, settings: Settings, reporter: Reporter
+) -> ModelInfo:
+    """Evaluate the job's trained model on test.csv and register it as a new version."""
     s3 = s3_client(settings)
     registry = ModelRegistry(s3, settings)
     for known in registry.versions():
-        if known.params.get("job_id") == job_id:
-            return RegisterOutput(version=known.version, metrics=known.metrics)
+        if known.params.job_id == job_id:
+            return known
     with scratch_dir(settings) as scratch:
-        model_dir = download_prefix(s3, settings.bucket, candidate_prefix, Path(scratch) / "model")
-        training = TrainOutput.model_validate_json((model_dir / TRAINING).read_bytes())
-        training.params["job_id"] = job_id
+        model_dir = download_prefix(
+            s3, settings.bucket, trained_model_prefix(job_id, settings), Path(scratch) / "model"
+        )
+        training = TrainingRecord.model_validate_json((model_dir / TRAINING).read_bytes())
+        training.params.job_id = job_id
         (model_dir / TRAINING).unlink()
         dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
         info = finish_model(model_dir, dataset, training, settings, reporter)
         publish(registry, model_dir)
     reporter.event(EventType.log, {"message": f"registered model version {info.version}"})
-    return RegisterOutput(version=info.version, metrics=info.metrics)
+    return info
 
 
 def evaluate_version(
     version: str | None, source: str, settings: Settings, reporter: Reporter
-) -> dict[str, Any]:
+) -> Metrics:
     """Metrics of a registered version (production when None) on an archive's test.csv."""
     if version is None:
         version = ModelRegistry.from_settings(settings).production_version()
@@ -205,7 +200,7 @@ def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> P
     """Promote the version if it beats production on the same test set (a tie keeps production)."""
     registry = ModelRegistry.from_settings(settings)
     candidate = registry.get(version)
-    accuracy = float(candidate.metrics["accuracy"])
+    accuracy = candidate.metrics.accuracy
     test_set = _test_set(candidate.dataset_sha256)
     while True:
         current = registry.production()
@@ -244,7 +239,7 @@ def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> P
                     reporter,
                     dataset_sha256=dataset.sha256,
                 )
-            baseline = float(theirs["accuracy"])
+            baseline = theirs.accuracy
             better = accuracy > baseline
             reason = (
                 f"{version} scored {accuracy:.2%} accuracy on {test_set}, above production "

@@ -38,33 +38,9 @@ from pipeline.modeling import (
 from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker
 from shared.jobs import EventType
-from shared.settings import PACKAGED_BASE_MODEL, Settings
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    base_model: str = PACKAGED_BASE_MODEL
-    max_length: int = 128
-    batch_size: int = 32
-    epochs: float = 2.0
-    lr: float = 8e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.06  # fraction of all steps, then linear decay to zero
-    grad_clip: float = 1.0
-    train_rows: int | None = None  # a stratified subset of train.csv; None: every row
-    val_fraction: float = 0.05
-    val_max_rows: int = 2000
-    evals_per_epoch: int = 1
-    patience: int = 0  # stop after this many evaluations without a better one; 0: never
-    max_steps: int | None = None
-    bf16: bool = True  # bfloat16 autocast where the hardware runs it natively
-    bucket_pool: int = 50  # batches per pool sorted by length
-    eval_batch_size: int = 64
-    seed: int = 42
-
-    def params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+from shared.results import TrainingRecord, ValidationScores
+from shared.settings import Settings
+from shared.training import TrainConfig, TrainingParams
 
 PROFILES: dict[str, TrainConfig] = {
     # A few minutes on two CPU cores.
@@ -83,11 +59,12 @@ def config_for(
     base_model: str | None = None,
     max_steps: int | None = None,
 ) -> TrainConfig:
-    return dataclasses.replace(
-        PROFILES[profile or settings.training_profile],
-        base_model=base_model or settings.base_model,
-        seed=settings.seed,
-        max_steps=max_steps,
+    return PROFILES[profile or settings.training_profile].model_copy(
+        update={
+            "base_model": base_model or settings.base_model,
+            "seed": settings.seed,
+            "max_steps": max_steps,
+        }
     )
 
 
@@ -111,18 +88,21 @@ class FitResult:
     tokenizer: PreTrainedTokenizerBase
     config: TrainConfig
     state: TrainState
-    validation: dict[str, Any]
+    validation: ValidationScores
     rows_trained: int
     resumed_from: int | None
 
-    def params(self) -> dict[str, Any]:
-        """The training parameters a manifest records."""
-        return {
-            **self.config.params(),
-            "rows_trained": self.rows_trained,
-            "rows_validated": self.validation["n"],
-            "steps": self.state.step,
-        }
+    def record(self) -> TrainingRecord:
+        """What a registered model keeps of its training."""
+        params = TrainingParams(
+            **self.config.model_dump(),
+            rows_trained=self.rows_trained,
+            rows_validated=self.validation.n,
+            steps=self.state.step,
+        )
+        return TrainingRecord(
+            params=params, validation=self.validation, train_seconds=round(self.state.seconds, 1)
+        )
 
     def save(self, directory: Path) -> None:
         """A loadable model folder: safetensors weights, config with label names, tokenizer."""
@@ -364,14 +344,14 @@ def fit(
             EventType.log,
             {"message": f"kept the best validation checkpoint, from step {state.best_step}"},
         )
-    validation = {
-        "n": len(val_index),
-        "accuracy": state.best_accuracy,
-        "loss": state.best_loss,
-        "step": state.best_step,
-        "steps": state.step,
-        "stopped_early": state.stopped_early,
-    }
+    validation = ValidationScores(
+        n=len(val_index),
+        accuracy=state.best_accuracy,
+        loss=state.best_loss,
+        step=state.best_step,
+        steps=state.step,
+        stopped_early=state.stopped_early,
+    )
     return FitResult(
         model.cpu(), tokenizer, config, state, validation, len(train_index), resumed_from
     )

@@ -44,6 +44,11 @@ class NotFound(AgNewsError):
     code = "not_found"
 
 
+class MethodNotAllowed(AgNewsError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
 class Conflict(AgNewsError):
     status_code = 409
     code = "conflict"
@@ -57,11 +62,6 @@ class PayloadTooLarge(AgNewsError):
 class InvalidRequest(AgNewsError):
     status_code = 422
     code = "invalid_request"
-
-
-class RateLimited(AgNewsError):
-    status_code = 429
-    code = "rate_limited"
 
 
 class ServiceUnavailable(AgNewsError):
@@ -107,9 +107,31 @@ class DatasetIntegrityError(AgNewsError):
     code = "dataset_integrity"
 
 
-class JobCancelled(AgNewsError):
-    status_code = 409
+class JobEnded(Conflict):
+    """A change to a job that has already ended; details name the status it ended with."""
+
+    code = "job_ended"
+
+
+class JobCancelled(JobEnded):
     code = "cancelled"
+
+
+HTTP_ERRORS: dict[int, type[AgNewsError]] = {
+    error.status_code: error
+    for error in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        InvalidRequest,
+        ServiceUnavailable,
+    )
+}
+"""The plain error of each HTTP status, for errors that come from HTTP itself (404, 405)."""
 
 
 def error_info(exc: BaseException) -> ErrorInfo:

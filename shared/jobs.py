@@ -3,11 +3,12 @@
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from shared.errors import ErrorInfo
+from shared.errors import ErrorInfo, InvalidRequest
+from shared.results import EvaluateResult, JobResult, PredictResult, TrainResult
 
 
 class JobType(StrEnum):
@@ -48,25 +49,6 @@ def new_job_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class Job(BaseModel):
-    id: str
-    type: JobType
-    status: JobStatus = JobStatus.queued
-    params: dict[str, Any] = Field(default_factory=dict)
-    progress: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    error: ErrorInfo | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
-
-    def public(self) -> dict[str, Any]:
-        body = self.model_dump(mode="json")
-        body["links"] = {"self": f"/v1/jobs/{self.id}", "events": f"/v1/jobs/{self.id}/events"}
-        return body
 
 
 class Event(BaseModel):
@@ -139,16 +121,85 @@ class EvaluateParams(DatasetParams):
     )
 
 
+class ObjectVersion(BaseModel):
+    bucket: str
+    key: str
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    event_time: datetime | None = None
+
+
 class PipelineParams(DatasetParams):
     type: Literal["pipeline"] = "pipeline"
     profile: Literal["quick", "full"] | None = None
     base_model: str | None = None
     max_steps: int | None = Field(default=None, ge=1)
-    source: dict[str, Any] | None = Field(
-        default=None, description="the storage event that started it: bucket, key, version, etag"
+    source: ObjectVersion | None = Field(
+        default=None, description="the object version whose storage event started it"
     )
 
 
-JobRequest = Annotated[
+JobParams = Annotated[
     PredictParams | TrainParams | EvaluateParams | PipelineParams, Field(discriminator="type")
 ]
+"""What a job was asked to do: the request that created it, kept with its type in the store."""
+
+ParamsT = TypeVar("ParamsT", bound=_Request)
+
+RESULT_TYPES: dict[JobType, type[BaseModel]] = {
+    JobType.predict: PredictResult,
+    JobType.evaluate: EvaluateResult,
+    JobType.train: TrainResult,
+    JobType.pipeline: TrainResult,
+}
+
+
+class Job(BaseModel):
+    id: str
+    type: JobType
+    status: JobStatus = JobStatus.queued
+    params: JobParams
+    progress: dict[str, Any] | None = None
+    result: JobResult | None = None
+    error: ErrorInfo | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_by_job_type(cls, data: Any) -> Any:
+        """Params and result parse as the models of the job's type (jobs stored before params
+        kept their `type` get it back from the job's)."""
+        if not isinstance(data, dict) or "type" not in data:
+            return data
+        data = dict(data)
+        job_type = JobType(data["type"])
+        params = data.get("params")
+        if isinstance(params, dict) and "type" not in params:
+            data["params"] = {"type": job_type.value, **params}
+        if isinstance(data.get("result"), dict):
+            data["result"] = RESULT_TYPES[job_type].model_validate(data["result"])
+        return data
+
+    @model_validator(mode="after")
+    def _params_match_type(self) -> "Job":
+        if self.params.type != self.type.value:
+            raise ValueError(f"a {self.type} job cannot hold {self.params.type} parameters")
+        return self
+
+    def public(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json")
+        body["params"] = self.params.model_dump(mode="json", exclude_none=True)
+        body["links"] = {"self": f"/v1/jobs/{self.id}", "events": f"/v1/jobs/{self.id}/events"}
+        return body
+
+
+def params_of(job: Job, kind: type[ParamsT]) -> ParamsT:
+    """A job's parameters as the model its task expects (InvalidRequest otherwise)."""
+    if not isinstance(job.params, kind):
+        raise InvalidRequest(f"job {job.id} is a {job.type} job, not one {kind.__name__} describe")
+    return job.params

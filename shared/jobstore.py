@@ -6,15 +6,17 @@ refuses to touch a job that has already ended, so the last event of every job is
 """
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import redis
 import redis.asyncio
+from pydantic import BaseModel
 
-from shared.errors import AgNewsError, ErrorInfo, JobCancelled, NotFound
+from shared.errors import AgNewsError, ErrorInfo, JobCancelled, JobEnded, NotFound
 from shared.jobs import Event, EventType, Job, JobStatus, JobType, utcnow
+from shared.results import JobResult
 from shared.settings import Settings
 
 # KEYS: job hash, event stream. ARGV: maxlen, ttl, new status ("" keeps it), number of
@@ -47,6 +49,32 @@ end
 return last
 """
 
+# KEYS: the job index. ARGV: job key prefix, type ("" any), status ("" any), limit, most entries
+# to scan. The newest matching jobs' hashes, flattened; index entries of expired jobs are dropped.
+_RECENT = """
+local prefix, want_type, want_status = ARGV[1], ARGV[2], ARGV[3]
+local limit, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local found, start, scanned = {}, 0, 0
+while #found < limit and scanned < budget do
+  local ids = redis.call('ZREVRANGE', KEYS[1], start, start + 4 * limit - 1)
+  if #ids == 0 then break end
+  scanned = scanned + #ids
+  start = start + #ids
+  for _, id in ipairs(ids) do
+    local kind = redis.call('HMGET', prefix .. id, 'type', 'status')
+    if not kind[1] then
+      redis.call('ZREM', KEYS[1], id)
+      start = start - 1
+    elseif (want_type == '' or kind[1] == want_type)
+        and (want_status == '' or kind[2] == want_status) and #found < limit then
+      found[#found + 1] = redis.call('HGETALL', prefix .. id)
+    end
+  end
+end
+return found
+"""
+RECENT_SCAN_LIMIT = 10_000
+
 _JSON_FIELDS = ("params", "progress", "result", "error")
 _TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at")
 
@@ -62,13 +90,21 @@ class JobKeys:
     def events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:events"
 
+    def both(self, job_id: str) -> list[str]:
+        return [self.job(job_id), self.events(job_id)]
+
+
+def _json(value: Any) -> str:
+    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+
 
 def encode_job(job: Job) -> dict[str, str]:
     fields: dict[str, str] = {"id": job.id, "type": job.type.value, "status": job.status.value}
-    for name in _JSON_FIELDS:
+    fields["params"] = job.params.model_dump_json(exclude_none=True)
+    for name in ("progress", "result", "error"):
         value = getattr(job, name)
         if value is not None:
-            fields[name] = json.dumps(value.model_dump() if name == "error" else value)
+            fields[name] = _json(value)
     for name in _TIME_FIELDS:
         value = getattr(job, name)
         if value is not None:
@@ -76,12 +112,30 @@ def encode_job(job: Job) -> dict[str, str]:
     return fields
 
 
-def decode_job(fields: Mapping[str, str]) -> Job:
+def decode_job(job_id: str, fields: Mapping[str, str]) -> Job:
+    if not fields:
+        raise NotFound(f"job {job_id} does not exist or has expired")
     values: dict[str, Any] = dict(fields)
     for name in _JSON_FIELDS:
         if name in values:
             values[name] = json.loads(values[name])
     return Job.model_validate(values)
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def recent_args(
+    keys: JobKeys, type_: JobType | None, status: JobStatus | None, limit: int
+) -> list[str]:
+    return [
+        keys.job(""),
+        type_.value if type_ else "",
+        status.value if status else "",
+        str(limit),
+        str(RECENT_SCAN_LIMIT),
+    ]
 
 
 def decode_event(entry_id: str, fields: Mapping[str, str]) -> Event:
@@ -102,13 +156,15 @@ class _Change:
         if isinstance(value, datetime):
             self.fields[name] = value.isoformat()
         elif name in _JSON_FIELDS:
-            self.fields[name] = json.dumps(value)
+            self.fields[name] = _json(value)
         else:
             self.fields[name] = str(value)
         return self
 
-    def event(self, type_: EventType, data: Mapping[str, Any]) -> "_Change":
-        self.events.append((type_, dict(data)))
+    def event(self, type_: EventType, data: Mapping[str, Any] | BaseModel) -> "_Change":
+        self.events.append(
+            (type_, data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data))
+        )
         return self
 
     def argv(self, settings: Settings) -> list[str]:
@@ -129,11 +185,11 @@ def _started() -> _Change:
     return _Change(JobStatus.running).set("started_at", utcnow())
 
 
-def _succeeded(result: Mapping[str, Any]) -> _Change:
+def _succeeded(result: JobResult) -> _Change:
     return (
         _Change(JobStatus.succeeded)
         .set("finished_at", utcnow())
-        .set("result", dict(result))
+        .set("result", result)
         .event(EventType.result, result)
     )
 
@@ -142,8 +198,8 @@ def _failed(error: ErrorInfo, status: JobStatus = JobStatus.failed) -> _Change:
     return (
         _Change(status)
         .set("finished_at", utcnow())
-        .set("error", error.model_dump())
-        .event(EventType.error, error.model_dump())
+        .set("error", error)
+        .event(EventType.error, error)
     )
 
 
@@ -158,16 +214,16 @@ def _cancelled() -> _Change:
     )
 
 
-def _raise_emit_error(job_id: str, exc: redis.ResponseError) -> None:
+def emit_error(job_id: str, exc: redis.ResponseError) -> Exception:
+    """What a refused `_EMIT` means: the job is gone, or has already ended."""
     reason = str(exc)
     if reason.startswith("missing"):
-        raise NotFound(f"job {job_id} does not exist or has expired") from None
+        return NotFound(f"job {job_id} does not exist or has expired")
     if reason.startswith("ended:"):
-        raise JobCancelled(
-            f"job {job_id} has already ended ({reason.removeprefix('ended:')})",
-            details={"status": reason.removeprefix("ended:")},
-        ) from None
-    raise exc
+        status = reason.removeprefix("ended:")
+        ended = JobCancelled if status == JobStatus.cancelled.value else JobEnded
+        return ended(f"job {job_id} has already ended ({status})", details={"status": status})
+    return exc
 
 
 def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> None:
@@ -181,10 +237,6 @@ def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> Non
     )
 
 
-def _matches(job: Job, type_: JobType | None, status: JobStatus | None) -> bool:
-    return (type_ is None or job.type == type_) and (status is None or job.status == status)
-
-
 class JobStore:
     """The job store for synchronous code: workers, the listener, the CLI."""
 
@@ -194,6 +246,7 @@ class JobStore:
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
         self._emit = client.register_script(_EMIT)
+        self._recent = client.register_script(_RECENT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobStore":
@@ -206,44 +259,21 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job:
-        fields = self.redis.hgetall(self.keys.job(job_id))
-        if not fields:
-            raise NotFound(f"job {job_id} does not exist or has expired")
-        return decode_job(fields)
+        return decode_job(job_id, self.redis.hgetall(self.keys.job(job_id)))
 
     def recent(
         self, type_: JobType | None = None, status: JobStatus | None = None, limit: int = 50
     ) -> list[Job]:
-        jobs: list[Job] = []
-        start = 0
-        while len(jobs) < limit:
-            ids = self.redis.zrevrange(self.keys.index, start, start + 4 * limit - 1)
-            if not ids:
-                break
-            start += len(ids)
-            with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(self.keys.job(job_id))
-                rows = pipe.execute()
-            gone = [job_id for job_id, row in zip(ids, rows, strict=True) if not row]
-            if gone:
-                self.redis.zrem(self.keys.index, *gone)
-            jobs += [
-                job for job in map(decode_job, filter(None, rows)) if _matches(job, type_, status)
-            ]
-        return jobs[:limit]
+        rows = self._recent(
+            keys=[self.keys.index], args=recent_args(self.keys, type_, status, limit)
+        )
+        return [decode_job("", _pairs(row)) for row in rows]
 
     def _apply(self, job_id: str, change: _Change) -> str:
         try:
-            return str(
-                self._emit(
-                    keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                    args=change.argv(self.settings),
-                )
-            )
+            return str(self._emit(keys=self.keys.both(job_id), args=change.argv(self.settings)))
         except redis.ResponseError as exc:
-            _raise_emit_error(job_id, exc)
-            raise
+            raise emit_error(job_id, exc) from None
 
     def start(self, job_id: str) -> None:
         """Mark a job running; raises JobCancelled if it was cancelled while it waited."""
@@ -257,10 +287,7 @@ class JobStore:
             raise ValueError("end a job with succeed() or fail()")
         self._apply(job_id, _Change().event(type_, data))
 
-    def set_params(self, job_id: str, params: Mapping[str, Any]) -> None:
-        self._apply(job_id, _Change().set("params", dict(params)))
-
-    def succeed(self, job_id: str, result: Mapping[str, Any]) -> None:
+    def succeed(self, job_id: str, result: JobResult) -> None:
         self._apply(job_id, _succeeded(result))
 
     def fail(self, job_id: str, error: ErrorInfo) -> None:
@@ -276,26 +303,25 @@ class JobStore:
             for job_id in job_ids:
                 pipe.hgetall(self.keys.job(job_id))
             rows = pipe.execute()
-        return [decode_job(row) if row else None for row in rows]
+        return [
+            decode_job(job_id, row) if row else None
+            for job_id, row in zip(job_ids, rows, strict=True)
+        ]
 
     def _apply_many(self, changes: Sequence[tuple[str, _Change]]) -> list[AgNewsError | None]:
         """Changes to many jobs in one round trip; for each, None or why it was not written."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id, change in changes:
                 self._emit(
-                    keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                    args=change.argv(self.settings),
-                    client=pipe,
+                    keys=self.keys.both(job_id), args=change.argv(self.settings), client=pipe
                 )
             replies = pipe.execute(raise_on_error=False)
         outcomes: list[AgNewsError | None] = []
         for (job_id, _), reply in zip(changes, replies, strict=True):
-            try:
-                if isinstance(reply, redis.ResponseError):
-                    _raise_emit_error(job_id, reply)
-                outcomes.append(None)
-            except (NotFound, JobCancelled) as exc:
-                outcomes.append(exc)
+            refused = emit_error(job_id, reply) if isinstance(reply, redis.ResponseError) else None
+            if refused is not None and not isinstance(refused, AgNewsError):
+                raise refused
+            outcomes.append(refused)
         return outcomes
 
     def start_many(self, job_ids: Sequence[str]) -> list[AgNewsError | None]:
@@ -303,7 +329,7 @@ class JobStore:
         return self._apply_many([(job_id, _started()) for job_id in job_ids])
 
     def finish_many(
-        self, outcomes: Sequence[tuple[str, Mapping[str, Any] | ErrorInfo]]
+        self, outcomes: Sequence[tuple[str, JobResult | ErrorInfo]]
     ) -> list[AgNewsError | None]:
         """End jobs, each with its result or its error, in one round trip."""
         return self._apply_many(
@@ -330,6 +356,7 @@ class AsyncJobStore:
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
         self._emit = client.register_script(_EMIT)
+        self._recent = client.register_script(_RECENT)
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> "AsyncJobStore":
@@ -343,67 +370,27 @@ class AsyncJobStore:
         return job
 
     async def get(self, job_id: str) -> Job:
-        fields = await self.redis.hgetall(self.keys.job(job_id))
-        if not fields:
-            raise NotFound(f"job {job_id} does not exist or has expired")
-        return decode_job(fields)
+        return decode_job(job_id, await self.redis.hgetall(self.keys.job(job_id)))
 
     async def recent(
         self, type_: JobType | None = None, status: JobStatus | None = None, limit: int = 50
     ) -> list[Job]:
-        jobs: list[Job] = []
-        start = 0
-        while len(jobs) < limit:
-            ids = await self.redis.zrevrange(self.keys.index, start, start + 4 * limit - 1)
-            if not ids:
-                break
-            start += len(ids)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(self.keys.job(job_id))
-                rows = await pipe.execute()
-            gone = [job_id for job_id, row in zip(ids, rows, strict=True) if not row]
-            if gone:
-                await self.redis.zrem(self.keys.index, *gone)
-            jobs += [
-                job for job in map(decode_job, filter(None, rows)) if _matches(job, type_, status)
-            ]
-        return jobs[:limit]
+        args = recent_args(self.keys, type_, status, limit)
+        rows = await self._recent(keys=[self.keys.index], args=args)
+        return [decode_job("", _pairs(row)) for row in rows]
+
+    async def _apply(self, job_id: str, change: _Change) -> None:
+        try:
+            await self._emit(keys=self.keys.both(job_id), args=change.argv(self.settings))
+        except redis.ResponseError as exc:
+            raise emit_error(job_id, exc) from None
 
     async def cancel(self, job_id: str) -> Job:
-        try:
-            await self._emit(
-                keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                args=_cancelled().argv(self.settings),
-            )
-        except redis.ResponseError as exc:
-            _raise_emit_error(job_id, exc)
-            raise
+        await self._apply(job_id, _cancelled())
         return await self.get(job_id)
 
-    async def read_events(
-        self, job_id: str, after: str, block_ms: int, count: int = 500
-    ) -> Sequence[Event]:
-        """Events after `after`, waiting up to block_ms for the first; empty on time-out."""
-        reply = await self.redis.xread(
-            {self.keys.events(job_id): after}, count=count, block=block_ms
-        )
-        return [
-            decode_event(entry_id, fields) for _, entries in reply for entry_id, fields in entries
-        ]
-
-    async def exists(self, job_id: str) -> bool:
-        return bool(await self.redis.exists(self.keys.job(job_id)))
-
     async def fail(self, job_id: str, error: ErrorInfo) -> None:
-        try:
-            await self._emit(
-                keys=[self.keys.job(job_id), self.keys.events(job_id)],
-                args=_failed(error).argv(self.settings),
-            )
-        except redis.ResponseError as exc:
-            _raise_emit_error(job_id, exc)
-            raise
+        await self._apply(job_id, _failed(error))
 
     async def events(
         self, job_id: str, after: str = "0-0", until: str = "+", count: int = 1000
@@ -413,7 +400,3 @@ class AsyncJobStore:
             self.keys.events(job_id), min=f"({after}", max=until, count=count
         )
         return [decode_event(entry_id, fields) for entry_id, fields in entries]
-
-
-def terminal_event(events: Iterable[Event]) -> Event | None:
-    return next((event for event in events if event.type.terminal), None)

@@ -10,14 +10,16 @@ import re
 import secrets
 from datetime import UTC, datetime
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from shared.errors import Conflict, ModelNotFound, NoProductionModel
+from shared.results import Metrics
 from shared.settings import Settings
 from shared.storage import s3_client
+from shared.training import TrainingParams
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -43,8 +45,8 @@ class ModelInfo(BaseModel):
     created_at: datetime
     base_model: str
     dataset_sha256: str
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: Metrics
+    params: TrainingParams
     files: dict[str, str] = Field(default_factory=dict)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.ingest import RawDataset, read_archive
 from pipeline.registry import write_manifest
-from pipeline.stages import TRAINING, TrainOutput, finish_model
+from pipeline.stages import TRAINING, finish_model
 from pipeline.train import config_for, fit
 from shared.jobs import EventType
 from shared.registry import MANIFEST, ModelInfo, new_version
@@ -78,12 +78,7 @@ def tiny_model(root: Path) -> Path:
         )
         model_dir = root / "tiny"
         result.save(model_dir)
-        training = TrainOutput(
-            candidate_prefix="",
-            validation=result.validation,
-            params=result.params(),
-            train_seconds=result.state.seconds,
-        )
+        training = result.record()
         (root / TRAINING).write_text(training.model_dump_json())
         finish_model(model_dir, dataset, training, settings, Recorder())
         _CACHE["model"] = model_dir
@@ -100,7 +95,7 @@ def copy_as_new_version(model_dir: Path, dest: Path, **metrics: Any) -> ModelInf
         version=new_version(),
         base_model=old.base_model,
         dataset_sha256=old.dataset_sha256,
-        metrics={**old.metrics, **metrics},
+        metrics=old.metrics.model_copy(update=metrics),
         params=old.params,
     )
 

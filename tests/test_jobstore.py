@@ -6,6 +6,7 @@ from shared.errors import ErrorInfo, JobCancelled, NotFound
 from shared.jobs import EventType, Job, JobStatus, JobType, new_job_id
 from shared.jobstore import AsyncJobStore, JobStore
 from shared.settings import Settings
+from tests.job_results import train_result
 
 
 @pytest.fixture
@@ -14,18 +15,19 @@ def store(settings: Settings) -> JobStore:
 
 
 def make_job(store: JobStore, type_: JobType = JobType.train) -> Job:
-    return store.create(Job(id=new_job_id(), type=type_, params={"dataset": "s3://b/a.zip"}))
+    params = {"texts": ["a text"]} if type_ is JobType.predict else {"dataset": "s3://b/a.zip"}
+    return store.create(Job(id=new_job_id(), type=type_, params=params))
 
 
 def test_a_job_lives_through_its_events(store: JobStore) -> None:
     job = make_job(store)
     store.start(job.id)
     store.progress(job.id, {"stage": "train", "step": 1, "total": 10})
-    store.succeed(job.id, {"accuracy": 0.9})
+    store.succeed(job.id, train_result())
 
     ended = store.get(job.id)
     assert ended.status is JobStatus.succeeded
-    assert ended.result == {"accuracy": 0.9}
+    assert ended.result == train_result()
     assert ended.progress == {"stage": "train", "step": 1, "total": 10}
     assert ended.started_at is not None
     assert ended.finished_at is not None
@@ -52,7 +54,7 @@ def test_nothing_is_written_after_the_terminal_event(store: JobStore) -> None:
     with pytest.raises(JobCancelled):
         store.start(job.id)
     with pytest.raises(JobCancelled):
-        store.succeed(job.id, {"late": True})
+        store.succeed(job.id, train_result())
     events = store.events(job.id)
     assert events[-1].type is EventType.error
     assert events[-1].data["code"] == "cancelled"
@@ -89,12 +91,13 @@ def test_async_store_reads_what_the_sync_store_wrote(store: JobStore, settings: 
 
     async def scenario() -> None:
         astore = AsyncJobStore.from_settings(settings)
-        first = await astore.read_events(job.id, "0-0", block_ms=100)
+        first = await astore.events(job.id)
         assert [event.data for event in first] == [{"status": "queued"}]
-        assert await astore.read_events(job.id, first[-1].id, block_ms=50) == []
+        assert await astore.events(job.id, first[-1].id) == []
         store.start(job.id)
-        later = await astore.read_events(job.id, first[-1].id, block_ms=1000)
+        later = await astore.events(job.id, first[-1].id)
         assert [event.data for event in later] == [{"status": "running"}]
+        assert (await astore.get(job.id)).params == job.params
         cancelled = await astore.cancel(job.id)
         assert cancelled.status is JobStatus.cancelled
         await astore.redis.aclose()

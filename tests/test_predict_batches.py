@@ -14,7 +14,9 @@ from shared.errors import ModelIntegrityError
 from shared.jobs import Job, JobStatus, JobType, new_job_id
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
+from shared.results import FormScore, PredictResult, ServingCheck
 from shared.settings import Settings
+from tests.job_results import metrics
 from tests.pipeline_support import copy_as_new_version, tiny_model
 from workers.models import ServingModel
 from workers.predict import serve_batch
@@ -62,16 +64,17 @@ def test_every_job_in_a_batch_gets_the_answers_to_its_own_texts(
         job = store.get(job_id)
         assert job.status is JobStatus.succeeded
         assert job.result is not None
-        assert job.result["model_version"] == version
-        assert job.result["precision"] == alone.precision
-        answers = job.result["predictions"]
+        assert isinstance(job.result, PredictResult)
+        assert job.result.model_version == version
+        assert job.result.precision == alone.precision
+        answers = job.result.predictions
         assert len(answers) == len(texts)
         for answer, expected in zip(answers, alone.predict(texts), strict=True):
-            assert answer["label"] == expected["label"]
-            assert answer["label_id"] == expected["label_id"]
-            assert answer["truncated"] is False
+            assert answer.label == expected.label
+            assert answer.label_id == expected.label_id
+            assert answer.truncated is False
             assert np.allclose(
-                list(answer["scores"].values()), list(expected["scores"].values()), atol=1e-3
+                list(answer.scores.values()), list(expected.scores.values()), atol=1e-3
             )
         assert [event.type.value for event in store.events(job_id)] == [
             "status",
@@ -89,8 +92,8 @@ def test_a_text_longer_than_the_model_takes_is_cut_and_flagged(
     job_id = predict_job(store, ["short news", long_text])
     serve_batch(store, ServingModel(settings), [job_id])
     result = store.get(job_id).result
-    assert result is not None
-    assert [answer["truncated"] for answer in result["predictions"]] == [False, True]
+    assert isinstance(result, PredictResult)
+    assert [answer.truncated for answer in result.predictions] == [False, True]
 
 
 def test_without_a_production_model_each_job_fails_saying_how_to_get_one(
@@ -145,7 +148,7 @@ def test_a_new_production_version_is_swapped_in_while_the_old_one_answers(
         deadline = time.monotonic() + 60
         while model.current().version != second:
             assert time.monotonic() < deadline, "the new version was never swapped in"
-            assert serving.predict(["still here"])[0]["label"]
+            assert serving.predict(["still here"])[0].label
             time.sleep(0.05)
         assert serving.version == first
     finally:
@@ -201,29 +204,46 @@ def test_only_one_thread_loads_the_first_model_and_all_get_it(
 
 def test_the_int8_check_is_stored_with_the_model_and_decides_auto(model_dir: Path) -> None:
     metrics = verify(model_dir).metrics
-    check = metrics["serving"]
-    assert check["n"] == metrics["n"]
-    assert check["fp32"]["accuracy"] == metrics["accuracy"]
-    assert 0.0 <= check["int8"]["accuracy"] <= 1.0
-    assert check["int8_accuracy_drop_pts"] == pytest.approx(
-        (check["fp32"]["accuracy"] - check["int8"]["accuracy"]) * 100, abs=1e-3
+    check = metrics.serving
+    assert check is not None
+    assert check.n == metrics.n
+    assert check.fp32.accuracy == metrics.accuracy
+    assert 0.0 <= check.int8.accuracy <= 1.0
+    assert check.int8_accuracy_drop_pts == pytest.approx(
+        (check.fp32.accuracy - check.int8.accuracy) * 100, abs=1e-3
     )
-    assert check["int8_allowed"] is (check["int8_accuracy_drop_pts"] <= 0.3)
+    assert check.int8_allowed is (check.int8_accuracy_drop_pts <= 0.3)
 
     auto = Settings()
-    assert choose_precision(auto, {"serving": {"int8_allowed": True}}) == "int8"
-    assert choose_precision(auto, {"serving": {"int8_allowed": False}}) == "fp32"
-    assert choose_precision(auto, {}) == "fp32"
-    assert choose_precision(Settings(serving_precision="int8"), {}) == "int8"
-    assert choose_precision(Settings(serving_precision="fp32"), metrics) == "fp32"
+    allowed = metrics.model_copy(
+        update={"serving": check.model_copy(update={"int8_allowed": True})}
+    )
+    refused = metrics.model_copy(
+        update={"serving": check.model_copy(update={"int8_allowed": False})}
+    )
+    unchecked = metrics.model_copy(update={"serving": None})
+    assert choose_precision(auto, allowed) == "int8"
+    assert choose_precision(auto, refused) == "fp32"
+    assert choose_precision(auto, unchecked) == "fp32"
+    assert choose_precision(Settings(serving_precision="int8"), unchecked) == "int8"
+    assert choose_precision(Settings(serving_precision="fp32"), allowed) == "fp32"
 
 
 def test_the_promotion_reason_says_which_form_serves_and_why() -> None:
-    check = {"int8_accuracy_drop_pts": 0.07, "max_accuracy_drop_pts": 0.3, "int8_speedup": 2.1}
-    passed = serving_note(Settings(), {"serving": {**check, "int8_allowed": True}})
+    form = FormScore(accuracy=0.9, texts_per_s=100.0)
+    check = ServingCheck(
+        n=40,
+        fp32=form,
+        int8=form,
+        int8_accuracy_drop_pts=0.07,
+        int8_speedup=2.1,
+        max_accuracy_drop_pts=0.3,
+        int8_allowed=True,
+    )
+    passed = serving_note(Settings(), metrics().model_copy(update={"serving": check}))
     assert passed.startswith("It serves in int8, 2.1x as fast as fp32 and 0.07 points below")
-    failed = {**check, "int8_accuracy_drop_pts": 0.45, "int8_allowed": False}
-    assert serving_note(Settings(), {"serving": failed}) == (
+    failed = check.model_copy(update={"int8_accuracy_drop_pts": 0.45, "int8_allowed": False})
+    assert serving_note(Settings(), metrics().model_copy(update={"serving": failed})) == (
         "It serves in fp32: int8 was 0.45 points below it, over the 0.3 allowed."
     )
-    assert serving_note(Settings(serving_precision="fp32"), {}) == "It serves in fp32."
+    assert serving_note(Settings(serving_precision="fp32"), metrics()) == "It serves in fp32."

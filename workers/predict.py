@@ -3,23 +3,17 @@
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from pydantic import ValidationError
 
 from pipeline.predictor import answers
 from shared.errors import ErrorInfo, InvalidRequest, error_info
-from shared.jobs import PredictParams
+from shared.jobs import PredictParams, params_of
 from shared.jobstore import JobStore
+from shared.results import PredictResult
 from workers.models import ServingModel
 
 log = logging.getLogger(__name__)
 
-End = tuple[str, dict[str, Any] | ErrorInfo]
-
-
-def _texts(params: dict[str, Any]) -> list[str]:
-    return PredictParams.model_validate({"type": "predict", **params}).texts
+End = tuple[str, PredictResult | ErrorInfo]
 
 
 def serve_batch(
@@ -42,9 +36,9 @@ def serve_batch(
             log.warning("predict job %s expired before it was served", job_id)
         elif not job.status.terminal:
             try:
-                work.append((job_id, _texts(job.params)))
-            except ValidationError as exc:
-                ends.append((job_id, InvalidRequest(f"bad predict job: {exc}").info()))
+                work.append((job_id, params_of(job, PredictParams).texts))
+            except InvalidRequest as exc:
+                ends.append((job_id, exc.info()))
     started = store.start_many([job_id for job_id, _ in work])
     work = [item for item, refused in zip(work, started, strict=True) if refused is None]
     try:
@@ -73,11 +67,11 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
         ends.append(
             (
                 job_id,
-                {
-                    "model_version": predictor.version,
-                    "precision": predictor.precision,
-                    "predictions": rows[start : start + len(texts)],
-                },
+                PredictResult(
+                    model_version=predictor.version,
+                    precision=predictor.precision,
+                    predictions=rows[start : start + len(texts)],
+                ),
             )
         )
         start += len(texts)

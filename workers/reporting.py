@@ -4,9 +4,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.errors import JobCancelled, error_info
+from shared.errors import JobEnded, error_info
 from shared.jobs import EventType, Job, JobStatus
 from shared.jobstore import JobStore
+from shared.results import JobResult
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class JobReporter:
 def run_step(
     store: JobStore,
     job_id: str,
-    step: Callable[[Job, JobReporter], dict[str, Any] | None],
-) -> dict[str, Any] | None:
+    step: Callable[[Job, JobReporter], JobResult | None],
+) -> JobResult | None:
     """Run one step of a job; a failure ends the job with the error's message.
 
     The step returns the job's result when it is the last one (the job succeeds with it), or
@@ -53,12 +54,12 @@ def run_step(
         if result is not None:
             store.succeed(job_id, result)
         return result
-    except JobCancelled:
+    except JobEnded:
         log.info("job %s ended or was cancelled; step stopped", job_id)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         try:
             store.fail(job_id, error_info(exc))
-        except JobCancelled:
+        except JobEnded:
             log.info("job %s had already ended", job_id)
     return None

@@ -13,8 +13,16 @@ from celery_batches import SimpleRequest
 
 from pipeline import stages
 from shared import tasks as names
-from shared.jobs import EvaluateParams, Job, JobType, PipelineParams, TrainParams
+from shared.jobs import (
+    DatasetParams,
+    EvaluateParams,
+    Job,
+    PipelineParams,
+    TrainParams,
+    params_of,
+)
 from shared.jobstore import JobStore
+from shared.results import EvaluateResult, JobResult, TrainResult
 from workers.app import app, settings
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
@@ -69,7 +77,7 @@ def _start_serving(sender: Any, **_: Any) -> None:
 @app.task(name=names.INGEST, **LONG_TASK)
 def ingest(job_id: str) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
-        dataset = job.params["dataset"]
+        dataset = params_of(job, DatasetParams).dataset
         reporter.stage("ingest", "started", dataset=dataset)
         output = stages.ingest(dataset, settings, reporter)
         reporter.stage("ingest", "finished", dataset_sha256=output.dataset_sha256)
@@ -83,7 +91,7 @@ def train(job_id: str, dataset_sha256: str) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
         params = _training_params(job)
         reporter.stage("train", "started")
-        output = stages.train(
+        record = stages.train(
             job.id,
             dataset_sha256,
             settings,
@@ -92,69 +100,55 @@ def train(job_id: str, dataset_sha256: str) -> None:
             base_model=params.base_model,
             max_steps=params.max_steps,
         )
-        reporter.stage("train", "finished", **output.validation)
-        _send(
-            names.EVALUATE,
-            job.id,
-            dataset_sha256=dataset_sha256,
-            candidate_prefix=output.candidate_prefix,
-        )
+        reporter.stage("train", "finished", **record.validation.model_dump(mode="json"))
+        _send(names.EVALUATE, job.id, dataset_sha256=dataset_sha256)
 
     run_step(store(), job_id, step)
 
 
 @app.task(name=names.EVALUATE, **LONG_TASK)
-def evaluate(
-    job_id: str, dataset_sha256: str | None = None, candidate_prefix: str | None = None
-) -> None:
-    def step(job: Job, reporter: JobReporter) -> dict[str, Any] | None:
+def evaluate(job_id: str, dataset_sha256: str | None = None) -> None:
+    def step(job: Job, reporter: JobReporter) -> JobResult | None:
         reporter.stage("evaluate", "started")
-        if job.type is JobType.evaluate:
-            params = EvaluateParams.model_validate({"type": "evaluate", **job.params})
+        if isinstance(job.params, EvaluateParams):
             metrics = stages.evaluate_version(
-                params.model_version, params.dataset, settings, reporter
+                job.params.model_version, job.params.dataset, settings, reporter
             )
             reporter.stage("evaluate", "finished")
-            return {"metrics": metrics}
-        if dataset_sha256 is None or candidate_prefix is None:
-            raise ValueError("evaluating a candidate needs its dataset and its model's location")
-        registered = stages.evaluate_and_register(
-            job.id, dataset_sha256, candidate_prefix, settings, reporter
-        )
+            return EvaluateResult(metrics=metrics)
+        if dataset_sha256 is None:
+            raise ValueError("evaluating a trained model needs the dataset it was trained on")
+        registered = stages.evaluate_and_register(job.id, dataset_sha256, settings, reporter)
         reporter.stage("evaluate", "finished", version=registered.version)
-        promote_requested = job.type is JobType.pipeline or bool(job.params.get("promote"))
-        if promote_requested:
+        if isinstance(job.params, PipelineParams) or params_of(job, TrainParams).promote:
             _send(names.PROMOTE, job.id, version=registered.version, dataset_sha256=dataset_sha256)
             return None
-        return {
-            "dataset_sha256": dataset_sha256,
-            "version": registered.version,
-            "metrics": registered.metrics,
-        }
+        return TrainResult(
+            dataset_sha256=dataset_sha256, version=registered.version, metrics=registered.metrics
+        )
 
     run_step(store(), job_id, step)
 
 
 @app.task(name=names.PROMOTE, **LONG_TASK)
 def promote(job_id: str, version: str, dataset_sha256: str) -> None:
-    def step(job: Job, reporter: JobReporter) -> dict[str, Any]:
+    def step(job: Job, reporter: JobReporter) -> JobResult:
         reporter.stage("promote", "started", version=version)
         decision = stages.promote_if_better(version, settings, reporter)
         reporter.stage("promote", "finished", promoted=decision.promoted, reason=decision.reason)
-        return {
-            "dataset_sha256": dataset_sha256,
-            "version": version,
-            "metrics": decision.candidate_metrics,
-            "promotion": decision.model_dump(mode="json"),
-        }
+        return TrainResult(
+            dataset_sha256=dataset_sha256,
+            version=version,
+            metrics=decision.candidate_metrics,
+            promotion=decision,
+        )
 
     run_step(store(), job_id, step)
 
 
 def _training_params(job: Job) -> TrainParams | PipelineParams:
-    if job.type is JobType.pipeline:
-        params = PipelineParams.model_validate({"type": "pipeline", **job.params})
-        return params.model_copy(
-            update={"max_steps": params.max_steps or settings.pipeline_max_steps}
+    if isinstance(job.params, PipelineParams):
+        return job.params.model_copy(
+            update={"max_steps": job.params.max_steps or settings.pipeline_max_steps}
         )
-    return TrainParams.model_validate({"type": "train", **job.params})
+    return params_of(job, TrainParams)

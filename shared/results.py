@@ -1,0 +1,115 @@
+"""What the pipeline produces, typed once for every reader: metrics.json, the serving check,
+what training records, and each job type's result (the gateway, the front end and the CLI read
+these same models)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.training import TrainingParams
+
+Precision = Literal["fp32", "int8"]
+
+
+class ClassScores(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ValidationScores(BaseModel):
+    """The best evaluation on the validation split carved from train.csv."""
+
+    n: int
+    accuracy: float
+    loss: float
+    step: int
+    steps: int
+    stopped_early: bool
+
+
+class FormScore(BaseModel):
+    accuracy: float
+    texts_per_s: float
+
+
+class ServingCheck(BaseModel):
+    """The int8 form scored beside fp32 on the same test rows at registration."""
+
+    n: int
+    fp32: FormScore
+    int8: FormScore
+    int8_accuracy_drop_pts: float
+    int8_speedup: float
+    max_accuracy_drop_pts: float
+    int8_allowed: bool
+
+
+class Metrics(BaseModel):
+    """A model's scores on labelled rows; confusion rows are true labels, columns predicted."""
+
+    n: int
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, ClassScores]
+    labels: list[str]
+    confusion_matrix: list[list[int]]
+    model_version: str | None = None
+    dataset_sha256: str | None = None
+    split: str = "test.csv"
+    truncated: int = 0
+    max_length: int | None = None
+    seconds: float = 0.0
+    serving: ServingCheck | None = Field(default=None, description="set at registration")
+    validation: ValidationScores | None = Field(default=None, description="set at registration")
+    train_seconds: float | None = Field(default=None, description="set at registration")
+
+    def headline(self) -> str:
+        return f"accuracy {self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f} on {self.n} rows"
+
+
+class TrainingRecord(BaseModel):
+    """What training leaves beside a trained model: its parameters and validation scores."""
+
+    params: TrainingParams
+    validation: ValidationScores
+    train_seconds: float
+
+
+class Prediction(BaseModel):
+    label: str
+    label_id: int
+    scores: dict[str, float] = Field(description="the probability of every class")
+    truncated: bool = Field(description="the text was longer than the model reads and was cut")
+
+
+class PredictResult(BaseModel):
+    model_version: str = Field(description="the registered version that produced every answer")
+    precision: Precision = Field(description="the form the model served in")
+    predictions: list[Prediction]
+
+
+class EvaluateResult(BaseModel):
+    metrics: Metrics
+
+
+class PromotionDecision(BaseModel):
+    promoted: bool
+    reason: str
+    version: str
+    previous: str | None
+    candidate_metrics: Metrics
+    production_metrics: Metrics | None
+
+
+class TrainResult(BaseModel):
+    """The result of a train or pipeline job: the registered version and, if asked, promotion."""
+
+    dataset_sha256: str
+    version: str
+    metrics: Metrics
+    promotion: PromotionDecision | None = None
+
+
+JobResult = PredictResult | EvaluateResult | TrainResult
