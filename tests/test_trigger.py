@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from celery import Celery
 
-import workers.trigger
+import workers.listener.trigger
 from shared.jobs import EventType, Job, JobStatus, PipelineParams
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.tasks import INGEST, dispatch
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
-from workers.s3events import ObjectEvent
-from workers.trigger import Outcome, PipelineTrigger
+from workers.listener.events import ObjectEvent
+from workers.listener.trigger import Outcome, PipelineTrigger
 
 
 @pytest.fixture
@@ -129,7 +129,9 @@ def failing_once(error: BaseException) -> Callable[[Celery, Job], None]:
 def test_a_delivery_that_failed_before_dispatch_is_finished_by_the_next(
     settings: Settings, trigger: PipelineTrigger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(workers.trigger, "dispatch", failing_once(ConnectionError("broker away")))
+    monkeypatch.setattr(
+        workers.listener.trigger, "dispatch", failing_once(ConnectionError("broker away"))
+    )
     event = upload(settings)
 
     with pytest.raises(ConnectionError):
@@ -157,7 +159,7 @@ def test_a_listener_that_died_half_way_leaves_the_version_to_the_next_delivery(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = settings.model_copy(update={"trigger_lease_s": 0.2})
-    monkeypatch.setattr(workers.trigger, "dispatch", failing_once(Died()))
+    monkeypatch.setattr(workers.listener.trigger, "dispatch", failing_once(Died()))
     dead, alive = PipelineTrigger.from_settings(settings), PipelineTrigger.from_settings(settings)
     event = upload(settings)
     try:

@@ -26,7 +26,7 @@ from shared.jobs import Job, JobType, PipelineParams, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.tasks import dispatch, make_celery
-from workers.s3events import ObjectEvent
+from workers.listener.events import ObjectEvent
 
 log = logging.getLogger(__name__)
 
