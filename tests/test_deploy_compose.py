@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from shared.settings import Settings
+from shared.storage import WEBHOOK_PATH
 from shared.tasks import QUEUES
 from stack.local import Webhook
 from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, run, tool
-from workers.listener.webhook import WEBHOOK_PATH
 
 SETTINGS = {f"AGNEWS_{name.upper()}" for name in Settings.model_fields}
 GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
