@@ -21,12 +21,12 @@ from typing import Any
 import boto3
 import pytest
 
+from deploy.backlog_exporter import BACKLOG_PER_INSTANCE, UNSERVED_BACKLOG
 from shared.settings import Settings
 from shared.storage import s3_client
 from shared.tasks import INGEST, QUEUES
 from tests.deploy_support import REGION, ROOT, TEMPLATES, ministack_server, run
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
-from workers.backlog_exporter import BACKLOG_PER_INSTANCE, UNSERVED_BACKLOG
 from workers.listener.sqs import SqsListener
 from workers.listener.trigger import PipelineTrigger
 
