@@ -10,12 +10,11 @@ from pipeline.ingest import RawDataset, fetch_archive, is_missing, read_archive
 from pipeline.validate import ValidationReport, check
 from shared.errors import DatasetIntegrityError, DatasetNotFound
 from shared.settings import Settings
-from shared.storage import s3_client, s3_url
+from shared.storage import ARCHIVE_NAME, s3_client, s3_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-ARCHIVE_NAME = "archive.zip"
 REPORT_NAME = "report.json"
 
 

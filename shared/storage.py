@@ -14,6 +14,11 @@ if TYPE_CHECKING:
 else:
     S3Client = Any
 
+# Every dataset archive's name: an upload under the incoming prefix, and its copy under datasets/.
+ARCHIVE_NAME = "archive.zip"
+# Where the S3 store's (SeaweedFS filer's) webhook posts its events on the listener.
+WEBHOOK_PATH = "/seaweedfs"
+
 
 def client_options(settings: Settings, *, public: bool = False) -> dict[str, Any]:
     """Keyword arguments for a boto3 or aiobotocore client of any AWS service."""

@@ -12,9 +12,8 @@ from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from shared.settings import Settings
-from shared.storage import s3_client
+from shared.storage import WEBHOOK_PATH, s3_client
 from stack.processes import Service, Supervisor, executable, http_ok, log_says, redis_ok
-from workers.listener_webhook import WEBHOOK_PATH
 
 LOCAL_ENV = {
     "AGNEWS_S3_ENDPOINT_URL": "http://127.0.0.1:8333",

@@ -4,7 +4,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -63,12 +62,6 @@ class Service:
                 self.process.wait(5)
         if self.log is not None:
             self.log.close()
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
-        return True
-    return False
 
 
 def http_ok(url: str) -> Callable[[], bool]:

@@ -2,9 +2,12 @@
 promise (pinned images, non-root users, health checks, the local stack's settings, main-only
 deploys, no credentials)."""
 
+import importlib.util
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +15,14 @@ import pytest
 import yaml
 
 from shared.settings import Settings
+from shared.storage import WEBHOOK_PATH
 from shared.tasks import QUEUES
 from stack.local import Webhook
-from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, run, tool
-from workers.listener_webhook import WEBHOOK_PATH
+from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, TEMPLATES, run, tool
 
 SETTINGS = {f"AGNEWS_{name.upper()}" for name in Settings.model_fields}
 GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
+GATEWAY = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 
 
 def test_the_dockerfiles_are_the_gateway_and_the_workers() -> None:
@@ -85,6 +89,40 @@ def test_the_gateway_image_has_no_torch_and_the_worker_images_take_theirs_from_p
         "download.pytorch.org/whl/cu"
         in _args(ROOT / "deploy" / "docker" / "worker.Dockerfile")["TORCH_CUDA_INDEX_URL"]
     )
+
+
+def test_the_gateway_image_copies_neither_workers_nor_pipeline_and_needs_neither() -> None:
+    copies = [line.split()[1:-1] for line in _stages(GATEWAY)["build"] if line.startswith("COPY ")]
+    sources = {source.split("/")[0] for line in copies for source in line}
+    assert sources == {"pyproject.toml", "README.md", "shared", "gateway", "stack", "deploy"}
+    # What the image runs: the gateway, the backlog exporter and compose's bucket-creating job.
+    code = (
+        "import sys, gateway.__main__, deploy.backlog_exporter, stack.local; "
+        "print(sorted(name for name in sys.modules "
+        "if name.split('.')[0] in ('workers', 'pipeline', 'torch', 'transformers')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def _entry_points() -> set[str]:
+    """Every module the deployment, the local stack and the guides start with `python -m`."""
+    files = [COMPOSE, GPU_COMPOSE, *DOCKERFILES, *TEMPLATES.glob("*.yaml"), ROOT / "Makefile"]
+    files += [ROOT / "stack" / "local.py", ROOT / "README.md", ROOT / "deploy" / "README.md"]
+    pattern = re.compile(r'python -m ([\w.]+)|"-m", "([\w.]+)"')
+    return {"".join(match) for path in files for match in pattern.findall(path.read_text())}
+
+
+def test_every_module_started_with_python_m_exists() -> None:
+    entry_points = _entry_points()
+    assert {"gateway", "workers", "workers.listener", "deploy.backlog_exporter"} <= entry_points
+    for module in sorted(entry_points):
+        spec = importlib.util.find_spec(module)
+        assert spec is not None, module
+        if spec.submodule_search_locations is not None:
+            assert importlib.util.find_spec(f"{module}.__main__") is not None, module
 
 
 def test_the_build_context_is_an_allowlist() -> None:

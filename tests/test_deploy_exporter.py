@@ -11,11 +11,7 @@ import boto3
 import pytest
 from celery import Celery
 
-from shared.settings import Settings
-from shared.storage import client_options
-from shared.tasks import EVALUATE, PREDICT, TRAIN, make_celery
-from tests.servers import free_port, redis_server
-from workers.backlog_exporter import (
+from deploy.backlog_exporter import (
     BACKLOG,
     BACKLOG_PER_INSTANCE,
     UNSERVED_BACKLOG,
@@ -23,6 +19,10 @@ from workers.backlog_exporter import (
     BacklogExporter,
     Capacity,
 )
+from shared.settings import Settings
+from shared.storage import client_options
+from shared.tasks import EVALUATE, PREDICT, TRAIN, make_celery
+from tests.servers import free_port, redis_server
 
 GROUPS = {"predict": "fleet-predict", "evaluate": "fleet-evaluate", "train": "fleet-train"}
 

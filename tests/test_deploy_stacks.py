@@ -21,14 +21,14 @@ from typing import Any
 import boto3
 import pytest
 
+from deploy.backlog_exporter import BACKLOG_PER_INSTANCE, UNSERVED_BACKLOG
 from shared.settings import Settings
 from shared.storage import s3_client
 from shared.tasks import INGEST, QUEUES
 from tests.deploy_support import REGION, ROOT, TEMPLATES, ministack_server, run
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
-from workers.backlog_exporter import BACKLOG_PER_INSTANCE, UNSERVED_BACKLOG
-from workers.listener_sqs import SqsListener
-from workers.trigger import PipelineTrigger
+from workers.listener.sqs import SqsListener
+from workers.listener.trigger import PipelineTrigger
 
 ORGANIZATION = "0b6f5a4e-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
 PROJECT = "7d8e9f0a-1b2c-4d3e-9f4a-5b6c7d8e9f0a"

@@ -6,15 +6,15 @@ from typing import Any
 
 import pytest
 
-from shared.settings import Settings
-from shared.tasks import QUEUES
-from tests.deploy_support import TEMPLATES, resources, run, template, tool
-from workers.backlog_exporter import (
+from deploy.backlog_exporter import (
     BACKLOG_PER_INSTANCE,
     UNSERVED_BACKLOG,
     Backlog,
     Capacity,
 )
+from shared.settings import Settings
+from shared.tasks import QUEUES
+from tests.deploy_support import TEMPLATES, resources, run, template, tool
 
 NAMES = sorted(path.name for path in TEMPLATES.glob("*.yaml"))
 

@@ -18,8 +18,8 @@ from shared.storage import client_options, s3_client
 from shared.tasks import INGEST
 from tests.servers import free_port
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
-from workers.listener_sqs import Poll, SqsListener
-from workers.trigger import PipelineTrigger
+from workers.listener.sqs import Poll, SqsListener
+from workers.listener.trigger import PipelineTrigger
 
 
 @dataclass

@@ -9,12 +9,13 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from shared.settings import Settings
+from shared.storage import WEBHOOK_PATH
 from shared.tasks import INGEST
 from tests.servers import free_port
 from tests.test_s3events import SEAWEEDFS_CREATE
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
-from workers.listener_webhook import WEBHOOK_PATH, webhook_app
-from workers.trigger import PipelineTrigger
+from workers.listener.trigger import PipelineTrigger
+from workers.listener.webhook import webhook_app
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

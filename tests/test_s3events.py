@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.errors import MalformedEvent
-from workers.s3events import ObjectEvent, parse_notification, parse_seaweedfs
+from workers.listener.events import ObjectEvent, parse_notification, parse_seaweedfs
 
 
 def s3_record(key: str, name: str = "ObjectCreated:Put", **object_fields: Any) -> dict[str, Any]:

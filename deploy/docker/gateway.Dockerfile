@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # The gateway: HTTP API, server-sent events and the front end. Base dependencies only, no torch.
 # From the repository root: docker build -f deploy/docker/gateway.Dockerfile -t agnews-gateway .
-# The same image runs the queue-backlog exporter (python -m workers.backlog_exporter) and the
-# bucket-creating init job of docker-compose.yml: both need only the base dependencies.
+# The same image runs the queue-backlog exporter (python -m deploy.backlog_exporter) and the
+# bucket-creating init job of docker-compose.yml: both need only the base dependencies (the
+# exporter: boto3, redis, kombu) and shared/. Neither workers/ nor pipeline/ is in the image.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -16,9 +17,8 @@ COPY pyproject.toml README.md ./
 RUN pip install . && pip uninstall --yes agnews
 COPY shared shared
 COPY gateway gateway
-COPY workers workers
-COPY pipeline pipeline
 COPY stack stack
+COPY deploy/__init__.py deploy/backlog_exporter.py deploy/
 RUN pip install --no-deps .
 
 FROM ${PYTHON_IMAGE} AS gateway

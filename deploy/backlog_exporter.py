@@ -1,4 +1,4 @@
-"""`python -m workers.backlog_exporter`: each queue's backlog per instance, to CloudWatch.
+"""`python -m deploy.backlog_exporter`: each queue's backlog per instance, to CloudWatch.
 
 Each worker group on EC2 tracks `BacklogPerInstance` of its queue with a target-tracking policy:
 the tasks waiting in the queue and those delivered to a worker and not yet acknowledged (a

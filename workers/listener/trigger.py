@@ -25,12 +25,11 @@ from shared.errors import NotFound
 from shared.jobs import Job, JobType, PipelineParams, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.storage import ARCHIVE_NAME
 from shared.tasks import dispatch, make_celery
-from workers.s3events import ObjectEvent
+from workers.listener.events import ObjectEvent
 
 log = logging.getLogger(__name__)
-
-ARCHIVE_NAME = "archive.zip"
 
 # Errors of the services the trigger writes to; a delivery that meets one is retried later.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)

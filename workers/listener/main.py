@@ -1,4 +1,4 @@
-"""`python -m workers.listener`: the process that turns storage events into pipeline jobs.
+"""The process (`python -m workers.listener`) that turns storage events into pipeline jobs.
 
 It long-polls SQS where `sqs_queue_url` is set (AWS), serves the local S3 store's webhook where
 `listener_token` is set (the local stack), or both; /healthz answers either way. It imports
@@ -13,9 +13,9 @@ import uvicorn
 
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
-from workers.listener_sqs import SqsListener
-from workers.listener_webhook import webhook_app
-from workers.trigger import PipelineTrigger
+from workers.listener.sqs import SqsListener
+from workers.listener.trigger import PipelineTrigger
+from workers.listener.webhook import webhook_app
 
 
 async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
@@ -63,7 +63,3 @@ def main() -> None:
     ]
     log.info("listening to %s", " and ".join(adapters) or "nothing (only /healthz)")
     asyncio.run(serve(settings, PipelineTrigger.from_settings(settings)))
-
-
-if __name__ == "__main__":
-    main()

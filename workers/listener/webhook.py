@@ -17,10 +17,9 @@ from starlette.types import ExceptionHandler
 
 from shared.errors import AgNewsError, ServiceUnavailable, Unauthorized
 from shared.settings import Settings
-from workers.s3events import parse_seaweedfs
-from workers.trigger import TRANSIENT_ERRORS, PipelineTrigger
-
-WEBHOOK_PATH = "/seaweedfs"
+from shared.storage import WEBHOOK_PATH
+from workers.listener.events import parse_seaweedfs
+from workers.listener.trigger import TRANSIENT_ERRORS, PipelineTrigger
 
 
 def webhook_app(settings: Settings, trigger: PipelineTrigger) -> Starlette:

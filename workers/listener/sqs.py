@@ -22,8 +22,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 from shared.errors import MalformedEvent
 from shared.settings import Settings
 from shared.storage import client_options
-from workers.s3events import parse_notification
-from workers.trigger import TRANSIENT_ERRORS, PipelineTrigger
+from workers.listener.events import parse_notification
+from workers.listener.trigger import TRANSIENT_ERRORS, PipelineTrigger
 
 log = logging.getLogger(__name__)
 
