@@ -1,6 +1,5 @@
 """Accepted datasets in the bucket: `datasets/{sha256}/archive.zip` beside its `report.json`."""
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -8,6 +7,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.ingest import RawDataset, fetch_archive, is_missing, read_archive
 from pipeline.validate import ValidationReport, check
+from shared.digests import file_sha256
 from shared.errors import DatasetIntegrityError, DatasetNotFound
 from shared.settings import Settings
 from shared.storage import s3_client, s3_url
@@ -34,7 +34,7 @@ def store_dataset(archive: Path, report: ValidationReport, settings: Settings) -
     """
     check(report)
     sha256 = report.dataset_sha256
-    if _sha256(archive) != sha256:
+    if file_sha256(archive) != sha256:
         raise DatasetIntegrityError(
             f"{archive} does not have the sha256 its report names ({sha256})",
             details={"sha256": sha256},
@@ -60,10 +60,10 @@ def store_dataset(archive: Path, report: ValidationReport, settings: Settings) -
 def load_dataset(sha256: str, settings: Settings, dest_dir: Path) -> RawDataset:
     """Read a stored dataset, downloading it into dest_dir/{sha256}/ unless it is there already."""
     path = dest_dir / sha256 / ARCHIVE_NAME
-    if not (path.is_file() and _sha256(path) == sha256):
+    if not (path.is_file() and file_sha256(path) == sha256):
         url = s3_url(settings.bucket, dataset_key(sha256, settings))
         fetch_archive(url, settings, path.parent)
-        if _sha256(path) != sha256:
+        if file_sha256(path) != sha256:
             path.unlink()
             raise DatasetIntegrityError(
                 f"{url} does not have the sha256 it is stored under", details={"url": url}
@@ -81,11 +81,6 @@ def load_report(sha256: str, settings: Settings) -> ValidationReport:
             raise DatasetNotFound(f"{url} does not exist", details={"url": url}) from exc
         raise
     return ValidationReport.model_validate_json(response["Body"].read())
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _exists(client: "S3Client", bucket: str, key: str) -> bool:

@@ -6,7 +6,6 @@ cannot be read becomes a RowProblem with its physical line number, for validatio
 """
 
 import csv
-import hashlib
 import io
 import lzma
 import os
@@ -23,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.labels import LABELS
 from pipeline.text import clean_text
+from shared.digests import file_sha256
 from shared.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.settings import Settings
 from shared.storage import parse_s3_url, s3_client, s3_url
@@ -152,8 +152,7 @@ def fetch_archive(
 def read_archive(path: Path, settings: Settings) -> RawDataset:
     """Read train.csv and test.csv out of the archive; DatasetInvalid says what is wrong with it."""
     try:
-        with path.open("rb") as file:
-            sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+        sha256 = file_sha256(path)
         archive = zipfile.ZipFile(path)
     except FileNotFoundError as exc:
         raise DatasetNotFound(f"{path} does not exist", details={"path": str(path)}) from exc
