@@ -148,18 +148,6 @@ class ModelRegistry:
             details={"version": version},
         )
 
-    def rollback(self, reason: str) -> ProductionPointer:
-        """Point production back at the version it replaced."""
-        current = self.production()
-        if current is None:
-            raise NoProductionModel("there is no production model to roll back")
-        if current.previous is None:
-            raise Conflict(
-                f"production {current.version} replaced no earlier version",
-                details={"production": current.version},
-            )
-        return self.promote(current.previous, reason, expected=current.version)
-
     def _manifest(self, version: str) -> ModelInfo | None:
         body = read_object(self.s3, self.bucket, self.key(version, MANIFEST))
         return None if body is None else ModelInfo.model_validate_json(body)
