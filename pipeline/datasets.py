@@ -5,12 +5,13 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from pipeline.ingest import RawDataset, fetch_archive, is_missing, read_archive
+from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.validate import ValidationReport, check
 from shared.digests import file_sha256
 from shared.errors import DatasetIntegrityError, DatasetNotFound
+from shared.registry import read_object
 from shared.settings import Settings
-from shared.storage import s3_client, s3_url
+from shared.storage import is_missing, s3_client, s3_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -73,14 +74,11 @@ def load_dataset(sha256: str, settings: Settings, dest_dir: Path) -> RawDataset:
 
 def load_report(sha256: str, settings: Settings) -> ValidationReport:
     key = report_key(sha256, settings)
-    try:
-        response = s3_client(settings).get_object(Bucket=settings.bucket, Key=key)
-    except ClientError as exc:
-        if is_missing(exc):
-            url = s3_url(settings.bucket, key)
-            raise DatasetNotFound(f"{url} does not exist", details={"url": url}) from exc
-        raise
-    return ValidationReport.model_validate_json(response["Body"].read())
+    body = read_object(s3_client(settings), settings.bucket, key)
+    if body is None:
+        url = s3_url(settings.bucket, key)
+        raise DatasetNotFound(f"{url} does not exist", details={"url": url})
+    return ValidationReport.model_validate_json(body)
 
 
 def _exists(client: "S3Client", bucket: str, key: str) -> bool:

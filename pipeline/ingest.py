@@ -25,7 +25,7 @@ from pipeline.text import clean_text
 from shared.digests import file_sha256
 from shared.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.settings import Settings
-from shared.storage import parse_s3_url, s3_client, s3_url
+from shared.storage import is_missing, parse_s3_url, s3_client, s3_url
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -184,11 +184,6 @@ def read_csv(path: Path, settings: Settings) -> Split:
         _check_magic(file.peek(512)[:512], path.name)
         stream = io.TextIOWrapper(file, encoding="utf-8-sig", errors="surrogateescape", newline="")
         return _parse(stream, path.name)
-
-
-def is_missing(exc: ClientError) -> bool:
-    """Whether an S3 error means that the object or its bucket does not exist."""
-    return exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "NoSuchBucket", "404"}
 
 
 def _local_path(source: str | Path) -> Path | None:

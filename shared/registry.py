@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from shared.errors import Conflict, ModelNotFound, NoProductionModel
 from shared.settings import Settings
-from shared.storage import s3_client
+from shared.storage import error_code, is_missing, s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -29,7 +29,6 @@ VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{4}")
 
 _CAS_ATTEMPTS = 5
 _JSON = "application/json"
-_MISSING = {"NoSuchKey", "404", "NotFound"}
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NO_CONDITIONAL_WRITES = {"NotImplemented", "501"}
 
@@ -58,10 +57,6 @@ class ProductionPointer(BaseModel):
 def new_version() -> str:
     """A sortable, unique version name: UTC time and 4 random hex digits."""
     return f"{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}-{secrets.token_hex(2)}"
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class ModelRegistry:
@@ -156,7 +151,7 @@ class ModelRegistry:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + PRODUCTION)
         except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+            if is_missing(exc):
                 return None, None
             raise
         body = response["Body"].read()
@@ -176,7 +171,7 @@ class ModelRegistry:
                     Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON, IfNoneMatch="*"
                 )
         except ClientError as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code in _LOST_RACE:
                 return False
             if code not in _NO_CONDITIONAL_WRITES:
@@ -191,6 +186,6 @@ def read_object(s3: "S3Client", bucket: str, key: str) -> bytes | None:
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if _error_code(exc) in _MISSING:
+        if is_missing(exc):
             return None
         raise
