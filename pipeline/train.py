@@ -36,7 +36,7 @@ from pipeline.modeling import (
     to_device,
 )
 from pipeline.registry import UNSAFE_SUFFIXES
-from pipeline.report import Reporter, Ticker
+from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.settings import PACKAGED_BASE_MODEL, Settings
 
@@ -410,6 +410,7 @@ def fit(
     batches, batches_epoch = [], -1
     model.train()
     while state.step < total and not state.stopped_early:
+        check_cancelled(reporter, "train")
         epoch, index = divmod(state.step, steps_per_epoch)
         if epoch != batches_epoch:
             batches, batches_epoch = epoch_batches(train, config, epoch), epoch
