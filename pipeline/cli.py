@@ -6,7 +6,6 @@ agnews predict "Stocks rally as ..." --model model/
 """
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -27,6 +26,7 @@ from pipeline.report import TqdmReporter
 from pipeline.stages import train_model
 from pipeline.train import PROFILES, config_for
 from pipeline.validate import check, validate
+from shared.digests import file_sha256
 from shared.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
 from shared.logs import configure_logging
 from shared.registry import MANIFEST
@@ -116,8 +116,7 @@ def evaluate_command(
     with tempfile.TemporaryDirectory() as scratch:
         if data.suffix.lower() == ".csv":
             rows = _checked_rows(read_csv(data, settings))
-            with data.open("rb") as file:
-                sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+            sha256 = file_sha256(data)
         else:
             dataset = read_archive(fetch_archive(args.data, settings, Path(scratch)), settings)
             rows, sha256 = _checked_rows(dataset.test), dataset.sha256

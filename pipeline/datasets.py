@@ -1,16 +1,17 @@
 """Accepted datasets in the bucket: `datasets/{sha256}/archive.zip` beside its `report.json`."""
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from pipeline.ingest import RawDataset, fetch_archive, is_missing, read_archive
+from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.validate import ValidationReport, check
+from shared.digests import file_sha256
 from shared.errors import DatasetIntegrityError, DatasetNotFound
+from shared.registry import read_object
 from shared.settings import Settings
-from shared.storage import ARCHIVE_NAME, s3_client, s3_url
+from shared.storage import ARCHIVE_NAME, is_missing, s3_client, s3_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -33,7 +34,7 @@ def store_dataset(archive: Path, report: ValidationReport, settings: Settings) -
     """
     check(report)
     sha256 = report.dataset_sha256
-    if _sha256(archive) != sha256:
+    if file_sha256(archive) != sha256:
         raise DatasetIntegrityError(
             f"{archive} does not have the sha256 its report names ({sha256})",
             details={"sha256": sha256},
@@ -59,10 +60,10 @@ def store_dataset(archive: Path, report: ValidationReport, settings: Settings) -
 def load_dataset(sha256: str, settings: Settings, dest_dir: Path) -> RawDataset:
     """Read a stored dataset, downloading it into dest_dir/{sha256}/ unless it is there already."""
     path = dest_dir / sha256 / ARCHIVE_NAME
-    if not (path.is_file() and _sha256(path) == sha256):
+    if not (path.is_file() and file_sha256(path) == sha256):
         url = s3_url(settings.bucket, dataset_key(sha256, settings))
         fetch_archive(url, settings, path.parent)
-        if _sha256(path) != sha256:
+        if file_sha256(path) != sha256:
             path.unlink()
             raise DatasetIntegrityError(
                 f"{url} does not have the sha256 it is stored under", details={"url": url}
@@ -72,19 +73,11 @@ def load_dataset(sha256: str, settings: Settings, dest_dir: Path) -> RawDataset:
 
 def load_report(sha256: str, settings: Settings) -> ValidationReport:
     key = report_key(sha256, settings)
-    try:
-        response = s3_client(settings).get_object(Bucket=settings.bucket, Key=key)
-    except ClientError as exc:
-        if is_missing(exc):
-            url = s3_url(settings.bucket, key)
-            raise DatasetNotFound(f"{url} does not exist", details={"url": url}) from exc
-        raise
-    return ValidationReport.model_validate_json(response["Body"].read())
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    body = read_object(s3_client(settings), settings.bucket, key)
+    if body is None:
+        url = s3_url(settings.bucket, key)
+        raise DatasetNotFound(f"{url} does not exist", details={"url": url})
+    return ValidationReport.model_validate_json(body)
 
 
 def _exists(client: "S3Client", bucket: str, key: str) -> bool:

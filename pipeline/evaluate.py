@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
 from pipeline.predictor import Predictor
-from pipeline.report import Reporter, Ticker
+from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.results import ClassScores, Metrics
 from shared.settings import Settings
@@ -59,7 +59,13 @@ def evaluate(
     started = time.monotonic()
     ticker = Ticker(reporter, "evaluate", len(rows), settings.progress_interval_s)
     ticker.send(0)
-    probabilities, truncated = predictor.probabilities([row.text for row in rows], on_batch=ticker)
+    check_cancelled(reporter, "evaluate")
+
+    def on_batch(done: int) -> None:
+        ticker(done)
+        check_cancelled(reporter, "evaluate")
+
+    probabilities, truncated = predictor.probabilities([row.text for row in rows], on_batch)
     truth = np.array([row.label for row in rows], dtype=np.int64)
     metrics = classification_metrics(
         truth,

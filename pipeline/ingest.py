@@ -6,7 +6,6 @@ cannot be read becomes a RowProblem with its physical line number, for validatio
 """
 
 import csv
-import hashlib
 import io
 import lzma
 import os
@@ -23,9 +22,10 @@ from botocore.exceptions import ClientError
 
 from pipeline.labels import LABELS
 from pipeline.text import clean_text
+from shared.digests import file_sha256
 from shared.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.settings import Settings
-from shared.storage import parse_s3_url, s3_client, s3_url
+from shared.storage import is_missing, parse_s3_url, s3_client, s3_url
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -152,8 +152,7 @@ def fetch_archive(
 def read_archive(path: Path, settings: Settings) -> RawDataset:
     """Read train.csv and test.csv out of the archive; DatasetInvalid says what is wrong with it."""
     try:
-        with path.open("rb") as file:
-            sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+        sha256 = file_sha256(path)
         archive = zipfile.ZipFile(path)
     except FileNotFoundError as exc:
         raise DatasetNotFound(f"{path} does not exist", details={"path": str(path)}) from exc
@@ -185,11 +184,6 @@ def read_csv(path: Path, settings: Settings) -> Split:
         _check_magic(file.peek(512)[:512], path.name)
         stream = io.TextIOWrapper(file, encoding="utf-8-sig", errors="surrogateescape", newline="")
         return _parse(stream, path.name)
-
-
-def is_missing(exc: ClientError) -> bool:
-    """Whether an S3 error means that the object or its bucket does not exist."""
-    return exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "NoSuchBucket", "404"}
 
 
 def _local_path(source: str | Path) -> Path | None:

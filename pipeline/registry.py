@@ -7,7 +7,6 @@ version in the registry is complete or invisible.
 """
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from shared.digests import file_sha256
 from shared.errors import Conflict, ModelIntegrityError
 from shared.registry import MANIFEST, METRICS, ModelInfo, ModelRegistry, read_object
 from shared.results import Metrics
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 WEIGHTS = "model.safetensors"
 # Formats that unpickle (run code) when loaded: never stored, never loaded.
 UNSAFE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack"})
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _relative_files(directory: Path) -> list[str]:

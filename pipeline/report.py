@@ -24,6 +24,12 @@ class Reporter(Protocol):
         """True once the job is cancelled; loops then raise JobCancelled."""
 
 
+def check_cancelled(reporter: Reporter, stage: str) -> None:
+    """Raise JobCancelled once the job is cancelled: a long loop calls it at every step."""
+    if reporter.cancelled():
+        raise JobCancelled(f"the job was cancelled during {stage}")
+
+
 class NullReporter:
     def progress(self, data: Mapping[str, Any]) -> None:
         pass
@@ -36,9 +42,7 @@ class NullReporter:
 
 
 class Ticker:
-    """One stage's progress, sent at most every interval_s and at its last step, with an ETA.
-
-    Each send also asks the reporter whether the job was cancelled, and raises JobCancelled."""
+    """One stage's progress, sent at most every interval_s and at its last step, with an ETA."""
 
     def __init__(
         self, reporter: Reporter, stage: str, total: int, interval_s: float, start: int = 0
@@ -68,8 +72,6 @@ class Ticker:
                 **extra,
             }
         )
-        if self.reporter.cancelled():
-            raise JobCancelled(f"the job was cancelled during {self.stage}")
 
     def __call__(self, step: int, **extra: Any) -> None:
         if self.due(step):

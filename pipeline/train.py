@@ -8,7 +8,7 @@ import dataclasses
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,17 @@ from pipeline.modeling import (
     to_device,
 )
 from pipeline.registry import UNSAFE_SUFFIXES
-from pipeline.report import Reporter, Ticker
+from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.results import TrainingRecord, ValidationScores
 from shared.settings import Settings
 from shared.training import TrainConfig, TrainingParams
+
+# A checkpoint's files: the weights, the best weights when they are others, and the rest.
+_WEIGHTS = "model.safetensors"
+_BEST_WEIGHTS = "best.safetensors"
+_TRAINER = "trainer.pt"
+
 
 PROFILES: dict[str, TrainConfig] = {
     # A few minutes on two CPU cores.
@@ -159,6 +165,190 @@ def _warmup_linear(total: int, warmup: float) -> Any:
     return factor
 
 
+@dataclass
+class Examples:
+    """One split, tokenized: token ids and label ids, row for row."""
+
+    ids: list[list[int]]
+    labels: np.ndarray
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Row],
+    labels: np.ndarray,
+    index: np.ndarray,
+    max_length: int,
+) -> Examples:
+    return Examples(encode(tokenizer, [rows[i].text for i in index], max_length), labels[index])
+
+
+def epoch_batches(train: Examples, config: TrainConfig, epoch: int) -> list[np.ndarray]:
+    """One epoch's batches, the same for the same epoch: a resumed run skips those it did."""
+    lengths = [len(ids) for ids in train.ids]
+    return bucketed_batches(lengths, config.batch_size, config.bucket_pool, config.seed + epoch)
+
+
+def validate(
+    model: PreTrainedModel,
+    val: Examples,
+    pad_id: int,
+    config: TrainConfig,
+    device: torch.device,
+    bf16: bool,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy on the validation split."""
+    probabilities = class_probabilities(
+        model, val.ids, pad_id=pad_id, batch_size=config.eval_batch_size, device=device, bf16=bf16
+    )
+    picked = probabilities[np.arange(len(val.labels)), val.labels]
+    return {
+        "accuracy": float((probabilities.argmax(axis=1) == val.labels).mean()),
+        "loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
+    }
+
+
+class Trainer:
+    """What training carries from step to step, all of which a checkpoint saves: the model, its
+    optimizer and schedule, where training is, and the best weights so far."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        config: TrainConfig,
+        total: int,
+        device: torch.device,
+        bf16: bool,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.device = device
+        self.bf16 = bf16
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(model, config.weight_decay), lr=config.lr, fused=True
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _warmup_linear(total, config.warmup)
+        )
+        self.state = TrainState(total=total)
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def step(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one batch; the batch's loss, still on the device."""
+        with autocast(self.device, self.bf16):
+            logits = self.model(**inputs).logits
+        loss = F.cross_entropy(logits.float(), labels.to(self.device))
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return loss.detach()
+
+    def record(self, scores: Mapping[str, float]) -> None:
+        """Keep the weights that score best; stop after `patience` evaluations without gain."""
+        state = self.state
+        gained = scores["accuracy"] > state.best_accuracy or (
+            scores["accuracy"] == state.best_accuracy and scores["loss"] < state.best_loss
+        )
+        if gained:
+            state.best_accuracy, state.best_loss = scores["accuracy"], scores["loss"]
+            state.best_step, state.evals_without_gain = state.step, 0
+            self.best_weights = _cpu_copy(self.model)
+        else:
+            state.evals_without_gain += 1
+            state.stopped_early = 0 < self.config.patience <= state.evals_without_gain
+
+    def keep_best(self, reporter: Reporter) -> None:
+        """Put the best weights back where the last step's are not them."""
+        best = self.state.best_step
+        if self.best_weights is not None and best != self.state.step:
+            self.model.load_state_dict(self.best_weights)
+            message = f"kept the best validation checkpoint, from step {best}"
+            reporter.event(EventType.log, {"message": message})
+
+    def save(self, checkpoints: CheckpointStore) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            save_model(self.model, str(folder / _WEIGHTS))
+            if self.best_weights is not None and self.state.best_step != self.state.step:
+                save_file(self.best_weights, str(folder / _BEST_WEIGHTS))
+            torch.save(
+                {
+                    "state": dataclasses.asdict(self.state),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": (
+                        torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+                    ),
+                },
+                folder / _TRAINER,
+            )
+            checkpoints.save(self.state.step, folder)
+
+    def resume(self, checkpoints: CheckpointStore, reporter: Reporter) -> int | None:
+        """Continue from the latest checkpoint if it planned as many steps; the step it was at."""
+        latest = checkpoints.latest()
+        if latest is None:
+            return None
+        total = self.state.total
+        resumed_from: int | None = None
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = checkpoints.fetch(latest, Path(scratch))
+            saved = torch.load(folder / _TRAINER, map_location="cpu", weights_only=True)
+            if saved["state"]["total"] == total:
+                self._load(folder, saved)
+                resumed_from = self.state.step
+        message = (
+            f"resumed from the checkpoint at step {resumed_from} of {total}"
+            if resumed_from is not None
+            else f"ignored the checkpoint at step {latest}: it planned other than {total} steps"
+        )
+        reporter.event(EventType.log, {"message": message})
+        return resumed_from
+
+    def _load(self, folder: Path, saved: dict[str, Any]) -> None:
+        load_model(self.model, folder / _WEIGHTS, device=str(self.device))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        self.state = TrainState(**saved["state"])
+        if saved.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if (folder / _BEST_WEIGHTS).exists():
+            self.best_weights = load_file(folder / _BEST_WEIGHTS)
+        elif self.state.best_step == self.state.step > 0:
+            self.best_weights = _cpu_copy(self.model)
+
+
+class LossWindow:
+    """Mean loss and throughput since the last progress report."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.steps = self.samples = 0
+        self.start = time.monotonic()
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.samples += samples
+
+    def take(self) -> tuple[float, float]:
+        """(mean loss, samples per second) since the last take; starts a new window."""
+        now = time.monotonic()
+        means = (
+            round(float(self.loss) / self.steps, 4),
+            round(self.samples / max(now - self.start, 1e-9), 1),
+        )
+        self.loss.zero_()
+        self.steps = self.samples = 0
+        self.start = now
+        return means
+
+
 def fit(
     config: TrainConfig,
     rows: Sequence[Row],
@@ -171,91 +361,20 @@ def fit(
     torch.manual_seed(config.seed)
     labels = np.array([row.label for row in rows], dtype=np.int64)
     train_index, val_index = split_rows(labels, config)
-
     base = resolve_base_model(config.base_model)
     tokenizer = load_tokenizer(base)
     model = to_device(load_classifier(base), device)
     pad_id = tokenizer.pad_token_id or 0
-    train_ids = encode(tokenizer, [rows[i].text for i in train_index], config.max_length)
-    val_ids = encode(tokenizer, [rows[i].text for i in val_index], config.max_length)
-    train_labels = torch.from_numpy(labels[train_index])
-    lengths = [len(ids) for ids in train_ids]
+    train = tokenize(tokenizer, rows, labels, train_index, config.max_length)
+    val = tokenize(tokenizer, rows, labels, val_index, config.max_length)
 
-    def epoch_batches(epoch: int) -> list[np.ndarray]:
-        return bucketed_batches(lengths, config.batch_size, config.bucket_pool, config.seed + epoch)
-
-    steps_per_epoch = len(epoch_batches(0))
+    steps_per_epoch = len(epoch_batches(train, config, 0))
     total = math.ceil(config.epochs * steps_per_epoch)
     total = min(total, config.max_steps or total)
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
-
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.lr, fused=True
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(total, config.warmup))
-    state = TrainState(total=total)
-    best_weights: dict[str, torch.Tensor] | None = None
-    resumed_from: int | None = None
-
-    latest = checkpoints.latest() if checkpoints else None
-    if checkpoints is not None and latest is not None:
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = checkpoints.fetch(latest, Path(scratch))
-            saved = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
-            if saved["state"]["total"] == total:
-                load_model(model, folder / "model.safetensors", device=str(device))
-                optimizer.load_state_dict(saved["optimizer"])
-                scheduler.load_state_dict(saved["scheduler"])
-                torch.set_rng_state(saved["rng"])
-                state = TrainState(**saved["state"])
-                if saved.get("cuda_rng"):
-                    torch.cuda.set_rng_state_all(saved["cuda_rng"])
-                if (folder / "best.safetensors").exists():
-                    best_weights = load_file(folder / "best.safetensors")
-                elif state.best_step == state.step > 0:
-                    best_weights = _cpu_copy(model)
-                resumed_from = state.step
-        message = (
-            f"resumed from the checkpoint at step {resumed_from} of {total}"
-            if resumed_from is not None
-            else f"ignored the checkpoint at step {latest}: it planned other than {total} steps"
-        )
-        reporter.event(EventType.log, {"message": message})
-
-    def validate() -> dict[str, float]:
-        probabilities = class_probabilities(
-            model,
-            val_ids,
-            pad_id=pad_id,
-            batch_size=config.eval_batch_size,
-            device=device,
-            bf16=bf16,
-        )
-        truth = labels[val_index]
-        picked = probabilities[np.arange(len(truth)), truth]
-        return {
-            "accuracy": float((probabilities.argmax(axis=1) == truth).mean()),
-            "loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
-        }
-
-    def save_checkpoint() -> None:
-        assert checkpoints is not None
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            save_model(model, str(folder / "model.safetensors"))
-            if best_weights is not None and state.best_step != state.step:
-                save_file(best_weights, str(folder / "best.safetensors"))
-            torch.save(
-                {
-                    "state": dataclasses.asdict(state),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                },
-                folder / "trainer.pt",
-            )
-            checkpoints.save(state.step, folder)
+    trainer = Trainer(model, config, total, device, bf16)
+    resumed_from = trainer.resume(checkpoints, reporter) if checkpoints is not None else None
+    state = trainer.state
 
     ticker = Ticker(reporter, "train", total, settings.progress_interval_s, start=state.step)
     reporter.event(
@@ -266,45 +385,23 @@ def fit(
             f"{config.batch_size} on {device.type}{' with bf16' if bf16 else ''}",
         },
     )
-    started = time.monotonic()
+    started = last_checkpoint = time.monotonic()
     seconds_before = state.seconds
-    last_checkpoint = started
-    window_loss = torch.zeros((), device=device)
-    window_steps = window_samples = 0
-    window_start = started
+    window = LossWindow(device)
     batches, batches_epoch = [], -1
     model.train()
     while state.step < total and not state.stopped_early:
+        check_cancelled(reporter, "train")
         epoch, index = divmod(state.step, steps_per_epoch)
         if epoch != batches_epoch:
-            batches, batches_epoch = epoch_batches(epoch), epoch
+            batches, batches_epoch = epoch_batches(train, config, epoch), epoch
         batch = batches[index]
-        inputs = collate([train_ids[i] for i in batch], pad_id, device)
-        with autocast(device, bf16):
-            logits = model(**inputs).logits
-        loss = F.cross_entropy(logits.float(), train_labels[batch].to(device))
-        torch.autograd.backward(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        window_loss += loss.detach()
-        window_steps += 1
-        window_samples += len(batch)
+        inputs = collate([train.ids[i] for i in batch], pad_id, device)
+        window.add(trainer.step(inputs, torch.from_numpy(train.labels[batch])), len(batch))
 
         if state.step % eval_every == 0 or state.step == total:
-            scores = validate()
-            gained = scores["accuracy"] > state.best_accuracy or (
-                scores["accuracy"] == state.best_accuracy and scores["loss"] < state.best_loss
-            )
-            if gained:
-                state.best_accuracy, state.best_loss = scores["accuracy"], scores["loss"]
-                state.best_step, state.evals_without_gain = state.step, 0
-                best_weights = _cpu_copy(model)
-            else:
-                state.evals_without_gain += 1
-                state.stopped_early = 0 < config.patience <= state.evals_without_gain
+            scores = validate(model, val, pad_id, config, device, bf16)
+            trainer.record(scores)
             reporter.event(
                 EventType.metric,
                 {
@@ -316,17 +413,14 @@ def fit(
             )
 
         if ticker.due(state.step):
-            now = time.monotonic()
+            loss, samples_per_s = window.take()
             ticker.send(
                 state.step,
-                loss=round(float(window_loss) / window_steps, 4),
-                lr=scheduler.get_last_lr()[0],
-                samples_per_s=round(window_samples / max(now - window_start, 1e-9), 1),
+                loss=loss,
+                lr=trainer.scheduler.get_last_lr()[0],
+                samples_per_s=samples_per_s,
                 epoch=round(state.step / steps_per_epoch, 3),
             )
-            window_loss.zero_()
-            window_steps = window_samples = 0
-            window_start = now
 
         now = time.monotonic()
         due = state.step % settings.checkpoint_every_steps == 0 or (
@@ -334,16 +428,11 @@ def fit(
         )
         if checkpoints is not None and due and state.step < total and not state.stopped_early:
             state.seconds = seconds_before + now - started
-            save_checkpoint()
+            trainer.save(checkpoints)
             last_checkpoint = time.monotonic()
 
     state.seconds = seconds_before + time.monotonic() - started
-    if best_weights is not None and state.best_step != state.step:
-        model.load_state_dict(best_weights)
-        reporter.event(
-            EventType.log,
-            {"message": f"kept the best validation checkpoint, from step {state.best_step}"},
-        )
+    trainer.keep_best(reporter)
     validation = ValidationScores(
         n=len(val_index),
         accuracy=state.best_accuracy,

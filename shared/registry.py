@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from shared.errors import Conflict, ModelNotFound, NoProductionModel
 from shared.results import Metrics
 from shared.settings import Settings
-from shared.storage import s3_client
+from shared.storage import error_code, is_missing, s3_client
 from shared.training import TrainingParams
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{4}")
 
 _CAS_ATTEMPTS = 5
 _JSON = "application/json"
-_MISSING = {"NoSuchKey", "404", "NotFound"}
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _NO_CONDITIONAL_WRITES = {"NotImplemented", "501"}
 
@@ -60,10 +59,6 @@ class ProductionPointer(BaseModel):
 def new_version() -> str:
     """A sortable, unique version name: UTC time and 4 random hex digits."""
     return f"{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}-{secrets.token_hex(2)}"
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class ModelRegistry:
@@ -150,18 +145,6 @@ class ModelRegistry:
             details={"version": version},
         )
 
-    def rollback(self, reason: str) -> ProductionPointer:
-        """Point production back at the version it replaced."""
-        current = self.production()
-        if current is None:
-            raise NoProductionModel("there is no production model to roll back")
-        if current.previous is None:
-            raise Conflict(
-                f"production {current.version} replaced no earlier version",
-                details={"production": current.version},
-            )
-        return self.promote(current.previous, reason, expected=current.version)
-
     def _manifest(self, version: str) -> ModelInfo | None:
         body = read_object(self.s3, self.bucket, self.key(version, MANIFEST))
         return None if body is None else ModelInfo.model_validate_json(body)
@@ -170,7 +153,7 @@ class ModelRegistry:
         try:
             response = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + PRODUCTION)
         except ClientError as exc:
-            if _error_code(exc) in _MISSING:
+            if is_missing(exc):
                 return None, None
             raise
         body = response["Body"].read()
@@ -190,7 +173,7 @@ class ModelRegistry:
                     Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON, IfNoneMatch="*"
                 )
         except ClientError as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code in _LOST_RACE:
                 return False
             if code not in _NO_CONDITIONAL_WRITES:
@@ -205,6 +188,6 @@ def read_object(s3: "S3Client", bucket: str, key: str) -> bytes | None:
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if _error_code(exc) in _MISSING:
+        if is_missing(exc):
             return None
         raise

@@ -5,6 +5,7 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from shared.errors import InvalidRequest
 from shared.settings import Settings
@@ -18,6 +19,9 @@ else:
 ARCHIVE_NAME = "archive.zip"
 # Where the S3 store's (SeaweedFS filer's) webhook posts its events on the listener.
 WEBHOOK_PATH = "/seaweedfs"
+
+# What S3 and S3-compatible stores answer for a key that is not there, or not in any bucket.
+_MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 
 
 def client_options(settings: Settings, *, public: bool = False) -> dict[str, Any]:
@@ -62,3 +66,12 @@ def parse_s3_url(url: str, settings: Settings) -> tuple[str, str]:
 
 def s3_url(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_missing(exc: ClientError) -> bool:
+    """Whether an S3 error means that the object (or its bucket) does not exist."""
+    return error_code(exc) in _MISSING

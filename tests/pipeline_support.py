@@ -24,13 +24,18 @@ _CACHE: dict[str, Path] = {}
 
 
 class Recorder:
-    """Remembers every progress and event; can fail or cancel at a given training step."""
+    """Remembers every progress and event; can fail at a given training step, or say the job is
+    cancelled from the start or once asked `cancel_after` times (a loop asks once per step)."""
 
-    def __init__(self, *, fail_at: int | None = None, cancel: bool = False) -> None:
+    def __init__(
+        self, *, fail_at: int | None = None, cancel: bool = False, cancel_after: int | None = None
+    ) -> None:
         self.progresses: list[dict[str, Any]] = []
         self.events: list[tuple[EventType, dict[str, Any]]] = []
         self.fail_at = fail_at
         self.cancel = cancel
+        self.cancel_after = cancel_after
+        self.asked = 0
 
     def progress(self, data: Mapping[str, Any]) -> None:
         self.progresses.append(dict(data))
@@ -41,7 +46,8 @@ class Recorder:
         self.events.append((type_, dict(data)))
 
     def cancelled(self) -> bool:
-        return self.cancel
+        self.asked += 1
+        return self.cancel or (self.cancel_after is not None and self.asked > self.cancel_after)
 
     def steps(self, stage: str = "train") -> list[int]:
         return [data["step"] for data in self.progresses if data["stage"] == stage]

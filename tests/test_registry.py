@@ -174,7 +174,7 @@ def test_a_version_without_manifest_is_not_listed(
         registry.get(version)
 
 
-def test_manual_promote_and_rollback(
+def test_manual_promotion_and_back(
     model_dir: Path, registry: ModelRegistry, settings: Settings, tmp_path: Path
 ) -> None:
     first, second = two_versions(model_dir, registry, tmp_path)
@@ -193,7 +193,7 @@ def test_manual_promote_and_rollback(
     assert registry.production() == pointer
     assert load_production(settings, tmp_path / "cache").version == second.version
 
-    back = registry.rollback("the newer one misbehaves")
+    back = registry.promote(first.version, "the newer one misbehaves", expected=second.version)
     assert (back.version, back.previous) == (first.version, second.version)
     assert registry.promote(first.version, "again") == back
 

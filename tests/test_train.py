@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,20 @@ def test_a_cancelled_job_stops_training(settings: Settings, dataset_sha: str) ->
     with pytest.raises(JobCancelled):
         stages.train("job-c", dataset_sha, fast_settings(settings), Recorder(cancel=True))
     assert stored_keys(settings, f"{settings.checkpoints_prefix}job-c/final/") == []
+
+
+def test_training_stops_at_the_next_step_after_the_job_is_cancelled(
+    settings: Settings, dataset_sha: str
+) -> None:
+    # Progress goes out only at the first and last steps: the check must not ride on it.
+    config = fast_settings(settings, progress_interval_s=60.0, checkpoint_every_steps=1)
+    recorder = Recorder(cancel_after=2)
+    with pytest.raises(JobCancelled, match="cancelled during train"):
+        stages.train("job-d", dataset_sha, config, recorder, max_steps=4)
+
+    assert recorder.asked == 3
+    assert recorder.steps() == [1]
+    prefix = f"{settings.checkpoints_prefix}job-d/"
+    latest = s3_client(settings).get_object(Bucket=settings.bucket, Key=prefix + "latest.json")
+    assert json.loads(latest["Body"].read()) == {"step": 2}
+    assert [key for key in stored_keys(settings, prefix) if key.startswith("final/")] == []
