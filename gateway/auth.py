@@ -5,6 +5,7 @@ import hmac
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.asgi import HttpMiddleware
 from gateway.errors import error_response
 from shared.errors import Forbidden, Unauthorized
 
@@ -26,13 +27,13 @@ def key_is_valid(key: str, keys: list[str]) -> bool:
     return valid
 
 
-class ApiKeyMiddleware:
+class ApiKeyMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.keys = keys
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not scope["path"].startswith(PROTECTED_PREFIX):
             await self.app(scope, receive, send)
             return
         key = presented_key(Headers(scope=scope))

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from gateway.asgi import HttpMiddleware
 from shared import errors as shared_errors
 from shared.errors import (
     HTTP_ERRORS,
@@ -33,10 +34,8 @@ _JOB_ERROR_STATUS: dict[str, int] = {
 }
 
 
-class NoProductionModelYet(NotFound):
+class NoProductionModelYet(NotFound, code=NoProductionModel.code):
     """The registry has no production pointer: a question about it is a 404, not an outage."""
-
-    code = NoProductionModel.code
 
 
 class JobFailed(AgNewsError):
@@ -107,16 +106,10 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     return error_response(error, headers=dict(exc.headers or {}))
 
 
-class ErrorMiddleware:
+class ErrorMiddleware(HttpMiddleware):
     """Turns every exception escaping an endpoint into the error shape; a 500 is logged as a bug."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watch(message: Message) -> None:

@@ -3,6 +3,7 @@
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.asgi import HttpMiddleware
 from gateway.errors import error_response
 from shared.errors import BadRequest, PayloadTooLarge
 
@@ -11,17 +12,14 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body exceeds {limit} bytes", details={"max_body_bytes": limit})
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Checks Content-Length up front and counts streamed (chunked) bodies as they arrive."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.isdigit():

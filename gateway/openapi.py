@@ -124,6 +124,7 @@ OPERATIONS = (
         "get", "/readyz", "Readiness: Redis and S3 reachable", None, {200: "Readiness", 503: None}
     ),
     Operation("get", "/metrics", "Prometheus metrics", None, {200: None}, (), "text/plain"),
+    Operation("get", "/openapi.json", "This document", None, {200: None}),
 )
 
 

@@ -15,6 +15,13 @@ class AgNewsError(Exception):
     status_code = 500
     code = "internal_error"
 
+    def __init_subclass__(
+        cls, *, code: str | None = None, status: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code or cls.code
+        cls.status_code = status or cls.status_code
+
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -24,97 +31,63 @@ class AgNewsError(Exception):
         return ErrorInfo(code=self.code, message=self.message, details=self.details)
 
 
-class BadRequest(AgNewsError):
-    status_code = 400
-    code = "bad_request"
+class BadRequest(AgNewsError, status=400, code="bad_request"): ...
 
 
-class Unauthorized(AgNewsError):
-    status_code = 401
-    code = "unauthorized"
+class Unauthorized(AgNewsError, status=401, code="unauthorized"): ...
 
 
-class Forbidden(AgNewsError):
-    status_code = 403
-    code = "forbidden"
+class Forbidden(AgNewsError, status=403, code="forbidden"): ...
 
 
-class NotFound(AgNewsError):
-    status_code = 404
-    code = "not_found"
+class NotFound(AgNewsError, status=404, code="not_found"): ...
 
 
-class MethodNotAllowed(AgNewsError):
-    status_code = 405
-    code = "method_not_allowed"
+class MethodNotAllowed(AgNewsError, status=405, code="method_not_allowed"): ...
 
 
-class Conflict(AgNewsError):
-    status_code = 409
-    code = "conflict"
+class Conflict(AgNewsError, status=409, code="conflict"): ...
 
 
-class PayloadTooLarge(AgNewsError):
-    status_code = 413
-    code = "payload_too_large"
+class PayloadTooLarge(AgNewsError, status=413, code="payload_too_large"): ...
 
 
-class InvalidRequest(AgNewsError):
-    status_code = 422
-    code = "invalid_request"
+class InvalidRequest(AgNewsError, status=422, code="invalid_request"): ...
 
 
-class ServiceUnavailable(AgNewsError):
-    status_code = 503
-    code = "service_unavailable"
+class ServiceUnavailable(AgNewsError, status=503, code="service_unavailable"): ...
 
 
-class DatasetInvalid(InvalidRequest):
+class DatasetInvalid(InvalidRequest, code="dataset_invalid"):
     """An archive or CSV breaks a validation rule; the message names the file, line and rule."""
 
-    code = "dataset_invalid"
+
+class DatasetNotFound(NotFound, code="dataset_not_found"): ...
 
 
-class DatasetNotFound(NotFound):
-    code = "dataset_not_found"
-
-
-class MalformedEvent(InvalidRequest):
+class MalformedEvent(InvalidRequest, code="malformed_event"):
     """A storage event notification that is not in any format the listener knows."""
 
-    code = "malformed_event"
+
+class ModelNotFound(NotFound, code="model_not_found"): ...
 
 
-class ModelNotFound(NotFound):
-    code = "model_not_found"
+class NoProductionModel(ServiceUnavailable, code="no_production_model"): ...
 
 
-class NoProductionModel(ServiceUnavailable):
-    code = "no_production_model"
-
-
-class ModelIntegrityError(AgNewsError):
+class ModelIntegrityError(AgNewsError, status=409, code="model_integrity"):
     """A registered model's files do not match the sha256 sums in its manifest."""
 
-    status_code = 409
-    code = "model_integrity"
 
-
-class DatasetIntegrityError(AgNewsError):
+class DatasetIntegrityError(AgNewsError, status=409, code="dataset_integrity"):
     """A stored dataset's bytes do not match the sha256 it is stored under."""
 
-    status_code = 409
-    code = "dataset_integrity"
 
-
-class JobEnded(Conflict):
+class JobEnded(Conflict, code="job_ended"):
     """A change to a job that has already ended; details name the status it ended with."""
 
-    code = "job_ended"
 
-
-class JobCancelled(JobEnded):
-    code = "cancelled"
+class JobCancelled(JobEnded, code="cancelled"): ...
 
 
 HTTP_ERRORS: dict[int, type[AgNewsError]] = {

@@ -237,16 +237,20 @@ def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> Non
     )
 
 
-class JobStore:
-    """The job store for synchronous code: workers, the listener, the CLI."""
+class _Scripts:
+    """A client, the keys and the store's scripts registered on it."""
 
-    def __init__(self, client: "redis.Redis", settings: Settings) -> None:
+    def __init__(self, client: "redis.Redis | redis.asyncio.Redis", settings: Settings) -> None:
         # redis-py's annotations ignore decode_responses; every reply here is str.
         self.redis: Any = client
         self.settings = settings
         self.keys = JobKeys(settings.key_prefix)
-        self._emit = client.register_script(_EMIT)
-        self._recent = client.register_script(_RECENT)
+        self._emit: Any = client.register_script(_EMIT)
+        self._recent: Any = client.register_script(_RECENT)
+
+
+class JobStore(_Scripts):
+    """The job store for synchronous code: workers, the listener, the CLI."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobStore":
@@ -348,15 +352,8 @@ class JobStore:
         return [decode_event(entry_id, fields) for entry_id, fields in entries]
 
 
-class AsyncJobStore:
+class AsyncJobStore(_Scripts):
     """The same store for the gateway's event loop."""
-
-    def __init__(self, client: "redis.asyncio.Redis", settings: Settings) -> None:
-        self.redis: Any = client
-        self.settings = settings
-        self.keys = JobKeys(settings.key_prefix)
-        self._emit = client.register_script(_EMIT)
-        self._recent = client.register_script(_RECENT)
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> "AsyncJobStore":

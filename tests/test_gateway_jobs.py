@@ -126,6 +126,7 @@ def test_cancel_then_409_once_ended(client: httpx.Client, store: JobStore) -> No
     store.succeed(str(done["id"]), train_result())
     late = client.delete(f"/v1/jobs/{done['id']}")
     assert late.status_code == 409
+    assert late.json()["error"]["code"] == "job_ended"
     assert late.json()["error"]["details"] == {"status": "succeeded"}
 
     assert client.delete("/v1/jobs/nope").status_code == 404

@@ -54,7 +54,7 @@ def test_a_put_becomes_one_created_event_with_its_version() -> None:
     )
     assert event.created
     assert event.url == "s3://agnews/incoming/x/archive.zip"
-    assert event.source() == {
+    assert event.source().model_dump(mode="json") == {
         "bucket": "agnews",
         "key": "incoming/x/archive.zip",
         "size": 51153,

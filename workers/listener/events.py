@@ -15,6 +15,7 @@ from urllib.parse import unquote_plus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import MalformedEvent
+from shared.jobs import ObjectVersion
 from shared.storage import s3_url
 
 # Where a SeaweedFS filer keeps the S3 gateway's buckets.
@@ -23,19 +24,12 @@ SEAWEEDFS_BUCKETS = "/buckets/"
 M = TypeVar("M", bound=BaseModel)
 
 
-class ObjectEvent(BaseModel):
+class ObjectEvent(ObjectVersion):
     """One event about one object; `key` is decoded, `name` is S3's (`ObjectCreated:Put`)."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
-    bucket: str
-    key: str
-    size: int | None = None
-    etag: str | None = None
-    version_id: str | None = None
-    sequencer: str | None = None
-    event_time: datetime | None = None
 
     @property
     def created(self) -> bool:
@@ -56,9 +50,9 @@ class ObjectEvent(BaseModel):
         # write (moto does for multipart uploads), and those differ only in their time.
         return f"{where}?etag={self.etag}&size={self.size}"
 
-    def source(self) -> dict[str, Any]:
+    def source(self) -> ObjectVersion:
         """The object version, as a pipeline job records what started it."""
-        return self.model_dump(mode="json", exclude={"name"})
+        return ObjectVersion.model_validate(self.model_dump(exclude={"name"}))
 
 
 # The S3 notification format (https://docs.aws.amazon.com/AmazonS3/latest/userguide/

@@ -147,8 +147,7 @@ class PipelineTrigger:
             return self.store.get(job_id)
         except NotFound:
             params = PipelineParams(dataset=event.url, source=event.source())
-            body = params.model_dump(mode="json", include={"dataset", "source"})
-            return self.store.create(Job(id=job_id, type=JobType.pipeline, params=body))
+            return self.store.create(Job(id=job_id, type=JobType.pipeline, params=params))
 
     def _keys(self, event: ObjectEvent) -> list[str]:
         digest = hashlib.sha256(event.identity().encode()).hexdigest()
