@@ -10,7 +10,7 @@ test:
 	scripts/test.sh
 
 lint:
-	.venv/bin/ruff check --no-cache . && .venv/bin/ruff format --check --no-cache . && .venv/bin/mypy shared gateway workers pipeline stack deploy
+	.venv/bin/ruff check --no-cache . && .venv/bin/ruff format --check --no-cache . && .venv/bin/mypy shared gateway workers pipeline stack deploy client
 
 # Benchmarks (bench/RESULTS.md records what they printed).
 bench-sse:

@@ -1,15 +1,13 @@
 """How long-running stages tell the outside world what they are doing, and learn they must stop."""
 
 import math
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from tqdm import tqdm
-
 from shared.errors import JobCancelled
 from shared.jobs import EventType
+from shared.progress import ProgressBars
 
 
 class Reporter(Protocol):
@@ -78,40 +76,8 @@ class Ticker:
             self.send(step, **extra)
 
 
-class TqdmReporter:
-    """Progress bars on stderr for the CLI, one per stage; stdout stays for results."""
-
-    _SHOWN = ("loss", "lr", "samples_per_s", "epoch")
-
-    def __init__(self) -> None:
-        self._bar: tqdm[Any] | None = None
-        self._stage: str | None = None
-
-    def progress(self, data: Mapping[str, Any]) -> None:
-        stage, total = str(data.get("stage", "")), data.get("total")
-        if self._bar is None or stage != self._stage:
-            self.close()
-            self._bar = tqdm(total=total, desc=stage, unit="step", file=sys.stderr, leave=True)
-            self._stage = stage
-        self._bar.update(int(data.get("step", 0)) - self._bar.n)
-        shown = {name: _short(data[name]) for name in self._SHOWN if name in data}
-        self._bar.set_postfix(shown, refresh=False)
-        self._bar.refresh()
-
-    def event(self, type_: EventType, data: Mapping[str, Any]) -> None:
-        if type_ is EventType.log:
-            tqdm.write(str(data.get("message", data)), file=sys.stderr)
+class TqdmReporter(ProgressBars):
+    """Progress bars for the local CLI; nothing cancels a local run but Ctrl-C."""
 
     def cancelled(self) -> bool:
         return False
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)

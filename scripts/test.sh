@@ -6,5 +6,5 @@ scripts/bootstrap.sh test
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/ruff check --no-cache .
 .venv/bin/ruff format --check --no-cache .
-.venv/bin/mypy shared gateway workers pipeline stack deploy
+.venv/bin/mypy shared gateway workers pipeline stack deploy client
 .venv/bin/pytest "$@"

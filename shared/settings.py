@@ -132,6 +132,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    # The terminal client (`agnews jobs|models|classify`): which gateway, with which key.
+    gateway_url: str = "http://127.0.0.1:8080"
+    api_key: str | None = None
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

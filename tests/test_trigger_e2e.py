@@ -4,6 +4,9 @@ The real local stack: SeaweedFS posting its webhook to the listener, Redis, ever
 gateway and the packaged base model.
 """
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -104,3 +107,34 @@ def test_a_multipart_upload_starts_one_job(stack: LiveStack, client: httpx.Clien
 
     assert [found["id"] for found in jobs_for(client, key)] == [job["id"]]
     assert job["params"]["source"]["etag"].endswith("-1")
+
+
+def agnews(stack: LiveStack, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *argv, "--url", stack.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_the_terminal_client_uploads_follows_and_classifies(stack: LiveStack) -> None:
+    done = agnews(stack, "jobs", "submit", "pipeline", str(MINI_ARCHIVE), "--follow")
+    assert done.returncode == 0, done.stderr
+    job, *events = (json.loads(line) for line in done.stdout.splitlines())
+    assert job["params"]["source"]["key"].startswith(stack.settings.incoming_prefix)
+    assert events[-1]["type"] == "result"
+    version = events[-1]["data"]["version"]
+    assert [e["data"]["stage"] for e in events if e["data"].get("state") == "started"] == [
+        "ingest",
+        "train",
+        "evaluate",
+        "promote",
+    ]
+
+    models = json.loads(agnews(stack, "models", "list").stdout)
+    assert version in [model["version"] for model in models["models"]]
+    answer = agnews(stack, "classify", "Stocks rally as oil prices fall")
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["model_version"] == models["production"]["version"]

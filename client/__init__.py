@@ -1,0 +1,1 @@
+"""A terminal and programmatic client of the gateway: `agnews jobs|models|classify`."""

@@ -1,0 +1,297 @@
+"""`agnews`: drive a gateway from a terminal; train, evaluate and predict locally.
+
+agnews jobs submit pipeline data/archive.zip --follow     (a local archive is uploaded first)
+agnews jobs submit pipeline s3://agnews/incoming/x/archive.zip
+agnews jobs list --type pipeline
+agnews jobs follow JOB_ID
+agnews jobs cancel JOB_ID
+agnews models list | show VERSION | promote VERSION | rollback
+agnews classify "Stocks rally as oil prices fall" "Federer wins in straight sets"
+
+The gateway is --url (AGNEWS_GATEWAY_URL), the key --key (AGNEWS_API_KEY). With --json a command
+prints only JSON on stdout: one document, or one event per line while following. Exit codes:
+0 done; 1 the job failed or was cancelled; 2 bad usage; 3 the gateway refused the request;
+4 not found; 5 no key or not allowed; 6 gateway or object store unreachable or failing.
+`agnews train|evaluate|predict` work on local model folders (see `agnews train --help`).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from client.api import GatewayClient, GatewayError
+from shared.errors import ErrorInfo
+from shared.jobs import Job, JobParams, JobStatus, JobType
+from shared.progress import ProgressBars
+from shared.results import PredictResult
+from shared.settings import Settings
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED, EXIT_UNAVAILABLE = 3, 4, 5, 6
+CLIENT_COMMANDS = ("jobs", "models", "classify")
+LOCAL_COMMANDS = ("train", "evaluate", "predict")
+JOB_PARAMS: TypeAdapter[JobParams] = TypeAdapter(JobParams)
+
+Command = Callable[[argparse.Namespace, GatewayClient], int]
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the gateway (default: AGNEWS_GATEWAY_URL or localhost)")
+    common.add_argument("--key", help="an API key (default: AGNEWS_API_KEY)")
+    common.add_argument("--json", action="store_true", help="print only JSON on stdout")
+    return common
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="agnews", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    jobs = commands.add_parser("jobs", help="submit, list, follow and cancel jobs")
+    job_commands = jobs.add_subparsers(dest="action", required=True)
+    submit = job_commands.add_parser("submit", parents=[common], help="start a job")
+    submit.add_argument("type", choices=["pipeline", "train", "evaluate"])
+    submit.add_argument("dataset", help="s3://bucket/key, a key, or (pipeline) a local archive")
+    submit.add_argument("--profile", choices=["quick", "full"])
+    submit.add_argument("--base-model")
+    submit.add_argument("--max-steps", type=int)
+    submit.add_argument("--model-version", help="evaluate: the version (default: production)")
+    submit.add_argument("--promote", action="store_true", help="train: promote if better")
+    submit.add_argument("--follow", action="store_true", help="then follow it to its end")
+    listing = job_commands.add_parser("list", parents=[common], help="recent jobs")
+    listing.add_argument("--type", choices=[kind.value for kind in JobType])
+    listing.add_argument("--status", choices=[status.value for status in JobStatus])
+    listing.add_argument("--limit", type=int, default=20)
+    for action, text in (("show", "a job"), ("follow", "live progress"), ("cancel", "cancel")):
+        job_commands.add_parser(action, parents=[common], help=text).add_argument("job_id")
+
+    models = commands.add_parser("models", help="the model registry")
+    model_commands = models.add_subparsers(dest="action", required=True)
+    model_commands.add_parser("list", parents=[common], help="registered versions")
+    model_commands.add_parser("show", parents=[common], help="one version").add_argument("version")
+    promote = model_commands.add_parser("promote", parents=[common], help="serve a version")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="promoted from the terminal")
+    rollback = model_commands.add_parser("rollback", parents=[common], help="serve the previous")
+    rollback.add_argument("--reason", default="rolled back from the terminal")
+
+    classify = commands.add_parser("classify", parents=[common], help="classify texts")
+    classify.add_argument("texts", nargs="+", metavar="TEXT")
+    for name in LOCAL_COMMANDS:
+        commands.add_parser(name, help=f"local: see `agnews {name} --help`", add_help=False)
+    return parser
+
+
+def _print_json(value: BaseModel | list[BaseModel]) -> None:
+    if isinstance(value, list):
+        print(json.dumps([item.model_dump(mode="json") for item in value]))
+    else:
+        print(value.model_dump_json())
+
+
+def _job_line(job: Job) -> str:
+    error = f"  {job.error.code}: {job.error.message}" if job.error else ""
+    created = f"{job.created_at:%Y-%m-%d %H:%M}"
+    return f"{job.id}  {job.type.value:<8} {job.status.value:<9} {created}{error}"
+
+
+def _follow(args: argparse.Namespace, client: GatewayClient, job_id: str) -> int:
+    view = None if args.json else ProgressBars()
+    try:
+        for event in client.events(job_id):
+            if view is None:
+                print(event.model_dump_json(), flush=True)
+            else:
+                view.show(event)
+    finally:
+        if view is not None:
+            view.close()
+    job = client.job(job_id)
+    if not args.json:
+        print(_job_line(job))
+    return EXIT_OK if job.status is JobStatus.succeeded else EXIT_JOB_FAILED
+
+
+def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
+    local = Path(args.dataset)
+    if local.is_file():
+        if args.type != "pipeline":
+            raise GatewayError(
+                400,
+                _error("a local archive starts a pipeline; train and evaluate need s3:// keys"),
+            )
+        job = client.job_for_upload(client.upload(local))
+    else:
+        fields = {
+            "type": args.type,
+            "dataset": args.dataset,
+            "profile": args.profile,
+            "base_model": args.base_model,
+            "max_steps": args.max_steps,
+            "model_version": args.model_version,
+            "promote": args.promote or None,
+        }
+        try:
+            params = JOB_PARAMS.validate_python({k: v for k, v in fields.items() if v is not None})
+        except ValidationError as exc:
+            raise GatewayError(422, _error(str(exc))) from exc
+        job = client.submit(params)
+    if args.json:
+        _print_json(job)
+    else:
+        print(_job_line(job))
+    return _follow(args, client, job.id) if args.follow else EXIT_OK
+
+
+def jobs_list(args: argparse.Namespace, client: GatewayClient) -> int:
+    type_ = JobType(args.type) if args.type else None
+    status = JobStatus(args.status) if args.status else None
+    jobs = client.jobs(type_, status, args.limit)
+    if args.json:
+        _print_json(list(jobs))
+    else:
+        for job in jobs:
+            print(_job_line(job))
+    return EXIT_OK
+
+
+def jobs_show(args: argparse.Namespace, client: GatewayClient) -> int:
+    job = client.job(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(_job_line(job))
+        print(job.model_dump_json(indent=2, exclude={"id", "type", "status"}))
+    return EXIT_OK
+
+
+def jobs_follow(args: argparse.Namespace, client: GatewayClient) -> int:
+    return _follow(args, client, args.job_id)
+
+
+def jobs_cancel(args: argparse.Namespace, client: GatewayClient) -> int:
+    job = client.cancel(args.job_id)
+    if args.json:
+        _print_json(job)
+    else:
+        print(_job_line(job))
+    return EXIT_OK
+
+
+def models_list(args: argparse.Namespace, client: GatewayClient) -> int:
+    models, production = client.models()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "models": [model.model_dump(mode="json") for model in models],
+                    "production": production.model_dump(mode="json") if production else None,
+                }
+            )
+        )
+        return EXIT_OK
+    serving = production.version if production else None
+    for model in models:
+        mark = "*" if model.version == serving else " "
+        print(
+            f"{mark} {model.version}  {model.base_model:<24} "
+            f"accuracy {model.metrics.accuracy:.4f}  macro-F1 {model.metrics.macro_f1:.4f}"
+        )
+    return EXIT_OK
+
+
+def models_show(args: argparse.Namespace, client: GatewayClient) -> int:
+    models, _ = client.models()
+    found = next((model for model in models if model.version == args.version), None)
+    if found is None:
+        raise GatewayError(404, _error(f"model version {args.version!r} does not exist"))
+    print(found.model_dump_json(indent=None if args.json else 2))
+    return EXIT_OK
+
+
+def models_promote(args: argparse.Namespace, client: GatewayClient) -> int:
+    pointer = client.promote(args.version, args.reason)
+    print(pointer.model_dump_json() if args.json else f"production is now {pointer.version}")
+    return EXIT_OK
+
+
+def models_rollback(args: argparse.Namespace, client: GatewayClient) -> int:
+    pointer = client.rollback(args.reason)
+    print(pointer.model_dump_json() if args.json else f"production is back to {pointer.version}")
+    return EXIT_OK
+
+
+def classify(args: argparse.Namespace, client: GatewayClient) -> int:
+    answer = client.classify(args.texts)
+    if isinstance(answer, Job):
+        return _follow(args, client, answer.id)
+    if args.json:
+        _print_json(answer)
+    else:
+        _print_predictions(args.texts, answer)
+    return EXIT_OK
+
+
+def _print_predictions(texts: Sequence[str], answer: PredictResult) -> None:
+    for text, prediction in zip(texts, answer.predictions, strict=True):
+        score = prediction.scores[prediction.label]
+        cut = " (truncated)" if prediction.truncated else ""
+        print(f"{prediction.label:<9} {score:6.1%}  {text}{cut}")
+
+
+def _error(message: str) -> ErrorInfo:
+    return ErrorInfo(code="bad_request", message=message)
+
+
+COMMANDS: dict[tuple[str, str | None], Command] = {
+    ("jobs", "submit"): jobs_submit,
+    ("jobs", "list"): jobs_list,
+    ("jobs", "show"): jobs_show,
+    ("jobs", "follow"): jobs_follow,
+    ("jobs", "cancel"): jobs_cancel,
+    ("models", "list"): models_list,
+    ("models", "show"): models_show,
+    ("models", "promote"): models_promote,
+    ("models", "rollback"): models_rollback,
+    ("classify", None): classify,
+}
+
+
+def exit_code(error: GatewayError) -> int:
+    if error.status == 404:
+        return EXIT_NOT_FOUND
+    if error.status in (401, 403):
+        return EXIT_UNAUTHORIZED
+    if error.status == 0 or error.status >= 500:
+        return EXIT_UNAVAILABLE
+    return EXIT_REFUSED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LOCAL_COMMANDS:
+        from pipeline.cli import main as local_main  # the ML stack, only when asked for
+
+        return local_main(argv)
+    args = _parser().parse_args(argv)
+    settings = Settings()
+    url, key = args.url or settings.gateway_url, args.key or settings.api_key
+    with GatewayClient(url, key) as client:
+        try:
+            return COMMANDS[(args.command, getattr(args, "action", None))](args, client)
+        except GatewayError as error:
+            print(f"agnews {args.command}: {error.error.message}", file=sys.stderr)
+            return exit_code(error)
+        except KeyboardInterrupt:
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
