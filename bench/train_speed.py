@@ -30,6 +30,7 @@ from pipeline.modeling import (
     encode,
     load_classifier,
     load_tokenizer,
+    padding_of,
     resolve_base_model,
     to_device,
 )
@@ -62,7 +63,7 @@ def _batches(config: TrainConfig, data: Path, settings: Settings) -> tuple[Any, 
     batches = bucketed_batches(
         [len(x) for x in ids], config.batch_size, config.bucket_pool, config.seed
     )
-    return rows, ids, torch.from_numpy(labels[train_index]), batches, tokenizer.pad_token_id or 0
+    return rows, ids, torch.from_numpy(labels[train_index]), batches, padding_of(tokenizer)
 
 
 def _rate(times: dict[int, float], sizes: list[int], steps: int) -> float:
@@ -81,18 +82,20 @@ def trainer(config: TrainConfig, data: Path, settings: Settings) -> dict[str, An
 
 
 def bare(config: TrainConfig, data: Path, settings: Settings) -> dict[str, Any]:
-    _, ids, labels, batches, pad_id = _batches(config, data, settings)
+    _, ids, labels, batches, padding = _batches(config, data, settings)
     device = configure_torch(settings)
     bf16 = config.bf16 and bf16_supported(device)
     torch.manual_seed(config.seed)
-    model = to_device(load_classifier(resolve_base_model(config.base_model)), device)
+    model = to_device(
+        load_classifier(resolve_base_model(config.base_model), padding.pad_id), device
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, fused=True)
     model.train()
     times: dict[int, float] = {}
     steps = int(config.max_steps or 0)
     for step, batch in enumerate(batches[:steps], start=1):
         with autocast(device, bf16):
-            logits = model(**collate([ids[i] for i in batch], pad_id, device)).logits
+            logits = model(**collate([ids[i] for i in batch], padding, device)).logits
         loss = F.cross_entropy(logits.float(), labels[batch].to(device))
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

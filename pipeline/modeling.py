@@ -6,7 +6,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,23 @@ from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
 from shared.settings import PACKAGED_BASE_MODEL, Settings
 
 Batch = dict[str, torch.Tensor]
+
+# Families whose position ids start after the padding id (RoBERTa's offset of pad_token_id + 1;
+# MPNet's padding index is 1 whatever its config says).
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"})
+_FIXED_PADDING_INDEX = {"mpnet": 1}
+_UNBOUNDED = 1_000_000
+
+
+class Padding(NamedTuple):
+    """How a model's batches are padded: with which id, and on which side (XLNet pads left)."""
+
+    pad_id: int
+    left: bool
+
+
+def padding_of(tokenizer: PreTrainedTokenizerBase) -> Padding:
+    return Padding(int(tokenizer.pad_token_id), tokenizer.padding_side == "left")
 
 
 def resolve_base_model(name: str) -> str:
@@ -62,24 +79,49 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token: GPT-style tokenizers have none and pad with
+    their end-of-text token (unknown token as a last resort)."""
     quiet_transformers()
     tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
         name_or_dir, local_files_only=_is_local(name_or_dir)
     )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise ValueError(f"{name_or_dir}'s tokenizer has no pad, end-of-text or unknown token")
     return tokenizer
 
 
-def load_classifier(name_or_dir: str) -> PreTrainedModel:
-    """A sequence classifier over the four labels; a base model gets a new classification head."""
+def load_classifier(name_or_dir: str, pad_token_id: int) -> PreTrainedModel:
+    """A sequence classifier over the four labels; a base model gets a new classification head,
+    and so does a classifier trained for other labels. The model learns its tokenizer's pad id:
+    GPT-style models find each text's last token by it."""
     quiet_transformers()
     model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
         name_or_dir,
         num_labels=len(LABELS),
         id2label=ID2LABEL,
         label2id=LABEL2ID,
+        ignore_mismatched_sizes=True,
         local_files_only=_is_local(name_or_dir),
     )
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
     return model
+
+
+def readable_length(wanted: int, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> int:
+    """The longest input, up to `wanted`, that both the tokenizer and the model's positions take."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(
+        config, "n_positions", None
+    )
+    if positions is None or positions <= 0:  # XLNet's relative positions have no limit (-1)
+        positions = _UNBOUNDED
+    elif config.model_type in _OFFSET_POSITIONS:
+        padding_index = _FIXED_PADDING_INDEX.get(config.model_type, config.pad_token_id or 0)
+        positions -= padding_index + 1
+    return min(wanted, int(positions), int(min(tokenizer.model_max_length, _UNBOUNDED)))
 
 
 def to_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
@@ -134,14 +176,15 @@ def encode_flagged(
     return full, truncated
 
 
-def collate(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> Batch:
-    """Pad to the longest row of this batch only."""
+def collate(rows: Sequence[Sequence[int]], padding: Padding, device: torch.device) -> Batch:
+    """Pad to the longest row of this batch only, on the side the model reads from."""
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), padding.pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[index, : len(row)] = 1
+        place = slice(width - len(row), width) if padding.left else slice(0, len(row))
+        input_ids[index, place] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, place] = 1
     return {
         "input_ids": input_ids.to(device, non_blocking=True),
         "attention_mask": attention_mask.to(device, non_blocking=True),
@@ -177,7 +220,7 @@ def class_probabilities(
     model: PreTrainedModel,
     ids: Sequence[Sequence[int]],
     *,
-    pad_id: int,
+    padding: Padding,
     batch_size: int,
     device: torch.device,
     bf16: bool = False,
@@ -191,7 +234,7 @@ def class_probabilities(
     done = 0
     for batch in sorted_batches([len(row) for row in ids], batch_size):
         with autocast(device, bf16):
-            logits = model(**collate([ids[i] for i in batch], pad_id, device)).logits
+            logits = model(**collate([ids[i] for i in batch], padding, device)).logits
         probabilities[batch] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         done += len(batch)
         if on_batch is not None:

@@ -15,6 +15,7 @@ from pipeline.modeling import (
     configure_torch,
     encode_flagged,
     load_tokenizer,
+    padding_of,
     quantize_int8,
     quiet_transformers,
     to_device,
@@ -51,6 +52,7 @@ class Predictor:
         self.model = to_device(model, device)
         self.model.train(False)
         self.tokenizer = tokenizer
+        self.padding = padding_of(tokenizer)
         self.version = version
         self.max_length = max_length
         self.batch_size = batch_size
@@ -127,7 +129,7 @@ class Predictor:
             return class_probabilities(
                 self.model,
                 ids,
-                pad_id=self.tokenizer.pad_token_id or 0,
+                padding=self.padding,
                 batch_size=self.batch_size,
                 device=self.device,
                 on_batch=on_batch,

@@ -23,6 +23,7 @@ from pipeline.checkpoints import CheckpointStore
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
 from pipeline.modeling import (
+    Padding,
     autocast,
     bf16_supported,
     bucketed_batches,
@@ -32,6 +33,8 @@ from pipeline.modeling import (
     encode,
     load_classifier,
     load_tokenizer,
+    padding_of,
+    readable_length,
     resolve_base_model,
     to_device,
 )
@@ -192,14 +195,14 @@ def epoch_batches(train: Examples, config: TrainConfig, epoch: int) -> list[np.n
 def validate(
     model: PreTrainedModel,
     val: Examples,
-    pad_id: int,
+    padding: Padding,
     config: TrainConfig,
     device: torch.device,
     bf16: bool,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy on the validation split."""
     probabilities = class_probabilities(
-        model, val.ids, pad_id=pad_id, batch_size=config.eval_batch_size, device=device, bf16=bf16
+        model, val.ids, padding=padding, batch_size=config.eval_batch_size, device=device, bf16=bf16
     )
     picked = probabilities[np.arange(len(val.labels)), val.labels]
     return {
@@ -363,8 +366,11 @@ def fit(
     train_index, val_index = split_rows(labels, config)
     base = resolve_base_model(config.base_model)
     tokenizer = load_tokenizer(base)
-    model = to_device(load_classifier(base), device)
-    pad_id = tokenizer.pad_token_id or 0
+    padding = padding_of(tokenizer)
+    model = to_device(load_classifier(base, padding.pad_id), device)
+    config = config.model_copy(
+        update={"max_length": readable_length(config.max_length, tokenizer, model)}
+    )
     train = tokenize(tokenizer, rows, labels, train_index, config.max_length)
     val = tokenize(tokenizer, rows, labels, val_index, config.max_length)
 
@@ -396,11 +402,11 @@ def fit(
         if epoch != batches_epoch:
             batches, batches_epoch = epoch_batches(train, config, epoch), epoch
         batch = batches[index]
-        inputs = collate([train.ids[i] for i in batch], pad_id, device)
+        inputs = collate([train.ids[i] for i in batch], padding, device)
         window.add(trainer.step(inputs, torch.from_numpy(train.labels[batch])), len(batch))
 
         if state.step % eval_every == 0 or state.step == total:
-            scores = validate(model, val, pad_id, config, device, bf16)
+            scores = validate(model, val, padding, config, device, bf16)
             trainer.record(scores)
             reporter.event(
                 EventType.metric,

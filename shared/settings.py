@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     checkpoint_interval_s: float = 300.0
 
     log_level: str = "INFO"
+    # Workers load base models from the Hugging Face hub by name unless this says the hub is
+    # out of reach (then only the packaged model and local folders load).
+    hf_offline: bool = False
 
     # The terminal client (`agnews jobs|models|classify`): which gateway, with which key.
     gateway_url: str = "http://127.0.0.1:8080"

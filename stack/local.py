@@ -199,11 +199,13 @@ def start_stack(
     predict_workers: int = 1,
 ) -> Supervisor:
     settings = with_listener_token(settings)
+    if "hf_offline" not in settings.model_fields_set:
+        # The local stack, like the machines it is built on, reaches no model hub by default.
+        settings = settings.model_copy(update={"hf_offline": True})
     log_dir = (settings.data_dir / "logs").resolve()
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
-        "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
     env.update({f"AGNEWS_{k.upper()}": v for k, v in _settings_env(settings).items()})
