@@ -33,7 +33,8 @@ def wait_for_job(store: JobStore, key: str, timeout_s: float) -> Job:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for job in store.recent(JobType.pipeline, limit=20):
-            if (job.params.get("source") or {}).get("key") == key:
+            source = getattr(job.params, "source", None)
+            if source is not None and source.key == key:
                 return job
         time.sleep(0.005)
     raise TimeoutError(f"no pipeline job for {key} after {timeout_s}s")

@@ -92,9 +92,9 @@ def test_an_upload_starts_one_job_and_its_message_is_deleted(queues: Queues) -> 
     assert queues.depth() == 0
 
     [job] = pipeline_jobs(settings)
-    assert job.params["dataset"] == f"s3://{settings.bucket}/incoming/one/archive.zip"
-    assert job.params["source"]["key"] == "incoming/one/archive.zip"
-    assert job.params["source"]["etag"]
+    assert job.params.dataset == f"s3://{settings.bucket}/incoming/one/archive.zip"
+    assert job.params.source.key == "incoming/one/archive.zip"
+    assert job.params.source.etag
     assert sent_tasks(settings, job.id) == [INGEST]
 
 
@@ -123,8 +123,8 @@ def test_a_multipart_upload_starts_one_job(queues: Queues, tmp_path: Path) -> No
 
     drain(queues)
     [job] = pipeline_jobs(settings)
-    assert job.params["source"]["size"] == 11 * 1024 * 1024
-    assert job.params["source"]["etag"].endswith("-3")
+    assert job.params.source.size == 11 * 1024 * 1024
+    assert job.params.source.etag.endswith("-3")
 
 
 def test_other_objects_start_nothing_and_their_messages_are_deleted(queues: Queues) -> None:
@@ -153,7 +153,7 @@ def test_a_malformed_message_goes_to_the_dead_letter_queue_and_the_next_upload_i
     put(settings, "incoming/after/archive.zip")
     drain(queues)
     [job] = pipeline_jobs(settings)
-    assert job.params["source"]["key"] == "incoming/after/archive.zip"
+    assert job.params.source.key == "incoming/after/archive.zip"
 
 
 def test_while_redis_is_away_messages_stay_in_the_queue(queues: Queues) -> None:

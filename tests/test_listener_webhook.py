@@ -47,8 +47,8 @@ def test_an_upload_hook_starts_one_job_however_often_it_comes(hooked: Settings) 
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert [answer.json()["outcome"] for answer in answers] == ["started", "duplicate", "duplicate"]
     [job] = pipeline_jobs(hooked)
-    assert job.params["dataset"] == f"s3://{hooked.bucket}/incoming/x/archive.zip"
-    assert job.params["source"]["etag"] == "202b3840d24ff001061372ab171da160"
+    assert job.params.dataset == f"s3://{hooked.bucket}/incoming/x/archive.zip"
+    assert job.params.source.etag == "202b3840d24ff001061372ab171da160"
     assert sent_tasks(hooked, job.id) == [INGEST]
 
 

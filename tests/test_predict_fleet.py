@@ -106,9 +106,9 @@ def test_a_model_swap_under_steady_load_loses_and_fails_nothing(
         for _, body in client.answers:
             (answer,) = body["predictions"]
             (truth,) = expected[body["model_version"]].predict([client.text])
-            assert answer["label"] == truth["label"]
+            assert answer["label"] == truth.label
             assert np.allclose(
-                list(answer["scores"].values()), list(truth["scores"].values()), atol=1e-3
+                list(answer["scores"].values()), list(truth.scores.values()), atol=1e-3
             )
 
 
