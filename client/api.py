@@ -10,7 +10,7 @@ from httpx_sse import SSEError, connect_sse
 
 from shared.errors import ErrorInfo
 from shared.jobs import Event, EventType, Job, JobParams, JobStatus, JobType
-from shared.registry import ModelInfo, ProductionPointer
+from shared.registry import ModelInfo, ModelRecord, ProductionPointer
 from shared.results import PredictResult
 
 RETRYABLE = (httpx.TransportError, SSEError)
@@ -134,11 +134,22 @@ class GatewayClient:
                     raise GatewayError(0, ErrorInfo(code="unreachable", message=why)) from exc
                 time.sleep(backoff_s * failures)
 
-    def models(self) -> tuple[list[ModelInfo], ProductionPointer | None]:
-        body = self._request("GET", "/v1/models").json()
-        models = [ModelInfo.model_validate(model) for model in body["models"]]
+    def models(self, limit: int = 500) -> tuple[list[ModelInfo], ProductionPointer | None]:
+        """Every registered version, newest first (paged through), and the production pointer."""
+        models: list[ModelInfo] = []
+        query: dict[str, str | int] = {"limit": limit}
+        while True:
+            body = self._request("GET", "/v1/models", params=query).json()
+            models += [ModelInfo.model_validate(model) for model in body["models"]]
+            if not body.get("next"):
+                break
+            query["before"] = body["next"]
         production = body.get("production")
         return models, ProductionPointer.model_validate(production) if production else None
+
+    def model(self, version: str) -> ModelRecord:
+        """A version's manifest, card and training curves."""
+        return ModelRecord.model_validate(self._request("GET", f"/v1/models/{version}").json())
 
     def promote(self, version: str, reason: str) -> ProductionPointer:
         body = self._request("POST", f"/v1/models/{version}/promote", json={"reason": reason})

@@ -208,11 +208,11 @@ def models_list(args: argparse.Namespace, client: GatewayClient) -> int:
 
 
 def models_show(args: argparse.Namespace, client: GatewayClient) -> int:
-    models, _ = client.models()
-    found = next((model for model in models if model.version == args.version), None)
-    if found is None:
-        raise GatewayError(404, _error(f"model version {args.version!r} does not exist"))
-    print(found.model_dump_json(indent=None if args.json else 2))
+    record = client.model(args.version)
+    if args.json:
+        print(record.model_dump_json())
+    else:
+        print(record.card or record.info.model_dump_json(indent=2))
     return EXIT_OK
 
 

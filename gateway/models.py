@@ -8,19 +8,33 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.errors import NoProductionModelYet
-from gateway.parsing import parse_optional_body
-from gateway.schemas import ModelList, PromoteRequest
+from gateway.parsing import parse_optional_body, parse_query
+from gateway.schemas import ModelList, ModelQuery, PromoteRequest
 from gateway.services import services
 
 PROMOTE_REQUEST = TypeAdapter(PromoteRequest)
+MODEL_QUERY = TypeAdapter(ModelQuery)
 
 
 async def list_models(request: Request) -> JSONResponse:
+    """Newest first, a page at a time: `before` is the `next` of the previous page."""
+    query = parse_query(request.query_params, MODEL_QUERY)
     registry = services(request).registry
     versions, production = await asyncio.gather(
         asyncio.to_thread(registry.versions), asyncio.to_thread(registry.production)
     )
-    return JSONResponse(ModelList(models=versions, production=production).model_dump(mode="json"))
+    if query.before is not None:
+        versions = [info for info in versions if info.version < query.before]
+    page = versions[: query.limit]
+    more = len(versions) > query.limit
+    listing = ModelList(models=page, production=production, next=page[-1].version if more else None)
+    return JSONResponse(listing.model_dump(mode="json"))
+
+
+async def one_model(request: Request) -> JSONResponse:
+    registry = services(request).registry
+    record = await asyncio.to_thread(registry.record, request.path_params["version"])
+    return JSONResponse(record.model_dump(mode="json"))
 
 
 async def production_model(request: Request) -> JSONResponse:
@@ -43,5 +57,6 @@ async def promote_model(request: Request) -> JSONResponse:
 routes = [
     Route("/models", list_models, methods=["GET"]),
     Route("/models/production", production_model, methods=["GET"]),
+    Route("/models/{version}", one_model, methods=["GET"]),
     Route("/models/{version}/promote", promote_model, methods=["POST"]),
 ]

@@ -16,6 +16,7 @@ from gateway.schemas import (
     JobQuery,
     JobResource,
     ModelList,
+    ModelQuery,
     PredictResponse,
     PromoteRequest,
     Readiness,
@@ -23,7 +24,7 @@ from gateway.schemas import (
     UploadTicket,
 )
 from shared.jobs import JobParams, PredictParams
-from shared.registry import ModelInfo, ProductionPointer
+from shared.registry import ModelInfo, ModelRecord, ProductionPointer
 
 REF = "#/components/schemas/{model}"
 
@@ -95,7 +96,12 @@ OPERATIONS = (
         {200: "PredictResponse", 202: "JobResource", 422: None, 503: None},
     ),
     Operation(
-        "get", "/v1/models", "Registered model versions, newest first", None, {200: "ModelList"}
+        "get",
+        "/v1/models",
+        "Registered model versions, newest first, a page at a time",
+        None,
+        {200: "ModelList"},
+        query="ModelQuery",
     ),
     Operation(
         "get",
@@ -103,6 +109,14 @@ OPERATIONS = (
         "The production pointer",
         None,
         {200: "ProductionPointer", 404: None},
+    ),
+    Operation(
+        "get",
+        "/v1/models/{version}",
+        "A version's manifest, model card and training curves",
+        None,
+        {200: "ModelRecord", 404: None},
+        (_path_param("version"),),
     ),
     Operation(
         "post",
@@ -141,6 +155,8 @@ def _models() -> dict[str, TypeAdapter[Any]]:
         "UploadTicket": TypeAdapter(UploadTicket),
         "ModelInfo": TypeAdapter(ModelInfo),
         "ModelList": TypeAdapter(ModelList),
+        "ModelQuery": TypeAdapter(ModelQuery),
+        "ModelRecord": TypeAdapter(ModelRecord),
         "ProductionPointer": TypeAdapter(ProductionPointer),
         "Health": TypeAdapter(Health),
         "Readiness": TypeAdapter(Readiness),
@@ -178,7 +194,14 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     adapters = _models()
-    modes = {"JobRequest", "PredictParams", "PromoteRequest", "UploadRequest", "JobQuery"}
+    modes = {
+        "JobRequest",
+        "PredictParams",
+        "PromoteRequest",
+        "UploadRequest",
+        "JobQuery",
+        "ModelQuery",
+    }
     refs, defs = TypeAdapter.json_schemas(
         [
             (name, "validation" if name in modes else "serialization", adapter)

@@ -44,6 +44,12 @@ class PredictResponse(PredictResult):
 class ModelList(BaseModel):
     models: list[ModelInfo]
     production: ProductionPointer | None
+    next: str | None = Field(default=None, description="`before` for the next page, if any")
+
+
+class ModelQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=500)
+    before: str | None = Field(default=None, description="versions older than this one")
 
 
 class UploadRequest(_Strict):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.card import model_card, model_family
 from pipeline.checkpoints import CheckpointStore, S3Checkpoints
 from pipeline.datasets import load_dataset, store_dataset
 from pipeline.evaluate import evaluate
@@ -21,7 +22,7 @@ from pipeline.train import config_for, fit
 from pipeline.validate import ValidationReport, check, validate
 from shared.errors import Conflict
 from shared.jobs import EventType
-from shared.registry import ModelInfo, ModelRegistry, new_version, read_object
+from shared.registry import CARD, HISTORY, ModelInfo, ModelRegistry, new_version, read_object
 from shared.results import Metrics, PromotionDecision, TrainingRecord
 from shared.settings import Settings
 from shared.storage import s3_client
@@ -146,6 +147,16 @@ def finish_model(
     )
     metrics.validation = training.validation
     metrics.train_seconds = training.train_seconds
+    (model_dir / HISTORY).write_text(training.history.model_dump_json())
+    card = model_card(
+        version=version,
+        family=model_family(model_dir),
+        dataset_sha256=dataset.sha256,
+        train_rows=len(dataset.train.rows),
+        metrics=metrics,
+        training=training,
+    )
+    (model_dir / CARD).write_text(card)
     return write_manifest(
         model_dir,
         version=version,

@@ -9,7 +9,7 @@ import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,13 @@ from pipeline.modeling import (
 from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
-from shared.results import TrainingRecord, ValidationScores
+from shared.results import (
+    TrainingHistory,
+    TrainingRecord,
+    TrainPoint,
+    ValidationPoint,
+    ValidationScores,
+)
 from shared.settings import Settings
 from shared.training import TrainConfig, TrainingParams
 
@@ -49,6 +55,8 @@ from shared.training import TrainConfig, TrainingParams
 _WEIGHTS = "model.safetensors"
 _BEST_WEIGHTS = "best.safetensors"
 _TRAINER = "trainer.pt"
+# About this many points of training loss make a model's curve, however long it trained.
+CURVE_POINTS = 200
 
 
 PROFILES: dict[str, TrainConfig] = {
@@ -89,6 +97,9 @@ class TrainState:
     best_step: int = 0
     evals_without_gain: int = 0
     stopped_early: bool = False
+    # The curves so far, as TrainPoint and ValidationPoint fields: a resumed run keeps them.
+    train_curve: list[dict[str, float]] = field(default_factory=list)
+    validation_curve: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -109,8 +120,17 @@ class FitResult:
             rows_validated=self.validation.n,
             steps=self.state.step,
         )
+        history = TrainingHistory(
+            train=[TrainPoint.model_validate(point) for point in self.state.train_curve],
+            validation=[
+                ValidationPoint.model_validate(point) for point in self.state.validation_curve
+            ],
+        )
         return TrainingRecord(
-            params=params, validation=self.validation, train_seconds=round(self.state.seconds, 1)
+            params=params,
+            validation=self.validation,
+            train_seconds=round(self.state.seconds, 1),
+            history=history,
         )
 
     def save(self, directory: Path) -> None:
@@ -378,6 +398,7 @@ def fit(
     total = math.ceil(config.epochs * steps_per_epoch)
     total = min(total, config.max_steps or total)
     eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
+    curve_every = max(1, total // CURVE_POINTS)
     trainer = Trainer(model, config, total, device, bf16)
     resumed_from = trainer.resume(checkpoints, reporter) if checkpoints is not None else None
     state = trainer.state
@@ -393,7 +414,7 @@ def fit(
     )
     started = last_checkpoint = time.monotonic()
     seconds_before = state.seconds
-    window = LossWindow(device)
+    window, curve_window = LossWindow(device), LossWindow(device)
     batches, batches_epoch = [], -1
     model.train()
     while state.step < total and not state.stopped_early:
@@ -403,11 +424,21 @@ def fit(
             batches, batches_epoch = epoch_batches(train, config, epoch), epoch
         batch = batches[index]
         inputs = collate([train.ids[i] for i in batch], padding, device)
-        window.add(trainer.step(inputs, torch.from_numpy(train.labels[batch])), len(batch))
+        batch_loss = trainer.step(inputs, torch.from_numpy(train.labels[batch]))
+        window.add(batch_loss, len(batch))
+        curve_window.add(batch_loss, len(batch))
+        epoch_now = round(state.step / steps_per_epoch, 3)
+        if state.step % curve_every == 0 or state.step == total:
+            mean_loss, _ = curve_window.take()
+            lr = float(trainer.scheduler.get_last_lr()[0])
+            state.train_curve.append(
+                {"step": state.step, "epoch": epoch_now, "loss": mean_loss, "lr": lr}
+            )
 
         if state.step % eval_every == 0 or state.step == total:
             scores = validate(model, val, padding, config, device, bf16)
             trainer.record(scores)
+            state.validation_curve.append({"step": state.step, "epoch": epoch_now, **scores})
             reporter.event(
                 EventType.metric,
                 {

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from shared.errors import Conflict, ModelNotFound, NoProductionModel
-from shared.results import Metrics
+from shared.results import Metrics, TrainingHistory
 from shared.settings import Settings
 from shared.storage import error_code, is_missing, s3_client
 from shared.training import TrainingParams
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
+CARD = "README.md"
+HISTORY = "history.json"
 PRODUCTION = "production.json"
 VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{4}")
 
@@ -47,6 +49,15 @@ class ModelInfo(BaseModel):
     metrics: Metrics
     params: TrainingParams
     files: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelRecord(BaseModel):
+    """Everything kept of a version: its manifest, its card and its training curves (versions
+    registered before cards existed have neither)."""
+
+    info: ModelInfo
+    card: str | None = None
+    history: TrainingHistory | None = None
 
 
 class ProductionPointer(BaseModel):
@@ -97,6 +108,16 @@ class ModelRegistry:
                 f"model version {version!r} does not exist", details={"version": version}
             )
         return info
+
+    def record(self, version: str) -> ModelRecord:
+        info = self.get(version)
+        card = read_object(self.s3, self.bucket, self.key(version, CARD))
+        history = read_object(self.s3, self.bucket, self.key(version, HISTORY))
+        return ModelRecord(
+            info=info,
+            card=None if card is None else card.decode(),
+            history=None if history is None else TrainingHistory.model_validate_json(history),
+        )
 
     def production(self) -> ProductionPointer | None:
         return self._production()[0]

@@ -69,12 +69,36 @@ class Metrics(BaseModel):
         return f"accuracy {self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f} on {self.n} rows"
 
 
+class TrainPoint(BaseModel):
+    """The mean training loss over the steps since the previous point."""
+
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+
+
+class ValidationPoint(BaseModel):
+    step: int
+    epoch: float
+    accuracy: float
+    loss: float
+
+
+class TrainingHistory(BaseModel):
+    """A training run's curves, kept with the model it made (history.json)."""
+
+    train: list[TrainPoint] = Field(default_factory=list)
+    validation: list[ValidationPoint] = Field(default_factory=list)
+
+
 class TrainingRecord(BaseModel):
-    """What training leaves beside a trained model: its parameters and validation scores."""
+    """What training leaves beside a trained model: its parameters, scores and curves."""
 
     params: TrainingParams
     validation: ValidationScores
     train_seconds: float
+    history: TrainingHistory = Field(default_factory=TrainingHistory)
 
 
 class Prediction(BaseModel):

@@ -39,7 +39,7 @@ def register(settings: Settings, version: str, age: timedelta) -> None:
 
 
 def test_an_empty_registry_says_how_to_get_a_model(client: httpx.Client) -> None:
-    assert client.get("/v1/models").json() == {"models": [], "production": None}
+    assert client.get("/v1/models").json() == {"models": [], "production": None, "next": None}
     response = client.get("/v1/models/production")
     assert response.status_code == 404
     error = response.json()["error"]
@@ -68,6 +68,36 @@ def test_versions_are_listed_newest_first_and_promoted(
     production = client.get("/v1/models/production").json()
     assert (production["version"], production["reason"]) == (NEWER, "better accuracy")
     assert client.get("/v1/models").json()["production"]["version"] == NEWER
+
+
+def test_the_list_pages_and_a_version_reads_with_its_card(
+    client: httpx.Client, settings: Settings
+) -> None:
+    versions = [f"2026-11-2{day}T10-00-00-0000" for day in range(1, 6)]
+    for age, version in enumerate(reversed(versions)):
+        register(settings, version, timedelta(hours=age))
+    seen: list[str] = []
+    query: dict[str, str | int] = {"limit": 2}
+    while True:
+        page = client.get("/v1/models", params=query).json()
+        assert len(page["models"]) <= 2
+        seen += [model["version"] for model in page["models"]]
+        if page["next"] is None:
+            break
+        query["before"] = page["next"]
+    assert seen == versions[::-1]
+
+    s3_client(settings).put_object(
+        Bucket=settings.bucket,
+        Key=f"{settings.models_prefix}{versions[0]}/README.md",
+        Body=b"# the card",
+    )
+    record = client.get(f"/v1/models/{versions[0]}").json()
+    assert record["info"]["version"] == versions[0]
+    assert record["card"] == "# the card"
+    assert record["history"] is None
+    missing = client.get("/v1/models/2020-01-01T00-00-00-0000")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "model_not_found")
 
 
 def test_promotion_refuses_unknown_versions_and_bad_bodies(

@@ -84,6 +84,13 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     first_info = registry.get(first)
     assert first_info.metrics.dataset_sha256 == sha
     assert first_info.metrics.accuracy > 0.25
+    record = registry.record(first)
+    assert record.card is not None
+    assert {"README.md", "history.json"} <= set(first_info.files)
+    for fact in (first, sha, "## Intended use and limits", "Confusion matrix", "int8"):
+        assert fact in record.card
+    assert record.history is not None
+    assert record.history.validation[-1].step == first_info.params.steps
 
     decision = stages.promote_if_better(first, settings, Recorder())
     assert decision.promoted

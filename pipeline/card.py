@@ -1,0 +1,122 @@
+"""A registered model's card (README.md beside its weights): what it is, what it was trained on,
+how it scored and where it should not be trusted. It outlives the job that made it."""
+
+import json
+from pathlib import Path
+
+from shared.registry import HISTORY
+from shared.results import Metrics, TrainingRecord
+
+
+def model_family(model_dir: Path) -> str:
+    config = json.loads((model_dir / "config.json").read_text())
+    return str(config.get("model_type", "unknown"))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _scores(metrics: Metrics) -> list[str]:
+    rows = [
+        [
+            label,
+            f"{scores.precision:.4f}",
+            f"{scores.recall:.4f}",
+            f"{scores.f1:.4f}",
+            str(scores.support),
+        ]
+        for label, scores in metrics.per_class.items()
+    ]
+    confusion = [
+        [truth, *map(str, row)]
+        for truth, row in zip(metrics.labels, metrics.confusion_matrix, strict=True)
+    ]
+    return [
+        *_table(["class", "precision", "recall", "F1", "support"], rows),
+        "",
+        "Confusion matrix (rows: true class, columns: predicted):",
+        "",
+        *_table(["true \\ predicted", *metrics.labels], confusion),
+    ]
+
+
+def _serving(metrics: Metrics) -> list[str]:
+    check = metrics.serving
+    if check is None:
+        return ["No serving-form check was recorded."]
+    verdict = "may serve" if check.int8_allowed else "may not serve"
+    return [
+        f"On the {check.n} test rows: fp32 {check.fp32.accuracy:.4f} at "
+        f"{check.fp32.texts_per_s} texts/s, int8 {check.int8.accuracy:.4f} at "
+        f"{check.int8.texts_per_s} texts/s ({check.int8_speedup}x). int8 is "
+        f"{check.int8_accuracy_drop_pts:.2f} points below fp32, so it {verdict} "
+        f"(at most {check.max_accuracy_drop_pts} points allowed).",
+    ]
+
+
+def model_card(
+    *,
+    version: str,
+    family: str,
+    dataset_sha256: str,
+    train_rows: int,
+    metrics: Metrics,
+    training: TrainingRecord,
+) -> str:
+    params = training.params
+    history = training.history
+    best = training.validation
+    minutes = training.train_seconds / 60
+    lines = [
+        f"# AG News topic classifier {version}",
+        "",
+        f"Fine-tuned from `{params.base_model}` ({family}) to sort English news into World, "
+        "Sports, Business and Sci/Tech.",
+        "",
+        "## Data",
+        "",
+        f"Dataset `{dataset_sha256}`: {train_rows} rows in train.csv, of which "
+        f"{params.rows_trained} trained the model and {params.rows_validated} chose it "
+        f"(a stratified validation split); {metrics.n} rows of test.csv scored it.",
+        "",
+        "## Training",
+        "",
+        f"{params.steps} steps of batch {params.batch_size} at learning rate {params.lr} "
+        f"(warm-up {params.warmup:.0%}, weight decay {params.weight_decay}), texts cut to "
+        f"{params.max_length} tokens, {minutes:.1f} minutes. The best validation score, "
+        f"{best.accuracy:.4f} accuracy at step {best.step} of {best.steps}, chose the weights"
+        f"{' (stopped early)' if best.stopped_early else ''}. "
+        f"{len(history.train)} training-loss and {len(history.validation)} validation points "
+        f"are in {HISTORY}.",
+        "",
+        "## Evaluation on test.csv",
+        "",
+        f"Accuracy {metrics.accuracy:.4f}, macro-F1 {metrics.macro_f1:.4f} on {metrics.n} rows; "
+        f"{metrics.truncated} texts were longer than {params.max_length} tokens and were cut.",
+        "",
+        *_scores(metrics),
+        "",
+        "## Serving form",
+        "",
+        *_serving(metrics),
+        "",
+        "## Intended use and limits",
+        "",
+        "- Topic of English news headlines and leads, in the four AG News classes; every text "
+        "gets one of the four, so text of any other kind gets a confident-looking wrong label.",
+        f"- Trained on {params.rows_trained} rows drawn from AG News (news of 2004-2005 from "
+        "more than 2,000 sources): later events, names and other regions' news read less well.",
+        "- test.csv is drawn from the same source as train.csv; news from elsewhere scores lower.",
+        f"- Texts longer than {params.max_length} tokens are judged on their start only "
+        "(answers flag them as truncated).",
+        "",
+        "## Parameters",
+        "",
+        "```json",
+        params.model_dump_json(indent=2),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
