@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.auth import require
 from gateway.errors import NoProductionModelYet
 from gateway.parsing import parse_optional_body
 from gateway.schemas import ModelList, PromoteRequest
@@ -16,6 +17,7 @@ PROMOTE_REQUEST = TypeAdapter(PromoteRequest)
 
 
 async def list_models(request: Request) -> JSONResponse:
+    require(request, "read")
     registry = services(request).registry
     versions, production = await asyncio.gather(
         asyncio.to_thread(registry.versions), asyncio.to_thread(registry.production)
@@ -24,6 +26,7 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 async def production_model(request: Request) -> JSONResponse:
+    require(request, "read")
     pointer = await asyncio.to_thread(services(request).registry.production)
     if pointer is None:
         raise NoProductionModelYet(
@@ -34,6 +37,7 @@ async def production_model(request: Request) -> JSONResponse:
 
 
 async def promote_model(request: Request) -> JSONResponse:
+    require(request, "admin")
     body = await parse_optional_body(request, PROMOTE_REQUEST, PromoteRequest())
     registry = services(request).registry
     pointer = await asyncio.to_thread(registry.promote, request.path_params["version"], body.reason)

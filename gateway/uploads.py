@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.auth import require
 from gateway.parsing import parse_body
 from gateway.schemas import UploadRequest, UploadTicket
 from gateway.services import Services, services
@@ -41,6 +42,7 @@ def presign(state: Services, key: str) -> UploadTicket:
 
 
 async def create_upload(request: Request) -> JSONResponse:
+    require(request, "admin")
     state = services(request)
     body = await parse_body(request, UPLOAD_REQUEST)
     limit = state.settings.upload_max_bytes

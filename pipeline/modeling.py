@@ -78,6 +78,8 @@ def load_classifier(name_or_dir: str) -> PreTrainedModel:
         id2label=ID2LABEL,
         label2id=LABEL2ID,
         local_files_only=_is_local(name_or_dir),
+        # Weights load from safetensors only: a pickled checkpoint could run code on load.
+        use_safetensors=True,
     )
     return model
 
