@@ -63,7 +63,9 @@ class UploadTicket(BaseModel):
     key: str
     url: str = Field(description="POST a multipart form with `fields` and then `file` here")
     fields: dict[str, str]
-    put_url: str = Field(description="or PUT the bytes here")
+    put_url: str = Field(
+        description="or PUT exactly `size` bytes here (Content-Length is part of the signature)"
+    )
     expires_in: int
     max_bytes: int
 
