@@ -227,3 +227,22 @@ def test_cors_preflights_pass_before_the_api_key_check(settings: Settings) -> No
             "/v1/jobs", headers={"Origin": "https://app.example", "X-API-Key": "key-one"}
         )
         assert listed.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_the_document_names_the_session_cookie_and_the_security_answers(
+    client: httpx.Client,
+) -> None:
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["session"] == {"type": "apiKey", "in": "cookie", "name": "agnews_session"}
+    paths = document["paths"]
+    promote = paths["/v1/models/{version}/promote"]["post"]
+    assert {"bearer": []} in promote["security"]
+    assert {"session": []} in promote["security"]
+    assert {"401", "403", "415"} <= set(promote["responses"])
+    assert paths["/v1/session"]["post"]["security"] == [{}]
+    assert "429" in paths["/v1/predict"]["post"]["responses"]
+    assert "429" in paths["/v1/jobs"]["post"]["responses"]
+    assert paths["/v1/session"]["get"]["responses"]["200"]["content"]["application/json"] == {
+        "schema": {"$ref": "#/components/schemas/SessionInfo"}
+    }
