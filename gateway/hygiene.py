@@ -88,8 +88,10 @@ class TrustedHostMiddleware(HttpMiddleware):
         await self.app(scope, receive, send)
 
 
-def _origin(scope: Scope, headers: Headers) -> str:
-    return f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
+def _same_origin(origin: str, headers: Headers) -> bool:
+    """Whether Origin names this host. Hosts only, not schemes: behind a load balancer that ends
+    TLS the gateway sees http while the browser's origin is https."""
+    return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
 
 
 class RequestHygieneMiddleware(HttpMiddleware):
@@ -105,7 +107,7 @@ class RequestHygieneMiddleware(HttpMiddleware):
         if scope["path"].startswith("/v1/") and method in MUTATIONS:
             headers = Headers(scope=scope)
             origin = headers.get("origin")
-            if origin and origin != _origin(scope, headers) and origin not in self.cors_origins:
+            if origin and not _same_origin(origin, headers) and origin not in self.cors_origins:
                 raise Forbidden(
                     f"cross-origin {method} from {origin} is not allowed (AGNEWS_CORS_ORIGINS)",
                     details={"origin": origin},
