@@ -17,6 +17,7 @@ from gateway.services import Services, services
 from shared.errors import ErrorInfo, InvalidRequest, NotFound, ServiceUnavailable
 from shared.jobs import (
     DatasetParams,
+    EvaluateParams,
     Job,
     JobParams,
     JobType,
@@ -26,7 +27,7 @@ from shared.jobs import (
     new_job_id,
 )
 from shared.settings import Settings
-from shared.sources import api_base_model, api_dataset
+from shared.sources import api_base_model, api_dataset, api_model_version
 from shared.tasks import dispatch
 
 log = logging.getLogger("gateway")
@@ -64,6 +65,8 @@ def api_params(params: JobParams, settings: Settings) -> JobParams:
     update: dict[str, object] = {"dataset": api_dataset(params.dataset, settings)}
     if isinstance(params, TrainParams | PipelineParams) and params.base_model is not None:
         update["base_model"] = api_base_model(params.base_model, settings)
+    if isinstance(params, EvaluateParams) and params.model_version is not None:
+        update["model_version"] = api_model_version(params.model_version)
     if isinstance(params, PipelineParams) and params.source is not None:
         raise InvalidRequest(
             "source: only the storage listener names the object version a pipeline starts from",

@@ -5,6 +5,7 @@ jobs without the gateway and keep their own sources (local paths, the event's ob
 from pathlib import Path
 
 from shared.errors import InvalidRequest
+from shared.registry import VERSION_PATTERN
 from shared.settings import PACKAGED_BASE_MODEL, Settings
 
 
@@ -62,3 +63,14 @@ def api_base_model(name: str, settings: Settings) -> str:
         f"base_model: {name!r} is not allowed; {rule}",
         details={"fields": ["base_model"], "rule": rule},
     )
+
+
+def api_model_version(version: str) -> str:
+    """A registered version's name, as the registry writes them; never a path (workers keep
+    model copies in a folder per version)."""
+    if VERSION_PATTERN.fullmatch(version) is None:
+        raise InvalidRequest(
+            f"model_version: {version!r} is not a version name like 2026-11-26T10-31-07-3f9c",
+            details={"fields": ["model_version"], "rule": VERSION_PATTERN.pattern},
+        )
+    return version

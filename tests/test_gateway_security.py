@@ -22,6 +22,7 @@ from shared.errors import InvalidRequest
 from shared.settings import ApiKey, Settings, api_keys_from, key_digest
 from shared.sources import api_base_model, api_dataset
 from tests.gateway_support import Gateway, serve
+from tests.test_gateway_models import NEWER
 
 JSON = {"content-type": "application/json"}
 ADMIN, READER, PREDICTOR, OTHER = "admin-key", "reader-key", "predict-key", "other-key"
@@ -457,6 +458,12 @@ def test_base_models_come_from_the_allowlist_or_the_data_directory(
         assert "AGNEWS_BASE_MODEL_ALLOWLIST" in error["message"]
     good = opened.post("/v1/jobs", json={**PIPELINE, "base_model": "models/mine"})
     assert good.json()["params"]["base_model"] == str(folder.resolve())
+    for version in ("../../..", "2026-11-26T10-31-07-3f9c/../x", "latest"):
+        body = {"type": "evaluate", "dataset": PIPELINE["dataset"], "model_version": version}
+        error = error_of(opened.post("/v1/jobs", json=body), 422)
+        assert error["details"]["fields"] == ["model_version"], version
+    named = {"type": "evaluate", "dataset": PIPELINE["dataset"], "model_version": NEWER}
+    assert opened.post("/v1/jobs", json=named).status_code == 202
     forged = {**PIPELINE, "source": {"bucket": settings.bucket, "key": "incoming/x/archive.zip"}}
     assert error_of(opened.post("/v1/jobs", json=forged), 422)["details"]["fields"] == ["source"]
 
