@@ -10,9 +10,14 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from gateway import events, health, jobs, models, openapi, predict, uploads
-from gateway.auth import ApiKeyMiddleware
+from gateway import events, health, jobs, models, openapi, predict, session, uploads
+from gateway.auth import AuthMiddleware
 from gateway.errors import ErrorMiddleware, http_exception
+from gateway.hygiene import (
+    RequestHygieneMiddleware,
+    SecurityHeadersMiddleware,
+    TrustedHostMiddleware,
+)
 from gateway.limits import BodyLimitMiddleware
 from gateway.metrics import MetricsMiddleware
 from gateway.services import Services
@@ -20,7 +25,14 @@ from shared.settings import Settings, get_settings
 
 
 def _routes(settings: Settings) -> list[BaseRoute]:
-    api = [*jobs.routes, *events.routes, *predict.routes, *models.routes, *uploads.routes]
+    api = [
+        *jobs.routes,
+        *events.routes,
+        *predict.routes,
+        *models.routes,
+        *uploads.routes,
+        *session.routes,
+    ]
     routes: list[BaseRoute] = [*health.routes, *openapi.routes, Mount("/v1", routes=api)]
     if settings.frontend_dir.is_dir():
         static = StaticFiles(directory=settings.frontend_dir, html=True)
@@ -29,8 +41,14 @@ def _routes(settings: Settings) -> list[BaseRoute]:
 
 
 def _middleware(settings: Settings, state: Services) -> list[Middleware]:
-    # Outermost first: metrics see the final status of every response, errors included.
-    stack = [Middleware(MetricsMiddleware, metrics=state.metrics), Middleware(ErrorMiddleware)]
+    # Outermost first: metrics see the final status of every response, errors included, and
+    # every response, errors included, carries the security headers.
+    stack = [
+        Middleware(MetricsMiddleware, metrics=state.metrics),
+        Middleware(SecurityHeadersMiddleware, settings=settings),
+        Middleware(ErrorMiddleware),
+        Middleware(TrustedHostMiddleware, hosts=settings.trusted_hosts),
+    ]
     if settings.cors_origins:
         stack.append(
             Middleware(
@@ -38,12 +56,14 @@ def _middleware(settings: Settings, state: Services) -> list[Middleware]:
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
-                expose_headers=["Location"],
+                expose_headers=["Location", "Retry-After"],
             )
         )
-    if settings.api_keys:
-        stack.append(Middleware(ApiKeyMiddleware, keys=settings.api_keys))
-    stack.append(Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes))
+    stack += [
+        Middleware(RequestHygieneMiddleware, cors_origins=settings.cors_origins),
+        Middleware(AuthMiddleware, keyring=state.keyring, sessions=state.sessions),
+        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+    ]
     return stack
 
 

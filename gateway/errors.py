@@ -49,7 +49,9 @@ class JobFailed(AgNewsError):
 
 def error_response(exc: AgNewsError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": exc.info().model_dump(mode="json")}
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+    return JSONResponse(
+        body, status_code=exc.status_code, headers={**exc.headers(), **(headers or {})}
+    )
 
 
 def _field(loc: tuple[int | str, ...]) -> str:

@@ -10,6 +10,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.jobs import visible_job
 from gateway.services import Services, services
 from shared.errors import InvalidRequest
 from shared.jobs import Event, Job
@@ -91,7 +92,7 @@ async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, N
 async def job_events(request: Request) -> EventStreamResponse:
     state = services(request)
     after = resume_point(request)
-    job = await state.store.get(request.path_params["job_id"])
+    job = await visible_job(request, request.path_params["job_id"])
     return EventStreamResponse(frames(state, job, after))
 
 

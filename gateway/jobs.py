@@ -9,12 +9,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway import ratelimit
+from gateway.auth import Principal, principal, require
 from gateway.parsing import parse_body, parse_query
 from gateway.schemas import JobQuery
 from gateway.services import Services, services
-from shared.errors import ErrorInfo, InvalidRequest, ServiceUnavailable
-from shared.jobs import Job, JobParams, JobType, PredictParams, new_job_id
+from shared.errors import ErrorInfo, InvalidRequest, NotFound, ServiceUnavailable
+from shared.jobs import (
+    DatasetParams,
+    EvaluateParams,
+    Job,
+    JobParams,
+    JobType,
+    PipelineParams,
+    PredictParams,
+    TrainParams,
+    new_job_id,
+)
 from shared.settings import Settings
+from shared.sources import api_base_model, api_dataset, api_model_version
 from shared.tasks import dispatch
 
 log = logging.getLogger("gateway")
@@ -42,11 +55,30 @@ def check_predict_limits(params: PredictParams, settings: Settings) -> None:
             )
 
 
-async def submit(state: Services, params: JobParams) -> Job:
-    """Store a new job and send its first task; a job that cannot be sent is failed, not left."""
+def api_params(params: JobParams, settings: Settings) -> JobParams:
+    """An API job's parameters with its sources checked: datasets from the bucket's incoming/
+    or datasets/ only, allowlisted base models, and no `source` (the listener's to set)."""
     if isinstance(params, PredictParams):
-        check_predict_limits(params, state.settings)
-    job = Job(id=new_job_id(), type=JobType(params.type), params=params)
+        check_predict_limits(params, settings)
+        return params
+    assert isinstance(params, DatasetParams)
+    update: dict[str, object] = {"dataset": api_dataset(params.dataset, settings)}
+    if isinstance(params, TrainParams | PipelineParams) and params.base_model is not None:
+        update["base_model"] = api_base_model(params.base_model, settings)
+    if isinstance(params, EvaluateParams) and params.model_version is not None:
+        update["model_version"] = api_model_version(params.model_version)
+    if isinstance(params, PipelineParams) and params.source is not None:
+        raise InvalidRequest(
+            "source: only the storage listener names the object version a pipeline starts from",
+            details={"fields": ["source"]},
+        )
+    return params.model_copy(update=update)
+
+
+async def submit(state: Services, params: JobParams, owner: Principal) -> Job:
+    """Store a new job and send its first task; a job that cannot be sent is failed, not left."""
+    params = api_params(params, state.settings)
+    job = Job(id=new_job_id(), type=JobType(params.type), params=params, owner=owner.name)
     await state.store.create(job)
     try:
         await asyncio.to_thread(dispatch, state.celery, job)
@@ -64,25 +96,43 @@ def accepted(job: Job) -> JSONResponse:
     return JSONResponse(job.public(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
+async def visible_job(request: Request, job_id: str) -> Job:
+    """A job the caller may see: any job for admin keys, else only its own (404 for others',
+    so that ids of other keys' jobs are not confirmed)."""
+    job = await services(request).store.get(job_id)
+    if not principal(request).owns(job):
+        raise NotFound(f"job {job_id} does not exist or has expired")
+    return job
+
+
 class Jobs(HTTPEndpoint):
     async def post(self, request: Request) -> JSONResponse:
+        """Predict jobs need the `predict` scope; training, evaluation and pipelines `admin`."""
+        state = services(request)
         params = await parse_body(request, JOB_REQUEST, tags=JOB_TAGS)
-        return accepted(await submit(services(request), params))
+        caller = require(request, "predict" if isinstance(params, PredictParams) else "admin")
+        ratelimit.check(request, state.limits.jobs)
+        return accepted(await submit(state, params, caller))
 
     async def get(self, request: Request) -> JSONResponse:
+        """Admin keys list every job; other keys only their own."""
+        caller = principal(request)
         query = parse_query(request.query_params, JOB_QUERY)
-        jobs = await services(request).store.recent(query.type, query.status, query.limit)
+        owner = None if caller.admin else caller.name
+        jobs = await services(request).store.recent(query.type, query.status, query.limit, owner)
         return JSONResponse({"jobs": [job.public() for job in jobs]})
 
 
 class OneJob(HTTPEndpoint):
     async def get(self, request: Request) -> JSONResponse:
-        job = await services(request).store.get(request.path_params["job_id"])
+        job = await visible_job(request, request.path_params["job_id"])
         return JSONResponse(job.public())
 
     async def delete(self, request: Request) -> JSONResponse:
-        """Cancel: 409 (with the status in details) when the job has already ended."""
-        job = await services(request).store.cancel(request.path_params["job_id"])
+        """Cancel one's own job (admin: any); 409 (details name the status) if it has ended."""
+        job_id = request.path_params["job_id"]
+        await visible_job(request, job_id)
+        job = await services(request).store.cancel(job_id)
         return JSONResponse(job.public())
 
 

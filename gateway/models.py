@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.auth import require
 from gateway.errors import NoProductionModelYet
 from gateway.parsing import parse_optional_body, parse_query
 from gateway.schemas import ModelList, ModelQuery, PromoteRequest
@@ -18,6 +19,7 @@ MODEL_QUERY = TypeAdapter(ModelQuery)
 
 async def list_models(request: Request) -> JSONResponse:
     """Newest first, a page at a time: `before` is the `next` of the previous page."""
+    require(request, "read")
     query = parse_query(request.query_params, MODEL_QUERY)
     registry = services(request).registry
     versions, production = await asyncio.gather(
@@ -32,12 +34,14 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 async def one_model(request: Request) -> JSONResponse:
+    require(request, "read")
     registry = services(request).registry
     record = await asyncio.to_thread(registry.record, request.path_params["version"])
     return JSONResponse(record.model_dump(mode="json"))
 
 
 async def production_model(request: Request) -> JSONResponse:
+    require(request, "read")
     pointer = await asyncio.to_thread(services(request).registry.production)
     if pointer is None:
         raise NoProductionModelYet(
@@ -48,6 +52,7 @@ async def production_model(request: Request) -> JSONResponse:
 
 
 async def promote_model(request: Request) -> JSONResponse:
+    require(request, "admin")
     body = await parse_optional_body(request, PROMOTE_REQUEST, PromoteRequest())
     registry = services(request).registry
     pointer = await asyncio.to_thread(registry.promote, request.path_params["version"], body.reason)

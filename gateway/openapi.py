@@ -20,9 +20,12 @@ from gateway.schemas import (
     PredictResponse,
     PromoteRequest,
     Readiness,
+    SessionInfo,
+    SessionRequest,
     UploadRequest,
     UploadTicket,
 )
+from gateway.sessions import COOKIE
 from shared.jobs import JobParams, PredictParams
 from shared.registry import ModelInfo, ModelRecord, ProductionPointer
 
@@ -133,6 +136,19 @@ OPERATIONS = (
         "UploadRequest",
         {200: "UploadTicket", 413: None, 422: None},
     ),
+    Operation(
+        "post",
+        "/v1/session",
+        "Sign in: exchange an API key for a signed, expiring, HttpOnly, SameSite=Strict cookie",
+        "SessionRequest",
+        {200: "SessionInfo", 401: None, 415: None, 422: None},
+    ),
+    Operation(
+        "get", "/v1/session", "Who is signed in, and their scopes", None, {200: "SessionInfo"}
+    ),
+    Operation(
+        "delete", "/v1/session", "Sign out: clear the session cookie", None, {200: "SessionInfo"}
+    ),
     Operation("get", "/healthz", "Liveness", None, {200: "Health"}),
     Operation(
         "get", "/readyz", "Readiness: Redis and S3 reachable", None, {200: "Readiness", 503: None}
@@ -148,6 +164,8 @@ def _models() -> dict[str, TypeAdapter[Any]]:
         "PredictParams": TypeAdapter(PredictParams),
         "PromoteRequest": TypeAdapter(PromoteRequest),
         "UploadRequest": TypeAdapter(UploadRequest),
+        "SessionRequest": TypeAdapter(SessionRequest),
+        "SessionInfo": TypeAdapter(SessionInfo),
         "JobQuery": TypeAdapter(JobQuery),
         "JobResource": TypeAdapter(JobResource),
         "JobList": TypeAdapter(JobList),
@@ -191,6 +209,15 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+PUBLIC_OPERATIONS = {("post", "/v1/session"), ("delete", "/v1/session")}
+RATE_LIMITED = {("post", "/v1/jobs"), ("post", "/v1/predict")}
+
+
+def _error(description: str) -> dict[str, Any]:
+    schema = {"$ref": REF.format(model="ErrorBody")}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     adapters = _models()
@@ -201,6 +228,7 @@ def document() -> dict[str, Any]:
         "UploadRequest",
         "JobQuery",
         "ModelQuery",
+        "SessionRequest",
     }
     refs, defs = TypeAdapter.json_schemas(
         [
@@ -216,11 +244,21 @@ def document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, schemas)
-    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+    # Every scheme is optional where the gateway has no keys (the local default).
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {"session": []}]
     for path, operations in paths.items():
         if path.startswith("/v1/"):
-            for operation in operations.values():
-                operation["security"] = security
+            for method, operation in operations.items():
+                if (method, path) in PUBLIC_OPERATIONS:
+                    operation["security"] = [{}]
+                else:
+                    operation["security"] = security
+                    operation["responses"].setdefault("401", _error("no key or session"))
+                    operation["responses"].setdefault("403", _error("the key lacks the scope"))
+                if method in ("post", "delete"):
+                    operation["responses"].setdefault("415", _error("not application/json"))
+                if (method, path) in RATE_LIMITED:
+                    operation["responses"].setdefault("429", _error("rate limited"))
     return {
         "openapi": "3.1.0",
         "info": {"title": "AG News classifier", "version": "1.0.0"},
@@ -230,6 +268,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "session": {"type": "apiKey", "in": "cookie", "name": COOKIE},
             },
         },
     }

@@ -7,6 +7,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway import ratelimit
+from gateway.auth import require
 from gateway.errors import JobFailed
 from gateway.hub import Subscription
 from gateway.jobs import accepted, submit
@@ -32,8 +34,10 @@ async def wait_for_end(subscription: Subscription, timeout_s: float) -> Event | 
 async def predict(request: Request) -> JSONResponse:
     """200 with the predictions; the job's error if it failed; 202 with the job if still busy."""
     state = services(request)
+    caller = require(request, "predict")
+    ratelimit.check(request, state.limits.predict)
     params = await parse_body(request, PREDICT_REQUEST)
-    job = await submit(state, params)
+    job = await submit(state, params, caller)
     async with state.hub.subscribe(job.id) as subscription:
         end = await wait_for_end(subscription, state.settings.predict_wait_s)
     if end is None:

@@ -8,6 +8,7 @@ from shared.errors import ErrorInfo
 from shared.jobs import Job, JobStatus, JobType
 from shared.registry import ModelInfo, ProductionPointer
 from shared.results import PredictResult
+from shared.settings import KeyScope
 
 
 class _Strict(BaseModel):
@@ -68,7 +69,9 @@ class UploadTicket(BaseModel):
     key: str
     url: str = Field(description="POST a multipart form with `fields` and then `file` here")
     fields: dict[str, str]
-    put_url: str = Field(description="or PUT the bytes here")
+    put_url: str = Field(
+        description="or PUT exactly `size` bytes here (Content-Length is part of the signature)"
+    )
     expires_in: int
     max_bytes: int
 
@@ -84,3 +87,15 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     redis: str
     s3: str
+
+
+class SessionRequest(_Strict):
+    key: str = Field(min_length=1, max_length=512, description="an API key, sent once")
+
+
+class SessionInfo(BaseModel):
+    signed_in: bool = Field(description="whether a session cookie or key identifies the caller")
+    open: bool = Field(description="true when the gateway has no keys: everyone may do anything")
+    name: str | None = Field(default=None, description="the key's name")
+    scopes: list[KeyScope] = Field(default_factory=list)
+    expires_at: int | None = Field(default=None, description="Unix seconds; the cookie's expiry")

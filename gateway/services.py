@@ -8,8 +8,11 @@ from botocore.config import Config
 from celery import Celery
 from starlette.requests import Request
 
+from gateway.auth import Keyring
 from gateway.hub import EventHub, HubTuning
 from gateway.metrics import Metrics, QueueProbe
+from gateway.ratelimit import RateLimits
+from gateway.sessions import SessionSigner
 from shared.jobstore import AsyncJobStore
 from shared.registry import ModelRegistry
 from shared.settings import Settings
@@ -34,6 +37,9 @@ class Services:
     registry: ModelRegistry
     metrics: Metrics
     queues: QueueProbe
+    keyring: Keyring
+    sessions: SessionSigner
+    limits: RateLimits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -79,6 +85,9 @@ class Services:
             registry=ModelRegistry(s3, settings),
             metrics=Metrics(),
             queues=QueueProbe(celery, settings.probe_timeout_s),
+            keyring=Keyring(settings.api_keys),
+            sessions=SessionSigner.from_settings(settings),
+            limits=RateLimits(settings),
         )
 
     async def close(self) -> None:

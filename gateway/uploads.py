@@ -1,7 +1,6 @@
 """POST /v1/uploads: a presigned POST policy (and PUT URL) to put an archive.zip into incoming/."""
 
 import asyncio
-import uuid
 from typing import Any
 
 from pydantic import TypeAdapter
@@ -9,15 +8,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.auth import require
 from gateway.parsing import parse_body
 from gateway.schemas import UploadRequest, UploadTicket
 from gateway.services import Services, services
 from shared.errors import PayloadTooLarge
+from shared.storage import ticket_key
 
 UPLOAD_REQUEST = TypeAdapter(UploadRequest)
 
 
-def presign(state: Services, key: str) -> UploadTicket:
+def presign(state: Services, key: str, size: int) -> UploadTicket:
+    """A POST policy whose content-length-range bounds the bytes the store takes, and a PUT URL
+    that signs Content-Length: the store takes exactly the declared size (at most the limit)."""
     settings = state.settings
     post: dict[str, Any] = state.s3_public.generate_presigned_post(
         Bucket=settings.bucket,
@@ -27,7 +30,7 @@ def presign(state: Services, key: str) -> UploadTicket:
     )
     put_url = state.s3_public.generate_presigned_url(
         "put_object",
-        Params={"Bucket": settings.bucket, "Key": key},
+        Params={"Bucket": settings.bucket, "Key": key, "ContentLength": size},
         ExpiresIn=settings.presign_expiry_s,
     )
     return UploadTicket(
@@ -41,6 +44,7 @@ def presign(state: Services, key: str) -> UploadTicket:
 
 
 async def create_upload(request: Request) -> JSONResponse:
+    require(request, "admin")
     state = services(request)
     body = await parse_body(request, UPLOAD_REQUEST)
     limit = state.settings.upload_max_bytes
@@ -50,8 +54,8 @@ async def create_upload(request: Request) -> JSONResponse:
             details={"fields": ["size"], "max_bytes": limit},
         )
     # boto3 adds the exact-key condition itself for a key without ${filename}.
-    key = f"{state.settings.incoming_prefix}{uuid.uuid4().hex}/archive.zip"
-    ticket = await asyncio.to_thread(presign, state, key)
+    key = ticket_key(state.settings)
+    ticket = await asyncio.to_thread(presign, state, key, body.size)
     return JSONResponse(ticket.model_dump(mode="json"))
 
 

@@ -104,6 +104,8 @@ def load_classifier(name_or_dir: str, pad_token_id: int) -> PreTrainedModel:
         label2id=LABEL2ID,
         ignore_mismatched_sizes=True,
         local_files_only=_is_local(name_or_dir),
+        # Weights load from safetensors only: a pickled checkpoint could run code on load.
+        use_safetensors=True,
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id

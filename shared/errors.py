@@ -30,11 +30,17 @@ class AgNewsError(Exception):
     def info(self) -> ErrorInfo:
         return ErrorInfo(code=self.code, message=self.message, details=self.details)
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers an answer carrying this error needs."""
+        return {}
+
 
 class BadRequest(AgNewsError, status=400, code="bad_request"): ...
 
 
-class Unauthorized(AgNewsError, status=401, code="unauthorized"): ...
+class Unauthorized(AgNewsError, status=401, code="unauthorized"):
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(AgNewsError, status=403, code="forbidden"): ...
@@ -52,7 +58,17 @@ class Conflict(AgNewsError, status=409, code="conflict"): ...
 class PayloadTooLarge(AgNewsError, status=413, code="payload_too_large"): ...
 
 
+class UnsupportedMediaType(AgNewsError, status=415, code="unsupported_media_type"): ...
+
+
 class InvalidRequest(AgNewsError, status=422, code="invalid_request"): ...
+
+
+class RateLimited(AgNewsError, status=429, code="rate_limited"):
+    """Details carry `retry_after_s`, the whole seconds until a request would be let through."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.details.get("retry_after_s", 1))}
 
 
 class ServiceUnavailable(AgNewsError, status=503, code="service_unavailable"): ...
@@ -100,7 +116,9 @@ HTTP_ERRORS: dict[int, type[AgNewsError]] = {
         MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
+        UnsupportedMediaType,
         InvalidRequest,
+        RateLimited,
         ServiceUnavailable,
     )
 }

@@ -161,6 +161,7 @@ class Job(BaseModel):
     type: JobType
     status: JobStatus = JobStatus.queued
     params: JobParams
+    owner: str | None = Field(default=None, description="the name of the API key that made it")
     progress: dict[str, Any] | None = None
     result: JobResult | None = None
     error: ErrorInfo | None = None

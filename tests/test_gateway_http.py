@@ -11,7 +11,7 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.app import create_app
-from shared.settings import Settings
+from shared.settings import Settings, api_keys_from
 from tests.gateway_support import Gateway, serve
 
 
@@ -30,6 +30,9 @@ def gateway(settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
 def client(gateway: Gateway) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url) as http:
         yield http
+
+
+JSON = {"content-type": "application/json"}
 
 
 def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def test_bad_job_requests_are_422_naming_the_fields(
 
 
 def test_bodies_over_the_limit_are_413_declared_or_streamed(client: httpx.Client) -> None:
-    declared = client.post("/v1/jobs", content=b"{" + b" " * 3000 + b"}")
+    declared = client.post("/v1/jobs", content=b"{" + b" " * 3000 + b"}", headers=JSON)
     assert error_of(declared, 413)["details"] == {"max_body_bytes": 2000}
 
     def chunks() -> Iterator[bytes]:
@@ -81,7 +84,7 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed(client: httpx.Client
             yield b"x" * 300
         yield b'"]}'
 
-    streamed = client.post("/v1/predict", content=chunks())
+    streamed = client.post("/v1/predict", content=chunks(), headers=JSON)
     assert "content-length" not in streamed.request.headers
     assert error_of(streamed, 413)["code"] == "payload_too_large"
 
@@ -89,13 +92,15 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed(client: httpx.Client
 def test_unknown_routes_are_404_and_wrong_methods_405(client: httpx.Client) -> None:
     assert error_of(client.get("/v1/nothing/here"), 404)["code"] == "not_found"
     assert error_of(client.get("/nothing.html"), 404)["code"] == "not_found"
-    wrong = client.put("/v1/jobs")
+    wrong = client.put("/v1/jobs", headers=JSON)
     assert error_of(wrong, 405)["code"] == "method_not_allowed"
     assert set(wrong.headers["allow"].split(", ")) >= {"GET", "POST"}
     assert error_of(client.get("/v1/predict"), 405)["message"] == (
         "GET is not allowed on /v1/predict"
     )
-    assert error_of(client.post("/v1/jobs/abc"), 405)["code"] == "method_not_allowed"
+    assert error_of(client.post("/v1/jobs/abc", headers=JSON), 405)["code"] == (
+        "method_not_allowed"
+    )
 
 
 def test_the_front_end_is_served_at_the_root(client: httpx.Client) -> None:
@@ -124,7 +129,7 @@ def test_a_bug_is_a_logged_500_in_the_error_shape(
 
 @pytest.fixture
 def guarded(settings: Settings) -> Iterator[httpx.Client]:
-    keys = settings.model_copy(update={"api_keys": ["key-one", "key-two"]})
+    keys = settings.model_copy(update={"api_keys": api_keys_from("key-one,key-two")})
     with serve(keys) as running, httpx.Client(base_url=running.url) as http:
         yield http
 
@@ -134,8 +139,8 @@ def test_api_keys_guard_the_api_only(guarded: httpx.Client) -> None:
     assert error_of(missing, 401)["code"] == "unauthorized"
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = guarded.get("/v1/jobs", headers={"Authorization": "Bearer key-three"})
-    assert error_of(wrong, 403)["code"] == "forbidden"
-    assert error_of(guarded.get("/v1/jobs", headers={"X-API-Key": "key-"}), 403)
+    assert error_of(wrong, 401)["code"] == "unauthorized"
+    assert error_of(guarded.get("/v1/jobs", headers={"X-API-Key": "key-"}), 401)
     assert error_of(guarded.post("/v1/jobs", json={}), 401)
 
     assert guarded.get("/v1/jobs", headers={"Authorization": "Bearer key-two"}).status_code == 200
@@ -205,7 +210,7 @@ def test_the_openapi_document_covers_every_endpoint(
 
 def test_cors_preflights_pass_before_the_api_key_check(settings: Settings) -> None:
     config = settings.model_copy(
-        update={"api_keys": ["key-one"], "cors_origins": ["https://app.example"]}
+        update={"api_keys": api_keys_from("key-one"), "cors_origins": ["https://app.example"]}
     )
     with serve(config) as running, httpx.Client(base_url=running.url) as http:
         preflight = http.options(
@@ -222,3 +227,22 @@ def test_cors_preflights_pass_before_the_api_key_check(settings: Settings) -> No
             "/v1/jobs", headers={"Origin": "https://app.example", "X-API-Key": "key-one"}
         )
         assert listed.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_the_document_names_the_session_cookie_and_the_security_answers(
+    client: httpx.Client,
+) -> None:
+    document = client.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["session"] == {"type": "apiKey", "in": "cookie", "name": "agnews_session"}
+    paths = document["paths"]
+    promote = paths["/v1/models/{version}/promote"]["post"]
+    assert {"bearer": []} in promote["security"]
+    assert {"session": []} in promote["security"]
+    assert {"401", "403", "415"} <= set(promote["responses"])
+    assert paths["/v1/session"]["post"]["security"] == [{}]
+    assert "429" in paths["/v1/predict"]["post"]["responses"]
+    assert "429" in paths["/v1/jobs"]["post"]["responses"]
+    assert paths["/v1/session"]["get"]["responses"]["200"]["content"]["application/json"] == {
+        "schema": {"$ref": "#/components/schemas/SessionInfo"}
+    }

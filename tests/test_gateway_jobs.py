@@ -11,7 +11,7 @@ from shared.tasks import make_celery
 from tests.gateway_support import Gateway, broker_messages, serve
 from tests.job_results import train_result
 
-TRAIN = {"type": "train", "dataset": "s3://bucket/incoming/x/archive.zip", "max_steps": 5}
+TRAIN = {"type": "train", "dataset": "incoming/x/archive.zip", "max_steps": 5}
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_create_answers_202_with_the_job_and_sends_its_first_task(
     assert job["status"] == "queued"
     assert job["params"] == {
         "type": "train",
-        "dataset": TRAIN["dataset"],
+        "dataset": f"s3://{settings.bucket}/incoming/x/archive.zip",
         "max_steps": 5,
         "promote": False,
     }

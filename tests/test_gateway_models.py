@@ -11,6 +11,8 @@ from shared.training import TrainingParams
 from tests.gateway_support import serve
 from tests.job_results import metrics
 
+JSON = {"content-type": "application/json"}
+
 OLDER = "2026-11-25T09-00-00-aaaa"
 NEWER = "2026-11-26T10-31-07-3f9c"
 
@@ -58,7 +60,7 @@ def test_versions_are_listed_newest_first_and_promoted(
     assert [model["version"] for model in listed["models"]] == [NEWER, OLDER]
     assert listed["models"][0]["metrics"] == metrics(0.9).model_dump(mode="json")
 
-    promoted = client.post(f"/v1/models/{OLDER}/promote")
+    promoted = client.post(f"/v1/models/{OLDER}/promote", headers=JSON)
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["version"] == OLDER
     assert promoted.json()["reason"] == "promoted through the API"
@@ -103,7 +105,7 @@ def test_the_list_pages_and_a_version_reads_with_its_card(
 def test_promotion_refuses_unknown_versions_and_bad_bodies(
     client: httpx.Client, settings: Settings
 ) -> None:
-    missing = client.post("/v1/models/2020-01-01T00-00-00-0000/promote")
+    missing = client.post("/v1/models/2020-01-01T00-00-00-0000/promote", headers=JSON)
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
 

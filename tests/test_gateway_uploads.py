@@ -30,7 +30,7 @@ def ticket(client: httpx.Client, size: int = len(ARCHIVE)) -> dict[str, Any]:
 def test_a_ticket_names_a_fresh_incoming_key_and_limits_the_size(client: httpx.Client) -> None:
     first, second = ticket(client), ticket(client)
     assert first["key"] != second["key"]
-    assert first["key"].startswith("incoming/")
+    assert first["key"].startswith("incoming/tickets/")
     assert first["key"].endswith("/archive.zip")
     assert first["expires_in"] == 60
     assert first["max_bytes"] == 10_000
@@ -51,6 +51,9 @@ def test_the_browser_can_post_or_put_the_archive(client: httpx.Client, settings:
     assert s3.get_object(Bucket=settings.bucket, Key=posted["key"])["Body"].read() == ARCHIVE
 
     put = ticket(client)
+    # The URL signs Content-Length: S3 takes exactly the declared size, never more.
+    signed = httpx.URL(put["put_url"]).params["X-Amz-SignedHeaders"].split(";")
+    assert "content-length" in signed
     assert httpx.put(put["put_url"], content=ARCHIVE).status_code == 200
     assert s3.get_object(Bucket=settings.bucket, Key=put["key"])["Body"].read() == ARCHIVE
 

@@ -66,7 +66,7 @@ def wait_for_end(client: httpx.Client, job_id: str, timeout_s: float = 600) -> d
 def test_pipeline_job_travels_through_every_queue_and_serves_its_model(
     stack: LiveStack, client: httpx.Client
 ) -> None:
-    dataset = upload(stack, MINI_ARCHIVE, "manual/e2e/archive.zip")
+    dataset = upload(stack, MINI_ARCHIVE, "datasets/manual-e2e/archive.zip")
     created = client.post("/v1/jobs", json={"type": "pipeline", "dataset": dataset, "max_steps": 6})
     assert created.status_code == 202
     job_id = created.json()["id"]
@@ -127,7 +127,7 @@ def test_an_invalid_archive_fails_with_the_rule_it_broke(
         archive.writestr("train.csv", '"7","Title","Body"\n' * 50)
         archive.writestr("test.csv", '"1","Title","Body"\n')
     production_before = client.get("/v1/models/production")
-    dataset = upload(stack, broken, "manual/broken/archive.zip")
+    dataset = upload(stack, broken, "datasets/manual-broken/archive.zip")
     job_id = client.post("/v1/jobs", json={"type": "pipeline", "dataset": dataset}).json()["id"]
     job = wait_for_end(client, job_id, 120)
     assert job["status"] == "failed"

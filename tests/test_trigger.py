@@ -10,6 +10,7 @@ import workers.listener.trigger
 from shared.jobs import EventType, Job, JobStatus
 from shared.jobstore import JobStore
 from shared.settings import Settings
+from shared.storage import is_ticket_key, ticket_key
 from shared.tasks import INGEST, dispatch
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
 from workers.listener.events import ObjectEvent
@@ -88,6 +89,20 @@ def test_each_new_version_of_the_object_starts_its_own_job(
     assert (first.outcome, second.outcome) == (Outcome.started, Outcome.started)
     assert first.job_id != second.job_id
     assert len(pipeline_jobs(settings)) == 2
+
+
+def test_an_upload_ticket_starts_one_job_however_often_it_is_used(
+    settings: Settings, trigger: PipelineTrigger
+) -> None:
+    key = ticket_key(settings)
+    assert is_ticket_key(key, settings)
+    first = trigger.handle(upload(settings, key=key, sequencer="01"))
+    again = trigger.handle(upload(settings, key=key, sequencer="02", etag="0" * 32))
+    assert (first.outcome, again.outcome) == (Outcome.started, Outcome.duplicate)
+    assert again.job_id == first.job_id
+    assert len(pipeline_jobs(settings)) == 1
+    for other in ("incoming/u1/archive.zip", key.replace("tickets/", "tickets/x/"), key + "x"):
+        assert not is_ticket_key(other, settings), other
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 // The gateway's HTTP API. Every failure becomes an ApiError with a message fit to show.
 
 import { CONFIG } from "./config.js";
+import { signIn } from "./session.js";
 
 export class ApiError extends Error {
   constructor(status, code, message, details = {}) {
@@ -29,7 +30,7 @@ export function errorFromBody(status, body, fallback) {
   return new ApiError(status, "http_error", fallback);
 }
 
-async function call(method, path, body) {
+async function call(method, path, body, retried = false) {
   const options = { method, headers: { Accept: "application/json" } };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
@@ -52,6 +53,15 @@ async function call(method, path, body) {
     } catch {
       parsed = null;
     }
+  }
+  if (response.status === 401 && !retried) {
+    // Keys are on and this browser has no session: ask for a key once, then try again.
+    try {
+      await signIn();
+    } catch {
+      throw errorFromBody(401, parsed, "Sign in to use the API.");
+    }
+    return call(method, path, body, true);
   }
   if (!response.ok) {
     const fallback = `${method} ${path} answered ${response.status} ${response.statusText}`.trim();

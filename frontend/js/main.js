@@ -7,6 +7,7 @@ import { $, clear, h } from "./dom.js";
 import { JobsScreen } from "./jobs.js";
 import { ModelsScreen } from "./models.js";
 import { RetrainScreen } from "./retrain.js";
+import { signOut, whoAmI } from "./session.js";
 
 class App {
   constructor() {
@@ -23,8 +24,24 @@ class App {
     window.addEventListener("hashchange", () => this.route(true));
     window.addEventListener("agnews:network", (event) => this.network(event.detail));
     window.addEventListener("agnews:production", () => this.refreshServing());
+    window.addEventListener("agnews:session", (event) => this.showAccount(event.detail));
+    $("#signout").addEventListener("click", () => this.signOut());
     this.route(false);
     this.refreshServing();
+    whoAmI().then((session) => this.showAccount(session), () => {});
+  }
+
+  // The signed-in key and a sign-out button; nothing when the server is open (no keys).
+  showAccount(session) {
+    const account = $("#account");
+    account.hidden = !session?.signed_in;
+    $("#account-name").textContent = session?.signed_in ? `Signed in as ${session.name}` : "";
+  }
+
+  // Signed out, the page starts afresh: its next request asks for a key again.
+  async signOut() {
+    await signOut();
+    location.reload();
   }
 
   route(moveFocus) {

@@ -25,7 +25,7 @@ from shared.errors import NotFound
 from shared.jobs import Job, JobType, PipelineParams, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from shared.storage import ARCHIVE_NAME
+from shared.storage import ARCHIVE_NAME, is_ticket_key
 from shared.tasks import dispatch, make_celery
 from workers.listener.events import ObjectEvent
 
@@ -150,6 +150,9 @@ class PipelineTrigger:
             return self.store.create(Job(id=job_id, type=JobType.pipeline, params=params))
 
     def _keys(self, event: ObjectEvent) -> list[str]:
-        digest = hashlib.sha256(event.identity().encode()).hexdigest()
+        # An upload ticket's key starts one pipeline, whatever is written there again later.
+        ticket = is_ticket_key(event.key, self.settings)
+        identity = f"{event.bucket}/{event.key}" if ticket else event.identity()
+        digest = hashlib.sha256(identity.encode()).hexdigest()
         record = f"{self.settings.key_prefix}:trigger:{digest}"
         return [record, f"{record}:lease"]

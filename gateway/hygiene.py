@@ -1,0 +1,124 @@
+"""Request hygiene: trusted Host headers, JSON-only mutations, same-origin unsafe requests, and
+security headers on every response."""
+
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.asgi import HttpMiddleware
+from shared.errors import BadRequest, Forbidden, UnsupportedMediaType
+from shared.settings import Settings
+
+MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
+# Methods whose requests must say they are JSON even when they carry no body: a cross-site page
+# can send those (a form, or fetch in no-cors mode) without a CORS preflight.
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def content_security_policy(settings: Settings) -> str:
+    """`default-src 'self'`; the page's only other destinations are the object store it uploads
+    to (connect-src) and its data: favicon."""
+    store = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+    if store:
+        parts = urlsplit(store)
+        uploads = f"{parts.scheme}://{parts.netloc}"
+    else:
+        uploads = "https://*.amazonaws.com"
+    return "; ".join(
+        (
+            "default-src 'self'",
+            f"connect-src 'self' {uploads}",
+            "img-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+class SecurityHeadersMiddleware(HttpMiddleware):
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        super().__init__(app)
+        self.headers = {
+            "Content-Security-Policy": content_security_policy(settings),
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+            "Cross-Origin-Opener-Policy": "same-origin",
+        }
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def host_name(host: str) -> str:
+    """The Host header without its port: `[::1]:8080` -> `[::1]`, `localhost:80` -> `localhost`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class TrustedHostMiddleware(HttpMiddleware):
+    """A Host header outside settings.trusted_hosts gets a 400: no DNS rebinding."""
+
+    def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
+        super().__init__(app)
+        self.any = "*" in hosts
+        self.hosts = {host.lower() for host in hosts}
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.any:
+            host = host_name(Headers(scope=scope).get("host", ""))
+            if host not in self.hosts:
+                raise BadRequest(
+                    f"the Host header {host!r} is not one this gateway serves "
+                    "(AGNEWS_TRUSTED_HOSTS)",
+                    details={"host": host},
+                )
+        await self.app(scope, receive, send)
+
+
+def _same_origin(origin: str, headers: Headers) -> bool:
+    """Whether Origin names this host. Hosts only, not schemes: behind a load balancer that ends
+    TLS the gateway sees http while the browser's origin is https."""
+    return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+
+
+class RequestHygieneMiddleware(HttpMiddleware):
+    """/v1 mutations: JSON bodies only (415), and no cross-origin requests save from
+    settings.cors_origins (403)."""
+
+    def __init__(self, app: ASGIApp, cors_origins: list[str]) -> None:
+        super().__init__(app)
+        self.cors_origins = set(cors_origins)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if scope["path"].startswith("/v1/") and method in MUTATIONS:
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            if origin and not _same_origin(origin, headers) and origin not in self.cors_origins:
+                raise Forbidden(
+                    f"cross-origin {method} from {origin} is not allowed (AGNEWS_CORS_ORIGINS)",
+                    details={"origin": origin},
+                )
+            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+            declared = headers.get("content-type")
+            media = (declared or "").split(";", 1)[0].strip().lower()
+            if (method in BODY_METHODS or has_body or declared) and media != "application/json":
+                raise UnsupportedMediaType(
+                    f"{method} {scope['path']} takes application/json; got "
+                    f"{declared or 'no Content-Type'}",
+                    details={"content_type": declared, "accepted": ["application/json"]},
+                )
+        await self.app(scope, receive, send)

@@ -1,0 +1,76 @@
+"""What a job created through the API may read: archives in the configured bucket under
+incoming/ or datasets/, and allowlisted base models. The CLI and the S3-event listener create
+jobs without the gateway and keep their own sources (local paths, the event's object)."""
+
+from pathlib import Path
+
+from shared.errors import InvalidRequest
+from shared.registry import VERSION_PATTERN
+from shared.settings import PACKAGED_BASE_MODEL, Settings
+
+
+def dataset_rule(settings: Settings) -> str:
+    bucket, prefixes = settings.bucket, (settings.incoming_prefix, settings.datasets_prefix)
+    return (
+        f"an API job's dataset must be a key of bucket {bucket!r} under "
+        f"{' or '.join(prefixes)}: s3://{bucket}/{prefixes[0]}NAME.zip or {prefixes[0]}NAME.zip"
+    )
+
+
+def _refuse(dataset: str, why: str, settings: Settings) -> InvalidRequest:
+    rule = dataset_rule(settings)
+    return InvalidRequest(
+        f"dataset: {dataset!r} {why}; {rule}",
+        details={"fields": ["dataset"], "rule": rule},
+    )
+
+
+def api_dataset(dataset: str, settings: Settings) -> str:
+    """The s3:// URL of the archive an API job names; InvalidRequest naming the rule otherwise.
+
+    A bare key becomes an s3:// URL, so that no worker reads it as a local path."""
+    if dataset.startswith("s3://"):
+        bucket, _, key = dataset.removeprefix("s3://").partition("/")
+        if bucket != settings.bucket:
+            raise _refuse(dataset, f"is in bucket {bucket!r}", settings)
+    elif "://" in dataset or ":" in dataset.split("/", 1)[0]:
+        raise _refuse(dataset, "is not an s3:// URL or a key", settings)
+    else:
+        key = dataset
+    if key.startswith("/") or "\\" in key or any(part in ("..", ".") for part in key.split("/")):
+        raise _refuse(dataset, "is not a plain key", settings)
+    if "//" in key or not key.startswith((settings.incoming_prefix, settings.datasets_prefix)):
+        raise _refuse(dataset, "is outside the allowed prefixes", settings)
+    return f"s3://{settings.bucket}/{key}"
+
+
+def api_base_model(name: str, settings: Settings) -> str:
+    """The base model an API job may fine-tune: the packaged one, a name or path on
+    settings.base_model_allowlist, or a folder under settings.data_dir (returned resolved)."""
+    if name == PACKAGED_BASE_MODEL or name in settings.base_model_allowlist:
+        return name
+    root = settings.data_dir.resolve()
+    path = Path(name)
+    folder = (path if path.is_absolute() else root / path).resolve()
+    if folder.is_relative_to(root) and folder != root and folder.is_dir():
+        return str(folder)
+    allowed = [PACKAGED_BASE_MODEL, *settings.base_model_allowlist]
+    rule = (
+        f"base_model must be one of {allowed} (AGNEWS_BASE_MODEL_ALLOWLIST) or a model folder "
+        f"under the data directory {str(root)!r}"
+    )
+    raise InvalidRequest(
+        f"base_model: {name!r} is not allowed; {rule}",
+        details={"fields": ["base_model"], "rule": rule},
+    )
+
+
+def api_model_version(version: str) -> str:
+    """A registered version's name, as the registry writes them; never a path (workers keep
+    model copies in a folder per version)."""
+    if VERSION_PATTERN.fullmatch(version) is None:
+        raise InvalidRequest(
+            f"model_version: {version!r} is not a version name like 2026-11-26T10-31-07-3f9c",
+            details={"fields": ["model_version"], "rule": VERSION_PATTERN.pattern},
+        )
+    return version
