@@ -80,10 +80,10 @@ def test_follow_survives_a_dropped_connection_without_losing_or_repeating_events
 
 
 def test_submit_list_show_and_cancel_print_json_and_exit_codes(
-    gateway: Gateway, store: JobStore, capsys: pytest.CaptureFixture[str]
+    gateway: Gateway, settings: Settings, store: JobStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = ["--url", gateway.url, "--json"]
-    dataset = "s3://agnews/incoming/x/archive.zip"
+    dataset = f"s3://{settings.bucket}/incoming/x/archive.zip"
     code, out, _ = run(capsys, "jobs", "submit", "train", dataset, "--max-steps", "3", *url)
     assert code == EXIT_OK
     submitted = Job.model_validate_json(out)
