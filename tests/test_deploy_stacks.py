@@ -166,9 +166,9 @@ def test_an_upload_to_the_bucket_becomes_one_pipeline_job(listening: Settings) -
     # The notification configuration's test event, and the one upload.
     assert _drain(settings) == 2
     [job] = pipeline_jobs(settings)
-    assert job.params["dataset"] == f"s3://{settings.bucket}/incoming/mine/archive.zip"
-    assert job.params["source"]["key"] == "incoming/mine/archive.zip"
-    assert job.params["source"]["version_id"]  # the bucket is versioned
+    assert job.params.dataset == f"s3://{settings.bucket}/incoming/mine/archive.zip"
+    assert job.params.source.key == "incoming/mine/archive.zip"
+    assert job.params.source.version_id  # the bucket is versioned
     assert sent_tasks(settings, job.id) == [INGEST]
 
 

@@ -517,6 +517,17 @@ def test_models_screen_promotes_and_rolls_back(page: Page, client: httpx.Client)
     wait_js(page, f"document.querySelector('#models-status').textContent.includes('{serving}')")
     assert client.get("/v1/models/production").json()["version"] == serving
 
+    # Any version's record: its training curves and its model card, read from S3, not Redis.
+    page.get_by_role("button", name=f"Details of {other}").click()
+    card = page.locator(f"#models-detail article[data-version='{other}']")
+    card.wait_for()
+    assert card.locator("svg.chart path.loss-line").count() == 1
+    text = card.inner_text()
+    assert "Intended use and limits" in text
+    assert "Confusion matrix" in text
+    assert card.locator("table").count() >= 2
+    screenshot(page, "model-card")
+
 
 def test_a_running_job_can_be_cancelled_from_its_view(
     page: Page, stack: LiveStack, client: httpx.Client

@@ -91,7 +91,8 @@ export const api = {
   job: (id) => get(jobPath(id)),
   cancel: (id) => call("DELETE", jobPath(id)).then((r) => r.body),
   eventsUrl: (id, after) => `${jobPath(id)}/events${query({ last_event_id: after })}`,
-  models: () => get("/v1/models"),
+  models: (params = {}) => get(`/v1/models${query(params)}`),
+  model: (version) => get(`/v1/models/${encodeURIComponent(version)}`),
   production: async () => {
     try {
       return await get("/v1/models/production");

@@ -1,7 +1,36 @@
 // Models: the registry, which version serves, promotion and roll-back.
 
 import { api } from "./api.js";
+import { legend, lineChart } from "./charts.js";
 import { $, clear, dateTime, h, integer, messageOf, percent, shortHash } from "./dom.js";
+
+// The model card is Markdown; these lines of it become elements (never HTML from the text).
+function renderCard(markdown) {
+  const out = [];
+  const lines = markdown.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i];
+    if (line.startsWith("```")) {
+      const code = [];
+      while (++i < lines.length && !lines[i].startsWith("```")) code.push(lines[i]);
+      out.push(h("pre", { class: "card-code" }, code.join("\n")));
+    } else if (line.startsWith("|")) {
+      const rows = [];
+      for (; i < lines.length && lines[i].startsWith("|"); i++) {
+        if (!/^\|(-+\|)+$/.test(lines[i])) rows.push(lines[i].slice(1, -1).split("|").map((c) => c.trim()));
+      }
+      i--;
+      const [head, ...body] = rows;
+      out.push(h("div", { class: "table-wrap" }, h("table", { class: "data" },
+        h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, c)))),
+        h("tbody", {}, body.map((row) => h("tr", {}, row.map((c) => h("td", {}, c))))))));
+    } else if (line.startsWith("## ")) out.push(h("h4", {}, line.slice(3)));
+    else if (line.startsWith("# ")) out.push(h("h3", {}, line.slice(2)));
+    else if (line.startsWith("- ")) out.push(h("li", {}, line.slice(2).replaceAll("`", "")));
+    else if (line.trim()) out.push(h("p", {}, line.replaceAll("`", "")));
+  }
+  return out;
+}
 
 export class ModelsScreen {
   constructor(app) {
@@ -13,6 +42,9 @@ export class ModelsScreen {
     this.reason = $("#promote-reason");
     this.dialogError = $("#promote-error");
     this.pending = null;
+    this.more = $("#models-more");
+    this.detail = $("#models-detail");
+    this.shown = null;
     $("#promote-cancel").addEventListener("click", () => this.dialog.close());
     $("#promote-form").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -32,16 +64,70 @@ export class ModelsScreen {
   async refresh() {
     let registry;
     try {
-      registry = await api.models();
+      registry = await api.models({ limit: 25 });
     } catch (error) {
       this.setStatus(`The registry cannot be read: ${messageOf(error)}`, "error");
       return;
     }
-    const models = registry?.models ?? [];
-    const production = registry?.production ?? null;
-    this.app.setServing(production);
-    this.renderProduction(production, models);
-    this.renderTable(models, production);
+    this.models = registry?.models ?? [];
+    this.production = registry?.production ?? null;
+    this.app.setServing(this.production);
+    this.renderProduction(this.production, this.models);
+    this.renderTable(this.models, this.production);
+    this.renderMore(registry?.next ?? null);
+    if (this.shown) this.show(this.shown);
+  }
+
+  renderMore(next) {
+    clear(this.more, next && h("button", { type: "button", class: "btn", id: "models-older", onclick: () => this.older(next) }, "Show older versions"));
+  }
+
+  async older(before) {
+    try {
+      const page = await api.models({ limit: 25, before });
+      this.models = [...this.models, ...(page?.models ?? [])];
+      this.renderTable(this.models, this.production);
+      this.renderMore(page?.next ?? null);
+    } catch (error) {
+      this.setStatus(`Older versions cannot be read: ${messageOf(error)}`, "error");
+    }
+  }
+
+  async show(version) {
+    this.shown = version;
+    let record;
+    try {
+      record = await api.model(version);
+    } catch (error) {
+      clear(this.detail, h("p", { class: "callout danger" }, `${version} cannot be read: ${messageOf(error)}`));
+      return;
+    }
+    const history = record.history;
+    const width = this.detail.clientWidth - 32;
+    const charts = [];
+    if (history && (history.train.length || history.validation.length)) {
+      charts.push(
+        lineChart({
+          title: `Loss of ${version} while it trained`, xLabel: "step", yLabel: "loss", width: width > 0 ? width : undefined,
+          series: [
+            { name: "training loss", points: history.train.map((p) => [p.step, p.loss]), kind: "line", className: "loss-line" },
+            { name: "validation loss", points: history.validation.map((p) => [p.step, p.loss]), kind: "dots", className: "val-dots" },
+          ],
+        }),
+        legend([["training loss", "loss-line"], ["validation loss", "val-dots"]]),
+      );
+    } else {
+      charts.push(h("p", { class: "muted" }, "No training curves were kept for this version."));
+    }
+    clear(this.detail, h("article", { class: "card model-card", "data-version": version },
+      h("div", { class: "row-between wrap" },
+        h("h2", {}, "Version ", h("code", {}, version)),
+        h("button", { type: "button", class: "btn small", onclick: () => { this.shown = null; clear(this.detail); } }, "Close"),
+      ),
+      ...charts,
+      record.card ? h("div", { class: "card-text" }, renderCard(record.card)) : h("p", { class: "muted" }, "This version has no model card."),
+    ));
+    this.detail.scrollIntoView({ block: "nearest" });
   }
 
   renderProduction(production, models) {
@@ -96,9 +182,11 @@ export class ModelsScreen {
               params.rows_trained != null && `${integer(params.rows_trained)} rows, ${integer(params.steps)} steps`,
               model.base_model,
             ].filter(Boolean).join(" · ")))),
-          h("td", { class: "nowrap actions-cell" }, serving
-            ? h("span", { class: "muted small" }, "serving")
-            : h("button", { type: "button", class: "btn small", onclick: () => this.ask(model.version, false), "aria-label": `Promote ${model.version}` }, "Promote")),
+          h("td", { class: "nowrap actions-cell" },
+            h("button", { type: "button", class: "btn small", onclick: () => this.show(model.version), "aria-label": `Details of ${model.version}` }, "Details"),
+            serving
+              ? h("span", { class: "muted small" }, " serving")
+              : h("button", { type: "button", class: "btn small", onclick: () => this.ask(model.version, false), "aria-label": `Promote ${model.version}` }, "Promote")),
         );
       })),
     ));
