@@ -18,6 +18,7 @@ from pipeline.predictor import Predictor, load_version
 from pipeline.registry import download_prefix, publish, upload_dir, write_manifest
 from pipeline.report import Reporter
 from pipeline.serving import int8_check, serving_note
+from pipeline.tracking import track_training
 from pipeline.train import config_for, fit
 from pipeline.validate import ValidationReport, check, validate
 from shared.errors import Conflict
@@ -157,7 +158,7 @@ def finish_model(
         training=training,
     )
     (model_dir / CARD).write_text(card)
-    return write_manifest(
+    info = write_manifest(
         model_dir,
         version=version,
         base_model=training.params.base_model,
@@ -165,6 +166,8 @@ def finish_model(
         metrics=metrics,
         params=training.params,
     )
+    track_training(info, training, card, settings)
+    return info
 
 
 def evaluate_and_register(

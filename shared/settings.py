@@ -198,6 +198,11 @@ class Settings(BaseSettings):
     # out of reach (then only the packaged model and local folders load).
     hf_offline: bool = False
 
+    # Optional experiment tracking: each trained model becomes an MLflow run there (the
+    # `tracking` extra installs mlflow; the gateway never needs it).
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "agnews"
+
     # The terminal client (`agnews jobs|models|classify`): which gateway, with which key.
     gateway_url: str = "http://127.0.0.1:8080"
     api_key: str | None = None

@@ -70,10 +70,10 @@ export class ModelsScreen {
       return;
     }
     this.models = registry?.models ?? [];
-    this.production = registry?.production ?? null;
-    this.app.setServing(this.production);
-    this.renderProduction(this.production, this.models);
-    this.renderTable(this.models, this.production);
+    this.pointer = registry?.production ?? null;
+    this.app.setServing(this.pointer);
+    this.renderProduction(this.pointer, this.models);
+    this.renderTable(this.models, this.pointer);
     this.renderMore(registry?.next ?? null);
     if (this.shown) this.show(this.shown);
   }
@@ -86,7 +86,7 @@ export class ModelsScreen {
     try {
       const page = await api.models({ limit: 25, before });
       this.models = [...this.models, ...(page?.models ?? [])];
-      this.renderTable(this.models, this.production);
+      this.renderTable(this.models, this.pointer);
       this.renderMore(page?.next ?? null);
     } catch (error) {
       this.setStatus(`Older versions cannot be read: ${messageOf(error)}`, "error");

@@ -1,0 +1,109 @@
+"""With a tracking URI set, a registered model's training is an MLflow run on a real server."""
+
+import contextlib
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline.ingest import read_archive
+from pipeline.stages import train_model
+from shared.registry import CARD
+from shared.settings import Settings
+from shared.training import TrainConfig
+from tests.archives import MINI_ARCHIVE
+from tests.model_families import tiny_family_model
+from tests.pipeline_support import Recorder
+from tests.servers import free_port
+
+mlflow = pytest.importorskip("mlflow")
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` with a SQLite store, as a user would run it."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    binary = shutil.which("mlflow", path=str(Path(sys.executable).parent))
+    assert binary is not None
+    command = [
+        binary, "server",
+        "--backend-store-uri", f"sqlite:///{root / 'runs.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def tiny_training(tmp_path: Path, **settings: object) -> tuple[Settings, TrainConfig]:
+    base = tiny_family_model("bert", tmp_path / "base")
+    config = TrainConfig(
+        base_model=str(base), batch_size=8, max_steps=6, train_rows=64, val_max_rows=16, bf16=False
+    )
+    values = {"data_dir": tmp_path / "data", "progress_interval_s": 60.0, **settings}
+    return Settings(**values), config  # type: ignore[arg-type]
+
+
+def test_a_registered_model_is_an_mlflow_run_with_its_curves_and_card(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    settings, config = tiny_training(
+        tmp_path, mlflow_tracking_uri=tracking_uri, mlflow_experiment="agnews-test"
+    )
+    config = config.model_copy(update={"evals_per_epoch": 4})
+    info = train_model(
+        config, read_archive(MINI_ARCHIVE, settings), tmp_path / "model", settings, Recorder()
+    )
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name("agnews-test")
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == info.version
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset_sha256"] == info.dataset_sha256
+    assert run.data.params["base_model"] == config.base_model
+    assert run.data.params["max_steps"] == "6"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(info.metrics.accuracy)
+    loss = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [point.step for point in loss] == list(range(1, 7))
+    validation = client.get_metric_history(run.info.run_id, "validation_accuracy")
+    assert validation
+    assert validation[-1].step == 6
+    [artifact] = client.list_artifacts(run.info.run_id)
+    assert artifact.path == CARD
+    card = Path(client.download_artifacts(run.info.run_id, CARD, str(tmp_path)))
+    assert card.read_text() == (tmp_path / "model" / CARD).read_text()
+
+
+def test_without_a_tracking_uri_or_with_a_dead_one_the_model_is_registered(
+    tmp_path: Path,
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings, config = tiny_training(tmp_path, mlflow_tracking_uri=dead)
+    info = train_model(
+        config, read_archive(MINI_ARCHIVE, settings), tmp_path / "model", settings, Recorder()
+    )
+    assert (tmp_path / "model" / "manifest.json").is_file()
+    assert info.params.steps == 6
