@@ -11,6 +11,7 @@ versions and holdouts never change, so production is scored once per holdout.
 """
 
 import logging
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +56,12 @@ def holdout_dir(settings: Settings) -> Path:
     return settings.data_dir / "holdout"
 
 
+def _scratch(settings: Settings) -> tempfile.TemporaryDirectory[str]:
+    root = holdout_dir(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=root)
+
+
 def current_holdout(settings: Settings) -> Holdout | None:
     """The pinned holdout, or None before the first dataset; a configured key not yet pinned is
     pinned first."""
@@ -66,9 +73,9 @@ def current_holdout(settings: Settings) -> Holdout | None:
         source = s3_url(settings.bucket, settings.holdout_key)
         if record is not None and record.source == source:
             return record
-        local = fetch_archive(source, settings, holdout_dir(settings) / "configured")
-        pinned = _pin(s3, settings, local, source, etag)
-        local.unlink(missing_ok=True)
+        with _scratch(settings) as scratch:
+            local = fetch_archive(source, settings, Path(scratch))
+            pinned = _pin(s3, settings, local, source, etag)
         if pinned is not None:
             return pinned
     raise Conflict("holdout.json kept changing while pinning the holdout; try again")
@@ -80,16 +87,21 @@ def pin_dataset_test(archive: Path, dataset_sha256: str, settings: Settings) -> 
     record, etag = _read(s3, settings)
     if record is not None:
         return record
-    local = extract_member(archive, HOLDOUT_NAME, settings, holdout_dir(settings) / "new.csv")
-    source = f"{s3_url(settings.bucket, dataset_key(dataset_sha256, settings))}#test.csv"
-    pinned = _pin(s3, settings, local, source, etag)
-    local.unlink(missing_ok=True)
+    source = dataset_test_source(dataset_sha256, settings)
+    with _scratch(settings) as scratch:
+        local = extract_member(archive, HOLDOUT_NAME, settings, Path(scratch) / HOLDOUT_NAME)
+        pinned = _pin(s3, settings, local, source, etag)
     if pinned is not None:
         return pinned
     winner = _read(s3, settings)[0]
     if winner is None:
         raise Conflict("holdout.json changed while pinning the holdout; try again")
     return winner
+
+
+def dataset_test_source(dataset_sha256: str, settings: Settings) -> str:
+    """How a holdout taken from a stored dataset's test.csv names its source."""
+    return f"{s3_url(settings.bucket, dataset_key(dataset_sha256, settings))}#{HOLDOUT_NAME}"
 
 
 def ensure_holdout(settings: Settings, dataset_sha256: str) -> Holdout:
@@ -99,11 +111,9 @@ def ensure_holdout(settings: Settings, dataset_sha256: str) -> Holdout:
     if holdout is not None:
         return holdout
     url = s3_url(settings.bucket, dataset_key(dataset_sha256, settings))
-    archive = fetch_archive(url, settings, holdout_dir(settings) / "dataset")
-    try:
+    with _scratch(settings) as scratch:
+        archive = fetch_archive(url, settings, Path(scratch))
         return pin_dataset_test(archive, dataset_sha256, settings)
-    finally:
-        archive.unlink(missing_ok=True)
 
 
 def holdout_rows(holdout: Holdout, settings: Settings) -> list[Row]:
@@ -133,11 +143,9 @@ def holdout_texts(holdout: Holdout, settings: Settings) -> HoldoutTexts:
 
 def own_test_texts(archive: Path, settings: Settings) -> HoldoutTexts:
     """The texts of an archive's test.csv, as the holdout it would become if pinned."""
-    local = extract_member(archive, HOLDOUT_NAME, settings, holdout_dir(settings) / "own.csv")
-    try:
+    with _scratch(settings) as scratch:
+        local = extract_member(archive, HOLDOUT_NAME, settings, Path(scratch) / HOLDOUT_NAME)
         return HoldoutTexts.of(file_sha256(local), read_csv(local, settings).rows)
-    finally:
-        local.unlink(missing_ok=True)
 
 
 class HoldoutScores:
@@ -147,12 +155,24 @@ class HoldoutScores:
         self.holdout, self.settings, self.reporter = holdout, settings, reporter
         self._rows: list[Row] | None = None
 
-    def of(self, version: str) -> Metrics:
+    def of(self, version: str, own: Metrics | None = None) -> Metrics:
+        """`own`: the version's metrics.json, which are its holdout score when its dataset is the
+        one the holdout was taken from (the same rows)."""
         s3 = s3_client(self.settings)
         key = score_key(self.holdout.sha256, version, self.settings)
         cached = read_object(s3, self.settings.bucket, key)
         if cached is not None:
             return Metrics.model_validate_json(cached)
+        if (
+            own is not None
+            and own.dataset_sha256 is not None
+            and self.holdout.source == dataset_test_source(own.dataset_sha256, self.settings)
+            and own.n == self.holdout.rows
+        ):
+            metrics = own.model_copy(update={"dataset_sha256": self.holdout.sha256})
+            metrics.split = "holdout"
+            self._keep(s3, key, metrics)
+            return metrics
         self.reporter.event(
             EventType.log, {"message": f"scoring {version} on {self.holdout.describe()}"}
         )
@@ -166,13 +186,16 @@ class HoldoutScores:
             dataset_sha256=self.holdout.sha256,
             split="holdout",
         )
+        self._keep(s3, key, metrics)
+        return metrics
+
+    def _keep(self, s3: "S3Client", key: str, metrics: Metrics) -> None:
         s3.put_object(
             Bucket=self.settings.bucket,
             Key=key,
             Body=metrics.model_dump_json(indent=2).encode(),
             ContentType="application/json",
         )
-        return metrics
 
 
 def _read(s3: "S3Client", settings: Settings) -> tuple[Holdout | None, str | None]:

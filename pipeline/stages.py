@@ -216,7 +216,7 @@ def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> P
     candidate = registry.get(version)
     holdout = ensure_holdout(settings, candidate.dataset_sha256)
     scores = HoldoutScores(holdout, settings, reporter)
-    ours = scores.of(version)
+    ours = scores.of(version, candidate.metrics)
     on = holdout.describe()
     own = f" (on its own test.csv, which does not decide: {candidate.metrics.accuracy:.2%})"
 
@@ -250,7 +250,7 @@ def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> P
         elif current.version == version:
             return decide(False, f"{version} already serves in production.", current.previous, ours)
         else:
-            theirs = scores.of(current.version)
+            theirs = scores.of(current.version, registry.get(current.version).metrics)
             better = ours.accuracy > theirs.accuracy
             reason = (
                 f"{version} scored {ours.accuracy:.2%} accuracy on {on}, above production "

@@ -90,7 +90,12 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     assert first_info.metrics.dataset_sha256 == sha
     assert first_info.metrics.accuracy > 0.25
 
-    decision = stages.promote_if_better(first, settings, Recorder())
+    recorder = Recorder()
+    decision = stages.promote_if_better(first, settings, recorder)
+    # its dataset's test.csv is the holdout: its metrics.json is its holdout score
+    assert not [log for log in recorder.logs() if log.startswith("scoring")]
+    assert decision.candidate_metrics.split == "holdout"
+    assert decision.candidate_metrics.accuracy == first_info.metrics.accuracy
     assert decision.promoted
     assert decision.reason.startswith(
         f"{first} is the first model, with {first_info.metrics.accuracy:.2%} accuracy on the "
