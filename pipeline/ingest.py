@@ -1,8 +1,13 @@
 """Fetch a user's archive.zip and read its train.csv and test.csv into labelled, cleaned rows.
 
 The archive is never unpacked to disk: each CSV streams from the zip through a byte counter into
-the csv module. Whatever is wrong with the archive itself raises DatasetInvalid; a row that
-cannot be read becomes a RowProblem with its physical line number, for validation to judge.
+the csv module, and each row goes to a sink as it is read (a Split keeps them; validation only
+counts and hashes them). Whatever is wrong with the archive itself raises DatasetInvalid; a row
+that cannot be read becomes a RowProblem with its physical line number, for validation to judge.
+
+Memory: before any row is parsed, the CSVs' sizes in the zip directory must fit the ingest
+memory budget (`max_csv_bytes`); the byte counter holds the members to the same bound, whatever
+the directory declares.
 """
 
 import csv
@@ -13,10 +18,11 @@ import re
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -47,6 +53,11 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UNDECODABLE = re.compile(r"[\udc80-\udcff]")
 _HEADER_SPACES = re.compile(r"[\s_]+")
 _CHUNK_BYTES = 1 << 20
+# The shortest CSV line that yields a row (`1,a,` and its newline), and the most bytes validation
+# keeps per row at its peak (an 8-byte text hash, sorted copies and masks): together they bound
+# the memory of ingesting an archive by the CSVs' uncompressed sizes, whatever rows they hold.
+MIN_ROW_BYTES = 5
+SCAN_BYTES_PER_ROW = 32
 
 
 class Dialect(StrEnum):
@@ -86,12 +97,32 @@ class RowProblem:
     message: str
 
 
+class RowSink(Protocol):
+    """Where a CSV's rows and problems go, in file order, as they are read; `name` is the
+    file's, `dialect` is set once it is read."""
+
+    name: str
+    dialect: str
+
+    def row(self, row: Row) -> None: ...
+
+    def problem(self, problem: RowProblem) -> None: ...
+
+
 @dataclass
 class Split:
+    """Every row of one CSV, held: what training and evaluation read."""
+
     name: str
-    rows: list[Row]
-    problems: list[RowProblem]
-    dialect: str
+    rows: list[Row] = field(default_factory=list)
+    problems: list[RowProblem] = field(default_factory=list)
+    dialect: str = Dialect.ORIGINAL
+
+    def row(self, row: Row) -> None:
+        self.rows.append(row)
+
+    def problem(self, problem: RowProblem) -> None:
+        self.problems.append(problem)
 
 
 @dataclass
@@ -149,8 +180,25 @@ def fetch_archive(
     return target
 
 
+def max_csv_bytes(settings: Settings) -> int:
+    """The most uncompressed CSV bytes an archive may hold: its unpacking limit, and what fits
+    the ingest memory budget with the shortest rows."""
+    fits = settings.ingest_memory_budget_bytes * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW
+    return min(settings.archive_max_uncompressed_bytes, fits)
+
+
 def read_archive(path: Path, settings: Settings) -> RawDataset:
     """Read train.csv and test.csv out of the archive; DatasetInvalid says what is wrong with it."""
+    splits = {name: Split(name) for name in SPLITS}
+    sha256, size = stream_archive(path, settings, splits)
+    return RawDataset(splits[SPLITS[0]], splits[SPLITS[1]], sha256, size)
+
+
+def stream_archive(path: Path, settings: Settings, sinks: Mapping[str, RowSink]) -> tuple[str, int]:
+    """Stream the rows of train.csv and test.csv into their sinks; the archive's sha256 and size.
+
+    DatasetInvalid says what is wrong with the archive, PayloadTooLarge that its CSVs do not fit
+    the memory budget (checked from the zip directory before any row is parsed)."""
     try:
         sha256 = file_sha256(path)
         archive = zipfile.ZipFile(path)
@@ -164,13 +212,26 @@ def read_archive(path: Path, settings: Settings) -> RawDataset:
         ) from exc
     with archive:
         members = _find_members(archive, path.name, settings)
-        budget = settings.archive_max_uncompressed_bytes
-        splits: list[Split] = []
+        _check_memory(sum(info.file_size for info in members.values()), path.name, settings)
+        budget = max_csv_bytes(settings)
         for name in SPLITS:
-            split, used = _read_member(archive, members[name], name, path.name, budget, settings)
-            splits.append(split)
+            used = _read_member(archive, members[name], path.name, budget, settings, sinks[name])
             budget -= used
-    return RawDataset(splits[0], splits[1], sha256, path.stat().st_size)
+    return sha256, path.stat().st_size
+
+
+def extract_member(path: Path, name: str, settings: Settings, dest: Path) -> Path:
+    """Copy one of the archive's CSVs (found and bounded as when reading it) to dest."""
+    with zipfile.ZipFile(path) as archive:
+        info = _find_members(archive, path.name, settings)[name]
+        _check_memory(info.file_size, f"{info.filename} in {path.name}", settings)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        message = f"{info.filename} in {path.name} unpacks to more than it declares"
+        with archive.open(info) as member, dest.open("wb") as out:
+            counter = _CountingReader(member, info.file_size, message)
+            while chunk := counter.read(_CHUNK_BYTES):
+                out.write(chunk)
+    return dest
 
 
 def read_csv(path: Path, settings: Settings) -> Split:
@@ -180,10 +241,13 @@ def read_csv(path: Path, settings: Settings) -> Split:
     except FileNotFoundError as exc:
         raise DatasetNotFound(f"{path} does not exist", details={"path": str(path)}) from exc
     _check_size(size, str(path), settings)
+    _check_memory(size, path.name, settings)
+    split = Split(path.name)
     with path.open("rb") as file:
         _check_magic(file.peek(512)[:512], path.name)
         stream = io.TextIOWrapper(file, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        return _parse(stream, path.name)
+        _parse(stream, split)
+    return split
 
 
 def _local_path(source: str | Path) -> Path | None:
@@ -204,6 +268,25 @@ def _check_size(size: int, where: str, settings: Settings) -> None:
             f"{settings.upload_max_bytes:,} bytes",
             details={"limit_bytes": settings.upload_max_bytes},
         )
+
+
+def _check_memory(csv_bytes: int, where: str, settings: Settings) -> None:
+    limit = max_csv_bytes(settings)
+    if csv_bytes <= limit:
+        return
+    budget = settings.ingest_memory_budget_bytes
+    raise PayloadTooLarge(
+        f"{where} holds {csv_bytes:,} bytes of CSV; at most {limit:,} may be ingested (rows of "
+        f"{MIN_ROW_BYTES} bytes or more, up to {SCAN_BYTES_PER_ROW} bytes of memory each, "
+        f"within the ingest memory budget of {budget:,} bytes, AGNEWS_INGEST_MEMORY_BUDGET_BYTES"
+        "): split the data into smaller archives",
+        details={
+            "rule": "memory_budget",
+            "csv_bytes": csv_bytes,
+            "max_csv_bytes": limit,
+            "budget_bytes": budget,
+        },
+    )
 
 
 def _invalid(message: str, rule: str) -> DatasetInvalid:
@@ -323,11 +406,11 @@ class _CountingReader(io.RawIOBase):
 def _read_member(
     archive: zipfile.ZipFile,
     info: zipfile.ZipInfo,
-    name: str,
     archive_name: str,
     budget: int,
     settings: Settings,
-) -> tuple[Split, int]:
+    sink: RowSink,
+) -> int:
     where = f"{info.filename} in {archive_name}"
     ratio_limit = int(settings.archive_max_ratio * max(info.compress_size, 1))
     limit = min(budget, ratio_limit)
@@ -335,8 +418,8 @@ def _read_member(
         f"{where} unpacks to more than {ratio_limit:,} bytes, a ratio above "
         f"{settings.archive_max_ratio:g}:1 (a zip bomb?)"
         if limit == ratio_limit
-        else f"{archive_name} unpacks to more than the "
-        f"{settings.archive_max_uncompressed_bytes:,} bytes allowed"
+        else f"{archive_name} unpacks to more than the {max_csv_bytes(settings):,} bytes of "
+        "CSV allowed"
     )
     try:
         with archive.open(info) as probe:
@@ -349,7 +432,7 @@ def _read_member(
                 errors="surrogateescape",
                 newline="",
             )
-            split = _parse(stream, name)
+            _parse(stream, sink)
     except NotImplementedError as exc:
         raise _invalid(
             f"{where} uses a compression method this server cannot read: {exc}; "
@@ -358,7 +441,7 @@ def _read_member(
         ) from exc
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as exc:
         raise _invalid(f"{where} is damaged ({exc})", "damaged") from exc
-    return split, counter.count
+    return counter.count
 
 
 def _check_magic(head: bytes, where: str) -> None:
@@ -374,10 +457,10 @@ def _check_magic(head: bytes, where: str) -> None:
         )
 
 
-def _parse(stream: IO[str], name: str) -> Split:
+def _parse(stream: IO[str], sink: RowSink) -> None:
     """Rows of one CSV file, in any of the three dialects, with every problem's physical line."""
     reader = csv.reader(stream)
-    parser = _SplitParser(name)
+    parser = _SplitParser(sink)
     while True:
         try:
             for record in reader:
@@ -386,20 +469,19 @@ def _parse(stream: IO[str], name: str) -> Split:
         except csv.Error as exc:
             parser.problem(parser.next_line, Rule.CSV_SYNTAX, f"unreadable CSV ({exc})")
             parser.next_line = reader.line_num + 1
-    return Split(name, parser.rows, parser.problems, parser.dialect or Dialect.ORIGINAL)
+    sink.dialect = parser.dialect or Dialect.ORIGINAL
 
 
 class _SplitParser:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.rows: list[Row] = []
-        self.problems: list[RowProblem] = []
+    def __init__(self, sink: RowSink) -> None:
+        self.sink = sink
+        self.name = sink.name
         self.dialect: Dialect | None = None
         self.columns = (0, 1, 2)
         self.next_line = 1
 
     def problem(self, line: int, rule: Rule, text: str) -> None:
-        self.problems.append(
+        self.sink.problem(
             RowProblem(self.name, line, rule.value, f"{self.name} line {line}: {text}")
         )
 
@@ -432,7 +514,7 @@ class _SplitParser:
         if not text:
             self.problem(line, Rule.EMPTY_TEXT, "title and description are both empty")
             return
-        self.rows.append(Row(line, label, text))
+        self.sink.row(Row(line, label, text))
 
     def _header(self, record: list[str]) -> bool:
         names = [_HEADER_SPACES.sub(" ", field.strip().lower()) for field in record]

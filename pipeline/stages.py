@@ -13,6 +13,14 @@ from pipeline.card import model_card, model_family
 from pipeline.checkpoints import CheckpointStore, S3Checkpoints
 from pipeline.datasets import load_dataset, store_dataset
 from pipeline.evaluate import evaluate
+from pipeline.holdout import (
+    HoldoutScores,
+    current_holdout,
+    ensure_holdout,
+    holdout_texts,
+    own_test_texts,
+    pin_dataset_test,
+)
 from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.predictor import Predictor, load_version
 from pipeline.registry import download_prefix, publish, upload_dir, write_manifest
@@ -20,7 +28,7 @@ from pipeline.report import Reporter
 from pipeline.serving import int8_check, serving_note
 from pipeline.tracking import track_training
 from pipeline.train import config_for, fit
-from pipeline.validate import ValidationReport, check, validate
+from pipeline.validate import ValidationReport, check, validate, validate_archive
 from shared.errors import Conflict
 from shared.jobs import EventType
 from shared.registry import CARD, HISTORY, ModelInfo, ModelRegistry, new_version, read_object
@@ -62,20 +70,29 @@ def _step(reporter: Reporter, stage: str, step: int, total: int) -> None:
 
 
 def ingest(source: str, settings: Settings, reporter: Reporter) -> IngestOutput:
-    """Fetch, read and validate an archive; store it under datasets/{sha256}/ if it passes."""
+    """Fetch and validate an archive as its rows stream (none held), against the promotion
+    holdout; store it under datasets/{sha256}/ if it passes. With no holdout yet (and none
+    configured), its test.csv becomes the holdout."""
     with scratch_dir(settings) as scratch:
         _step(reporter, "ingest", 0, 3)
         archive = fetch_archive(source, settings, Path(scratch))
-        dataset = read_archive(archive, settings)
+        holdout = current_holdout(settings)
+        # the first dataset's test.csv becomes the holdout: its train.csv is held to it as well
+        texts = holdout_texts(holdout, settings) if holdout else own_test_texts(archive, settings)
         _step(reporter, "ingest", 1, 3)
-        report = validate(dataset, settings)
+        report = validate_archive(archive, settings, texts)
         body = report.model_dump(mode="json")
         reporter.event(EventType.metric, {"name": "validation_report", "report": body})
         check(report)
         _step(reporter, "ingest", 2, 3)
         key = store_dataset(archive, report, settings)
+        if holdout is None:
+            holdout = pin_dataset_test(archive, report.dataset_sha256, settings)
+            reporter.event(
+                EventType.log, {"message": f"promotion compares models on {holdout.describe()}"}
+            )
         _step(reporter, "ingest", 3, 3)
-    return IngestOutput(dataset_sha256=dataset.sha256, dataset_key=key, report=report)
+    return IngestOutput(dataset_sha256=report.dataset_sha256, dataset_key=key, report=report)
 
 
 def train(
@@ -206,70 +223,59 @@ def evaluate_version(
     return evaluate(predictor, dataset.test.rows, settings, reporter, dataset_sha256=dataset.sha256)
 
 
-def _test_set(sha256: str) -> str:
-    return f"the test.csv of dataset {sha256[:12]}"
-
-
 def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> PromotionDecision:
-    """Promote the version if it beats production on the same test set (a tie keeps production)."""
+    """Promote the version if it beats production on the promotion holdout (a tie keeps
+    production); its own test.csv, its uploader's, is reported but decides nothing."""
     registry = ModelRegistry.from_settings(settings)
     candidate = registry.get(version)
-    accuracy = candidate.metrics.accuracy
-    test_set = _test_set(candidate.dataset_sha256)
+    holdout = ensure_holdout(settings, candidate.dataset_sha256)
+    scores = HoldoutScores(holdout, settings, reporter)
+    ours = scores.of(version, candidate.metrics)
+    on = holdout.describe()
+    own = f" (on its own test.csv, which does not decide: {candidate.metrics.accuracy:.2%})"
+
+    def decide(
+        promoted: bool, reason: str, previous: str | None, theirs: Metrics | None
+    ) -> PromotionDecision:
+        return PromotionDecision(
+            promoted=promoted,
+            reason=reason,
+            version=version,
+            previous=previous,
+            candidate_metrics=ours,
+            production_metrics=theirs,
+            candidate_test_metrics=candidate.metrics,
+            holdout_sha256=holdout.sha256,
+            holdout_rows=holdout.rows,
+            candidate_holdout_accuracy=ours.accuracy,
+            production_holdout_accuracy=theirs.accuracy if theirs else None,
+        )
+
     while True:
         current = registry.production()
         if current is None:
-            decision = PromotionDecision(
-                promoted=True,
-                reason=f"{version} is the first model, with {accuracy:.2%} accuracy on "
-                f"{test_set}, so it now serves.",
-                version=version,
-                previous=None,
-                candidate_metrics=candidate.metrics,
-                production_metrics=None,
+            decision = decide(
+                True,
+                f"{version} is the first model, with {ours.accuracy:.2%} accuracy on {on}{own}, "
+                "so it now serves.",
+                None,
+                None,
             )
         elif current.version == version:
-            return PromotionDecision(
-                promoted=False,
-                reason=f"{version} already serves in production.",
-                version=version,
-                previous=current.previous,
-                candidate_metrics=candidate.metrics,
-                production_metrics=candidate.metrics,
-            )
+            return decide(False, f"{version} already serves in production.", current.previous, ours)
         else:
-            production = registry.get(current.version)
-            theirs = production.metrics
-            if production.dataset_sha256 != candidate.dataset_sha256:
-                reporter.event(
-                    EventType.log,
-                    {"message": f"evaluating production {current.version} on {test_set}"},
-                )
-                dataset = load_dataset(candidate.dataset_sha256, settings, datasets_dir(settings))
-                theirs = evaluate(
-                    load_version(current.version, settings),
-                    dataset.test.rows,
-                    settings,
-                    reporter,
-                    dataset_sha256=dataset.sha256,
-                )
-            baseline = theirs.accuracy
-            better = accuracy > baseline
+            theirs = scores.of(current.version, registry.get(current.version).metrics)
+            better = ours.accuracy > theirs.accuracy
             reason = (
-                f"{version} scored {accuracy:.2%} accuracy on {test_set}, above production "
-                f"{current.version}'s {baseline:.2%} on the same rows, so it now serves."
+                f"{version} scored {ours.accuracy:.2%} accuracy on {on}, above production "
+                f"{current.version}'s {theirs.accuracy:.2%} on the same rows{own}, so it now "
+                "serves."
                 if better
-                else f"Production {current.version} stays: {version} scored {accuracy:.2%} "
-                f"accuracy on {test_set}, not above its {baseline:.2%} on the same rows."
+                else f"Production {current.version} stays: {version} scored "
+                f"{ours.accuracy:.2%} accuracy on {on}, not above its {theirs.accuracy:.2%} on "
+                f"the same rows{own}."
             )
-            decision = PromotionDecision(
-                promoted=better,
-                reason=reason,
-                version=version,
-                previous=current.version,
-                candidate_metrics=candidate.metrics,
-                production_metrics=theirs,
-            )
+            decision = decide(better, reason, current.version, theirs)
         if decision.promoted:
             decision.reason += " " + serving_note(settings, candidate.metrics)
             try:

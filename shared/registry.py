@@ -171,37 +171,45 @@ class ModelRegistry:
         return None if body is None else ModelInfo.model_validate_json(body)
 
     def _production(self) -> tuple[ProductionPointer | None, str | None]:
-        try:
-            response = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + PRODUCTION)
-        except ClientError as exc:
-            if is_missing(exc):
-                return None, None
-            raise
-        body = response["Body"].read()
-        return ProductionPointer.model_validate_json(body), response["ETag"]
+        body, etag = read_with_etag(self.s3, self.bucket, self.prefix + PRODUCTION)
+        return (None, None) if body is None else (ProductionPointer.model_validate_json(body), etag)
 
     def _put_pointer(self, pointer: ProductionPointer, etag: str | None) -> bool:
         """Write the pointer if production.json still has `etag` (is absent when None)."""
         body = pointer.model_dump_json(indent=2).encode()
-        key = self.prefix + PRODUCTION
-        try:
-            if etag:
-                self.s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON, IfMatch=etag
-                )
-            else:
-                self.s3.put_object(
-                    Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON, IfNoneMatch="*"
-                )
-        except ClientError as exc:
-            code = error_code(exc)
-            if code in _LOST_RACE:
-                return False
-            if code not in _NO_CONDITIONAL_WRITES:
-                raise
-            log.warning("the store refuses conditional writes; promoting without compare-and-swap")
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=_JSON)
-        return True
+        return put_if(self.s3, self.bucket, self.prefix + PRODUCTION, body, etag)
+
+
+def put_if(s3: "S3Client", bucket: str, key: str, body: bytes, etag: str | None) -> bool:
+    """Write a JSON object if it still has `etag` (is still absent when None): False when another
+    writer got there first. A store without conditional writes is written to plainly."""
+    try:
+        if etag:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=_JSON, IfMatch=etag)
+        else:
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=_JSON, IfNoneMatch="*")
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in _LOST_RACE:
+            return False
+        if code not in _NO_CONDITIONAL_WRITES:
+            raise
+        log.warning(
+            "the store refuses conditional writes; writing %s without compare-and-swap", key
+        )
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=_JSON)
+    return True
+
+
+def read_with_etag(s3: "S3Client", bucket: str, key: str) -> tuple[bytes | None, str | None]:
+    """The object's bytes and ETag, or (None, None) where there is none."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_missing(exc):
+            return None, None
+        raise
+    return response["Body"].read(), response["ETag"]
 
 
 def read_object(s3: "S3Client", bucket: str, key: str) -> bytes | None:

@@ -2,6 +2,7 @@
 what training records, and each job type's result (the gateway, the front end and the CLI read
 these same models)."""
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -118,13 +119,37 @@ class EvaluateResult(BaseModel):
     metrics: Metrics
 
 
+class Holdout(BaseModel):
+    """The promotion holdout, `{holdout_prefix}holdout.json`: the one test set candidates and
+    production are compared on, pinned by the sha256 of its CSV; no upload can change it."""
+
+    sha256: str = Field(description="sha256 of the CSV's bytes")
+    rows: int = Field(description="its usable rows")
+    key: str = Field(description="its pinned copy in the bucket: {holdout_prefix}{sha256}/test.csv")
+    source: str = Field(description="where it was taken from: the configured key or a dataset")
+    pinned_at: datetime
+
+    def describe(self) -> str:
+        return f"the holdout {self.sha256[:12]} ({self.rows} rows)"
+
+
 class PromotionDecision(BaseModel):
+    """Candidate and production are compared on the holdout; the candidate's own test.csv (its
+    uploader's) is reported in candidate_test_metrics and decides nothing."""
+
     promoted: bool
     reason: str
     version: str
     previous: str | None
-    candidate_metrics: Metrics
-    production_metrics: Metrics | None
+    candidate_metrics: Metrics = Field(description="the candidate on the holdout")
+    production_metrics: Metrics | None = Field(description="production on the holdout")
+    candidate_test_metrics: Metrics | None = Field(
+        default=None, description="the candidate on its dataset's test.csv (its metrics.json)"
+    )
+    holdout_sha256: str | None = None
+    holdout_rows: int | None = None
+    candidate_holdout_accuracy: float | None = None
+    production_holdout_accuracy: float | None = None
 
 
 class TrainResult(BaseModel):

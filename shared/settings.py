@@ -150,6 +150,19 @@ class Settings(BaseSettings):
     min_class_rows: int = 10
     max_class_imbalance: float = 3.0
     report_max_problems: int = 100
+    # Ingest streams rows and keeps a few bytes per row; an archive whose CSVs could need more
+    # than this (at the shortest rows) is refused before parsing. Well below a worker's memory.
+    ingest_memory_budget_bytes: int = Field(default=512 * 1024**2, gt=0)
+    # A test.csv this much (or more) inside its own train.csv is refused (below it, a warning).
+    max_test_in_train_fraction: float = Field(default=0.5, gt=0, le=1)
+
+    # The promotion holdout: the test set candidate and production are compared on, which no
+    # upload can change. A CSV (test.csv layout) at this key of the bucket, or, when unset, the
+    # test.csv of the first accepted dataset; pinned by sha256 in {holdout_prefix}holdout.json.
+    holdout_key: str | None = None
+    holdout_prefix: str = "holdout/"
+    # An upload whose train.csv holds more than this fraction of the holdout's texts is refused.
+    holdout_max_overlap_fraction: float = Field(default=0.01, ge=0, le=1)
 
     # Machine learning.
     base_model: str = PACKAGED_BASE_MODEL

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ingest import Dialect, Rule, fetch_archive, read_archive
+from pipeline import ingest
+from pipeline.ingest import (
+    MIN_ROW_BYTES,
+    SCAN_BYTES_PER_ROW,
+    Dialect,
+    Rule,
+    fetch_archive,
+    max_csv_bytes,
+    read_archive,
+)
 from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
 from pipeline.text import clean_text
 from pipeline.validate import validate
@@ -396,3 +405,41 @@ def test_undecodable_bytes_do_not_stop_the_stream(tmp_path: Path, local: Setting
     assert [(p.line, p.rule) for p in split.problems] == [(3, Rule.NOT_UTF8), (5, Rule.NOT_UTF8)]
     report = validate(read_archive(path, local), local)
     assert json.loads(report.model_dump_json())["problems_total"] == 4
+
+
+def test_the_memory_budget_bounds_the_csv_bytes(local: Settings) -> None:
+    budget = local.model_copy(update={"ingest_memory_budget_bytes": 64_000})
+    assert max_csv_bytes(budget) == 64_000 * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW == 10_000
+    assert max_csv_bytes(local) == min(
+        local.archive_max_uncompressed_bytes,
+        local.ingest_memory_budget_bytes * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW,
+    )
+
+
+def test_an_archive_over_the_memory_budget_is_refused_before_parsing(
+    tmp_path: Path, local: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make_archive(tmp_path / "archive.zip")
+    with zipfile.ZipFile(path) as archive:
+        csv_size = sum(info.file_size for info in archive.infolist())
+    # just too small: the CSVs need one byte more than the budget allows
+    budget = (csv_size - 1) * SCAN_BYTES_PER_ROW // MIN_ROW_BYTES
+    tight = local.model_copy(update={"ingest_memory_budget_bytes": budget})
+    assert max_csv_bytes(tight) < csv_size
+
+    def no_parsing(*args: object) -> None:
+        raise AssertionError("parsed rows before checking the memory budget")
+
+    monkeypatch.setattr(ingest, "_parse", no_parsing)
+    with pytest.raises(PayloadTooLarge, match=r"AGNEWS_INGEST_MEMORY_BUDGET_BYTES") as caught:
+        read_archive(path, tight)
+    assert f"{csv_size:,} bytes of CSV" in caught.value.message
+    assert caught.value.details == {
+        "rule": "memory_budget",
+        "csv_bytes": csv_size,
+        "max_csv_bytes": max_csv_bytes(tight),
+        "budget_bytes": budget,
+    }
+    monkeypatch.undo()
+    roomy = local.model_copy(update={"ingest_memory_budget_bytes": budget + 1000})
+    assert len(read_archive(path, roomy).train.rows) == 400

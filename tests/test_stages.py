@@ -1,3 +1,4 @@
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -6,12 +7,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline import stages
-from shared.errors import DatasetInvalid, NoProductionModel
+from pipeline.holdout import current_holdout, holdout_dir, holdout_rows
+from shared.errors import DatasetIntegrityError, DatasetInvalid, NoProductionModel
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.archives import make_archive, make_zip, mini_records
+from tests.archives import Record, csv_bytes, make_archive, make_zip, mini_records
 from tests.pipeline_support import Recorder, fast_settings, tiny_model, upload_candidate
+
+# archive_mini's test.csv as make_archive writes it: the holdout of the first dataset
+MINI_TEST_SHA256 = hashlib.sha256(csv_bytes(mini_records("test.csv"))).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +97,17 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     assert record.history is not None
     assert record.history.validation[-1].step == first_info.params.steps
 
-    decision = stages.promote_if_better(first, settings, Recorder())
+    recorder = Recorder()
+    decision = stages.promote_if_better(first, settings, recorder)
+    # its dataset's test.csv is the holdout: its metrics.json is its holdout score
+    assert not [log for log in recorder.logs() if log.startswith("scoring")]
+    assert decision.candidate_metrics.split == "holdout"
+    assert decision.candidate_metrics.accuracy == first_info.metrics.accuracy
     assert decision.promoted
-    assert "first model" in decision.reason
+    assert decision.reason.startswith(
+        f"{first} is the first model, with {first_info.metrics.accuracy:.2%} accuracy on the "
+        f"holdout {MINI_TEST_SHA256[:12]} (80 rows)"
+    )
     production = registry.production()
     assert production is not None
     assert production.version == first
@@ -115,7 +128,7 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     assert [info.version for info in registry.versions()] == [tie, worse, first]
 
 
-def test_production_is_scored_again_on_the_candidates_test_set(
+def test_production_is_scored_on_the_holdout_once(
     settings: Settings, model_dir: Path, tmp_path: Path
 ) -> None:
     sha = ingest(settings, make_archive(tmp_path / "a.zip"))
@@ -127,13 +140,134 @@ def test_production_is_scored_again_on_the_candidates_test_set(
     candidate = register(settings, model_dir, "job-2", other_sha)
     recorder = Recorder()
     decision = stages.promote_if_better(candidate, fast_settings(settings), recorder)
+    holdout = current_holdout(settings)
+    assert holdout is not None
+    assert decision.holdout_sha256 == holdout.sha256 == MINI_TEST_SHA256
     assert decision.production_metrics is not None
-    assert decision.production_metrics.dataset_sha256 == other_sha
-    assert decision.production_metrics.n == 72
+    assert decision.production_metrics.dataset_sha256 == holdout.sha256
+    assert decision.production_metrics.split == "holdout"
+    assert decision.production_metrics.n == decision.candidate_metrics.n == 80
     assert decision.production_metrics.model_version == first
     assert decision.production_metrics.accuracy == decision.candidate_metrics.accuracy
+    assert decision.candidate_test_metrics is not None
+    assert decision.candidate_test_metrics.n == 72
+    assert decision.candidate_test_metrics.dataset_sha256 == other_sha
     assert not decision.promoted
-    assert recorder.steps("evaluate")[-1] == 72
+    # production's score on this holdout was kept when it was promoted: only the candidate ran
+    assert [log for log in recorder.logs() if log.startswith("scoring")] == [
+        f"scoring {candidate} on the holdout {holdout.sha256[:12]} (80 rows)"
+    ]
+    assert recorder.steps("evaluate")[-1] == 80
+    again = Recorder()
+    assert stages.promote_if_better(candidate, settings, again).reason == decision.reason
+    assert again.steps("evaluate") == []
+
+
+def world_heavy(records: list[Record]) -> list[Record]:
+    """The rows relabelled World, but for one row of each other class."""
+    seen: set[str] = set()
+    out = []
+    for klass, title, description in records:
+        keep = klass != "1" and klass not in seen
+        seen.add(klass)
+        out.append([klass if keep else "1", title, description])
+    return out
+
+
+def test_a_candidate_better_on_its_own_test_set_but_worse_on_the_holdout_stays_out(
+    settings: Settings, model_dir: Path, constant_dir: Path, tmp_path: Path
+) -> None:
+    sha = ingest(settings, make_archive(tmp_path / "a.zip"))
+    first = register(settings, model_dir, "job-1", sha)
+    assert stages.promote_if_better(first, settings, Recorder()).promoted
+    production = ModelRegistry.from_settings(settings).get(first).metrics.accuracy
+
+    # an uploader's test.csv on which the always-World model shines: 77 of 80 rows say World
+    lenient = settings.model_copy(update={"min_class_rows": 1})
+    favouring = make_archive(tmp_path / "b.zip", test=world_heavy(mini_records("test.csv")))
+    their_sha = ingest(lenient, favouring)
+    candidate = register(lenient, constant_dir, "job-2", their_sha)
+    own = ModelRegistry.from_settings(settings).get(candidate).metrics.accuracy
+    assert own == 77 / 80
+    # compared on that test.csv, as before, the candidate would have won
+    assert stages.evaluate_version(first, str(favouring), lenient, Recorder()).accuracy < own
+
+    decision = stages.promote_if_better(candidate, lenient, Recorder())
+    assert not decision.promoted
+    assert decision.candidate_holdout_accuracy == 0.25
+    assert decision.production_holdout_accuracy == production > 0.25
+    assert decision.holdout_rows == 80
+    assert decision.reason == (
+        f"Production {first} stays: {candidate} scored 25.00% accuracy on the holdout "
+        f"{MINI_TEST_SHA256[:12]} (80 rows), not above its {production:.2%} on the same rows "
+        "(on its own test.csv, which does not decide: 96.25%)."
+    )
+    pointer = ModelRegistry.from_settings(settings).production()
+    assert pointer is not None
+    assert pointer.version == first
+
+
+def test_the_holdout_is_pinned_by_hash_and_no_upload_changes_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    assert current_holdout(settings) is None
+    recorder = Recorder()
+    stages.ingest(str(make_archive(tmp_path / "a.zip")), settings, recorder)
+    holdout = current_holdout(settings)
+    assert holdout is not None
+    assert (holdout.sha256, holdout.rows) == (MINI_TEST_SHA256, 80)
+    assert holdout.key == f"{settings.holdout_prefix}{MINI_TEST_SHA256}/test.csv"
+    assert f"promotion compares models on {holdout.describe()}" in recorder.logs()
+
+    other = mini_records("test.csv")[8:]
+    output = stages.ingest(str(make_archive(tmp_path / "b.zip", test=other)), settings, Recorder())
+    assert output.report.holdout_sha256 == MINI_TEST_SHA256
+    assert output.report.holdout_overlap == 0
+    assert current_holdout(settings) == holdout
+    assert len(holdout_rows(holdout, settings)) == 80
+
+    # the pinned copy is read only if it still has the pinned sha256
+    s3 = s3_client(settings)
+    s3.put_object(Bucket=settings.bucket, Key=holdout.key, Body=csv_bytes(other))
+    shutil.rmtree(holdout_dir(settings))
+    with pytest.raises(DatasetIntegrityError, match="does not have the sha256 it is pinned by"):
+        holdout_rows(holdout, settings)
+
+
+def test_a_configured_holdout_is_pinned_by_its_hash(settings: Settings, tmp_path: Path) -> None:
+    s3 = s3_client(settings)
+    key = "reference/holdout.csv"
+    reference = csv_bytes(mini_records("test.csv")[:40])
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=reference)
+    configured = settings.model_copy(update={"holdout_key": key})
+    holdout = current_holdout(configured)
+    assert holdout is not None
+    assert (holdout.sha256, holdout.rows) == (hashlib.sha256(reference).hexdigest(), 40)
+    assert holdout.source == f"s3://{settings.bucket}/{key}"
+
+    stages.ingest(str(make_archive(tmp_path / "a.zip")), configured, Recorder())
+    assert current_holdout(configured) == holdout
+    # the object at the key changes: the holdout does not
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=csv_bytes(mini_records("test.csv")))
+    assert current_holdout(configured) == holdout
+    assert len(holdout_rows(holdout, configured)) == 40
+
+
+def test_an_upload_whose_train_set_holds_the_holdout_is_refused(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ingest(settings, make_archive(tmp_path / "a.zip"))
+    train = mini_records("train.csv") + mini_records("test.csv")[:2]
+    with pytest.raises(DatasetInvalid) as caught:
+        stages.ingest(str(make_archive(tmp_path / "b.zip", train=train)), settings, Recorder())
+    assert caught.value.message.startswith(
+        f"train.csv holds 2 of the 80 texts of the promotion holdout (sha256 "
+        f"{MINI_TEST_SHA256[:12]}, 2.5%); at most 0 (1%) may be there"
+    )
+    listed = s3_client(settings).list_objects_v2(
+        Bucket=settings.bucket, Prefix=settings.datasets_prefix
+    )
+    assert len(listed.get("Contents", [])) == 2  # archive a's archive.zip and report.json
 
 
 def test_a_failed_registration_leaves_models_untouched(
@@ -181,3 +315,15 @@ def test_evaluate_a_version_or_production(
     bad = make_zip(tmp_path / "bad.zip", {"train.csv": b"1,a,b\n"})
     with pytest.raises(DatasetInvalid):
         stages.evaluate_version(version, str(bad), settings, Recorder())
+
+
+def test_the_first_upload_is_held_to_the_holdout_its_test_set_becomes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    train = mini_records("train.csv") + mini_records("test.csv")[:2]
+    with pytest.raises(DatasetInvalid, match=r"train\.csv holds 2 of the 80 texts"):
+        stages.ingest(str(make_archive(tmp_path / "a.zip", train=train)), settings, Recorder())
+    assert current_holdout(settings) is None
+    output = stages.ingest(str(make_archive(tmp_path / "b.zip")), settings, Recorder())
+    assert output.report.holdout_sha256 == MINI_TEST_SHA256
+    assert output.report.holdout_overlap == 0

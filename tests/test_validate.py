@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.ingest import RawDataset, read_archive
-from pipeline.validate import ValidationReport, check, validate
+from pipeline.validate import HoldoutTexts, ValidationReport, check, validate, validate_archive
 from shared.errors import DatasetInvalid
 from shared.settings import Settings
 from tests.archives import REAL_ARCHIVE, Record, make_archive, mini_records
@@ -172,3 +172,81 @@ def test_caps_the_problems_it_lists(tmp_path: Path, local: Settings) -> None:
     report = validate(dataset(tmp_path, settings, train=train), settings)
     assert [problem["line"] for problem in report.problems] == [2, 3, 4]
     assert report.problems_total == 5
+
+
+def test_streaming_validation_reports_what_reading_every_row_does(
+    tmp_path: Path, local: Settings
+) -> None:
+    settings = local.model_copy(update={"max_text_chars": 250, "report_max_problems": 2})
+    train = mini_records("train.csv")
+    test = mini_records("test.csv")
+    train += [train[0], train[1], [("2" if train[2][0] != "2" else "1"), *train[2][1:]]]
+    train += [["1", " ", ""], ["9", "a", "b"], ["x", "c", "d"]]
+    test += train[:5]
+    path = make_archive(tmp_path / "archive.zip", train, test)
+    holdout = HoldoutTexts.of("f" * 64, read_archive(path, settings).test.rows[:10])
+    streamed = validate_archive(path, settings, holdout)
+    assert streamed == validate(read_archive(path, settings), settings, holdout)
+    assert streamed.conflicting_duplicates == {"train.csv": 1, "test.csv": 0}
+    assert streamed.problems_total == 3
+    assert len(streamed.problems) == 2
+
+
+def with_train_texts(records: list[Record], count: int) -> list[Record]:
+    """test.csv of `count` train.csv texts (relabelled, which does not matter) and the rest of
+    archive_mini's test.csv: 80 rows."""
+    train = mini_records("train.csv")
+    shared = [[str(index % 4 + 1), *train[index][1:]] for index in range(count)]
+    return shared + records[count:]
+
+
+@pytest.mark.parametrize(("inside", "accepted"), [(39, True), (40, False), (80, False)])
+def test_refuses_a_test_set_mostly_inside_train(
+    tmp_path: Path, local: Settings, inside: int, accepted: bool
+) -> None:
+    test = with_train_texts(mini_records("test.csv"), inside)
+    report = validate(dataset(tmp_path, local, test=test), local)
+    assert report.train_test_overlap == inside
+    assert report.test_in_train_fraction == inside / 80
+    assert report.accepted is accepted
+    if accepted:
+        assert report.warnings[-1].startswith(f"{inside} test.csv texts also appear")
+    else:
+        assert report.errors == [
+            f"test.csv lies mostly inside train.csv: {inside} of its 80 distinct texts "
+            f"({inside / 80:.1%}) also appear in train.csv, and at 50% or more a test set "
+            "measures memory, not accuracy; keep test.csv's rows out of train.csv"
+        ]
+        with pytest.raises(DatasetInvalid, match=r"test\.csv lies mostly inside train\.csv"):
+            check(report)
+
+
+def test_the_test_in_train_threshold_is_a_setting(tmp_path: Path, local: Settings) -> None:
+    strict = local.model_copy(update={"max_test_in_train_fraction": 0.1})
+    test = with_train_texts(mini_records("test.csv"), 8)
+    assert not validate(dataset(tmp_path, strict, test=test), strict).accepted
+    assert validate(dataset(tmp_path, local, test=test), local).accepted
+
+
+@pytest.mark.parametrize(("overlap", "accepted"), [(0, True), (4, True), (5, False)])
+def test_refuses_a_train_set_overlapping_the_holdout(
+    tmp_path: Path, local: Settings, overlap: int, accepted: bool
+) -> None:
+    settings = local.model_copy(update={"holdout_max_overlap_fraction": 0.05})
+    holdout_records = mini_records("test.csv")
+    holdout_rows = read_archive(make_archive(tmp_path / "h.zip", test=holdout_records), settings)
+    holdout = HoldoutTexts.of("ab" * 32, holdout_rows.test.rows)
+    train = mini_records("train.csv") + holdout_records[:overlap]
+    report = validate(dataset(tmp_path, settings, train=train), settings, holdout)
+    assert report.holdout_overlap == overlap
+    assert (report.holdout_sha256, report.holdout_rows) == ("ab" * 32, 80)
+    assert report.accepted is accepted
+    if not accepted:
+        assert report.errors == [
+            f"train.csv holds {overlap} of the 80 texts of the promotion holdout (sha256 "
+            f"abababababab, {overlap / 80:.1%}); at most 4 (5%) may be there, since models are "
+            "compared on the holdout: remove those rows from train.csv"
+        ]
+    # by default more than 1% of the holdout's 80 rows, that is any, is too many
+    default = validate(dataset(tmp_path, local, train=train), local, holdout)
+    assert default.accepted is (overlap == 0)

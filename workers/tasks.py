@@ -139,7 +139,8 @@ def promote(job_id: str, version: str, dataset_sha256: str) -> None:
         return TrainResult(
             dataset_sha256=dataset_sha256,
             version=version,
-            metrics=decision.candidate_metrics,
+            # its metrics.json, on its own test.csv; the promotion holds its holdout scores
+            metrics=decision.candidate_test_metrics or decision.candidate_metrics,
             promotion=decision,
         )
 
