@@ -19,7 +19,14 @@ from pydantic import ValidationError
 
 from shared.digests import file_sha256
 from shared.errors import Conflict, ModelIntegrityError
-from shared.registry import MANIFEST, METRICS, ModelInfo, ModelRegistry, read_object
+from shared.registry import (
+    MANIFEST,
+    METRICS,
+    ModelInfo,
+    ModelRegistry,
+    checked_version,
+    read_object,
+)
 from shared.results import Metrics
 from shared.training import TrainingParams
 
@@ -156,7 +163,7 @@ def publish(registry: ModelRegistry, model_dir: Path) -> ModelInfo:
 
 def download(registry: ModelRegistry, version: str, cache_dir: Path) -> Path:
     """A verified local copy of a registered version, under cache_dir/version."""
-    target = cache_dir / version
+    target = cache_dir / checked_version(version)
     if target.is_dir():
         try:
             verify(target)

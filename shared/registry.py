@@ -67,6 +67,17 @@ class ProductionPointer(BaseModel):
     previous: str | None = None
 
 
+def _no_such_version(version: str) -> ModelNotFound:
+    return ModelNotFound(f"model version {version!r} does not exist", details={"version": version})
+
+
+def checked_version(version: str) -> str:
+    """The name, if it is one a version can have (it is then safe in paths and keys)."""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise _no_such_version(version)
+    return version
+
+
 def new_version() -> str:
     """A sortable, unique version name: UTC time and 4 random hex digits."""
     return f"{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}-{secrets.token_hex(2)}"
@@ -102,11 +113,9 @@ class ModelRegistry:
         return sorted(found, key=lambda info: (info.created_at, info.version), reverse=True)
 
     def get(self, version: str) -> ModelInfo:
-        info = self._manifest(version) if VERSION_PATTERN.fullmatch(version) else None
+        info = self._manifest(checked_version(version))
         if info is None:
-            raise ModelNotFound(
-                f"model version {version!r} does not exist", details={"version": version}
-            )
+            raise _no_such_version(version)
         return info
 
     def record(self, version: str) -> ModelRecord:

@@ -57,7 +57,9 @@ def test_versions_are_sortable_utc_times_with_a_random_suffix() -> None:
 def test_a_model_folder_lists_every_file_with_its_sha256(model_dir: Path) -> None:
     info = verify(model_dir)
     assert set(info.files) == {
+        "README.md",
         "config.json",
+        "history.json",
         "metrics.json",
         "model.safetensors",
         "tokenizer.json",
@@ -244,3 +246,13 @@ def test_promotion_is_compare_and_swap(
     assert raced == ["moved"]
     assert (pointer.version, pointer.previous) == (second.version, first.version)
     assert registry.production() == pointer
+
+
+def test_a_name_that_is_no_version_touches_no_folder(settings: Settings, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "models"
+    precious = tmp_path / "cache" / "precious"
+    precious.mkdir(parents=True)
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(ModelNotFound):
+        download(ModelRegistry.from_settings(settings), "../precious", cache)
+    assert (precious / "keep.txt").read_text() == "mine"
