@@ -42,6 +42,33 @@ def _scores(metrics: Metrics) -> list[str]:
     ]
 
 
+def _members(metrics: Metrics, training: TrainingRecord) -> list[str]:
+    members = metrics.members
+    if members is None:
+        return ["The transformer alone answers: no linear member was trained beside it."]
+    chosen = training.blend
+    fitted = (
+        f" (fitted on the {chosen.n} validation rows, where the blend scored "
+        f"{chosen.blend_accuracy:.4f})"
+        if chosen
+        else ""
+    )
+    return [
+        "A blend of the transformer and a linear model (TF-IDF over word 1-2 grams, logistic "
+        f"regression) trained on the same rows; the linear member's share is {members.weight}"
+        f"{fitted}.",
+        "",
+        *_table(
+            ["on test.csv", "accuracy"],
+            [
+                ["transformer alone", f"{members.transformer_accuracy:.4f}"],
+                ["linear member alone", f"{members.linear_accuracy:.4f}"],
+                ["blend (what serves)", f"{members.blend_accuracy:.4f}"],
+            ],
+        ),
+    ]
+
+
 def _serving(metrics: Metrics) -> list[str]:
     check = metrics.serving
     if check is None:
@@ -97,6 +124,10 @@ def model_card(
         f"{metrics.truncated} texts were longer than {params.max_length} tokens and were cut.",
         "",
         *_scores(metrics),
+        "",
+        "## Members",
+        "",
+        *_members(metrics, training),
         "",
         "## Serving form",
         "",

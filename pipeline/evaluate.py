@@ -11,7 +11,7 @@ from pipeline.labels import LABELS
 from pipeline.predictor import Predictor
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
-from shared.results import ClassScores, Metrics
+from shared.results import ClassScores, MemberScores, Metrics
 from shared.settings import Settings
 
 
@@ -46,6 +46,29 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, **about: An
     )
 
 
+def _members(
+    predictor: Predictor,
+    texts: Sequence[str],
+    transformer: np.ndarray,
+    blended: np.ndarray,
+    truth: np.ndarray,
+) -> MemberScores | None:
+    linear = predictor.linear_probabilities(texts)
+    if predictor.linear is None or linear is None:
+        return None
+
+    def accuracy(probabilities: np.ndarray) -> float:
+        return float((probabilities.argmax(axis=1) == truth).mean())
+
+    return MemberScores(
+        n=len(truth),
+        weight=predictor.linear.weight,
+        transformer_accuracy=accuracy(transformer),
+        linear_accuracy=accuracy(linear),
+        blend_accuracy=accuracy(blended),
+    )
+
+
 def evaluate(
     predictor: Predictor,
     rows: Sequence[Row],
@@ -65,7 +88,10 @@ def evaluate(
         ticker(done)
         check_cancelled(reporter, "evaluate")
 
-    probabilities, truncated = predictor.probabilities([row.text for row in rows], on_batch)
+    texts = [row.text for row in rows]
+    encoded = predictor.encode(texts)
+    transformer = predictor.forward(encoded.ids, on_batch)
+    probabilities, truncated = predictor.blend(transformer, texts), encoded.truncated
     truth = np.array([row.label for row in rows], dtype=np.int64)
     metrics = classification_metrics(
         truth,
@@ -76,6 +102,7 @@ def evaluate(
         truncated=sum(truncated),
         max_length=predictor.max_length,
         seconds=round(time.monotonic() - started, 2),
+        members=_members(predictor, texts, transformer, probabilities, truth),
     )
     reporter.event(
         EventType.metric,

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from pipeline.labels import ID2LABEL, LABELS
+from pipeline.linear import LinearMember
 from pipeline.modeling import (
     class_probabilities,
     configure_torch,
@@ -48,8 +49,10 @@ class Predictor:
         batch_size: int,
         device: torch.device,
         precision: Precision = "fp32",
+        linear: LinearMember | None = None,
     ) -> None:
         self.model = to_device(model, device)
+        self.linear = linear
         self.model.train(False)
         self.tokenizer = tokenizer
         self.padding = padding_of(tokenizer)
@@ -97,6 +100,7 @@ class Predictor:
             max_length=max_length,
             batch_size=settings.forward_batch,
             device=device,
+            linear=LinearMember.load(model_dir) if settings.serve_blend else None,
         )
 
     def int8(self) -> "Predictor":
@@ -111,6 +115,7 @@ class Predictor:
             batch_size=self.batch_size,
             device=torch.device("cpu"),
             precision="int8",
+            linear=self.linear,
         )
 
     def with_precision(self, precision: Precision) -> "Predictor":
@@ -135,12 +140,23 @@ class Predictor:
                 on_batch=on_batch,
             )
 
+    def blend(self, transformer: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """The transformer's probabilities blended with the linear member's, where there is one."""
+        if self.linear is None:
+            return transformer
+        return self.linear.blend(transformer, [clean_text(text) for text in texts])
+
+    def linear_probabilities(self, texts: Sequence[str]) -> np.ndarray | None:
+        if self.linear is None:
+            return None
+        return self.linear.probabilities([clean_text(text) for text in texts])
+
     def probabilities(
         self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
     ) -> tuple[np.ndarray, list[bool]]:
         """Class probabilities (one row per text, in order) and which texts were cut short."""
         encoded = self.encode(texts)
-        return self.forward(encoded.ids, on_batch), encoded.truncated
+        return self.blend(self.forward(encoded.ids, on_batch), texts), encoded.truncated
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return answers(*self.probabilities(texts))

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pipeline.checkpoints import CheckpointStore
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
+from pipeline.linear import LinearConfig, LinearMember, fit_linear, fit_weight
 from pipeline.modeling import (
     Padding,
     autocast,
@@ -42,6 +43,7 @@ from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.results import (
+    MemberScores,
     TrainingHistory,
     TrainingRecord,
     TrainPoint,
@@ -111,6 +113,8 @@ class FitResult:
     validation: ValidationScores
     rows_trained: int
     resumed_from: int | None
+    linear: LinearMember | None = None
+    blend: MemberScores | None = None
 
     def record(self) -> TrainingRecord:
         """What a registered model keeps of its training."""
@@ -131,12 +135,15 @@ class FitResult:
             validation=self.validation,
             train_seconds=round(self.state.seconds, 1),
             history=history,
+            blend=self.blend,
         )
 
     def save(self, directory: Path) -> None:
         """A loadable model folder: safetensors weights, config with label names, tokenizer."""
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        if self.linear is not None:
+            self.linear.save(directory)
         for path in directory.iterdir():
             if path.suffix in UNSAFE_SUFFIXES:
                 path.unlink()
@@ -478,6 +485,50 @@ def fit(
         steps=state.step,
         stopped_early=state.stopped_early,
     )
+    linear, blend = None, None
+    if config.linear_member:
+        transformer = class_probabilities(
+            model, val.ids, padding=padding, batch_size=config.eval_batch_size, device=device
+        )
+        linear, blend = blend_linear(
+            [rows[i].text for i in train_index],
+            train.labels,
+            [rows[i].text for i in val_index],
+            val.labels,
+            transformer,
+            reporter,
+        )
+    rows_trained = len(train_index)
     return FitResult(
-        model.cpu(), tokenizer, config, state, validation, len(train_index), resumed_from
+        model.cpu(), tokenizer, config, state, validation, rows_trained, resumed_from, linear, blend
     )
+
+
+def blend_linear(
+    train_texts: Sequence[str],
+    train_labels: np.ndarray,
+    val_texts: Sequence[str],
+    val_labels: np.ndarray,
+    transformer: np.ndarray,
+    reporter: Reporter,
+) -> tuple[LinearMember, MemberScores]:
+    """The linear member, trained on the transformer's rows, and its blend weight, fitted on the
+    validation split (test.csv is never seen here)."""
+    member = fit_linear(train_texts, train_labels, LinearConfig())
+    linear = member.probabilities(val_texts)
+    weight = fit_weight(transformer, linear, val_labels)
+    member.config.weight = weight
+    blended = member.blend(transformer, val_texts)
+
+    def accuracy(probabilities: np.ndarray) -> float:
+        return float((probabilities.argmax(axis=1) == val_labels).mean())
+
+    scores = MemberScores(
+        n=len(val_labels),
+        weight=weight,
+        transformer_accuracy=accuracy(transformer),
+        linear_accuracy=accuracy(linear),
+        blend_accuracy=accuracy(blended),
+    )
+    reporter.event(EventType.metric, {"name": "blend", **scores.model_dump()})
+    return member, scores

@@ -35,6 +35,16 @@ class FormScore(BaseModel):
     texts_per_s: float
 
 
+class MemberScores(BaseModel):
+    """A blended model's members scored alone and together on the same rows."""
+
+    n: int
+    weight: float = Field(description="the linear member's share, fitted on validation rows")
+    transformer_accuracy: float
+    linear_accuracy: float
+    blend_accuracy: float
+
+
 class ServingCheck(BaseModel):
     """The int8 form scored beside fp32 on the same test rows at registration."""
 
@@ -62,6 +72,9 @@ class Metrics(BaseModel):
     truncated: int = 0
     max_length: int | None = None
     seconds: float = 0.0
+    members: MemberScores | None = Field(
+        default=None, description="the transformer and the linear member alone and blended"
+    )
     serving: ServingCheck | None = Field(default=None, description="set at registration")
     validation: ValidationScores | None = Field(default=None, description="set at registration")
     train_seconds: float | None = Field(default=None, description="set at registration")
@@ -100,6 +113,7 @@ class TrainingRecord(BaseModel):
     validation: ValidationScores
     train_seconds: float
     history: TrainingHistory = Field(default_factory=TrainingHistory)
+    blend: MemberScores | None = Field(default=None, description="on the validation split")
 
 
 class Prediction(BaseModel):

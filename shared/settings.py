@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "agnews"
 
+    # Serve a model's linear member blended with its transformer (where it has one).
+    serve_blend: bool = True
+
     # The terminal client (`agnews jobs|models|classify`): which gateway, with which key.
     gateway_url: str = "http://127.0.0.1:8080"
     api_key: str | None = None

@@ -26,6 +26,7 @@ class TrainConfig(BaseModel):
     bucket_pool: int = 50  # batches per pool sorted by length
     eval_batch_size: int = 64
     seed: int = 42
+    linear_member: bool = True  # train a TF-IDF linear model beside it and blend the two
 
 
 class TrainingParams(TrainConfig):

@@ -75,6 +75,10 @@ def test_evaluate_prints_metrics_json_last(model_dir: Path, tmp_path: Path) -> N
     metrics = last_json(done.stdout)
     assert metrics["accuracy"] == expected.accuracy, (metrics, done.stderr)
     assert metrics["macro_f1"] == expected.macro_f1, (metrics, done.stderr)
+    # The blend is what is scored, with each member beside it.
+    members = metrics["members"]
+    assert members["blend_accuracy"] == metrics["accuracy"]
+    assert {"transformer_accuracy", "linear_accuracy", "weight"} <= set(members)
     assert "macro-F1" in done.stdout
 
     test_csv = tmp_path / "test.csv"

@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline import stages
 from pipeline.holdout import current_holdout, holdout_dir, holdout_rows
+from pipeline.linear import LINEAR_CONFIG, LINEAR_WEIGHTS
 from shared.errors import DatasetIntegrityError, DatasetInvalid, NoProductionModel
 from shared.registry import ModelRegistry
 from shared.settings import Settings
@@ -34,6 +35,8 @@ def constant_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     weights["classifier.weight"].zero_()
     weights["classifier.bias"] = torch.tensor([10.0, 0.0, 0.0, 0.0])
     save_file(weights, dest / "model.safetensors", metadata={"format": "pt"})
+    for member in (LINEAR_CONFIG, LINEAR_WEIGHTS):  # a constant transformer, served alone
+        (dest / member).unlink()
     return dest
 
 

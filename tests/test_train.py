@@ -79,6 +79,8 @@ def test_train_reports_progress_and_leaves_a_candidate(
     assert output.validation.n == 20
     assert stored_keys(settings, f"{settings.checkpoints_prefix}job-a/") == [
         "final/config.json",
+        "final/linear.json",
+        "final/linear.safetensors",
         "final/model.safetensors",
         "final/tokenizer.json",
         "final/tokenizer_config.json",
@@ -106,7 +108,7 @@ def test_a_lost_worker_resumes_from_its_last_checkpoint(
     assert output.params.steps == 4
     assert [
         key.split("/")[0] for key in stored_keys(settings, f"{settings.checkpoints_prefix}job-b/")
-    ] == ["final"] * 5
+    ] == ["final"] * 7
 
 
 def test_a_cancelled_job_stops_training(settings: Settings, dataset_sha: str) -> None:

@@ -56,8 +56,10 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
         return []
     try:
         predictor = model.current()
-        encoded = predictor.encode([text for _, texts in work for text in texts])
-        rows = answers(predictor.forward(encoded.ids), encoded.truncated)
+        every_text = [text for _, texts in work for text in texts]
+        encoded = predictor.encode(every_text)
+        blended = predictor.blend(predictor.forward(encoded.ids), every_text)
+        rows = answers(blended, encoded.truncated)
     except Exception as exc:
         log.exception("a batch of %d predict jobs failed", len(work))
         return [(job_id, error_info(exc)) for job_id, _ in work]

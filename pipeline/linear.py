@@ -1,0 +1,118 @@
+"""The linear member of a model: TF-IDF over word 1-2 grams (sublinear counts) and multinomial
+logistic regression. It is trained beside the transformer on the same rows, its probabilities
+are blended with the transformer's by a weight fitted on the validation split, and it is stored
+as data only (vocabulary as JSON, arrays as safetensors), never as a pickle."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+from safetensors.numpy import load_file, save_file
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.labels import LABELS
+
+LINEAR_WEIGHTS = "linear.safetensors"
+LINEAR_CONFIG = "linear.json"
+WEIGHT_GRID = np.round(np.linspace(0.0, 1.0, 21), 2)
+
+
+class LinearConfig(BaseModel):
+    ngram_max: int = 2
+    min_df: int = 2
+    c: float = 4.0
+    weight: float = 0.0  # the linear member's share of the blend
+    vocabulary: dict[str, int] = {}
+
+
+def _vectorizer(config: LinearConfig, vocabulary: dict[str, int] | None) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        ngram_range=(1, config.ngram_max),
+        sublinear_tf=True,
+        min_df=config.min_df if vocabulary is None else 1,
+        dtype=np.float32,
+        vocabulary=vocabulary,
+    )
+
+
+class LinearMember:
+    def __init__(
+        self, config: LinearConfig, vectorizer: TfidfVectorizer, coef: np.ndarray, bias: np.ndarray
+    ) -> None:
+        self.config = config
+        self.vectorizer = vectorizer
+        self.coef = coef
+        self.bias = bias
+
+    @property
+    def weight(self) -> float:
+        return self.config.weight
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        logits = np.asarray(self.vectorizer.transform(list(texts)) @ self.coef.T) + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        result: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        return result
+
+    def blend(self, transformer: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        if self.weight == 0.0:
+            return transformer
+        mixed: np.ndarray = (1 - self.weight) * transformer + self.weight * self.probabilities(
+            texts
+        )
+        return mixed
+
+    def save(self, directory: Path) -> None:
+        vocabulary = {term: int(index) for term, index in self.vectorizer.vocabulary_.items()}
+        config = self.config.model_copy(update={"vocabulary": vocabulary})
+        (directory / LINEAR_CONFIG).write_text(config.model_dump_json())
+        save_file(
+            {
+                "idf": self.vectorizer.idf_.astype(np.float32),
+                "coef": self.coef.astype(np.float32),
+                "bias": self.bias.astype(np.float32),
+            },
+            str(directory / LINEAR_WEIGHTS),
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> "LinearMember | None":
+        """The member a model folder holds; None for models registered without one."""
+        if not (directory / LINEAR_CONFIG).is_file():
+            return None
+        config = LinearConfig.model_validate_json((directory / LINEAR_CONFIG).read_bytes())
+        arrays = load_file(str(directory / LINEAR_WEIGHTS))
+        vectorizer = _vectorizer(config, config.vocabulary)
+        vectorizer.idf_ = arrays["idf"]
+        return cls(
+            config.model_copy(update={"vocabulary": {}}), vectorizer, arrays["coef"], arrays["bias"]
+        )
+
+
+def fit_linear(texts: Sequence[str], labels: np.ndarray, config: LinearConfig) -> LinearMember:
+    vectorizer = _vectorizer(config, None)
+    features = vectorizer.fit_transform(list(texts))
+    classifier = LogisticRegression(C=config.c, max_iter=2000)
+    classifier.fit(features, labels)
+    coef = np.zeros((len(LABELS), features.shape[1]), dtype=np.float32)
+    bias = np.zeros(len(LABELS), dtype=np.float32)
+    coef[classifier.classes_] = classifier.coef_
+    bias[classifier.classes_] = classifier.intercept_
+    return LinearMember(config, vectorizer, coef, bias)
+
+
+def fit_weight(transformer: np.ndarray, linear: np.ndarray, labels: np.ndarray) -> float:
+    """The linear member's share that scores best on these (validation) rows: accuracy first,
+    log-loss to break ties; 0 when blending does not help."""
+    best: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    for weight in WEIGHT_GRID:
+        mixed = (1 - weight) * transformer + weight * linear
+        accuracy = float((mixed.argmax(axis=1) == labels).mean())
+        picked = mixed[np.arange(len(labels)), labels]
+        loss = float(-np.log(np.maximum(picked, 1e-12)).mean())
+        if (accuracy, -loss) > best[:2]:
+            best = (accuracy, -loss, float(weight))
+    return best[2]

@@ -1,0 +1,88 @@
+"""The linear member: trained beside the transformer, blended by a weight fitted on validation
+rows only, stored without pickles, served by the same predictor, and optional."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.ingest import read_archive
+from pipeline.linear import LINEAR_CONFIG, LINEAR_WEIGHTS, LinearMember, fit_weight
+from pipeline.predictor import Predictor
+from pipeline.stages import train_model
+from pipeline.train import split_rows
+from shared.registry import ModelInfo
+from shared.settings import Settings
+from shared.training import TrainConfig
+from tests.archives import MINI_ARCHIVE
+from tests.model_families import tiny_family_model
+from tests.pipeline_support import Recorder
+
+
+def trained(tmp_path: Path, **changes: object) -> tuple[ModelInfo, Settings, TrainConfig]:
+    settings = Settings(data_dir=tmp_path / "data", progress_interval_s=60.0, torch_threads=1)
+    config = TrainConfig(
+        base_model=str(tiny_family_model("bert", tmp_path / "base")),
+        batch_size=8,
+        max_steps=6,
+        val_fraction=0.2,
+        bf16=False,
+    ).model_copy(update=changes)
+    dataset = read_archive(MINI_ARCHIVE, settings)
+    info = train_model(config, dataset, tmp_path / "model", settings, Recorder())
+    return info, settings, config
+
+
+def test_the_weight_favours_the_member_that_is_right() -> None:
+    labels = np.array([0, 1, 2, 3] * 5)
+    right = np.eye(4, dtype=np.float32)[labels] * 0.7 + 0.075
+    wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 0.7 + 0.075
+    assert fit_weight(right, wrong, labels) == 0.0
+    assert fit_weight(wrong, right, labels) == 1.0
+
+
+def test_the_blend_weight_is_fitted_on_the_validation_split(tmp_path: Path) -> None:
+    info, settings, config = trained(tmp_path)
+    blend = info.metrics.members
+    assert blend is not None
+    assert (tmp_path / "model" / LINEAR_WEIGHTS).is_file()
+    assert not list((tmp_path / "model").glob("*.pkl"))
+
+    # Refit the weight from the registered members on the validation rows alone: it is the one
+    # training chose, whatever test.csv holds.
+    rows = read_archive(MINI_ARCHIVE, settings).train.rows
+    labels = np.array([row.label for row in rows])
+    _, val_index = split_rows(labels, config)
+    texts = [rows[i].text for i in val_index]
+    predictor = Predictor.load(tmp_path / "model", settings)
+    transformer = predictor.forward(predictor.encode(texts).ids)
+    linear = predictor.linear_probabilities(texts)
+    assert linear is not None
+    assert blend.weight == fit_weight(transformer, linear, labels[val_index])
+    assert info.params.rows_validated == len(val_index)
+    assert info.metrics.accuracy == blend.blend_accuracy
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "linear member alone" in card
+
+
+def test_a_model_without_a_linear_member_loads_and_serves_the_transformer(
+    tmp_path: Path,
+) -> None:
+    info, settings, _ = trained(tmp_path, linear_member=False)
+    assert not (tmp_path / "model" / LINEAR_CONFIG).exists()
+    assert info.metrics.members is None
+    predictor = Predictor.load(tmp_path / "model", settings)
+    assert predictor.linear is None
+    assert LinearMember.load(tmp_path / "model") is None
+    texts = ["Stocks rally as oil prices fall"]
+    assert predictor.probabilities(texts)[0] == pytest.approx(
+        predictor.forward(predictor.encode(texts).ids)
+    )
+
+
+def test_the_blend_is_switched_off_by_setting(tmp_path: Path) -> None:
+    _, settings, _ = trained(tmp_path)
+    off = Predictor.load(tmp_path / "model", settings.model_copy(update={"serve_blend": False}))
+    on = Predictor.load(tmp_path / "model", settings)
+    assert off.linear is None
+    assert on.linear is not None
