@@ -130,6 +130,14 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = 500
     checkpoint_interval_s: float = 300.0
 
+    # The local supervisor (`make up`): a process that exits is restarted after a backoff that
+    # doubles from restart_backoff_s up to restart_backoff_max_s; the stack stops only when one
+    # exits restart_max times within restart_window_s.
+    restart_max: int = Field(default=5, ge=1)
+    restart_window_s: float = Field(default=60.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, ge=0)
+    restart_backoff_max_s: float = Field(default=30.0, ge=0)
+
     log_level: str = "INFO"
 
     @field_validator("api_keys", "cors_origins", mode="before")
