@@ -118,12 +118,31 @@ class Settings(BaseSettings):
     # How often predict workers look for a new production model, and retry one that failed.
     model_poll_s: float = Field(default=2.0, gt=0)
     model_retry_s: float = Field(default=60.0, gt=0)
-    train_visibility_timeout_s: int = 6 * 3600
-    # Redis has no acknowledgements; kombu emulates them with two extra round trips per message,
-    # so that a dead worker's unfinished messages come back after the visibility timeout. Train
-    # and evaluate workers need that; `python -m workers predict` turns it off: a predict message
-    # is acknowledged as its batch starts, and a drained worker hands back what it holds.
-    broker_ack_emulation: bool = True
+    # Every task is acknowledged only once its work is written (kombu emulates acknowledgements
+    # on Redis): a message held by a worker that vanished goes back to its queue once it has been
+    # held this long, so each must exceed the longest task of its queue. Each queue keeps its
+    # unacknowledged messages under keys of its own, so that one queue's short timeout never
+    # restores another's long tasks. A predict worker that dies loses no request: another worker
+    # serves it within predict_visibility_timeout_s plus one restore sweep (restore_interval_s).
+    train_visibility_timeout_s: int = Field(default=6 * 3600, ge=1)
+    evaluate_visibility_timeout_s: int = Field(default=3600, ge=1)
+    predict_visibility_timeout_s: int = Field(default=15, ge=1)
+    restore_interval_s: float = Field(default=2.0, gt=0)
+    # No job stuck: a worker beats for the job it runs every heartbeat_interval_s; the reaper
+    # (in the gateway, every reaper_interval_s) sends a running job's task again once its beat
+    # is older than heartbeat_timeout_s, and fails the job once the task was delivered
+    # max_deliveries times ("worker lost N times"). A job that no worker took fails after
+    # queued_timeout_s (predict jobs: predict_job_timeout_s, queued or running; one unanswered
+    # after predict_redeliver_s is sent again).
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    max_deliveries: int = Field(default=3, ge=1)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    predict_redeliver_s: float = Field(default=20.0, gt=0)
+    queued_timeout_s: float = Field(default=24 * 3600.0, gt=0)
+    predict_job_timeout_s: float = Field(default=300.0, gt=0)
+    # The queue this worker process consumes (`python -m workers QUEUE` sets it); None in senders.
+    worker_queue: Literal["predict", "train", "evaluate"] | None = None
     # Training and evaluation report progress at most this often.
     progress_interval_s: float = 2.0
     # A training checkpoint every N steps, and at least every checkpoint_interval_s.
