@@ -12,7 +12,7 @@ from starlette.requests import Request
 from gateway.hub import EventHub, HubTuning
 from gateway.metrics import Metrics, QueueProbe
 from shared.jobs import TaskCall
-from shared.jobstore import AsyncJobStore, JobStore
+from shared.jobstore import AsyncJobStore, JobStore, async_redis_options, redis_options
 from shared.reaper import Reaper
 from shared.registry import ModelRegistry
 from shared.settings import Settings
@@ -51,6 +51,7 @@ class Services:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            **async_redis_options(settings),
         )
         store = AsyncJobStore(redis.asyncio.Redis.from_pool(pool), settings)
         tuning = HubTuning()
@@ -99,6 +100,7 @@ def _reaper(settings: Settings, celery: Celery) -> Reaper:
         decode_responses=True,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
+        **redis_options(settings),
     )
 
     def send(job_id: str, call: TaskCall) -> None:

@@ -12,7 +12,10 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from pydantic import BaseModel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from shared.errors import AgNewsError, ErrorInfo, JobCancelled, JobEnded, NotFound
 from shared.jobs import Event, EventType, Job, JobStatus, JobType, TaskCall, utcnow
@@ -93,6 +96,24 @@ return 0
 DELIVERIES = "deliveries:"
 _JSON_FIELDS = ("params", "progress", "result", "error", "task")
 _TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at", "heartbeat_at")
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """Client options that ride out a Redis restart: retries with backoff, health checks."""
+    return {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), settings.redis_retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": settings.redis_health_check_s,
+    }
+
+
+def async_redis_options(settings: Settings) -> dict[str, Any]:
+    backoff = ExponentialWithJitterBackoff(base=0.1, cap=2.0)
+    return {
+        "retry": redis.asyncio.retry.Retry(backoff, settings.redis_retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": settings.redis_health_check_s,
+    }
 
 
 class JobKeys:
@@ -279,7 +300,10 @@ class JobStore(_Scripts):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobStore":
-        return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+        client = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, **redis_options(settings)
+        )
+        return cls(client, settings)
 
     def create(self, job: Job) -> Job:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -419,7 +443,11 @@ class AsyncJobStore(_Scripts):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> "AsyncJobStore":
-        client = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True, **options)
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            **{**async_redis_options(settings), **options},
+        )
         return cls(client, settings)
 
     async def create(self, job: Job) -> Job:

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     http_shutdown_grace_s: int = 5
     frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
     redis_timeout_s: float = 5.0
+    # Redis restarts (AOF keeps its data): every client retries a command that lost its
+    # connection this many times with a doubling backoff (0.1 s up to 2 s, about 5 s in all),
+    # and checks an idle connection before using it after redis_health_check_s.
+    redis_retries: int = Field(default=6, ge=0)
+    redis_health_check_s: int = Field(default=10, ge=0)
     redis_max_connections: int = 64
     probe_timeout_s: float = 2.0
 

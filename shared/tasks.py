@@ -47,6 +47,10 @@ def make_celery(settings: Settings, name: str = "agnews") -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # Redis restarting: workers reconnect with backoff rather than exit (then the
+        # supervisor would restart them).
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         broker_transport_options=transport_options(settings, settings.worker_queue),
         worker_send_task_events=False,
         task_send_sent_event=False,
@@ -69,6 +73,8 @@ def transport_options(settings: Settings, queue: str | None) -> dict[str, Any]:
     }
     options: dict[str, Any] = {
         "visibility_timeout": timeouts.get(queue or "train", settings.train_visibility_timeout_s),
+        # A dead connection (Redis restarted) is noticed and replaced within this long.
+        "health_check_interval": settings.redis_health_check_s,
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
     }

@@ -27,7 +27,12 @@ class JobReporter:
         self.job_id = job_id
 
     def progress(self, data: Mapping[str, Any]) -> None:
-        self.store.progress(self.job_id, data)
+        # Progress is advisory: Redis away past the client's retries costs this one report,
+        # never the job (a terminal write still fails loudly).
+        try:
+            self.store.progress(self.job_id, data)
+        except redis.RedisError as exc:
+            log.warning("progress of job %s not written (%s); going on", self.job_id, exc)
 
     def event(self, type_: EventType, data: Mapping[str, Any]) -> None:
         self.store.event(self.job_id, type_, data)

@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 
 from shared.errors import NotFound
 from shared.jobs import Job, JobType, PipelineParams, new_job_id
-from shared.jobstore import JobStore
+from shared.jobstore import JobStore, redis_options
 from shared.settings import Settings
 from shared.storage import ARCHIVE_NAME
 from shared.tasks import dispatch, make_celery
@@ -90,6 +90,7 @@ class PipelineTrigger:
             decode_responses=True,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
+            **redis_options(settings),
         )
         return cls(JobStore(client, settings), make_celery(settings, "agnews-listener"), settings)
 
