@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     # message at most 14 days), and a delivery being handled holds the version this long.
     trigger_dedupe_ttl_s: int = 14 * 24 * 3600
     trigger_lease_s: float = 30.0
+    # Missed events: the listener scans incoming/ at start and this often for archive.zip
+    # objects no pipeline job was started for (those newer than listener_scan_max_age_s).
+    listener_scan_interval_s: float = Field(default=300.0, gt=0)
+    listener_scan_max_age_s: float = Field(default=6 * 24 * 3600.0, gt=0)
 
     # The queue-backlog exporter (AWS): each queue's backlog per instance of its Auto Scaling
     # group, for the groups' target-tracking policies. Maps a queue to its group's name.
