@@ -59,11 +59,16 @@ def _step(reporter: Reporter, stage: str, step: int, total: int) -> None:
     reporter.progress({"stage": stage, "step": step, "total": total, "fraction": step / total})
 
 
-def ingest(source: str, settings: Settings, reporter: Reporter) -> IngestOutput:
-    """Fetch, read and validate an archive; store it under datasets/{sha256}/ if it passes."""
+def ingest(
+    source: str, settings: Settings, reporter: Reporter, *, version_id: str | None = None
+) -> IngestOutput:
+    """Fetch, read and validate an archive; store it under datasets/{sha256}/ if it passes.
+
+    With `version_id`, the exact object version an upload event named: a later upload to the
+    same key starts its own job and never changes what this one trains on."""
     with scratch_dir(settings) as scratch:
         _step(reporter, "ingest", 0, 3)
-        archive = fetch_archive(source, settings, Path(scratch))
+        archive = fetch_archive(source, settings, Path(scratch), version_id=version_id)
         dataset = read_archive(archive, settings)
         _step(reporter, "ingest", 1, 3)
         report = validate(dataset, settings)

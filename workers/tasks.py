@@ -108,8 +108,10 @@ def _start_serving(sender: Any, **_: Any) -> None:
 def ingest(job_id: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
         dataset = params_of(job, DatasetParams).dataset
-        reporter.stage("ingest", "started", dataset=dataset)
-        output = stages.ingest(dataset, settings, reporter)
+        source = job.params.source if isinstance(job.params, PipelineParams) else None
+        version_id = source.version_id if source is not None else None
+        reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
+        output = stages.ingest(dataset, settings, reporter, version_id=version_id)
         reporter.stage("ingest", "finished", dataset_sha256=output.dataset_sha256)
         _send(names.TRAIN, job.id, dataset_sha256=output.dataset_sha256)
 
