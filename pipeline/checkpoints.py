@@ -10,11 +10,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from pipeline.registry import delete_prefix, download_prefix, upload_dir
 from shared.registry import read_object
+from shared.storage import s3_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -86,13 +84,7 @@ class S3Checkpoints:
     def fetch(self, step: int, dest: Path) -> Path:
         return download_prefix(self.s3, self.bucket, f"{self.prefix}{_step_name(step)}/", dest)
 
-    # S3 away for a while (a restart, a network blip): try again for about half a minute.
-    @retry(
-        retry=retry_if_exception_type((BotoCoreError, ClientError)),
-        stop=stop_after_attempt(6),
-        wait=wait_exponential(multiplier=1, max=10),
-        reraise=True,
-    )
+    @s3_retry
     def save(self, step: int, directory: Path) -> None:
         names = sorted(path.name for path in directory.iterdir() if path.is_file())
         upload_dir(self.s3, self.bucket, f"{self.prefix}{_step_name(step)}/", directory, names)

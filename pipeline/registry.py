@@ -21,6 +21,7 @@ from shared.digests import file_sha256
 from shared.errors import Conflict, ModelIntegrityError
 from shared.registry import MANIFEST, METRICS, ModelInfo, ModelRegistry, read_object
 from shared.results import Metrics
+from shared.storage import s3_retry
 from shared.training import TrainingParams
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def delete_prefix(s3: "S3Client", bucket: str, prefix: str) -> None:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
+@s3_retry
 def publish(registry: ModelRegistry, model_dir: Path) -> ModelInfo:
     """Upload a verified model directory as its version: files, metrics.json, manifest.json.
 

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 import redis
-from botocore.exceptions import EndpointConnectionError
-from tenacity import wait_none
+from botocore.exceptions import ClientError, EndpointConnectionError
+from tenacity import stop_after_attempt, wait_none
 
 from pipeline.checkpoints import S3Checkpoints
 from shared.jobstore import JobStore
+from shared.storage import transient_s3_error
 from workers.reporting import JobReporter
 
 
@@ -71,6 +72,7 @@ def test_a_checkpoint_upload_gives_up_after_its_retries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(S3Checkpoints.save.retry, "wait", wait_none())  # type: ignore[attr-defined]
+    monkeypatch.setattr(S3Checkpoints.save.retry, "stop", stop_after_attempt(5))  # type: ignore[attr-defined]
     (tmp_path / "weights.safetensors").write_bytes(b"w")
     with pytest.raises(EndpointConnectionError):
         S3Checkpoints(_FlakyS3(outages=99), "b", "c/").save(1, tmp_path)  # type: ignore[arg-type]
@@ -84,3 +86,18 @@ def test_job_store_clients_retry_a_lost_connection(redis_url: str) -> None:
     options = pool.connection_kwargs
     assert options["retry"].get_retries() == 6
     assert options["health_check_interval"] == Settings().redis_health_check_s
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+def test_only_transient_s3_errors_are_retried() -> None:
+    assert transient_s3_error(EndpointConnectionError(endpoint_url="http://x"))
+    assert transient_s3_error(_client_error(503, "ServiceUnavailable"))
+    assert transient_s3_error(_client_error(400, "SlowDown"))
+    assert not transient_s3_error(_client_error(404, "NoSuchKey"))
+    assert not transient_s3_error(_client_error(403, "AccessDenied"))
+    assert not transient_s3_error(ValueError("a bug"))
