@@ -180,6 +180,8 @@ class Job(BaseModel):
     # Written by the worker running the job, every `heartbeat_interval_s`.
     heartbeat_at: datetime | None = None
     task: TaskCall | None = None
+    # The call a worker started running (the heartbeat is its); the reaper never sets it.
+    running_call: str | None = None
     # How often each task of the job was delivered to a worker.
     deliveries: dict[str, int] = Field(default_factory=dict)
 
@@ -206,7 +208,7 @@ class Job(BaseModel):
         return self
 
     def public(self) -> dict[str, Any]:
-        body = self.model_dump(mode="json", exclude={"task", "deliveries"})
+        body = self.model_dump(mode="json", exclude={"task", "deliveries", "running_call"})
         body["params"] = self.params.model_dump(mode="json", exclude_none=True)
         body["links"] = {"self": f"/v1/jobs/{self.id}", "events": f"/v1/jobs/{self.id}/events"}
         return body

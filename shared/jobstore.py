@@ -405,12 +405,16 @@ class JobStore(_Scripts):
         """Count one more delivery of `task` for a job; -1 if the job has ended or expired."""
         return int(self._touch(keys=[self.keys.job(job_id)], args=["incr", f"{DELIVERIES}{task}"]))
 
-    def heartbeat(self, job_id: str, task: TaskCall | None = None) -> bool:
-        """The job's worker is alive (and, when named, in `task`, or handing the job to it);
-        False once the job has ended."""
+    def heartbeat(
+        self, job_id: str, task: TaskCall | None = None, *, running: bool = False
+    ) -> bool:
+        """The job's worker is alive (and, when named, in `task`: running it, or handing the
+        job to it); False once the job has ended."""
         key = [self.keys.job(job_id)]
         if task is not None:
             self._touch(keys=key, args=["set", "task", task.model_dump_json()])
+        if task is not None and running:
+            self._touch(keys=key, args=["set", "running_call", task.id])
         return int(self._touch(keys=key, args=["set", "heartbeat_at", utcnow().isoformat()])) == 0
 
     def active(self, limit: int = 10_000) -> list[Job]:

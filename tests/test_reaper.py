@@ -81,8 +81,12 @@ def test_a_copy_of_an_earlier_call_is_stale() -> None:
     assert stale_delivery(job, TRAIN, TRAINING.id, NOW, 60) is None  # its worker died: run again
     assert stale_delivery(job, TRAIN, "another-call", NOW, 60) is not None
     assert stale_delivery(job, INGEST, None, NOW, 60) is not None  # the job moved on
-    alive = job.model_copy(update={"heartbeat_at": _ago(5)})
+    alive = job.model_copy(update={"heartbeat_at": _ago(5), "running_call": TRAINING.id})
     assert stale_delivery(alive, TRAIN, TRAINING.id, NOW, 60) == "running on a live worker"
+    assert stale_delivery(alive, TRAIN, None, NOW, 60) == "running on a live worker"
+    # The reaper just sent the task again (a fresh beat, but no worker runs the new call yet).
+    resent = job.model_copy(update={"heartbeat_at": _ago(1), "running_call": "the-dead-call"})
+    assert stale_delivery(resent, TRAIN, TRAINING.id, NOW, 60) is None
     assert stale_delivery(_job(), INGEST, None, NOW, 60) is None  # a job's first task
 
 
@@ -160,6 +164,18 @@ def test_reap_once_resends_a_vanished_workers_task_and_fails_an_old_queued_job(
     again = store.get(vanished.id)
     assert again.task is not None
     assert again.task.id == sent[0][1].id != TRAINING.id
+    # The task sent again runs on the next worker (the reaper's fresh beat is no live worker's),
+    # and the dead worker's copy, restored by the broker later, does nothing.
+    runs: list[str] = []
+
+    def step(job: Job, reporter: JobReporter) -> JobResult | None:
+        runs.append(job.id)
+        return None
+
+    policy = StepPolicy(heartbeat_interval_s=10, heartbeat_timeout_s=60)
+    run_step(store, vanished.id, step, sent[0][1], policy, sent[0][1].id)
+    run_step(store, vanished.id, step, TRAINING, policy, TRAINING.id)
+    assert runs == [vanished.id]
     failed = store.get(forgotten.id)
     assert failed.status is JobStatus.failed
     assert failed.error is not None

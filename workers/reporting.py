@@ -59,7 +59,7 @@ def stale_delivery(
     if current.name != name or (call_id is not None and call_id != current.id):
         return f"superseded by call {current.id} of {current.name}"
     if (
-        job.deliveries.get(name, 0) > 0
+        job.running_call == current.id
         and job.heartbeat_at is not None
         and now - job.heartbeat_at < timedelta(seconds=timeout_s)
     ):
@@ -72,7 +72,7 @@ def heartbeat(store: JobStore, job_id: str, task: TaskCall, interval_s: float) -
     """Name the job's task and beat for it every `interval_s` while the block runs; a failed
     beat is logged, never raised (a Redis blip must not fail a long training)."""
     stop = threading.Event()
-    store.heartbeat(job_id, task)
+    store.heartbeat(job_id, task, running=True)
 
     def beat() -> None:
         while not stop.wait(interval_s):
