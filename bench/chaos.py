@@ -16,8 +16,19 @@ until it ends: answered late. A request is lost when it got neither 200 nor a 20
 succeeded within 60 s. Stuck: the scenario's jobs not ended 60 s after the load stopped.
 Recover: seconds from the fault to the first 200 answered to a request sent after the fault.
 
-Not yet scripted (see bench/RESULTS.md): S3 stopped during training, train worker SIGKILLed,
-listener stopped during uploads.
+Then, on a second stack with train and evaluate workers (quick profile, `--steps` steps, a
+checkpoint every `--steps // 4`), one pipeline job per scenario, POSTed to /v1/jobs:
+
+- train-kill: the train worker's process group SIGKILLed once training passed its first
+  checkpoint; the reaper sends the task again after the heartbeat timeout and the restarted
+  worker resumes from the checkpoint;
+- s3-stop: the S3 store (SeaweedFS) SIGSTOPped for 30 s once training began;
+- listener-stop: the listener SIGSTOPped while 3 archives are uploaded, then resumed; the
+  store's webhook retries and the listener's scan of incoming/ find them.
+
+For those, "requests" are pipeline jobs (uploads for listener-stop); lost: jobs that did not
+succeed (uploads without exactly one job); recover: seconds from the fault to the job's end
+(to the third upload's job for listener-stop).
 """
 
 import argparse
@@ -40,7 +51,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.registry import publish
+from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
+from shared.storage import s3_client
+from tests.conftest import MINI_ARCHIVE
 from tests.pipeline_support import tiny_model
 from tests.stack_fixture import LiveStack, live_stack
 
@@ -156,8 +170,6 @@ def follow(url: str, job_ids: list[str], timeout_s: float) -> dict[str, str]:
 
 
 def active_jobs(stack: LiveStack) -> int:
-    from shared.jobstore import JobStore
-
     return len(JobStore.from_settings(stack.settings).active())
 
 
@@ -232,6 +244,138 @@ def watched_stack(root: Path) -> Iterator[LiveStack]:
             watcher.join()
 
 
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def signal_group(stack: LiveStack, name: str, signum: int) -> None:
+    service = next(s for s in stack.supervisor.services if s.name == name)
+    assert service.process is not None
+    os.killpg(service.process.pid, signum)
+    print(f"  {signal.Signals(signum).name} {name} (group {service.process.pid})", flush=True)
+
+
+def upload(stack: LiveStack, key: str) -> str:
+    s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
+    return f"s3://{stack.settings.bucket}/{key}"
+
+
+def job(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    return dict(http.get(f"/v1/jobs/{job_id}").json())
+
+
+def wait_job(http: httpx.Client, job_id: str, done: Any, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = job(http, job_id)
+        if done(found) or found["status"] in TERMINAL or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def training_step(found: dict[str, Any]) -> int:
+    progress = found.get("progress") or {}
+    return int(progress.get("step", 0)) if progress.get("stage") == "train" else 0
+
+
+def pipeline_fault(
+    stack: LiveStack, name: str, key: str, fault_at_step: int, fault: Any, args: argparse.Namespace
+) -> Row:
+    print(f"{name}: one pipeline of {args.steps} steps", flush=True)
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        created = http.post(
+            "/v1/jobs",
+            json={"type": "pipeline", "dataset": upload(stack, key), "max_steps": args.steps},
+        ).json()
+        wait_job(http, created["id"], lambda j: training_step(j) >= fault_at_step, args.deadline_s)
+        fault_time = time.monotonic()
+        fault()
+        ended = wait_job(http, created["id"], lambda j: False, args.deadline_s)
+        recover = time.monotonic() - fault_time
+    ok = ended["status"] == "succeeded"
+    promoted = ((ended.get("result") or {}).get("promotion") or {}).get("promoted")
+    print(f"  job {ended['id']} {ended['status']} (promoted: {promoted}); {ended.get('error')}")
+    for event in JobStore.from_settings(stack.settings).events(ended["id"]):
+        message = str(event.data.get("message", ""))
+        if "resumed" in message or "checkpoint" in message:
+            print(f"  event: {message}", flush=True)
+    return Row(name, 1, int(ok), 0, int(not ok), 0, int(ended["status"] not in TERMINAL), recover)
+
+
+def listener_stop(stack: LiveStack, args: argparse.Namespace) -> Row:
+    print("listener stopped while 3 archives are uploaded", flush=True)
+    signal_group(stack, "listener", signal.SIGSTOP)
+    keys = [f"incoming/chaos-listener-{i}/archive.zip" for i in range(3)]
+    for key in keys:
+        upload(stack, key)
+    time.sleep(20)
+    resumed = time.monotonic()
+    signal_group(stack, "listener", signal.SIGCONT)
+    counts: dict[str, int] = {}
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        deadline = time.monotonic() + args.deadline_s
+        while time.monotonic() < deadline:
+            jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
+            counts = {
+                key: sum(1 for j in jobs if (j["params"].get("source") or {}).get("key") == key)
+                for key in keys
+            }
+            if all(counts.values()):
+                break
+            time.sleep(0.5)
+        recover = time.monotonic() - resumed
+        time.sleep(10)  # late duplicates would show by now
+        jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
+        counts = {
+            key: sum(1 for j in jobs if (j["params"].get("source") or {}).get("key") == key)
+            for key in keys
+        }
+    print(f"  pipeline jobs per upload: {list(counts.values())}", flush=True)
+    once = sum(1 for n in counts.values() if n == 1)
+    return Row("listener stopped, 3 uploads", 3, once, 0, 3 - once, 0, 0, recover)
+
+
+def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
+    rows = []
+    with live_stack(
+        root,
+        queues=("train", "evaluate"),
+        training_profile="quick",
+        checkpoint_every_steps=max(1, args.steps // 4),
+        restart_backoff_s=0.5,
+    ) as stack:
+        stop = threading.Event()
+        watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
+        watcher.start()
+        try:
+            first = max(2, args.steps // 4 + 2)
+            rows.append(
+                pipeline_fault(
+                    stack,
+                    "train worker SIGKILLed",
+                    "chaos/train-kill/archive.zip",
+                    first,
+                    lambda: signal_group(stack, "worker-train", signal.SIGKILL),
+                    args,
+                )
+            )
+
+            def s3_away() -> None:
+                signal_group(stack, "s3", signal.SIGSTOP)
+                time.sleep(30)
+                signal_group(stack, "s3", signal.SIGCONT)
+
+            rows.append(
+                pipeline_fault(
+                    stack, "S3 stopped 30 s in training", "chaos/s3/archive.zip", 1, s3_away, args
+                )
+            )
+            rows.append(listener_stop(stack, args))
+        finally:
+            stop.set()
+            watcher.join()
+    return rows
+
+
 def cpu() -> str:
     model, flags = platform.processor(), set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -250,19 +394,22 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--deadline-s", type=float, default=240.0, help="most seconds of load")
-    parser.add_argument("--only", choices=["predict-kill", "redis-kill"], default=None)
+    parser.add_argument("--steps", type=int, default=40, help="training steps of a pipeline")
+    parser.add_argument("--only", choices=["predict", "pipeline"], default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = []
-    with (
-        tempfile.TemporaryDirectory(prefix="agnews-chaos-") as tmp,
-        watched_stack(Path(tmp)) as stack,
-    ):
-        if args.only in (None, "predict-kill"):
+    if args.only in (None, "predict"):
+        with (
+            tempfile.TemporaryDirectory(prefix="agnews-chaos-") as tmp,
+            watched_stack(Path(tmp)) as stack,
+        ):
             rows.append(scenario(stack, "predict worker SIGKILLed", "worker-predict-2", args))
-        if args.only in (None, "redis-kill"):
             rows.append(scenario(stack, "redis-server SIGKILLed", "redis", args))
+    if args.only in (None, "pipeline"):
+        with tempfile.TemporaryDirectory(prefix="agnews-chaos-") as tmp:
+            rows.extend(pipeline_scenarios(Path(tmp), args))
     print()
     print(f"CPU: {cpu()}")
     print(HEADER)

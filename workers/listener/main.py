@@ -58,21 +58,23 @@ async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
         await asyncio.gather(*tasks)
 
 
+SCAN_RETRY_S = 15.0
+
+
 async def scan(settings: Settings, trigger: PipelineTrigger, stop: asyncio.Event) -> None:
     """Look for uploads whose events were missed, at start and every listener_scan_interval_s;
-    a failed scan (S3 or Redis away) is logged and tried again next time."""
+    a failed scan (S3 or Redis away, as when the listener starts before the store) is logged
+    and tried again within SCAN_RETRY_S."""
     s3 = s3_client(settings)
     while not stop.is_set():
+        wait = settings.listener_scan_interval_s
         try:
             await asyncio.to_thread(scan_incoming, trigger, s3, settings.listener_scan_max_age_s)
         except Exception as exc:
-            log.warning(
-                "scan of incoming/ failed (%s); next in %.0fs",
-                exc,
-                settings.listener_scan_interval_s,
-            )
+            wait = min(wait, SCAN_RETRY_S)
+            log.warning("scan of incoming/ failed (%s); next in %.0fs", exc, wait)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.listener_scan_interval_s)
+            await asyncio.wait_for(stop.wait(), wait)
 
 
 def main() -> None:
