@@ -115,3 +115,31 @@ def test_a_predict_worker_killed_under_load_loses_no_request_and_is_restarted(
     assert victim.process.poll() is None
     assert "worker-predict-2 exited with code -9; restart 1" in caplog.text
     assert (Path(stack.settings.data_dir) / "logs" / "worker-predict-2.log.1").exists()
+
+
+def test_redis_killed_is_restarted_from_its_aof_and_every_process_reconnects(
+    stack: LiveStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    _served(stack)
+    before = httpx.post(f"{stack.url}/v1/predict", json={"text": "Oil prices slide"}, timeout=30)
+    assert before.status_code == 200
+    job_id = before.json()["job_id"]
+    time.sleep(1.5)  # appendfsync everysec: the answer is on disk
+    redis = next(s for s in stack.supervisor.services if s.name == "redis")
+    assert redis.process is not None
+    os.kill(redis.process.pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            after = httpx.post(f"{stack.url}/v1/predict", json={"text": "Cup final"}, timeout=30)
+            if after.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "no answer 60 s after Redis was killed"
+        time.sleep(0.5)
+    assert "redis exited with code -9; restart 1" in caplog.text
+    kept = httpx.get(f"{stack.url}/v1/jobs/{job_id}", timeout=10).json()
+    assert kept["status"] == "succeeded"  # the job store came back from the AOF
+    assert httpx.get(f"{stack.url}/readyz", timeout=10).status_code == 200
