@@ -74,9 +74,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.hub.start()
+        state.reaper.start()
         try:
             yield
         finally:
+            state.reaper.stop()
             await state.close()
 
     app = Starlette(

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+import redis
 import redis.asyncio
 from botocore.config import Config
 from celery import Celery
@@ -13,11 +14,13 @@ from gateway.hub import EventHub, HubTuning
 from gateway.metrics import Metrics, QueueProbe
 from gateway.ratelimit import RateLimits
 from gateway.sessions import SessionSigner
-from shared.jobstore import AsyncJobStore
+from shared.jobs import TaskCall
+from shared.jobstore import AsyncJobStore, JobStore, async_redis_options, redis_options
+from shared.reaper import Reaper
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.tasks import make_celery
+from shared.tasks import make_celery, send_call
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -40,6 +43,7 @@ class Services:
     keyring: Keyring
     sessions: SessionSigner
     limits: RateLimits
+    reaper: Reaper
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -53,6 +57,7 @@ class Services:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
+            **async_redis_options(settings),
         )
         store = AsyncJobStore(redis.asyncio.Redis.from_pool(pool), settings)
         tuning = HubTuning()
@@ -88,12 +93,29 @@ class Services:
             keyring=Keyring(settings.api_keys),
             sessions=SessionSigner.from_settings(settings),
             limits=RateLimits(settings),
+            reaper=_reaper(settings, celery),
         )
 
     async def close(self) -> None:
         await self.hub.stop()
         await self.store.redis.aclose()
         await self.hub.client.aclose()
+
+
+def _reaper(settings: Settings, celery: Celery) -> Reaper:
+    """The reaper runs in a thread of its own, with a synchronous client of its own."""
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        **redis_options(settings),
+    )
+
+    def send(job_id: str, call: TaskCall) -> None:
+        send_call(celery, job_id, call)
+
+    return Reaper(JobStore(client, settings), send, settings)
 
 
 def services(request: Request) -> Services:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pipeline.registry import delete_prefix, download_prefix, upload_dir
 from shared.registry import read_object
+from shared.storage import s3_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -83,6 +84,7 @@ class S3Checkpoints:
     def fetch(self, step: int, dest: Path) -> Path:
         return download_prefix(self.s3, self.bucket, f"{self.prefix}{_step_name(step)}/", dest)
 
+    @s3_retry
     def save(self, step: int, directory: Path) -> None:
         names = sorted(path.name for path in directory.iterdir() if path.is_file())
         upload_dir(self.s3, self.bucket, f"{self.prefix}{_step_name(step)}/", directory, names)

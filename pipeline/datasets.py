@@ -11,7 +11,7 @@ from shared.digests import file_sha256
 from shared.errors import DatasetIntegrityError, DatasetNotFound
 from shared.registry import read_object
 from shared.settings import Settings
-from shared.storage import ARCHIVE_NAME, is_missing, s3_client, s3_url
+from shared.storage import ARCHIVE_NAME, is_missing, s3_client, s3_retry, s3_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -27,6 +27,7 @@ def report_key(sha256: str, settings: Settings) -> str:
     return f"{settings.datasets_prefix}{sha256}/{REPORT_NAME}"
 
 
+@s3_retry
 def store_dataset(archive: Path, report: ValidationReport, settings: Settings) -> str:
     """Upload an accepted archive (unless already there), then its report; the archive's key.
 

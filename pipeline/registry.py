@@ -28,6 +28,7 @@ from shared.registry import (
     read_object,
 )
 from shared.results import Metrics
+from shared.storage import s3_retry
 from shared.training import TrainingParams
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ def delete_prefix(s3: "S3Client", bucket: str, prefix: str) -> None:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
+@s3_retry
 def publish(registry: ModelRegistry, model_dir: Path) -> ModelInfo:
     """Upload a verified model directory as its version: files, metrics.json, manifest.json.
 

@@ -69,13 +69,18 @@ def _step(reporter: Reporter, stage: str, step: int, total: int) -> None:
     reporter.progress({"stage": stage, "step": step, "total": total, "fraction": step / total})
 
 
-def ingest(source: str, settings: Settings, reporter: Reporter) -> IngestOutput:
+def ingest(
+    source: str, settings: Settings, reporter: Reporter, *, version_id: str | None = None
+) -> IngestOutput:
     """Fetch and validate an archive as its rows stream (none held), against the promotion
     holdout; store it under datasets/{sha256}/ if it passes. With no holdout yet (and none
-    configured), its test.csv becomes the holdout."""
+    configured), its test.csv becomes the holdout.
+
+    With `version_id`, the exact object version an upload event named: a later upload to the
+    same key starts its own job and never changes what this one trains on."""
     with scratch_dir(settings) as scratch:
         _step(reporter, "ingest", 0, 3)
-        archive = fetch_archive(source, settings, Path(scratch))
+        archive = fetch_archive(source, settings, Path(scratch), version_id=version_id)
         holdout = current_holdout(settings)
         # the first dataset's test.csv becomes the holdout: its train.csv is held to it as well
         texts = holdout_texts(holdout, settings) if holdout else own_test_texts(archive, settings)

@@ -5,6 +5,7 @@ and stops training early; test.csv is never looked at here.
 """
 
 import dataclasses
+import logging
 import math
 import tempfile
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from botocore.exceptions import BotoCoreError, ClientError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -52,6 +54,8 @@ from shared.results import (
 )
 from shared.settings import Settings
 from shared.training import TrainConfig, TrainingParams
+
+log = logging.getLogger(__name__)
 
 # A checkpoint's files: the weights, the best weights when they are others, and the rest.
 _WEIGHTS = "model.safetensors"
@@ -472,8 +476,15 @@ def fit(
         )
         if checkpoints is not None and due and state.step < total and not state.stopped_early:
             state.seconds = seconds_before + now - started
-            trainer.save(checkpoints)
             last_checkpoint = time.monotonic()
+            try:
+                trainer.save(checkpoints)
+            except (BotoCoreError, ClientError, OSError) as exc:
+                # One lost checkpoint costs at most one interval if the worker dies; failing
+                # here would cost the whole training. The next one is tried as usual.
+                log.warning(
+                    "checkpoint at step %d not saved (%s); training goes on", state.step, exc
+                )
 
     state.seconds = seconds_before + time.monotonic() - started
     trainer.keep_best(reporter)

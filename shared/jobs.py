@@ -156,6 +156,15 @@ RESULT_TYPES: dict[JobType, type[BaseModel]] = {
 }
 
 
+class TaskCall(BaseModel):
+    """The task a job is in, as sent: what the reaper sends again when its worker vanished.
+    A message whose call id is not the job's current one is a stale copy and does nothing."""
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    id: str = Field(default_factory=lambda: secrets.token_hex(8))
+
+
 class Job(BaseModel):
     id: str
     type: JobType
@@ -169,6 +178,13 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+    # Written by the worker running the job, every `heartbeat_interval_s`.
+    heartbeat_at: datetime | None = None
+    task: TaskCall | None = None
+    # The call a worker started running (the heartbeat is its); the reaper never sets it.
+    running_call: str | None = None
+    # How often each task of the job was delivered to a worker.
+    deliveries: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -193,7 +209,7 @@ class Job(BaseModel):
         return self
 
     def public(self) -> dict[str, Any]:
-        body = self.model_dump(mode="json")
+        body = self.model_dump(mode="json", exclude={"task", "deliveries", "running_call"})
         body["params"] = self.params.model_dump(mode="json", exclude_none=True)
         body["links"] = {"self": f"/v1/jobs/{self.id}", "events": f"/v1/jobs/{self.id}/events"}
         return body

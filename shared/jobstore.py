@@ -12,15 +12,19 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from pydantic import BaseModel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from shared.errors import AgNewsError, ErrorInfo, JobCancelled, JobEnded, NotFound
-from shared.jobs import Event, EventType, Job, JobStatus, JobType, utcnow
+from shared.jobs import Event, EventType, Job, JobStatus, JobType, TaskCall, utcnow
 from shared.results import JobResult
 from shared.settings import Settings
 
-# KEYS: job hash, event stream. ARGV: maxlen, ttl, new status ("" keeps it), number of
-# hash field pairs, the pairs, then (type, data) pairs of events. Returns the last event's id,
+# KEYS: job hash, event stream, the set of active jobs (an ended job leaves it). ARGV: maxlen,
+# ttl, new status ("" keeps it), number of hash field pairs, the pairs, then (type, data) pairs
+# of events. Returns the last event's id,
 # or an error reply naming why nothing was written.
 _EMIT = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -45,6 +49,7 @@ end
 if new_status == 'succeeded' or new_status == 'failed' or new_status == 'cancelled' then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], KEYS[1])
 end
 return last
 """
@@ -76,14 +81,48 @@ return found
 """
 RECENT_SCAN_LIMIT = 10_000
 
-_JSON_FIELDS = ("params", "progress", "result", "error")
-_TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at")
+# KEYS: job hash. ARGV: "incr" or "set", field, value. A worker's bookkeeping on a job that has
+# not ended: count a delivery (returns the count) or set a field such as the heartbeat (returns 0).
+# Returns -1, writing nothing, for a job that has expired or ended: no hash is ever recreated.
+_TOUCH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  return -1
+end
+if ARGV[1] == 'incr' then return redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 0
+"""
+
+DELIVERIES = "deliveries:"
+_JSON_FIELDS = ("params", "progress", "result", "error", "task")
+_TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at", "heartbeat_at")
+
+
+def redis_options(settings: Settings) -> dict[str, Any]:
+    """Client options that ride out a Redis restart: retries with backoff, health checks."""
+    return {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), settings.redis_retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": settings.redis_health_check_s,
+    }
+
+
+def async_redis_options(settings: Settings) -> dict[str, Any]:
+    backoff = ExponentialWithJitterBackoff(base=0.1, cap=2.0)
+    return {
+        "retry": redis.asyncio.retry.Retry(backoff, settings.redis_retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "health_check_interval": settings.redis_health_check_s,
+    }
 
 
 class JobKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.index = f"{prefix}:jobs"
+        # Jobs not yet ended, by creation time (members are their hash keys): the reaper's list.
+        self.active = f"{prefix}:jobs:active"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -92,7 +131,8 @@ class JobKeys:
         return f"{self.prefix}:job:{job_id}:events"
 
     def both(self, job_id: str) -> list[str]:
-        return [self.job(job_id), self.events(job_id)]
+        """The keys a change to a job touches: its hash, its events, the active jobs."""
+        return [self.job(job_id), self.events(job_id), self.active]
 
 
 def _json(value: Any) -> str:
@@ -104,7 +144,7 @@ def encode_job(job: Job) -> dict[str, str]:
     if job.owner is not None:
         fields["owner"] = job.owner
     fields["params"] = job.params.model_dump_json(exclude_none=True)
-    for name in ("progress", "result", "error"):
+    for name in ("progress", "result", "error", "task"):
         value = getattr(job, name)
         if value is not None:
             fields[name] = _json(value)
@@ -118,7 +158,10 @@ def encode_job(job: Job) -> dict[str, str]:
 def decode_job(job_id: str, fields: Mapping[str, str]) -> Job:
     if not fields:
         raise NotFound(f"job {job_id} does not exist or has expired")
-    values: dict[str, Any] = dict(fields)
+    values: dict[str, Any] = {k: v for k, v in fields.items() if not k.startswith(DELIVERIES)}
+    values["deliveries"] = {
+        k.removeprefix(DELIVERIES): int(v) for k, v in fields.items() if k.startswith(DELIVERIES)
+    }
     for name in _JSON_FIELDS:
         if name in values:
             values[name] = json.loads(values[name])
@@ -237,6 +280,8 @@ def emit_error(job_id: str, exc: redis.ResponseError) -> Exception:
 def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> None:
     pipe.hset(keys.job(job.id), mapping=encode_job(job))
     pipe.zadd(keys.index, {job.id: job.created_at.timestamp()})
+    if not job.status.terminal:
+        pipe.zadd(keys.active, {keys.job(job.id): job.created_at.timestamp()})
     pipe.xadd(
         keys.events(job.id),
         {"type": EventType.status.value, "data": json.dumps({"status": job.status.value})},
@@ -255,6 +300,7 @@ class _Scripts:
         self.keys = JobKeys(settings.key_prefix)
         self._emit: Any = client.register_script(_EMIT)
         self._recent: Any = client.register_script(_RECENT)
+        self._touch: Any = client.register_script(_TOUCH)
 
 
 class JobStore(_Scripts):
@@ -262,7 +308,10 @@ class JobStore(_Scripts):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobStore":
-        return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True), settings)
+        client = redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, **redis_options(settings)
+        )
+        return cls(client, settings)
 
     def create(self, job: Job) -> Job:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -309,12 +358,21 @@ class JobStore(_Scripts):
         self._apply(job_id, _cancelled())
         return self.get(job_id)
 
-    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
-        """Jobs in one round trip; None for one that does not exist or has expired."""
+    def get_many(self, job_ids: Sequence[str], delivery_of: str | None = None) -> list[Job | None]:
+        """Jobs in one round trip; None for one that does not exist or has expired. With
+        `delivery_of`, count a delivery of that task for each job that has not ended, first."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
+                if delivery_of is not None:
+                    self._touch(
+                        keys=[self.keys.job(job_id)],
+                        args=["incr", f"{DELIVERIES}{delivery_of}"],
+                        client=pipe,
+                    )
                 pipe.hgetall(self.keys.job(job_id))
             rows = pipe.execute()
+        if delivery_of is not None:
+            rows = rows[1::2]
         return [
             decode_job(job_id, row) if row else None
             for job_id, row in zip(job_ids, rows, strict=True)
@@ -351,6 +409,38 @@ class JobStore(_Scripts):
             ]
         )
 
+    def count_delivery(self, job_id: str, task: str) -> int:
+        """Count one more delivery of `task` for a job; -1 if the job has ended or expired."""
+        return int(self._touch(keys=[self.keys.job(job_id)], args=["incr", f"{DELIVERIES}{task}"]))
+
+    def heartbeat(
+        self, job_id: str, task: TaskCall | None = None, *, running: bool = False
+    ) -> bool:
+        """The job's worker is alive (and, when named, in `task`: running it, or handing the
+        job to it); False once the job has ended."""
+        key = [self.keys.job(job_id)]
+        if task is not None:
+            self._touch(keys=key, args=["set", "task", task.model_dump_json()])
+        if task is not None and running:
+            self._touch(keys=key, args=["set", "running_call", task.id])
+        return int(self._touch(keys=key, args=["set", "heartbeat_at", utcnow().isoformat()])) == 0
+
+    def active(self, limit: int = 10_000) -> list[Job]:
+        """Jobs that have not ended, oldest first; entries of jobs gone are dropped."""
+        hash_keys: list[str] = self.redis.zrange(self.keys.active, 0, limit - 1)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in hash_keys:
+                pipe.hgetall(key)
+            rows = pipe.execute()
+        jobs: list[Job] = []
+        prefix = self.keys.job("")
+        for key, row in zip(hash_keys, rows, strict=True):
+            if row and row.get("status") not in ("succeeded", "failed", "cancelled"):
+                jobs.append(decode_job(key.removeprefix(prefix), row))
+            else:
+                self.redis.zrem(self.keys.active, key)
+        return jobs
+
     def is_cancelled(self, job_id: str) -> bool:
         status: str | None = self.redis.hget(self.keys.job(job_id), "status")
         return status == JobStatus.cancelled.value
@@ -365,7 +455,11 @@ class AsyncJobStore(_Scripts):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> "AsyncJobStore":
-        client = redis.asyncio.Redis.from_url(settings.redis_url, decode_responses=True, **options)
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            **{**async_redis_options(settings), **options},
+        )
         return cls(client, settings)
 
     async def create(self, job: Job) -> Job:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # message at most 14 days), and a delivery being handled holds the version this long.
     trigger_dedupe_ttl_s: int = 14 * 24 * 3600
     trigger_lease_s: float = 30.0
+    # Missed events: the listener scans incoming/ at start and this often for archive.zip
+    # objects no pipeline job was started for (those newer than listener_scan_max_age_s).
+    listener_scan_interval_s: float = Field(default=300.0, gt=0)
+    listener_scan_max_age_s: float = Field(default=6 * 24 * 3600.0, gt=0)
 
     # The queue-backlog exporter (AWS): each queue's backlog per instance of its Auto Scaling
     # group, for the groups' target-tracking policies. Maps a queue to its group's name.
@@ -137,6 +141,11 @@ class Settings(BaseSettings):
     http_shutdown_grace_s: int = 5
     frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
     redis_timeout_s: float = 5.0
+    # Redis restarts (AOF keeps its data): every client retries a command that lost its
+    # connection this many times with a doubling backoff (0.1 s up to 2 s, about 5 s in all),
+    # and checks an idle connection before using it after redis_health_check_s.
+    redis_retries: int = Field(default=6, ge=0)
+    redis_health_check_s: int = Field(default=10, ge=0)
     redis_max_connections: int = 64
     probe_timeout_s: float = 2.0
 
@@ -194,17 +203,44 @@ class Settings(BaseSettings):
     # How often predict workers look for a new production model, and retry one that failed.
     model_poll_s: float = Field(default=2.0, gt=0)
     model_retry_s: float = Field(default=60.0, gt=0)
-    train_visibility_timeout_s: int = 6 * 3600
-    # Redis has no acknowledgements; kombu emulates them with two extra round trips per message,
-    # so that a dead worker's unfinished messages come back after the visibility timeout. Train
-    # and evaluate workers need that; `python -m workers predict` turns it off: a predict message
-    # is acknowledged as its batch starts, and a drained worker hands back what it holds.
-    broker_ack_emulation: bool = True
+    # Every task is acknowledged only once its work is written (kombu emulates acknowledgements
+    # on Redis): a message held by a worker that vanished goes back to its queue once it has been
+    # held this long, so each must exceed the longest task of its queue. Each queue keeps its
+    # unacknowledged messages under keys of its own, so that one queue's short timeout never
+    # restores another's long tasks. A predict worker that dies loses no request: another worker
+    # serves it within predict_visibility_timeout_s plus one restore sweep (restore_interval_s).
+    train_visibility_timeout_s: int = Field(default=6 * 3600, ge=1)
+    evaluate_visibility_timeout_s: int = Field(default=3600, ge=1)
+    predict_visibility_timeout_s: int = Field(default=15, ge=1)
+    restore_interval_s: float = Field(default=2.0, gt=0)
+    # No job stuck: a worker beats for the job it runs every heartbeat_interval_s; the reaper
+    # (in the gateway, every reaper_interval_s) sends a running job's task again once its beat
+    # is older than heartbeat_timeout_s, and fails the job once the task was delivered
+    # max_deliveries times ("worker lost N times"). A job that no worker took fails after
+    # queued_timeout_s (predict jobs: predict_job_timeout_s, queued or running; one unanswered
+    # after predict_redeliver_s is sent again).
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    max_deliveries: int = Field(default=3, ge=1)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    predict_redeliver_s: float = Field(default=20.0, gt=0)
+    queued_timeout_s: float = Field(default=24 * 3600.0, gt=0)
+    predict_job_timeout_s: float = Field(default=300.0, gt=0)
+    # The queue this worker process consumes (`python -m workers QUEUE` sets it); None in senders.
+    worker_queue: Literal["predict", "train", "evaluate"] | None = None
     # Training and evaluation report progress at most this often.
     progress_interval_s: float = 2.0
     # A training checkpoint every N steps, and at least every checkpoint_interval_s.
     checkpoint_every_steps: int = 500
     checkpoint_interval_s: float = 300.0
+
+    # The local supervisor (`make up`): a process that exits is restarted after a backoff that
+    # doubles from restart_backoff_s up to restart_backoff_max_s; the stack stops only when one
+    # exits restart_max times within restart_window_s.
+    restart_max: int = Field(default=5, ge=1)
+    restart_window_s: float = Field(default=60.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, ge=0)
+    restart_backoff_max_s: float = Field(default=30.0, ge=0)
 
     log_level: str = "INFO"
     # Workers load base models from the Hugging Face hub by name unless this says the hub is

@@ -7,7 +7,8 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from shared.errors import InvalidRequest
 from shared.settings import Settings
@@ -92,3 +93,25 @@ def error_code(exc: ClientError) -> str:
 def is_missing(exc: ClientError) -> bool:
     """Whether an S3 error means that the object (or its bucket) does not exist."""
     return error_code(exc) in _MISSING
+
+
+def transient_s3_error(exc: BaseException) -> bool:
+    """An S3 error worth trying again: the store unreachable or timing out, a 5xx, throttling;
+    never a missing key or a refused request."""
+    if isinstance(exc, BotoCoreError):
+        return True
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout"}
+    return False
+
+
+# S3 away for a while (a restart, a network blip): an idempotent write is tried again with a
+# doubling backoff for about 45 s, then its error is raised.
+s3_retry = retry(
+    retry=retry_if_exception(transient_s3_error),
+    stop=stop_after_delay(45),
+    wait=wait_exponential(multiplier=0.5, max=10),
+    reraise=True,
+)

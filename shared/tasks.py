@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from shared.jobs import Job, JobType
+from shared.jobs import Job, JobType, TaskCall
 from shared.settings import Settings
 
 PREDICT = "agnews.predict"
@@ -47,21 +47,56 @@ def make_celery(settings: Settings, name: str = "agnews") -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        # A train task holds its message unacknowledged for hours; Redis redelivers it only
-        # after this long, so it must exceed the longest training.
-        broker_transport_options={
-            "visibility_timeout": settings.train_visibility_timeout_s,
-            "ack_emulation": settings.broker_ack_emulation,
-        },
+        # Redis restarting: workers reconnect with backoff rather than exit (then the
+        # supervisor would restart them).
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        broker_transport_options=transport_options(settings, settings.worker_queue),
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
     return app
 
 
+def transport_options(settings: Settings, queue: str | None) -> dict[str, Any]:
+    """kombu's Redis options for a worker of `queue` (senders: None).
+
+    Unacknowledged messages come back after the queue's visibility timeout. The timeout is per
+    connection but the record of unacknowledged messages is per key, so each queue has its own
+    keys: a predict worker's sweep after 15 s never restores a training that runs for hours.
+    The train queue keeps kombu's default keys, so messages held before this split still return.
+    """
+    timeouts = {
+        "predict": settings.predict_visibility_timeout_s,
+        "evaluate": settings.evaluate_visibility_timeout_s,
+        "train": settings.train_visibility_timeout_s,
+    }
+    options: dict[str, Any] = {
+        "visibility_timeout": timeouts.get(queue or "train", settings.train_visibility_timeout_s),
+        # A dead connection (Redis restarted) is noticed and replaced within this long.
+        "health_check_interval": settings.redis_health_check_s,
+        "unacked_restore_interval": settings.restore_interval_s,
+        "unacked_restore_throttle": 1,
+    }
+    if queue in ("predict", "evaluate"):
+        options |= {
+            "unacked_key": f"unacked:{queue}",
+            "unacked_index_key": f"unacked_index:{queue}",
+            "unacked_mutex_key": f"unacked_mutex:{queue}",
+        }
+    return options
+
+
 def dispatch(app: Celery, job: Job) -> None:
     """Send the first task of a job; its only argument is the job id, parameters live in Redis."""
     app.send_task(FIRST_TASK[job.type], args=[job.id], queue=ROUTES[FIRST_TASK[job.type]])
+
+
+def send_call(app: Celery, job_id: str, call: TaskCall) -> None:
+    """Send a job's task under its call id (see `workers.reporting.stale_delivery`); a predict
+    message names only its job, as the gateway sends it."""
+    kwargs = {} if call.name == PREDICT else {**call.arguments, "call_id": call.id}
+    app.send_task(call.name, args=[job_id], kwargs=kwargs, queue=ROUTES[call.name])
 
 
 def queue_depths(app: Celery) -> dict[str, int]:

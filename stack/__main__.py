@@ -4,11 +4,12 @@ import argparse
 import os
 import signal
 import sys
-import time
 from types import FrameType
 
+from shared.logs import configure_logging
 from shared.settings import Settings
 from stack.local import local_settings, start_stack
+from stack.processes import GaveUp
 
 
 def _summary(settings: Settings, port: int) -> str:
@@ -23,7 +24,7 @@ def _summary(settings: Settings, port: int) -> str:
             f"  S3 store          {settings.s3_endpoint_url}  bucket {settings.bucket}",
             f"  drop archive.zip  s3://{settings.bucket}/{settings.incoming_prefix}...archive.zip",
             f"  logs              {logs}/*.log",
-            "Press Ctrl-C to stop everything.",
+            "A process that exits is restarted; Ctrl-C stops everything.",
             "",
         ]
     )
@@ -49,20 +50,19 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    configure_logging(settings, "stack")
     supervisor = start_stack(settings, gateway_port=port, predict_workers=args.predict_workers)
     print(_summary(settings, port), flush=True)
+    gave_up = False
     try:
-        while not stopping:
-            failed = list(supervisor.failed())
-            if failed:
-                names = ", ".join(service.name for service in failed)
-                print(f"stopping: {names} exited; see its log", file=sys.stderr)
-                break
-            time.sleep(0.5)
+        supervisor.watch(lambda: stopping)
+    except GaveUp as exc:
+        gave_up = True
+        print(f"stopping: {exc}", file=sys.stderr, flush=True)
     finally:
         print("stopping the stack ...", flush=True)
         supervisor.stop()
-    sys.exit(1 if not stopping else 0)
+    sys.exit(1 if gave_up else 0)
 
 
 if __name__ == "__main__":

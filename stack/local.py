@@ -13,7 +13,15 @@ from pydantic import SecretStr
 
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH, s3_client
-from stack.processes import Service, Supervisor, executable, http_ok, log_says, redis_ok
+from stack.processes import (
+    RestartPolicy,
+    Service,
+    Supervisor,
+    executable,
+    http_ok,
+    log_says,
+    redis_ok,
+)
 
 LOCAL_ENV = {
     "AGNEWS_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
@@ -209,7 +217,7 @@ def start_stack(
         "TOKENIZERS_PARALLELISM": "false",
     }
     env.update({f"AGNEWS_{k.upper()}": v for k, v in _settings_env(settings).items()})
-    supervisor = Supervisor(log_dir, env)
+    supervisor = Supervisor(log_dir, env, restart_policy(settings))
     try:
         supervisor.start(redis_service(settings))
         supervisor.start(listener_service(settings))
@@ -223,6 +231,15 @@ def start_stack(
         supervisor.stop()
         raise
     return supervisor
+
+
+def restart_policy(settings: Settings) -> RestartPolicy:
+    return RestartPolicy(
+        max_restarts=settings.restart_max,
+        window_s=settings.restart_window_s,
+        backoff_s=settings.restart_backoff_s,
+        backoff_max_s=settings.restart_backoff_max_s,
+    )
 
 
 def with_listener_token(settings: Settings) -> Settings:

@@ -1,11 +1,13 @@
 """Starting, watching and stopping the stack's processes."""
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import IO
 
 import redis
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,8 +34,15 @@ class Service:
     log: IO[bytes] | None = None
 
     def start(self, log_dir: Path, base_env: dict[str, str]) -> None:
+        """Start the process on a fresh log: the previous run's (or the instance that died) is
+        kept as `NAME.log.1`, so that a readiness probe reading the log sees this run only."""
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = (log_dir / f"{self.name}.log").open("ab")
+        if self.log is not None:
+            self.log.close()
+        path = log_dir / f"{self.name}.log"
+        if path.exists():
+            path.replace(log_dir / f"{self.name}.log.1")
+        self.log = path.open("ab")
         self.process = subprocess.Popen(
             list(self.argv),
             stdout=self.log,
@@ -62,6 +73,41 @@ class Service:
                 self.process.wait(5)
         if self.log is not None:
             self.log.close()
+            self.log = None
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Compose's `restart: on-failure` with a limit: a process that exits is started again
+    after a backoff that doubles with each recent exit, unless it has exited `max_restarts`
+    times within `window_s`, when the stack gives up on it."""
+
+    max_restarts: int = 5
+    window_s: float = 60.0
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+    def delay(self, exits: Sequence[float], now: float) -> float | None:
+        """Seconds to wait before the next start, or None to give up; `exits` are the times the
+        service exited (monotonic seconds), the latest included."""
+        recent = [t for t in exits if now - t <= self.window_s]
+        if len(recent) >= self.max_restarts:
+            return None
+        backoff: float = self.backoff_s * 2.0 ** max(len(recent) - 1, 0)
+        return min(backoff, self.backoff_max_s)
+
+
+class GaveUp(RuntimeError):
+    """A service kept dying; the stack stops."""
+
+
+@dataclass
+class _Restart:
+    exits: list[float] = field(default_factory=list)
+    due: float | None = None
 
 
 def http_ok(url: str) -> Callable[[], bool]:
@@ -106,12 +152,18 @@ def executable(name: str) -> str:
 
 
 class Supervisor:
-    """Starts services in order, waiting for each; stops them in reverse order."""
+    """Starts services in order, waiting for each; restarts one that dies (see RestartPolicy);
+    stops them in reverse order."""
 
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, log_dir: Path, env: dict[str, str], policy: RestartPolicy | None = None
+    ) -> None:
         self.log_dir = log_dir
         self.env = env
+        self.policy = policy or RestartPolicy()
         self.services: list[Service] = []
+        self.restarts: dict[str, _Restart] = {}
+        self._lock = threading.Lock()
 
     def start(self, service: Service) -> Service:
         service.start(self.log_dir, self.env)
@@ -120,11 +172,53 @@ class Supervisor:
         return service
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-        self.services.clear()
+        with self._lock:
+            for service in reversed(self.services):
+                service.stop()
+            self.services.clear()
+
+    def tick(self, now: float | None = None) -> None:
+        """Restart services that exited and whose backoff has passed; raises GaveUp when one has
+        exited too often."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for service in self.services:
+                state = self.restarts.setdefault(service.name, _Restart())
+                if state.due is None and service.exited():
+                    state.exits.append(now)
+                    code = service.process.returncode if service.process else None
+                    delay = self.policy.delay(state.exits, now)
+                    if delay is None:
+                        raise GaveUp(
+                            f"{service.name} exited {len(state.exits)} times within "
+                            f"{self.policy.window_s:.0f}s (last code {code}); giving up; see "
+                            f"{self.log_dir / service.name}.log"
+                        )
+                    log.warning(
+                        "%s exited with code %s; restart %d in %.1fs; its log is kept as %s",
+                        service.name,
+                        code,
+                        len(state.exits),
+                        delay,
+                        self.log_dir / f"{service.name}.log.1",
+                    )
+                    state.due = now + delay
+                if state.due is not None and now >= state.due:
+                    state.due = None
+                    service.start(self.log_dir, self.env)
+                    log.warning("%s restarted (pid %s)", service.name, _pid(service))
+
+    def watch(self, stopping: Callable[[], bool], interval_s: float = 0.5) -> None:
+        """Keep the services up until `stopping()` says so; raises GaveUp."""
+        while not stopping():
+            self.tick()
+            time.sleep(interval_s)
 
     def failed(self) -> Iterator[Service]:
         for service in self.services:
-            if service.process is not None and service.process.poll() is not None:
+            if service.exited():
                 yield service
+
+
+def _pid(service: Service) -> int | None:
+    return service.process.pid if service.process is not None else None

@@ -330,3 +330,20 @@ def test_the_first_upload_is_held_to_the_holdout_its_test_set_becomes(
     output = stages.ingest(str(make_archive(tmp_path / "b.zip")), settings, Recorder())
     assert output.report.holdout_sha256 == MINI_TEST_SHA256
     assert output.report.holdout_overlap == 0
+
+
+def test_ingest_fetches_the_exact_object_version_its_event_named(settings: Settings) -> None:
+    s3 = s3_client(settings)
+    s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = "incoming/v/archive.zip"
+    first = make_archive(settings.data_dir.parent / "first.zip")
+    second = make_archive(settings.data_dir.parent / "second.zip", folder="inner/")
+    v1 = s3.put_object(Bucket=settings.bucket, Key=key, Body=first.read_bytes())["VersionId"]
+    s3.put_object(Bucket=settings.bucket, Key=key, Body=second.read_bytes())
+    url = f"s3://{settings.bucket}/{key}"
+
+    named = stages.ingest(url, settings, Recorder(), version_id=v1)
+    latest = stages.ingest(url, settings, Recorder())
+
+    assert named.dataset_sha256 == ingest(settings, first)
+    assert latest.dataset_sha256 != named.dataset_sha256

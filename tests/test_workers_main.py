@@ -1,6 +1,7 @@
 """`python -m workers QUEUE`: each queue's worker gets the pool it needs."""
 
 from shared.settings import Settings
+from shared.tasks import transport_options
 from workers.__main__ import worker_argv, worker_env
 
 
@@ -31,7 +32,21 @@ def test_a_given_node_name_replaces_the_default() -> None:
     assert option(argv, "-n") == "predict2@%h"
 
 
-def test_only_predict_workers_drop_emulated_acknowledgements() -> None:
-    assert worker_env("predict") == {"AGNEWS_BROKER_ACK_EMULATION": "false"}
-    assert worker_env("train") == worker_env("evaluate") == {}
-    assert Settings().broker_ack_emulation is True
+def test_each_worker_names_its_queue_and_gets_that_queues_visibility_timeout_and_keys() -> None:
+    for queue in ("predict", "train", "evaluate"):
+        assert worker_env(queue) == {"AGNEWS_WORKER_QUEUE": queue}
+    settings = Settings(
+        predict_visibility_timeout_s=15,
+        evaluate_visibility_timeout_s=1800,
+        train_visibility_timeout_s=21600,
+    )
+    predict = transport_options(settings, "predict")
+    evaluate = transport_options(settings, "evaluate")
+    train = transport_options(settings, "train")
+    assert (predict["visibility_timeout"], evaluate["visibility_timeout"]) == (15, 1800)
+    assert train["visibility_timeout"] == 21600
+    # A predict worker's quick sweep must never see the train queue's unacknowledged messages.
+    assert len({predict["unacked_index_key"], evaluate["unacked_index_key"], "unacked_index"}) == 3
+    assert "unacked_index_key" not in train
+    assert "ack_emulation" not in predict  # kombu's default: emulated, so acks can be late
+    assert predict["visibility_timeout"] + settings.restore_interval_s <= 30

@@ -1,9 +1,9 @@
 """Start one queue's Celery worker with the pool that queue needs: `python -m workers predict`.
 
 predict: two threads in one process sharing one model; one batch is in the model while the
-other's answers are written; requests beyond `predict_prefetch` wait in Redis for any worker;
-no emulated acknowledgements (see `Settings.broker_ack_emulation`). train and evaluate: long
-tasks, one at a time per process, late-acked.
+other's answers are written; requests beyond `predict_prefetch` wait in Redis for any worker.
+train and evaluate: long tasks, one at a time per process. Every task is acknowledged after its
+work is written; each queue has its own visibility timeout (see `shared.tasks.transport_options`).
 """
 
 import argparse
@@ -49,8 +49,8 @@ def worker_argv(
 
 
 def worker_env(queue: str) -> dict[str, str]:
-    """Settings a queue's worker overrides: predict needs no emulated acknowledgements."""
-    return {"AGNEWS_BROKER_ACK_EMULATION": "false"} if queue == "predict" else {}
+    """Settings a queue's worker overrides: the queue, which picks its broker options."""
+    return {"AGNEWS_WORKER_QUEUE": queue}
 
 
 def main() -> None:

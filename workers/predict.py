@@ -8,7 +8,9 @@ from pipeline.predictor import answers
 from shared.errors import ErrorInfo, InvalidRequest, error_info
 from shared.jobs import PredictParams, params_of
 from shared.jobstore import JobStore
+from shared.reaper import worker_lost
 from shared.results import PredictResult
+from shared.tasks import PREDICT
 from workers.models import ServingModel
 
 log = logging.getLogger(__name__)
@@ -21,19 +23,25 @@ def serve_batch(
     model: ServingModel,
     job_ids: Sequence[str],
     on_forward_done: Callable[[], None] = lambda: None,
+    max_deliveries: int | None = None,
 ) -> None:
     """Answer every predict job of a batch: each gets its own texts' predictions, or its error.
 
     Redis is read and written once per batch, not per job; tokenizing happens outside the
     model's lock, and `on_forward_done` lets the next batch into the model while this one's
-    answers are written.
+    answers are written. Messages are acknowledged after this returns, so a worker that dies
+    mid-batch has its jobs served by another; with `max_deliveries`, a job delivered more often
+    than that (its texts keep killing workers) fails with "worker lost N times" instead.
     """
     ends: list[End] = []
     work: list[tuple[str, list[str]]] = []
     began = time.perf_counter()
-    for job_id, job in zip(job_ids, store.get_many(job_ids), strict=True):
+    delivery_of = PREDICT if max_deliveries is not None else None
+    for job_id, job in zip(job_ids, store.get_many(job_ids, delivery_of), strict=True):
         if job is None:
             log.warning("predict job %s expired before it was served", job_id)
+        elif max_deliveries is not None and job.deliveries.get(PREDICT, 0) > max_deliveries:
+            ends.append((job_id, worker_lost(PREDICT, max_deliveries)))
         elif not job.status.terminal:
             try:
                 work.append((job_id, params_of(job, PredictParams).texts))

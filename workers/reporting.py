@@ -1,12 +1,19 @@
 """Runs a job's work against the job store: status, progress, errors and the terminal event."""
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import redis
+
 from shared.errors import JobEnded, error_info
-from shared.jobs import EventType, Job, JobStatus
+from shared.jobs import EventType, Job, JobStatus, TaskCall, utcnow
 from shared.jobstore import JobStore
+from shared.reaper import worker_lost
 from shared.results import JobResult
 
 log = logging.getLogger(__name__)
@@ -20,7 +27,12 @@ class JobReporter:
         self.job_id = job_id
 
     def progress(self, data: Mapping[str, Any]) -> None:
-        self.store.progress(self.job_id, data)
+        # Progress is advisory: Redis away past the client's retries costs this one report,
+        # never the job (a terminal write still fails loudly).
+        try:
+            self.store.progress(self.job_id, data)
+        except redis.RedisError as exc:
+            log.warning("progress of job %s not written (%s); going on", self.job_id, exc)
 
     def event(self, type_: EventType, data: Mapping[str, Any]) -> None:
         self.store.event(self.job_id, type_, data)
@@ -33,24 +45,95 @@ class JobReporter:
         self.store.event(self.job_id, EventType.log, {"stage": name, "state": state, **data})
 
 
+def stale_delivery(
+    job: Job, name: str, call_id: str | None, now: datetime, timeout_s: float
+) -> str | None:
+    """Why a delivered task must do nothing, or None: the job has moved on to another call (a
+    copy the broker restored after the reaper sent the task again, or after a later stage
+    began), or this call runs on a worker that still beats (a restore racing a live worker).
+
+    A message without a call id is a job's first task, as the gateway and listener send it."""
+    current = job.task
+    if current is None:
+        return None
+    if current.name != name or (call_id is not None and call_id != current.id):
+        return f"superseded by call {current.id} of {current.name}"
+    if (
+        job.running_call == current.id
+        and job.heartbeat_at is not None
+        and now - job.heartbeat_at < timedelta(seconds=timeout_s)
+    ):
+        return "running on a live worker"
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(store: JobStore, job_id: str, task: TaskCall, interval_s: float) -> Iterator[None]:
+    """Name the job's task and beat for it every `interval_s` while the block runs; a failed
+    beat is logged, never raised (a Redis blip must not fail a long training)."""
+    stop = threading.Event()
+    store.heartbeat(job_id, task, running=True)
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                if not store.heartbeat(job_id):
+                    return
+            except redis.RedisError as exc:
+                log.warning("heartbeat of job %s failed: %s", job_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    max_deliveries: int = 3
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 60.0
+
+
 def run_step(
     store: JobStore,
     job_id: str,
     step: Callable[[Job, JobReporter], JobResult | None],
+    task: TaskCall | None = None,
+    policy: StepPolicy = StepPolicy(),
+    call_id: str | None = None,
 ) -> JobResult | None:
     """Run one step of a job; a failure ends the job with the error's message.
 
     The step returns the job's result when it is the last one (the job succeeds with it), or
     None when it has handed the job on to another task. Cancelled or already-ended jobs are
-    skipped: their terminal event is written and nothing may follow it.
+    skipped: their terminal event is written and nothing may follow it. With `task`, each
+    delivery is counted (the job fails once it lost its worker `max_deliveries` times) and the
+    worker heartbeats for the job while the step runs.
     """
     try:
         job = store.get(job_id)
+        if job.status.terminal:
+            return None
+        if task is not None:
+            stale = stale_delivery(job, task.name, call_id, utcnow(), policy.heartbeat_timeout_s)
+            if stale is not None:
+                log.warning("job %s: this delivery of %s does nothing: %s", job_id, task, stale)
+                return None
+            if store.count_delivery(job_id, task.name) > policy.max_deliveries:
+                store.fail(job_id, worker_lost(task.name, policy.max_deliveries))
+                return None
         if job.status is JobStatus.queued:
             store.start(job_id)
-        elif job.status.terminal:
-            return None
-        result = step(job, JobReporter(store, job_id))
+        with (
+            heartbeat(store, job_id, task, policy.heartbeat_interval_s)
+            if task is not None
+            else contextlib.nullcontext()
+        ):
+            result = step(job, JobReporter(store, job_id))
         if result is not None:
             store.succeed(job_id, result)
         return result

@@ -18,6 +18,7 @@ from shared.jobs import (
     EvaluateParams,
     Job,
     PipelineParams,
+    TaskCall,
     TrainParams,
     params_of,
 )
@@ -27,7 +28,7 @@ from workers.app import app, settings
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
 from workers.predict import serve_batch
-from workers.reporting import JobReporter, run_step
+from workers.reporting import JobReporter, StepPolicy, run_step
 
 # Long tasks hold their message until they finish; a worker that dies mid-task leaves it to be
 # redelivered to another, which resumes from the last checkpoint.
@@ -45,13 +46,41 @@ def serving_model() -> ServingModel:
     return ServingModel(settings)
 
 
+POLICY = StepPolicy(
+    max_deliveries=settings.max_deliveries,
+    heartbeat_interval_s=settings.heartbeat_interval_s,
+    heartbeat_timeout_s=settings.heartbeat_timeout_s,
+)
+
+
 def _send(task: str, job_id: str, **kwargs: Any) -> None:
-    app.send_task(task, args=[job_id], kwargs=kwargs, queue=names.ROUTES[task])
+    """Hand the job to its next task: the job names the call first, so that the reaper knows
+    what the job waits for and a stale copy of an earlier call knows it is stale."""
+    call = TaskCall(name=task, arguments=kwargs)
+    store().heartbeat(job_id, call)
+    names.send_call(app, job_id, call)
 
 
+def _step(
+    job_id: str,
+    name: str,
+    call_id: str | None,
+    step: Any,
+    **kwargs: Any,
+) -> None:
+    call = TaskCall(name=name, arguments=kwargs)
+    if call_id is not None:
+        call = call.model_copy(update={"id": call_id})
+    run_step(store(), job_id, step, call, POLICY, call_id)
+
+
+# A batch is acknowledged once its answers are written (celery-batches acks a late task's
+# requests when the batch returns): the requests of a worker that dies go back to the queue after
+# the predict visibility timeout and another worker serves them; the first answer written wins.
 @app.task(
     name=names.PREDICT,
     base=ModelPacedBatches,
+    acks_late=True,
     flush_every=settings.predict_max_batch,
     flush_interval=max(settings.predict_max_wait_ms, 1.0) / 1000,
 )
@@ -59,7 +88,8 @@ def predict(requests: list[SimpleRequest]) -> None:
     """A batch of predict jobs, each message naming one job."""
     release = predict.model_released()
     try:
-        serve_batch(store(), serving_model(), [request.args[0] for request in requests], release)
+        job_ids = [request.args[0] for request in requests]
+        serve_batch(store(), serving_model(), job_ids, release, settings.max_deliveries)
     finally:
         release()
 
@@ -75,19 +105,21 @@ def _start_serving(sender: Any, **_: Any) -> None:
 
 
 @app.task(name=names.INGEST, **LONG_TASK)
-def ingest(job_id: str) -> None:
+def ingest(job_id: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
         dataset = params_of(job, DatasetParams).dataset
-        reporter.stage("ingest", "started", dataset=dataset)
-        output = stages.ingest(dataset, settings, reporter)
+        source = job.params.source if isinstance(job.params, PipelineParams) else None
+        version_id = source.version_id if source is not None else None
+        reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
+        output = stages.ingest(dataset, settings, reporter, version_id=version_id)
         reporter.stage("ingest", "finished", dataset_sha256=output.dataset_sha256)
         _send(names.TRAIN, job.id, dataset_sha256=output.dataset_sha256)
 
-    run_step(store(), job_id, step)
+    _step(job_id, names.INGEST, call_id, step)
 
 
 @app.task(name=names.TRAIN, **LONG_TASK)
-def train(job_id: str, dataset_sha256: str) -> None:
+def train(job_id: str, dataset_sha256: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
         params = _training_params(job)
         reporter.stage("train", "started")
@@ -103,11 +135,11 @@ def train(job_id: str, dataset_sha256: str) -> None:
         reporter.stage("train", "finished", **record.validation.model_dump(mode="json"))
         _send(names.EVALUATE, job.id, dataset_sha256=dataset_sha256)
 
-    run_step(store(), job_id, step)
+    _step(job_id, names.TRAIN, call_id, step, dataset_sha256=dataset_sha256)
 
 
 @app.task(name=names.EVALUATE, **LONG_TASK)
-def evaluate(job_id: str, dataset_sha256: str | None = None) -> None:
+def evaluate(job_id: str, dataset_sha256: str | None = None, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> JobResult | None:
         reporter.stage("evaluate", "started")
         if isinstance(job.params, EvaluateParams):
@@ -127,11 +159,12 @@ def evaluate(job_id: str, dataset_sha256: str | None = None) -> None:
             dataset_sha256=dataset_sha256, version=registered.version, metrics=registered.metrics
         )
 
-    run_step(store(), job_id, step)
+    kwargs = {} if dataset_sha256 is None else {"dataset_sha256": dataset_sha256}
+    _step(job_id, names.EVALUATE, call_id, step, **kwargs)
 
 
 @app.task(name=names.PROMOTE, **LONG_TASK)
-def promote(job_id: str, version: str, dataset_sha256: str) -> None:
+def promote(job_id: str, version: str, dataset_sha256: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> JobResult:
         reporter.stage("promote", "started", version=version)
         decision = stages.promote_if_better(version, settings, reporter)
@@ -144,7 +177,7 @@ def promote(job_id: str, version: str, dataset_sha256: str) -> None:
             promotion=decision,
         )
 
-    run_step(store(), job_id, step)
+    _step(job_id, names.PROMOTE, call_id, step, version=version, dataset_sha256=dataset_sha256)
 
 
 def _training_params(job: Job) -> TrainParams | PipelineParams:

@@ -6,6 +6,8 @@ neither torch nor the workers' tasks: it sends the first task of each job by nam
 """
 
 import asyncio
+import contextlib
+import logging
 import signal
 from types import FrameType
 
@@ -13,9 +15,12 @@ import uvicorn
 
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
+from shared.storage import s3_client
 from workers.listener.sqs import SqsListener
-from workers.listener.trigger import PipelineTrigger
+from workers.listener.trigger import PipelineTrigger, scan_incoming
 from workers.listener.webhook import webhook_app
+
+log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
@@ -39,7 +44,10 @@ async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stopping)
-    tasks = {asyncio.create_task(server.serve())}
+    tasks = {
+        asyncio.create_task(server.serve()),
+        asyncio.create_task(scan(settings, trigger, stop)),
+    }
     if settings.sqs_queue_url:
         tasks.add(asyncio.create_task(SqsListener(settings, trigger).run(stop)))
     try:
@@ -48,6 +56,25 @@ async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
         stop.set()
         server.should_exit = True
         await asyncio.gather(*tasks)
+
+
+SCAN_RETRY_S = 15.0
+
+
+async def scan(settings: Settings, trigger: PipelineTrigger, stop: asyncio.Event) -> None:
+    """Look for uploads whose events were missed, at start and every listener_scan_interval_s;
+    a failed scan (S3 or Redis away, as when the listener starts before the store) is logged
+    and tried again within SCAN_RETRY_S."""
+    s3 = s3_client(settings)
+    while not stop.is_set():
+        wait = settings.listener_scan_interval_s
+        try:
+            await asyncio.to_thread(scan_incoming, trigger, s3, settings.listener_scan_max_age_s)
+        except Exception as exc:
+            wait = min(wait, SCAN_RETRY_S)
+            log.warning("scan of incoming/ failed (%s); next in %.0fs", exc, wait)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
 
 
 def main() -> None:

@@ -9,10 +9,12 @@ keeps two deliveries handled at the same moment from both doing so.
 """
 
 import hashlib
+import json
 import logging
 import secrets
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
@@ -23,13 +25,16 @@ from kombu.exceptions import OperationalError
 
 from shared.errors import NotFound
 from shared.jobs import Job, JobType, PipelineParams, new_job_id
-from shared.jobstore import JobStore
+from shared.jobstore import JobStore, redis_options
 from shared.settings import Settings
 from shared.storage import ARCHIVE_NAME, is_ticket_key
 from shared.tasks import dispatch, make_celery
 from workers.listener.events import ObjectEvent
 
 log = logging.getLogger(__name__)
+
+# The event name of an object found by the scan of incoming/ rather than by its event.
+SCANNED = "ObjectCreated:Scan"
 
 # Errors of the services the trigger writes to; a delivery that meets one is retried later.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
@@ -82,6 +87,8 @@ class PipelineTrigger:
         self._claim = self.redis.register_script(_CLAIM)
         self._release = self.redis.register_script(_RELEASE)
         self._lock = threading.Lock()
+        # Each incoming object's key -> the etag and size its job was started for, and the job.
+        self._objects = f"{settings.key_prefix}:trigger:objects"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PipelineTrigger":
@@ -90,6 +97,7 @@ class PipelineTrigger:
             decode_responses=True,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
+            **redis_options(settings),
         )
         return cls(JobStore(client, settings), make_celery(settings, "agnews-listener"), settings)
 
@@ -116,7 +124,23 @@ class PipelineTrigger:
         with self._lock:
             return self._handle(event)
 
+    def started_for(self, event: ObjectEvent) -> str | None:
+        """The job already started for this object's content under its key, where one side is
+        the scan: a listing names no version or sequencer, so the scan and the event of one
+        upload are matched by key, etag and size. (Two events name their versions exactly.)"""
+        recorded = self.redis.hget(self._objects, _where(event))
+        if recorded is None:
+            return None
+        content = json.loads(recorded)
+        same = (content["etag"], content["size"]) == (_etag(event.etag), event.size)
+        scanned = event.name == SCANNED or content.get("scanned", False)
+        return str(content["job"]) if same and scanned else None
+
     def _handle(self, event: ObjectEvent) -> Handled:
+        started = self.started_for(event)
+        if started is not None:
+            log.info("object %s already has pipeline job %s", event.identity(), started)
+            return Handled(Outcome.duplicate, started)
         keys = self._keys(event)
         owner = secrets.token_hex(8)
         candidate = new_job_id()
@@ -137,6 +161,7 @@ class PipelineTrigger:
             self._release(keys=keys, args=[owner, ""])
             raise
         self._release(keys=keys, args=[owner, "1"])
+        self.redis.hset(self._objects, _where(event), _content(event, job_id))
         outcome = Outcome.started if job_id == candidate else Outcome.resumed
         log.info("%s pipeline job %s for %s", outcome.value, job_id, event.identity())
         return Handled(outcome, job_id)
@@ -156,3 +181,69 @@ class PipelineTrigger:
         digest = hashlib.sha256(identity.encode()).hexdigest()
         record = f"{self.settings.key_prefix}:trigger:{digest}"
         return [record, f"{record}:lease"]
+
+
+def _where(event: ObjectEvent) -> str:
+    return f"{event.bucket}/{event.key}"
+
+
+def _etag(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else etag
+
+
+def _content(event: ObjectEvent, job_id: str) -> str:
+    return json.dumps(
+        {
+            "etag": _etag(event.etag),
+            "size": event.size,
+            "job": job_id,
+            "scanned": event.name == SCANNED,
+        }
+    )
+
+
+def scan_incoming(trigger: PipelineTrigger, s3: Any, max_age_s: float) -> list[Handled]:
+    """Start the pipeline of every archive.zip under incoming/ that has none: uploads whose
+    events were missed (listener down past the store's retries, a lost SQS message). Objects
+    older than `max_age_s` are left alone (their jobs may have expired from the store)."""
+    settings = trigger.settings
+    newest = datetime.now(UTC) - timedelta(seconds=max_age_s)
+    handled: list[Handled] = []
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=settings.incoming_prefix
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if PurePosixPath(key).name != ARCHIVE_NAME or item["LastModified"] < newest:
+                continue
+            event = ObjectEvent(
+                name=SCANNED,
+                bucket=settings.bucket,
+                key=key,
+                size=item.get("Size"),
+                etag=_etag(item.get("ETag")),
+                event_time=item["LastModified"],
+            )
+            if trigger.started_for(event) or _any_job_for(trigger, event):
+                continue
+            outcome = trigger.handle(event)
+            if outcome.outcome is Outcome.started:
+                log.warning(
+                    "scan: %s had no pipeline job (missed event); started %s", key, outcome.job_id
+                )
+            handled.append(outcome)
+    return handled
+
+
+def _any_job_for(trigger: PipelineTrigger, event: ObjectEvent) -> bool:
+    """A recent pipeline job started for this key and content (before objects were recorded)."""
+    for job in trigger.store.recent(JobType.pipeline, limit=1000):
+        source = getattr(job.params, "source", None)
+        if (
+            source is not None
+            and (source.bucket, source.key) == (event.bucket, event.key)
+            and (_etag(source.etag), source.size) == (event.etag, event.size)
+        ):
+            return True
+    return False

@@ -1,0 +1,421 @@
+"""Faults against the real local stack: what each costs in requests, stuck jobs and time.
+
+    .venv/bin/python bench/chaos.py [--requests 2000] [--clients 32]
+
+Starts the local stack (Redis with AOF, SeaweedFS, listener, gateway, predict workers) on free
+loopback ports with the supervisor watching it, promotes the tests' tiny model, then runs each
+scenario under a load of `--clients` clients sending one text per request (the next when
+answered) until `--requests` were sent:
+
+- predict-kill: one of two predict workers SIGKILLed a third of the way in;
+- redis-kill: redis-server SIGKILLed a third of the way in (the supervisor restarts it from its
+  AOF; gateway, workers and listener reconnect by themselves).
+
+Each request ends 200 (answered within the gateway's wait), or 202 with a job that is followed
+until it ends: answered late. A request is lost when it got neither 200 nor a 202 whose job
+succeeded within 60 s. Stuck: the scenario's jobs not ended 60 s after the load stopped.
+Recover: seconds from the fault to the first 200 answered to a request sent after the fault.
+
+Then, on a second stack with train and evaluate workers (quick profile, `--steps` steps, a
+checkpoint every `--steps // 4`), one pipeline job per scenario, POSTed to /v1/jobs:
+
+- train-kill: the train worker's process group SIGKILLed once training passed its first
+  checkpoint; the reaper sends the task again after the heartbeat timeout and the restarted
+  worker resumes from the checkpoint;
+- s3-stop: the S3 store (SeaweedFS) SIGSTOPped for 30 s once training began;
+- listener-stop: the listener SIGSTOPped while 3 archives are uploaded, then resumed; the
+  store's webhook retries and the listener's scan of incoming/ find them.
+
+For those, "requests" are pipeline jobs (uploads for listener-stop); lost: jobs that did not
+succeed (uploads without exactly one job); recover: seconds from the fault to the job's end
+(to the third upload's job for listener-stop).
+"""
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.registry import publish
+from shared.jobstore import JobStore
+from shared.registry import ModelRegistry
+from shared.storage import s3_client
+from tests.conftest import MINI_ARCHIVE
+from tests.pipeline_support import tiny_model
+from tests.stack_fixture import LiveStack, live_stack
+
+TEXTS = [
+    "Stocks rally as the central bank holds rates",
+    "The striker scored twice in the cup final",
+    "New chip doubles battery life of phones",
+    "Rebels seize the capital after peace talks fail",
+    "Quarterly profit beats forecasts at the carmaker",
+    "Astronomers find water on a distant moon",
+    "Tennis champion withdraws with a knee injury",
+    "Oil prices slide as supply grows",
+]
+FOLLOW_S = 60.0
+
+
+@dataclass
+class Outcome:
+    sent: int = 0
+    ok: int = 0
+    late: list[str] = field(default_factory=list)
+    refused: int = 0
+    first_ok_after_fault: float | None = None
+
+
+@dataclass
+class Row:
+    scenario: str
+    sent: int
+    answered_200: int
+    answered_late: int
+    lost: int
+    refused: int
+    stuck_after_60s: int
+    recover_s: float | None
+
+    def line(self) -> str:
+        recover = "—" if self.recover_s is None else f"{self.recover_s:.1f} s"
+        return (
+            f"| {self.scenario} | {self.sent} | {self.answered_200} | {self.answered_late} | "
+            f"{self.lost} (refused {self.refused}) | {self.stuck_after_60s} | {recover} |"
+        )
+
+
+HEADER = (
+    "| scenario | requests sent | answered 200 | answered later via its job | lost "
+    "| jobs stuck after 60 s | time to recover |\n|---|---|---|---|---|---|---|"
+)
+
+
+async def load(
+    url: str, clients: int, total: int, fault_at: int, fault: Any, deadline_s: float
+) -> tuple[Outcome, float]:
+    outcome = Outcome()
+    fault_time: list[float] = []
+    started = time.monotonic()
+
+    async def client(index: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            while outcome.sent < total and time.monotonic() - started < deadline_s:
+                outcome.sent += 1
+                if outcome.sent == fault_at:
+                    fault_time.append(time.monotonic())
+                    fault()
+                sent_at = time.monotonic()
+                try:
+                    response = await http.post(
+                        "/v1/predict", json={"text": TEXTS[index % len(TEXTS)]}
+                    )
+                except httpx.HTTPError:
+                    outcome.refused += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                if response.status_code == 200:
+                    outcome.ok += 1
+                    if (
+                        fault_time
+                        and sent_at > fault_time[0]
+                        and outcome.first_ok_after_fault is None
+                    ):
+                        outcome.first_ok_after_fault = time.monotonic() - fault_time[0]
+                elif response.status_code == 202:
+                    outcome.late.append(response.json()["id"])
+                else:
+                    outcome.refused += 1
+                    await asyncio.sleep(0.2)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return outcome, fault_time[0] if fault_time else time.monotonic()
+
+
+def follow(url: str, job_ids: list[str], timeout_s: float) -> dict[str, str]:
+    """Each job's status once it ended, or its status when `timeout_s` ran out."""
+    deadline = time.monotonic() + timeout_s
+    status: dict[str, str] = {}
+    pending = list(job_ids)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        while pending:
+            still = []
+            for job_id in pending:
+                try:
+                    job = http.get(f"/v1/jobs/{job_id}").json()
+                    status[job_id] = job.get("status", "missing")
+                except httpx.HTTPError:
+                    status[job_id] = "unreachable"
+                if status[job_id] not in ("succeeded", "failed", "cancelled"):
+                    still.append(job_id)
+            pending = still
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    return status
+
+
+def active_jobs(stack: LiveStack) -> int:
+    return len(JobStore.from_settings(stack.settings).active())
+
+
+def wait_served(url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if (
+                httpx.post(f"{url}/v1/predict", json={"text": "warm"}, timeout=30).status_code
+                == 200
+            ):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the stack never answered 200")
+
+
+def kill(stack: LiveStack, name: str) -> None:
+    service = next(s for s in stack.supervisor.services if s.name == name)
+    assert service.process is not None
+    os.kill(service.process.pid, signal.SIGKILL)
+    print(f"  SIGKILL {name} (pid {service.process.pid})", flush=True)
+
+
+def scenario(stack: LiveStack, name: str, victim: str, args: argparse.Namespace) -> Row:
+    wait_served(stack.url)
+    print(f"{name}: {args.clients} clients, {args.requests} requests", flush=True)
+    outcome, _ = asyncio.run(
+        load(
+            stack.url,
+            args.clients,
+            args.requests,
+            args.requests // 3,
+            lambda: kill(stack, victim),
+            deadline_s=args.deadline_s,
+        )
+    )
+    load_ended = time.monotonic()
+    status = follow(stack.url, outcome.late, FOLLOW_S)
+    late_ok = sum(1 for s in status.values() if s == "succeeded")
+    stuck = active_jobs(stack)
+    if stuck:
+        time.sleep(max(0.0, load_ended + FOLLOW_S - time.monotonic()))
+        stuck = active_jobs(stack)
+    return Row(
+        scenario=name,
+        sent=outcome.sent,
+        answered_200=outcome.ok,
+        answered_late=late_ok,
+        lost=outcome.sent - outcome.ok - late_ok,
+        refused=outcome.refused,
+        stuck_after_60s=stuck,
+        recover_s=outcome.first_ok_after_fault,
+    )
+
+
+@contextmanager
+def watched_stack(root: Path) -> Iterator[LiveStack]:
+    with live_stack(
+        root, queues=("predict",), predict_workers=2, model_poll_s=0.5, restart_backoff_s=0.5
+    ) as stack:
+        registry = ModelRegistry.from_settings(stack.settings)
+        registry.promote(publish(registry, tiny_model(root / "tiny")).version, "chaos")
+        stop = threading.Event()
+        watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
+        watcher.start()
+        try:
+            yield stack
+        finally:
+            stop.set()
+            watcher.join()
+
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def signal_group(stack: LiveStack, name: str, signum: int) -> None:
+    service = next(s for s in stack.supervisor.services if s.name == name)
+    assert service.process is not None
+    os.killpg(service.process.pid, signum)
+    print(f"  {signal.Signals(signum).name} {name} (group {service.process.pid})", flush=True)
+
+
+def upload(stack: LiveStack, key: str) -> str:
+    s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
+    return f"s3://{stack.settings.bucket}/{key}"
+
+
+def job(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    return dict(http.get(f"/v1/jobs/{job_id}").json())
+
+
+def wait_job(http: httpx.Client, job_id: str, done: Any, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = job(http, job_id)
+        if done(found) or found["status"] in TERMINAL or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def training_step(found: dict[str, Any]) -> int:
+    progress = found.get("progress") or {}
+    return int(progress.get("step", 0)) if progress.get("stage") == "train" else 0
+
+
+def pipeline_fault(
+    stack: LiveStack, name: str, key: str, fault_at_step: int, fault: Any, args: argparse.Namespace
+) -> Row:
+    print(f"{name}: one pipeline of {args.steps} steps", flush=True)
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        created = http.post(
+            "/v1/jobs",
+            json={"type": "pipeline", "dataset": upload(stack, key), "max_steps": args.steps},
+        ).json()
+        wait_job(http, created["id"], lambda j: training_step(j) >= fault_at_step, args.deadline_s)
+        fault_time = time.monotonic()
+        fault()
+        ended = wait_job(http, created["id"], lambda j: False, args.deadline_s)
+        recover = time.monotonic() - fault_time
+    ok = ended["status"] == "succeeded"
+    promoted = ((ended.get("result") or {}).get("promotion") or {}).get("promoted")
+    print(f"  job {ended['id']} {ended['status']} (promoted: {promoted}); {ended.get('error')}")
+    for event in JobStore.from_settings(stack.settings).events(ended["id"]):
+        message = str(event.data.get("message", ""))
+        if "resumed" in message or "checkpoint" in message:
+            print(f"  event: {message}", flush=True)
+    return Row(name, 1, int(ok), 0, int(not ok), 0, int(ended["status"] not in TERMINAL), recover)
+
+
+def listener_stop(stack: LiveStack, args: argparse.Namespace) -> Row:
+    print("listener stopped while 3 archives are uploaded", flush=True)
+    signal_group(stack, "listener", signal.SIGSTOP)
+    keys = [f"incoming/chaos-listener-{i}/archive.zip" for i in range(3)]
+    for key in keys:
+        upload(stack, key)
+    time.sleep(20)
+    resumed = time.monotonic()
+    signal_group(stack, "listener", signal.SIGCONT)
+    counts: dict[str, int] = {}
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        deadline = time.monotonic() + args.deadline_s
+        while time.monotonic() < deadline:
+            jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
+            counts = {
+                key: sum(1 for j in jobs if (j["params"].get("source") or {}).get("key") == key)
+                for key in keys
+            }
+            if all(counts.values()):
+                break
+            time.sleep(0.5)
+        recover = time.monotonic() - resumed
+        time.sleep(10)  # late duplicates would show by now
+        jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
+        counts = {
+            key: sum(1 for j in jobs if (j["params"].get("source") or {}).get("key") == key)
+            for key in keys
+        }
+    print(f"  pipeline jobs per upload: {list(counts.values())}", flush=True)
+    once = sum(1 for n in counts.values() if n == 1)
+    return Row("listener stopped, 3 uploads", 3, once, 0, 3 - once, 0, 0, recover)
+
+
+def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
+    rows = []
+    with live_stack(
+        root,
+        queues=("train", "evaluate"),
+        training_profile="quick",
+        checkpoint_every_steps=max(1, args.steps // 4),
+        restart_backoff_s=0.5,
+    ) as stack:
+        stop = threading.Event()
+        watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
+        watcher.start()
+        try:
+            first = max(2, args.steps // 4 + 2)
+            rows.append(
+                pipeline_fault(
+                    stack,
+                    "train worker SIGKILLed",
+                    "chaos/train-kill/archive.zip",
+                    first,
+                    lambda: signal_group(stack, "worker-train", signal.SIGKILL),
+                    args,
+                )
+            )
+
+            def s3_away() -> None:
+                signal_group(stack, "s3", signal.SIGSTOP)
+                time.sleep(30)
+                signal_group(stack, "s3", signal.SIGCONT)
+
+            rows.append(
+                pipeline_fault(
+                    stack, "S3 stopped 30 s in training", "chaos/s3/archive.zip", 1, s3_away, args
+                )
+            )
+            rows.append(listener_stop(stack, args))
+        finally:
+            stop.set()
+            watcher.join()
+    return rows
+
+
+def cpu() -> str:
+    model, flags = platform.processor(), set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    wanted = ["avx2", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
+    return f"{model}, {os.cpu_count()} cores; flags: " + ", ".join(
+        f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--deadline-s", type=float, default=240.0, help="most seconds of load")
+    parser.add_argument("--steps", type=int, default=40, help="training steps of a pipeline")
+    parser.add_argument("--only", choices=["predict", "pipeline"], default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rows = []
+    if args.only in (None, "predict"):
+        with (
+            tempfile.TemporaryDirectory(prefix="agnews-chaos-") as tmp,
+            watched_stack(Path(tmp)) as stack,
+        ):
+            rows.append(scenario(stack, "predict worker SIGKILLed", "worker-predict-2", args))
+            rows.append(scenario(stack, "redis-server SIGKILLed", "redis", args))
+    if args.only in (None, "pipeline"):
+        with tempfile.TemporaryDirectory(prefix="agnews-chaos-") as tmp:
+            rows.extend(pipeline_scenarios(Path(tmp), args))
+    print()
+    print(f"CPU: {cpu()}")
+    print(HEADER)
+    for row in rows:
+        print(row.line())
+
+
+if __name__ == "__main__":
+    main()

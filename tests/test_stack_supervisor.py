@@ -1,0 +1,101 @@
+"""The local supervisor: restarts with backoff, gives up on a process that keeps dying, and reads
+readiness from this run's log only."""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stack.processes import GaveUp, RestartPolicy, Service, Supervisor, log_says
+
+POLICY = RestartPolicy(max_restarts=3, window_s=60, backoff_s=0.1, backoff_max_s=0.4)
+
+
+def test_backoff_doubles_up_to_its_cap_and_gives_up_after_too_many_exits_in_the_window() -> None:
+    assert POLICY.delay([100.0], 100.0) == pytest.approx(0.1)
+    assert POLICY.delay([100.0, 101.0], 101.0) == pytest.approx(0.2)
+    assert POLICY.delay([1.0, 100.0, 101.0], 101.0) == pytest.approx(0.2)  # 1.0 left the window
+    assert POLICY.delay([99.0, 100.0, 101.0], 101.0) is None
+    capped = RestartPolicy(max_restarts=99, backoff_s=1, backoff_max_s=5)
+    assert capped.delay([float(t) for t in range(10)], 9.0) == 5
+
+
+def _service(name: str, code: str) -> Service:
+    return Service(name=name, argv=[sys.executable, "-c", code], ready=lambda: True)
+
+
+def _tick_until(supervisor: Supervisor, done: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        supervisor.tick()
+        time.sleep(0.02)
+
+
+def test_a_process_that_dies_is_restarted_and_each_restart_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    # Dies once (it leaves a marker), then stays up.
+    marker = tmp_path / "died-once"
+    code = (
+        "import pathlib, sys, time\n"
+        f"m = pathlib.Path({str(marker)!r})\n"
+        "if not m.exists(): m.touch(); print('dying'); sys.exit(3)\n"
+        "print('second life', flush=True); time.sleep(60)\n"
+    )
+    service = supervisor.start(_service("flaky", code))
+    first = service.process
+    try:
+        _tick_until(supervisor, lambda: service.process is not first)
+        _tick_until(supervisor, lambda: "second life" in (tmp_path / "flaky.log").read_text())
+        assert not service.exited()
+        assert "dying" in (tmp_path / "flaky.log.1").read_text()
+        assert "flaky exited with code 3; restart 1" in caplog.text
+        assert "flaky restarted" in caplog.text
+    finally:
+        supervisor.stop()
+    assert service.process is not None
+    assert service.process.poll() is not None
+
+
+def test_a_process_that_keeps_dying_stops_the_watch_with_a_message_naming_it(
+    tmp_path: Path,
+) -> None:
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    supervisor.start(_service("crasher", "import sys; sys.exit(7)"))
+    try:
+        with pytest.raises(GaveUp, match=r"crasher exited 3 times within 60s \(last code 7\)"):
+            supervisor.watch(lambda: False, interval_s=0.02)
+    finally:
+        supervisor.stop()
+
+
+def test_readiness_is_not_fooled_by_the_previous_runs_log(tmp_path: Path) -> None:
+    (tmp_path / "worker.log").write_text("celery@host ready.\n")
+    code = "import time; time.sleep(1.0); print('celery@host ready.', flush=True); time.sleep(60)"
+    service = Service(
+        name="worker",
+        argv=[sys.executable, "-c", code],
+        ready=log_says(tmp_path / "worker.log", " ready."),
+    )
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    service.start(tmp_path, {})
+    supervisor.services.append(service)
+    try:
+        assert not service.ready()
+        service.wait_ready()
+        assert (tmp_path / "worker.log.1").read_text() == "celery@host ready.\n"
+    finally:
+        supervisor.stop()
+
+
+def test_stop_ends_the_watch_and_every_process(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    service = supervisor.start(_service("sleeper", "import time; time.sleep(60)"))
+    stop_at = time.monotonic() + 0.3
+    supervisor.watch(lambda: time.monotonic() > stop_at, interval_s=0.02)
+    supervisor.stop()
+    assert service.process is not None
+    assert service.process.poll() is not None
