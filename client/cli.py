@@ -143,10 +143,7 @@ def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
         except ValidationError as exc:
             raise GatewayError(422, _error(str(exc))) from exc
         job = client.submit(params)
-    if args.json:
-        _print_json(job)
-    else:
-        print(_job_line(job))
+    _print_job(args, job)
     return _follow(args, client, job.id) if args.follow else EXIT_OK
 
 
@@ -162,12 +159,14 @@ def jobs_list(args: argparse.Namespace, client: GatewayClient) -> int:
     return EXIT_OK
 
 
+def _print_job(args: argparse.Namespace, job: Job) -> None:
+    print(job.model_dump_json() if args.json else _job_line(job))
+
+
 def jobs_show(args: argparse.Namespace, client: GatewayClient) -> int:
     job = client.job(args.job_id)
-    if args.json:
-        _print_json(job)
-    else:
-        print(_job_line(job))
+    _print_job(args, job)
+    if not args.json:
         print(job.model_dump_json(indent=2, exclude={"id", "type", "status"}))
     return EXIT_OK
 
@@ -177,11 +176,7 @@ def jobs_follow(args: argparse.Namespace, client: GatewayClient) -> int:
 
 
 def jobs_cancel(args: argparse.Namespace, client: GatewayClient) -> int:
-    job = client.cancel(args.job_id)
-    if args.json:
-        _print_json(job)
-    else:
-        print(_job_line(job))
+    _print_job(args, client.cancel(args.job_id))
     return EXIT_OK
 
 
