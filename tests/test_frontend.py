@@ -269,6 +269,9 @@ def test_an_upload_trains_a_model_and_the_page_streams_every_stage(
     assert accuracy.endswith("%")
     assert page.locator("#retrain-job table.per-class tbody tr").count() == 4
     assert page.locator("#retrain-job table.confusion tbody td").count() == 16
+    members = page.locator("#retrain-job p.members").inner_text()
+    assert "transformer alone" in members
+    assert "TF-IDF linear alone" in members
     promotion = page.locator("#retrain-job .promotion").inner_text()
     assert "Promoted" in promotion
 

@@ -462,6 +462,11 @@ export class JobView {
         tile("Model", h("code", {}, headline.model_version ?? result?.version ?? "–")),
       ),
       !metrics && h("p", { class: "muted small" }, "The per-class figures arrive with the result."),
+      metrics?.members && h("p", { class: "muted small members" },
+        `A blend of two members (the linear one's share ${metrics.members.weight}, fitted on validation rows): `
+        + `transformer alone ${percent(metrics.members.transformer_accuracy)}, `
+        + `TF-IDF linear alone ${percent(metrics.members.linear_accuracy)}, `
+        + `blend ${percent(metrics.members.blend_accuracy)}.`),
       perClass && h("div", { class: "eval-grid" },
         h("div", { class: "table-wrap" }, h("table", { class: "data per-class" },
           h("caption", {}, "Per class"),
