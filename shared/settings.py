@@ -120,9 +120,12 @@ class Settings(BaseSettings):
     session_ttl_s: int = Field(default=12 * 3600, ge=60)
     cookie_secure: bool = False
     # Token buckets per key (per client address when open), in each gateway process: a burst,
-    # then a steady rate per second; 429 with Retry-After beyond them.
-    rate_predict_per_s: float = Field(default=20.0, gt=0)
-    rate_predict_burst: int = Field(default=60, ge=1)
+    # then a steady rate per second; 429 with Retry-After beyond them. The predict default sits
+    # above what a 2-core predict fleet serves (~160 texts/s), so it stops a runaway client
+    # without throttling a product team's steady traffic (or every local client, which share
+    # one loopback address when the gateway is open).
+    rate_predict_per_s: float = Field(default=500.0, gt=0)
+    rate_predict_burst: int = Field(default=1000, ge=1)
     rate_jobs_per_s: float = Field(default=0.5, gt=0)
     rate_jobs_burst: int = Field(default=20, ge=1)
     # Base models a train or pipeline job may name besides the packaged one and the model

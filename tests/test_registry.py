@@ -60,6 +60,8 @@ def test_a_model_folder_lists_every_file_with_its_sha256(model_dir: Path) -> Non
         "README.md",
         "config.json",
         "history.json",
+        "linear.json",
+        "linear.safetensors",
         "metrics.json",
         "model.safetensors",
         "tokenizer.json",
