@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
-from pipeline.predictor import Encoded, Predictor
+from pipeline.predictor import Predictor
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.results import ClassScores, MemberScores, Metrics
@@ -48,12 +48,12 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, **about: An
 
 def _members(
     predictor: Predictor,
-    encoded: Encoded,
+    texts: Sequence[str],
     transformer: np.ndarray,
     blended: np.ndarray,
     truth: np.ndarray,
 ) -> MemberScores | None:
-    linear = predictor.linear_probabilities(encoded)
+    linear = predictor.linear_probabilities(texts)
     if predictor.linear is None or linear is None:
         return None
 
@@ -88,9 +88,10 @@ def evaluate(
         ticker(done)
         check_cancelled(reporter, "evaluate")
 
-    encoded = predictor.encode([row.text for row in rows])
+    texts = [row.text for row in rows]
+    encoded = predictor.encode(texts)
     transformer = predictor.forward(encoded.ids, on_batch)
-    probabilities, truncated = predictor.blend(transformer, encoded), encoded.truncated
+    probabilities, truncated = predictor.blend(transformer, texts), encoded.truncated
     truth = np.array([row.label for row in rows], dtype=np.int64)
     metrics = classification_metrics(
         truth,
@@ -101,7 +102,7 @@ def evaluate(
         truncated=sum(truncated),
         max_length=predictor.max_length,
         seconds=round(time.monotonic() - started, 2),
-        members=_members(predictor, encoded, transformer, probabilities, truth),
+        members=_members(predictor, texts, transformer, probabilities, truth),
     )
     reporter.event(
         EventType.metric,

@@ -30,12 +30,10 @@ from shared.settings import Settings
 
 
 class Encoded(NamedTuple):
-    """Token ids cut to the model's limit, which texts lost tokens to the cut, and the cleaned
-    texts (what the linear member reads)."""
+    """Token ids cut to the model's limit, and which texts lost tokens to the cut."""
 
     ids: list[list[int]]
     truncated: list[bool]
-    texts: list[str]
 
 
 class Predictor:
@@ -126,8 +124,7 @@ class Predictor:
     def encode(self, texts: Sequence[str]) -> Encoded:
         cleaned = [clean_text(text) for text in texts]
         with self._tokenizer_lock:
-            ids, truncated = encode_flagged(self.tokenizer, cleaned, self.max_length)
-        return Encoded(ids, truncated, cleaned)
+            return Encoded(*encode_flagged(self.tokenizer, cleaned, self.max_length))
 
     def forward(
         self, ids: Sequence[Sequence[int]], on_batch: Callable[[int], None] | None = None
@@ -143,23 +140,23 @@ class Predictor:
                 on_batch=on_batch,
             )
 
-    def blend(self, transformer: np.ndarray, encoded: Encoded) -> np.ndarray:
+    def blend(self, transformer: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """The transformer's probabilities blended with the linear member's, where there is one."""
         if self.linear is None:
             return transformer
-        return self.linear.blend(transformer, encoded.texts)
+        return self.linear.blend(transformer, [clean_text(text) for text in texts])
 
-    def linear_probabilities(self, encoded: Encoded) -> np.ndarray | None:
+    def linear_probabilities(self, texts: Sequence[str]) -> np.ndarray | None:
         if self.linear is None:
             return None
-        return self.linear.probabilities(encoded.texts)
+        return self.linear.probabilities([clean_text(text) for text in texts])
 
     def probabilities(
         self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None
     ) -> tuple[np.ndarray, list[bool]]:
         """Class probabilities (one row per text, in order) and which texts were cut short."""
         encoded = self.encode(texts)
-        return self.blend(self.forward(encoded.ids, on_batch), encoded), encoded.truncated
+        return self.blend(self.forward(encoded.ids, on_batch), texts), encoded.truncated
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return answers(*self.probabilities(texts))

@@ -56,7 +56,7 @@ def test_the_blend_weight_is_fitted_on_the_validation_split(tmp_path: Path) -> N
     texts = [rows[i].text for i in val_index]
     predictor = Predictor.load(tmp_path / "model", settings)
     transformer = predictor.forward(predictor.encode(texts).ids)
-    linear = predictor.linear_probabilities(predictor.encode(texts))
+    linear = predictor.linear_probabilities(texts)
     assert linear is not None
     assert blend.weight == fit_weight(transformer, linear, labels[val_index])
     assert info.params.rows_validated == len(val_index)

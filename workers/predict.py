@@ -66,7 +66,7 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
         predictor = model.current()
         every_text = [text for _, texts in work for text in texts]
         encoded = predictor.encode(every_text)
-        blended = predictor.blend(predictor.forward(encoded.ids), encoded)
+        blended = predictor.blend(predictor.forward(encoded.ids), every_text)
         rows = answers(blended, encoded.truncated)
     except Exception as exc:
         log.exception("a batch of %d predict jobs failed", len(work))
