@@ -4,9 +4,11 @@ A stratified validation split carved from train.csv chooses the model (the best 
 and stops training early; test.csv is never looked at here.
 """
 
+import copy
 import dataclasses
 import logging
 import math
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 _WEIGHTS = "model.safetensors"
 _BEST_WEIGHTS = "best.safetensors"
 _TRAINER = "trainer.pt"
+_EMA_WEIGHTS = "ema.safetensors"
 # About this many points of training loss make a model's curve, however long it trained.
 CURVE_POINTS = 200
 
@@ -170,16 +173,57 @@ def split_rows(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.
     return order[n_val:][: config.train_rows], order[:n_val]
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block)\.(\d+)\.")
+
+
+def _depth(name: str, layers: int) -> int:
+    """0 for embeddings, i + 1 for the i-th transformer layer, layers + 1 for what sits on top."""
+    found = _LAYER_INDEX.search(name)
+    if found is not None:
+        return int(found.group(1)) + 1
+    return 0 if "embed" in name or ".wte." in name or ".wpe." in name else layers + 1
+
+
+def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Weight decay except on biases and norms; with `layer_decay` < 1, each layer's rate is
+    that times the rate of the layer above (the head learns at `lr`)."""
+    layers = int(
+        getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0)
+    )
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+            decays = param.ndim >= 2 and "LayerNorm" not in name
+            groups.setdefault((_depth(name, layers), decays), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decays else 0.0,
+            "lr": config.lr * config.layer_decay ** (layers + 1 - min(depth, layers + 1)),
+        }
+        for (depth, decays), params in sorted(groups.items())
     ]
+
+
+class Ema:
+    """An exponential moving average of a model's weights, in a model of its own."""
+
+    def __init__(self, model: PreTrainedModel, decay: float) -> None:
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self._live: list[torch.Tensor] = list(model.parameters())
+        self._average: list[torch.Tensor] = list(self.model.parameters())
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self._average, self._live, 1.0 - decay)
+
+
+def set_dropout(model: torch.nn.Module, rate: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = rate
 
 
 def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -258,25 +302,33 @@ class Trainer:
         self.config = config
         self.device = device
         self.bf16 = bf16
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(model, config.weight_decay), lr=config.lr, fused=True
-        )
+        self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _warmup_linear(total, config.warmup)
         )
         self.state = TrainState(total=total)
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self.ema = Ema(model, config.ema_decay) if config.ema_decay > 0 else None
+
+    @property
+    def evaluated(self) -> PreTrainedModel:
+        """The weights that validation scores and training keeps: the average where there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
     def step(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step on one batch; the batch's loss, still on the device."""
         with autocast(self.device, self.bf16):
             logits = self.model(**inputs).logits
-        loss = F.cross_entropy(logits.float(), labels.to(self.device))
+        loss = F.cross_entropy(
+            logits.float(), labels.to(self.device), label_smoothing=self.config.label_smoothing
+        )
         torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.state.step)
         self.state.step += 1
         return loss.detach()
 
@@ -289,7 +341,7 @@ class Trainer:
         if gained:
             state.best_accuracy, state.best_loss = scores["accuracy"], scores["loss"]
             state.best_step, state.evals_without_gain = state.step, 0
-            self.best_weights = _cpu_copy(self.model)
+            self.best_weights = _cpu_copy(self.evaluated)
         else:
             state.evals_without_gain += 1
             state.stopped_early = 0 < self.config.patience <= state.evals_without_gain
@@ -298,7 +350,7 @@ class Trainer:
         """Put the best weights back where the last step's are not them."""
         best = self.state.best_step
         if self.best_weights is not None and best != self.state.step:
-            self.model.load_state_dict(self.best_weights)
+            self.evaluated.load_state_dict(self.best_weights)
             message = f"kept the best validation checkpoint, from step {best}"
             reporter.event(EventType.log, {"message": message})
 
@@ -306,6 +358,8 @@ class Trainer:
         with tempfile.TemporaryDirectory() as scratch:
             folder = Path(scratch)
             save_model(self.model, str(folder / _WEIGHTS))
+            if self.ema is not None:
+                save_model(self.ema.model, str(folder / _EMA_WEIGHTS))
             if self.best_weights is not None and self.state.best_step != self.state.step:
                 save_file(self.best_weights, str(folder / _BEST_WEIGHTS))
             torch.save(
@@ -345,6 +399,8 @@ class Trainer:
 
     def _load(self, folder: Path, saved: dict[str, Any]) -> None:
         load_model(self.model, folder / _WEIGHTS, device=str(self.device))
+        if self.ema is not None:
+            load_model(self.ema.model, folder / _EMA_WEIGHTS, device=str(self.device))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
@@ -354,7 +410,7 @@ class Trainer:
         if (folder / _BEST_WEIGHTS).exists():
             self.best_weights = load_file(folder / _BEST_WEIGHTS)
         elif self.state.best_step == self.state.step > 0:
-            self.best_weights = _cpu_copy(self.model)
+            self.best_weights = _cpu_copy(self.evaluated)
 
 
 class LossWindow:
@@ -399,6 +455,8 @@ def fit(
     tokenizer = load_tokenizer(base)
     padding = padding_of(tokenizer)
     model = to_device(load_classifier(base, padding.pad_id), device)
+    if config.dropout is not None:
+        set_dropout(model, config.dropout)
     config = config.model_copy(
         update={"max_length": readable_length(config.max_length, tokenizer, model)}
     )
@@ -447,7 +505,7 @@ def fit(
             )
 
         if state.step % eval_every == 0 or state.step == total:
-            scores = validate(model, val, padding, config, device, bf16)
+            scores = validate(trainer.evaluated, val, padding, config, device, bf16)
             trainer.record(scores)
             state.validation_curve.append({"step": state.step, "epoch": epoch_now, **scores})
             reporter.event(
@@ -488,6 +546,7 @@ def fit(
 
     state.seconds = seconds_before + time.monotonic() - started
     trainer.keep_best(reporter)
+    model = trainer.evaluated
     validation = ValidationScores(
         n=len(val_index),
         accuracy=state.best_accuracy,

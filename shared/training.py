@@ -16,6 +16,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = 0.01
     warmup: float = 0.06  # fraction of all steps, then linear decay to zero
     grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    dropout: float | None = None  # every dropout layer's rate; None: the base model's
+    layer_decay: float = 1.0  # each layer below the top learns at this times the one above's rate
+    ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0: off
     train_rows: int | None = None  # a stratified subset of train.csv; None: every row
     val_fraction: float = 0.05
     val_max_rows: int = 2000

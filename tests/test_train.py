@@ -2,10 +2,19 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline import stages
 from pipeline.modeling import bucketed_batches
-from pipeline.train import PROFILES, split_rows, stratified_order
+from pipeline.train import (
+    PROFILES,
+    Trainer,
+    param_groups,
+    set_dropout,
+    split_rows,
+    stratified_order,
+)
 from shared.errors import JobCancelled
 from shared.settings import Settings
 from shared.storage import s3_client
@@ -132,3 +141,73 @@ def test_training_stops_at_the_next_step_after_the_job_is_cancelled(
     latest = s3_client(settings).get_object(Bucket=settings.bucket, Key=prefix + "latest.json")
     assert json.loads(latest["Body"].read()) == {"step": 2}
     assert [key for key in stored_keys(settings, prefix) if key.startswith("final/")] == []
+
+
+def tiny_bert(layers: int = 3) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=16,
+        num_labels=4,
+    )
+    return BertForSequenceClassification(config)
+
+
+def test_layer_decay_gives_each_layer_a_lower_rate_than_the_one_above() -> None:
+    model = tiny_bert(layers=3)
+    groups = param_groups(model, TrainConfig(lr=1e-3, layer_decay=0.5, weight_decay=0.1))
+    rate = {id(param): group["lr"] for group in groups for param in group["params"]}
+    decay = {id(param): group["weight_decay"] for group in groups for param in group["params"]}
+    named = dict(model.named_parameters())
+    assert rate[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 / 16)
+    assert rate[id(named["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(1e-3 / 8)
+    assert rate[id(named["bert.encoder.layer.2.output.dense.weight"])] == pytest.approx(1e-3 / 2)
+    assert rate[id(named["classifier.weight"])] == pytest.approx(1e-3)
+    assert decay[id(named["classifier.weight"])] == 0.1
+    assert decay[id(named["classifier.bias"])] == 0.0
+    assert decay[id(named["bert.encoder.layer.1.output.LayerNorm.weight"])] == 0.0
+    assert sum(len(group["params"]) for group in groups) == len(named)
+
+    flat = param_groups(model, TrainConfig(lr=1e-3))
+    assert {group["lr"] for group in flat} == {1e-3}
+
+
+def test_the_weight_average_is_what_training_validates_and_keeps() -> None:
+    model = tiny_bert()
+    trainer = Trainer(model, TrainConfig(ema_decay=0.999), 3, torch.device("cpu"), bf16=False)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    inputs = {"input_ids": torch.randint(1, 50, (4, 6))}
+    trainer.step(inputs, torch.tensor([0, 1, 2, 3]))
+
+    assert trainer.evaluated is not model
+    averaged = dict(trainer.evaluated.named_parameters())
+    for name, live in model.named_parameters():
+        # The first update averages with weight 0.9 on the new weights (warm-up of the decay).
+        expected = before[name] + 0.9 * (live.detach() - before[name])
+        assert torch.allclose(averaged[name], expected, atol=1e-6), name
+    assert not all(torch.equal(averaged[name], live) for name, live in model.named_parameters())
+    trainer.record({"accuracy": 0.5, "loss": 1.0})
+    assert trainer.best_weights is not None
+    kept = trainer.best_weights["classifier.weight"]
+    assert torch.equal(kept, averaged["classifier.weight"].detach())
+    assert Trainer(tiny_bert(), TrainConfig(), 3, torch.device("cpu"), False).ema is None
+
+
+def test_label_smoothing_and_dropout_reach_the_loss_and_the_model() -> None:
+    model = tiny_bert()
+    set_dropout(model, 0.3)
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.3}
+    inputs = {"input_ids": torch.randint(1, 50, (4, 6))}
+    labels = torch.tensor([0, 1, 2, 3])
+    losses = []
+    for smoothing in (0.0, 0.2):
+        torch.manual_seed(1)
+        trainer = Trainer(
+            tiny_bert(), TrainConfig(label_smoothing=smoothing), 3, torch.device("cpu"), False
+        )
+        losses.append(float(trainer.step(inputs, labels)))
+    assert losses[0] != pytest.approx(losses[1])

@@ -1,0 +1,136 @@
+"""Training recipes compared on the same rows: validation accuracy decides, test.csv is reported.
+
+    .venv/bin/python bench/recipes.py --rows 10000 --epochs 1
+    .venv/bin/python bench/recipes.py --recipe base --recipe ema --rows 0 --epochs 2
+
+Each recipe is the `full` profile with some fields changed, trained on one stratified subset of
+train.csv (`--rows`; 0: every row) and validated on the same split. Prints one JSON line per
+recipe as it ends (also appended to bench/out/recipes.jsonl) and a Markdown table at the end:
+wall time, validation accuracy, and test.csv accuracy and macro-F1 of the transformer alone and,
+where the recipe trains it, blended with the linear member.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.machine import cpu_line
+from pipeline.evaluate import classification_metrics
+from pipeline.ingest import read_archive
+from pipeline.modeling import class_probabilities, encode, padding_of
+from pipeline.report import TqdmReporter
+from pipeline.train import PROFILES, FitResult, fit
+from shared.settings import Settings
+from shared.training import TrainConfig
+
+DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
+OUT = Path(__file__).parent / "out" / "recipes.jsonl"
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "length-128": {"max_length": 128},
+    "ema": {"ema_decay": 0.998},
+    "smoothing": {"label_smoothing": 0.1},
+    "dropout": {"dropout": 0.15},
+    "llrd": {"layer_decay": 0.85, "lr": 1.5e-4},
+    "lr-1.2e-4": {"lr": 1.2e-4},
+    "all": {"ema_decay": 0.998, "label_smoothing": 0.1, "layer_decay": 0.85, "lr": 1.5e-4},
+}
+
+
+def test_scores(result: FitResult, texts: list[str], truth: np.ndarray) -> dict[str, Any]:
+    encoded = encode(result.tokenizer, texts, result.config.max_length)
+    transformer = class_probabilities(
+        result.model,
+        encoded,
+        padding=padding_of(result.tokenizer),
+        batch_size=64,
+        device=result.model.device,
+    )
+    scores: dict[str, Any] = {}
+    alone = classification_metrics(truth, transformer.argmax(axis=1))
+    scores["test_accuracy"], scores["test_macro_f1"] = alone.accuracy, alone.macro_f1
+    if result.linear is not None:
+        blended = result.linear.blend(transformer, texts)
+        mixed = classification_metrics(truth, blended.argmax(axis=1))
+        scores["blend_weight"] = result.linear.weight
+        scores["blend_test_accuracy"], scores["blend_test_macro_f1"] = (
+            mixed.accuracy,
+            mixed.macro_f1,
+        )
+    return scores
+
+
+def row(summary: dict[str, Any]) -> str:
+    def pct(key: str) -> str:
+        value = summary.get(key)
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    return (
+        f"| {summary['recipe']} | {summary['changes'] or '(full)'} | {summary['steps']} "
+        f"| {summary['train_s'] / 60:.1f} min | {pct('validation_accuracy')} "
+        f"| {pct('test_accuracy')} | {summary['test_macro_f1']:.4f} "
+        f"| {pct('blend_test_accuracy')} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--recipe", action="append", choices=sorted(RECIPES))
+    parser.add_argument("--rows", type=int, default=10_000, help="training rows; 0: all")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--linear", action="store_true", help="train and blend the linear member")
+    args = parser.parse_args()
+
+    print(f"CPU: {cpu_line()}", flush=True)
+    settings = Settings()
+    dataset = read_archive(args.data, settings)
+    texts = [r.text for r in dataset.test.rows]  # cleaned at ingest
+    truth = np.array([r.label for r in dataset.test.rows], dtype=np.int64)
+    common = {
+        "train_rows": args.rows or None,
+        "epochs": args.epochs,
+        "max_length": args.max_length,
+        "linear_member": args.linear,
+        "patience": 0,
+    }
+    lines = []
+    for name in args.recipe or list(RECIPES):
+        changes = RECIPES[name]
+        config = TrainConfig.model_validate({**PROFILES["full"].model_dump(), **common, **changes})
+        reporter = TqdmReporter()
+        started = time.monotonic()
+        result = fit(config, dataset.train.rows, settings, reporter)
+        reporter.close()
+        summary = {
+            "recipe": name,
+            "changes": changes,
+            "cpu": cpu_line(),
+            "date": time.strftime("%Y-%m-%d"),
+            "rows_trained": result.rows_trained,
+            "steps": result.state.step,
+            "train_s": round(result.state.seconds, 1),
+            "fit_wall_s": round(time.monotonic() - started, 1),
+            "validation_accuracy": result.validation.accuracy,
+            "best_step": result.validation.step,
+            **test_scores(result, texts, truth),
+            **{key: value for key, value in common.items()},
+        }
+        print(json.dumps(summary), flush=True)
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        with OUT.open("a") as out:
+            out.write(json.dumps(summary) + "\n")
+        lines.append(row(summary))
+    print("| recipe | changes | steps | training | validation | test.csv | macro-F1 | blend test |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
