@@ -1,6 +1,9 @@
 """Transient Redis and S3 errors: a progress write or a checkpoint upload that fails for a while
 is retried or skipped, never the end of a training."""
 
+import asyncio
+import logging
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,14 +13,20 @@ import redis
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from tenacity import stop_after_attempt, wait_none
 
+from gateway.jobs import send_first_task
+from gateway.services import gateway_celery
 from pipeline.checkpoints import S3Checkpoints
 from shared import registry as registry_module
+from shared.jobs import Job, JobType, new_job_id
 from shared.jobstore import JobStore
 from shared.registry import MANIFEST, PRODUCTION, ModelInfo, ModelRegistry, new_version
 from shared.settings import Settings
 from shared.storage import s3_client, transient_s3_error
+from shared.tasks import PREDICT, ROUTES
 from shared.training import TrainingParams
+from tests.gateway_support import broker_messages, wait_until
 from tests.job_results import metrics
+from tests.servers import free_port, redis_server
 from workers.reporting import JobReporter
 
 
@@ -178,3 +187,21 @@ def test_a_promotion_goes_through_transient_s3_failures_of_its_write(
     assert writes.calls == calls
     assert pointer.version == version
     assert registry.production() == pointer
+
+
+def test_a_job_sent_while_the_broker_restarts_is_queued_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # where Redis is about to come back
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_retries=30)
+    job = Job(id=new_job_id(), type=JobType.predict, params={"texts": ["Oil prices slide"]})
+    caplog.set_level(logging.INFO, logger="gateway")
+
+    sending = threading.Thread(
+        target=asyncio.run, args=(send_first_task(gateway_celery(settings), settings, job),)
+    )
+    sending.start()
+    wait_until(lambda: "the task broker is away" in caplog.text)
+    with redis_server(tmp_path, port):
+        sending.join()
+        assert broker_messages(settings, ROUTES[PREDICT]) == [(PREDICT, [job.id])]
