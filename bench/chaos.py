@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ class Outcome:
     sent: int = 0
     ok: int = 0
     late: list[str] = field(default_factory=list)
-    refused: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
     first_ok_after_fault: float | None = None
 
 
@@ -127,8 +128,8 @@ async def load(
                     response = await http.post(
                         "/v1/predict", json={"text": TEXTS[index % len(TEXTS)]}
                     )
-                except httpx.HTTPError:
-                    outcome.refused += 1
+                except httpx.HTTPError as exc:
+                    outcome.refusals[type(exc).__name__] += 1
                     await asyncio.sleep(0.2)
                     continue
                 if response.status_code == 200:
@@ -142,7 +143,7 @@ async def load(
                 elif response.status_code == 202:
                     outcome.late.append(response.json()["id"])
                 else:
-                    outcome.refused += 1
+                    outcome.refusals[f"{response.status_code} {response.text[:120]}"] += 1
                     await asyncio.sleep(0.2)
 
     await asyncio.gather(*(client(i) for i in range(clients)))
@@ -212,6 +213,8 @@ def scenario(stack: LiveStack, name: str, victim: str, args: argparse.Namespace)
         )
     )
     load_ended = time.monotonic()
+    for reason, count in outcome.refusals.items():
+        print(f"  refused {count}: {reason}", flush=True)
     status = follow(stack.url, outcome.late, FOLLOW_S)
     late_ok = sum(1 for s in status.values() if s == "succeeded")
     stuck = active_jobs(stack)
@@ -224,7 +227,7 @@ def scenario(stack: LiveStack, name: str, victim: str, args: argparse.Namespace)
         answered_200=outcome.ok,
         answered_late=late_ok,
         lost=outcome.sent - outcome.ok - late_ok,
-        refused=outcome.refused,
+        refused=outcome.refusals.total(),
         stuck_after_60s=stuck,
         recover_s=outcome.first_ok_after_fault,
     )
