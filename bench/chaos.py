@@ -17,29 +17,32 @@ succeeded within 60 s. Stuck: the scenario's jobs not ended 60 s after the load 
 Recover: seconds from the fault to the first 200 answered to a request sent after the fault.
 
 Then, on a second stack with train and evaluate workers (quick profile, `--steps` steps, a
-checkpoint every `--steps // 4`), one pipeline job per scenario, POSTed to /v1/jobs:
+checkpoint every `--steps // 4`), one upload to incoming/ per scenario, whose pipeline job the
+listener starts:
 
 - train-kill: the train worker's process group SIGKILLed once training passed its first
   checkpoint; the reaper sends the task again after the heartbeat timeout and the restarted
   worker resumes from the checkpoint;
-- s3-stop: the S3 store (SeaweedFS) SIGSTOPped for 30 s once training began;
+- s3-stop: production is first a model trained for one step on the same rows, then the S3
+  store (SeaweedFS) is SIGSTOPped for 30 s once training began; the scenario counts only if the
+  pipeline then promotes its model over that production (the holdout decides);
 - listener-stop: the listener SIGSTOPped while 3 archives are uploaded, then resumed; the
   store's webhook retries and the listener's scan of incoming/ find them.
 
 For those, "requests" are pipeline jobs (uploads for listener-stop); lost: jobs that did not
-succeed (uploads without exactly one job); recover: seconds from the fault to the job's end
-(to the third upload's job for listener-stop).
+succeed, or for s3-stop did not promote (uploads without exactly one job); recover: seconds
+from the fault to the job's end (to the third upload's job for listener-stop).
 """
 
 import argparse
 import asyncio
 import os
-import platform
 import signal
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,12 +53,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_line
 from pipeline.registry import publish
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
 from shared.storage import s3_client
 from tests.conftest import MINI_ARCHIVE
-from tests.pipeline_support import tiny_model
+from tests.pipeline_support import tiny_model, trained_model
 from tests.stack_fixture import LiveStack, live_stack
 
 TEXTS = [
@@ -76,7 +80,7 @@ class Outcome:
     sent: int = 0
     ok: int = 0
     late: list[str] = field(default_factory=list)
-    refused: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
     first_ok_after_fault: float | None = None
 
 
@@ -124,8 +128,8 @@ async def load(
                     response = await http.post(
                         "/v1/predict", json={"text": TEXTS[index % len(TEXTS)]}
                     )
-                except httpx.HTTPError:
-                    outcome.refused += 1
+                except httpx.HTTPError as exc:
+                    outcome.refusals[type(exc).__name__] += 1
                     await asyncio.sleep(0.2)
                     continue
                 if response.status_code == 200:
@@ -139,7 +143,7 @@ async def load(
                 elif response.status_code == 202:
                     outcome.late.append(response.json()["id"])
                 else:
-                    outcome.refused += 1
+                    outcome.refusals[f"{response.status_code} {response.text[:120]}"] += 1
                     await asyncio.sleep(0.2)
 
     await asyncio.gather(*(client(i) for i in range(clients)))
@@ -209,6 +213,8 @@ def scenario(stack: LiveStack, name: str, victim: str, args: argparse.Namespace)
         )
     )
     load_ended = time.monotonic()
+    for reason, count in outcome.refusals.items():
+        print(f"  refused {count}: {reason}", flush=True)
     status = follow(stack.url, outcome.late, FOLLOW_S)
     late_ok = sum(1 for s in status.values() if s == "succeeded")
     stuck = active_jobs(stack)
@@ -221,7 +227,7 @@ def scenario(stack: LiveStack, name: str, victim: str, args: argparse.Namespace)
         answered_200=outcome.ok,
         answered_late=late_ok,
         lost=outcome.sent - outcome.ok - late_ok,
-        refused=outcome.refused,
+        refused=outcome.refusals.total(),
         stuck_after_60s=stuck,
         recover_s=outcome.first_ok_after_fault,
     )
@@ -254,9 +260,8 @@ def signal_group(stack: LiveStack, name: str, signum: int) -> None:
     print(f"  {signal.Signals(signum).name} {name} (group {service.process.pid})", flush=True)
 
 
-def upload(stack: LiveStack, key: str) -> str:
+def upload(stack: LiveStack, key: str) -> None:
     s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
-    return f"s3://{stack.settings.bucket}/{key}"
 
 
 def job(http: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -277,23 +282,47 @@ def training_step(found: dict[str, Any]) -> int:
     return int(progress.get("step", 0)) if progress.get("stage") == "train" else 0
 
 
+def pipeline_jobs(http: httpx.Client, keys: list[str]) -> dict[str, list[str]]:
+    """The pipeline jobs each uploaded key started."""
+    jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
+    return {
+        key: [j["id"] for j in jobs if (j["params"].get("source") or {}).get("key") == key]
+        for key in keys
+    }
+
+
+def started_job(http: httpx.Client, key: str, timeout_s: float) -> str:
+    """The pipeline job the listener started for an upload, once there is one."""
+    deadline = time.monotonic() + timeout_s
+    while not (ids := pipeline_jobs(http, [key])[key]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no pipeline job for {key} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return ids[0]
+
+
 def pipeline_fault(
-    stack: LiveStack, name: str, key: str, fault_at_step: int, fault: Any, args: argparse.Namespace
+    stack: LiveStack,
+    name: str,
+    key: str,
+    fault_at_step: int,
+    fault: Any,
+    args: argparse.Namespace,
+    *,
+    must_promote: bool = False,
 ) -> Row:
-    print(f"{name}: one pipeline of {args.steps} steps", flush=True)
+    print(f"{name}: the pipeline of one upload, {args.steps} steps", flush=True)
     with httpx.Client(base_url=stack.url, timeout=30) as http:
-        created = http.post(
-            "/v1/jobs",
-            json={"type": "pipeline", "dataset": upload(stack, key), "max_steps": args.steps},
-        ).json()
-        wait_job(http, created["id"], lambda j: training_step(j) >= fault_at_step, args.deadline_s)
+        upload(stack, key)
+        job_id = started_job(http, key, args.deadline_s)
+        wait_job(http, job_id, lambda j: training_step(j) >= fault_at_step, args.deadline_s)
         fault_time = time.monotonic()
         fault()
-        ended = wait_job(http, created["id"], lambda j: False, args.deadline_s)
+        ended = wait_job(http, job_id, lambda j: False, args.deadline_s)
         recover = time.monotonic() - fault_time
-    ok = ended["status"] == "succeeded"
-    promoted = ((ended.get("result") or {}).get("promotion") or {}).get("promoted")
-    print(f"  job {ended['id']} {ended['status']} (promoted: {promoted}); {ended.get('error')}")
+    promotion = (ended.get("result") or {}).get("promotion") or {}
+    ok = ended["status"] == "succeeded" and (promotion.get("promoted") or not must_promote)
+    print(f"  job {ended['id']} {ended['status']}; {ended.get('error') or promotion.get('reason')}")
     for event in JobStore.from_settings(stack.settings).events(ended["id"]):
         message = str(event.data.get("message", ""))
         if "resumed" in message or "checkpoint" in message:
@@ -310,37 +339,35 @@ def listener_stop(stack: LiveStack, args: argparse.Namespace) -> Row:
     time.sleep(20)
     resumed = time.monotonic()
     signal_group(stack, "listener", signal.SIGCONT)
-    counts: dict[str, int] = {}
     with httpx.Client(base_url=stack.url, timeout=30) as http:
-        deadline = time.monotonic() + args.deadline_s
-        while time.monotonic() < deadline:
-            jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
-            counts = {
-                key: sum(1 for j in jobs if (j["params"].get("source") or {}).get("key") == key)
-                for key in keys
-            }
-            if all(counts.values()):
-                break
-            time.sleep(0.5)
+        for key in keys:
+            started_job(http, key, args.deadline_s)
         recover = time.monotonic() - resumed
         time.sleep(10)  # late duplicates would show by now
-        jobs = http.get("/v1/jobs", params={"type": "pipeline", "limit": 100}).json()["jobs"]
-        counts = {
-            key: sum(1 for j in jobs if (j["params"].get("source") or {}).get("key") == key)
-            for key in keys
-        }
+        counts = {key: len(ids) for key, ids in pipeline_jobs(http, keys).items()}
     print(f"  pipeline jobs per upload: {list(counts.values())}", flush=True)
     once = sum(1 for n in counts.values() if n == 1)
     return Row("listener stopped, 3 uploads", 3, once, 0, 3 - once, 0, 0, recover)
 
 
+def weaker_production(stack: LiveStack, model_dir: Path) -> None:
+    """Production becomes a model trained for one step on the same rows: a candidate that learned
+    anything beats it on the holdout, so the scenario shows promotion after the fault."""
+    registry = ModelRegistry.from_settings(stack.settings)
+    version = publish(registry, model_dir).version
+    registry.promote(version, "chaos: a deliberately weak production for the candidate to beat")
+    print(f"  production is now {version}, trained for one step", flush=True)
+
+
 def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
     rows = []
+    weak = trained_model(root / "weak", steps=1)
     with live_stack(
         root,
         queues=("train", "evaluate"),
         training_profile="quick",
         checkpoint_every_steps=max(1, args.steps // 4),
+        pipeline_max_steps=args.steps,
         restart_backoff_s=0.5,
     ) as stack:
         stop = threading.Event()
@@ -352,7 +379,7 @@ def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
                 pipeline_fault(
                     stack,
                     "train worker SIGKILLed",
-                    "chaos/train-kill/archive.zip",
+                    "incoming/chaos-train-kill/archive.zip",
                     first,
                     lambda: signal_group(stack, "worker-train", signal.SIGKILL),
                     args,
@@ -364,9 +391,16 @@ def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
                 time.sleep(30)
                 signal_group(stack, "s3", signal.SIGCONT)
 
+            weaker_production(stack, weak)
             rows.append(
                 pipeline_fault(
-                    stack, "S3 stopped 30 s in training", "chaos/s3/archive.zip", 1, s3_away, args
+                    stack,
+                    "S3 stopped 30 s in training",
+                    "incoming/chaos-s3/archive.zip",
+                    1,
+                    s3_away,
+                    args,
+                    must_promote=True,
                 )
             )
             rows.append(listener_stop(stack, args))
@@ -374,19 +408,6 @@ def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
             stop.set()
             watcher.join()
     return rows
-
-
-def cpu() -> str:
-    model, flags = platform.processor(), set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    wanted = ["avx2", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
-    return f"{model}, {os.cpu_count()} cores; flags: " + ", ".join(
-        f"{flag} {'yes' if flag in flags else 'no'}" for flag in wanted
-    )
 
 
 def main() -> None:
@@ -399,6 +420,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    print(f"CPU: {cpu_line()}", flush=True)
     rows = []
     if args.only in (None, "predict"):
         with (
@@ -411,7 +433,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="agnews-chaos-") as tmp:
             rows.extend(pipeline_scenarios(Path(tmp), args))
     print()
-    print(f"CPU: {cpu()}")
+    print(f"CPU: {cpu_line()}")
     print(HEADER)
     for row in rows:
         print(row.line())

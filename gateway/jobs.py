@@ -3,6 +3,9 @@
 import asyncio
 import logging
 
+import redis.exceptions
+from celery import Celery
+from kombu.exceptions import OperationalError
 from pydantic import TypeAdapter
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
@@ -26,6 +29,7 @@ from shared.jobs import (
     TrainParams,
     new_job_id,
 )
+from shared.jobstore import redis_backoff
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset, api_model_version
 from shared.tasks import dispatch
@@ -35,6 +39,7 @@ log = logging.getLogger("gateway")
 JOB_REQUEST: TypeAdapter[JobParams] = TypeAdapter(JobParams)
 JOB_QUERY = TypeAdapter(JobQuery)
 JOB_TAGS = frozenset(JobType)
+BROKER_AWAY = (OperationalError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 def check_predict_limits(params: PredictParams, settings: Settings) -> None:
@@ -75,13 +80,27 @@ def api_params(params: JobParams, settings: Settings) -> JobParams:
     return params.model_copy(update=update)
 
 
+async def send_first_task(celery: Celery, settings: Settings, job: Job) -> None:
+    """Each try fails fast; while the broker is away (Redis restarting), the next comes after
+    the Redis clients' backoff, as many times as they retry, and no thread waits meanwhile."""
+    for failures in range(settings.redis_retries + 1):
+        try:
+            await asyncio.to_thread(dispatch, celery, job)
+            return
+        except BROKER_AWAY as exc:
+            if failures == settings.redis_retries:
+                raise
+            log.info("job %s not sent, the task broker is away (%s); trying again", job.id, exc)
+            await asyncio.sleep(redis_backoff().compute(failures + 1))
+
+
 async def submit(state: Services, params: JobParams, owner: Principal) -> Job:
     """Store a new job and send its first task; a job that cannot be sent is failed, not left."""
     params = api_params(params, state.settings)
     job = Job(id=new_job_id(), type=JobType(params.type), params=params, owner=owner.name)
     await state.store.create(job)
     try:
-        await asyncio.to_thread(dispatch, state.celery, job)
+        await send_first_task(state.celery, state.settings, job)
     except Exception as exc:
         reason = f"could not queue the job: task broker unavailable: {exc}"
         try:

@@ -68,11 +68,7 @@ class Services:
             socket_timeout=tuning.block_ms / 1000 + timeout,
             socket_connect_timeout=timeout,
         )
-        celery = make_celery(settings, name="agnews-gateway")
-        # Fail fast while the broker is down (503 now, a fresh try next request) instead of
-        # retrying for seconds in a thread.
-        options = {**celery.conf.broker_transport_options, "max_retries": 0}
-        celery.conf.broker_transport_options = options
+        celery = gateway_celery(settings)
         s3 = s3_client(settings)
         probe = Config(
             connect_timeout=settings.probe_timeout_s,
@@ -100,6 +96,15 @@ class Services:
         await self.hub.stop()
         await self.store.redis.aclose()
         await self.hub.client.aclose()
+
+
+def gateway_celery(settings: Settings) -> Celery:
+    """A sender whose every try fails fast while the broker is down, rather than retrying for
+    seconds in a thread (jobs.send_first_task waits between tries without one)."""
+    celery = make_celery(settings, name="agnews-gateway")
+    options = {**celery.conf.broker_transport_options, "max_retries": 0}
+    celery.conf.broker_transport_options = options
+    return celery
 
 
 def _reaper(settings: Settings, celery: Celery) -> Reaper:

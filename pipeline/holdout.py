@@ -28,7 +28,7 @@ from shared.jobs import EventType
 from shared.registry import put_if, read_object, read_with_etag
 from shared.results import Holdout, Metrics
 from shared.settings import Settings
-from shared.storage import s3_client, s3_url
+from shared.storage import s3_client, s3_retry, s3_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -189,6 +189,7 @@ class HoldoutScores:
         self._keep(s3, key, metrics)
         return metrics
 
+    @s3_retry
     def _keep(self, s3: "S3Client", key: str, metrics: Metrics) -> None:
         s3.put_object(
             Bucket=self.settings.bucket,
@@ -201,6 +202,11 @@ class HoldoutScores:
 def _read(s3: "S3Client", settings: Settings) -> tuple[Holdout | None, str | None]:
     body, etag = read_with_etag(s3, settings.bucket, record_key(settings))
     return (None, None) if body is None else (Holdout.model_validate_json(body), etag)
+
+
+@s3_retry
+def _upload_copy(s3: "S3Client", bucket: str, local: Path, key: str) -> None:
+    s3.upload_file(str(local), bucket, key, ExtraArgs={"ContentType": "text/csv"})
 
 
 def _pin(
@@ -222,7 +228,7 @@ def _pin(
         source=source,
         pinned_at=datetime.now(UTC),
     )
-    s3.upload_file(str(local), settings.bucket, holdout.key, ExtraArgs={"ContentType": "text/csv"})
+    _upload_copy(s3, settings.bucket, local, holdout.key)
     body = holdout.model_dump_json(indent=2).encode()
     if not put_if(s3, settings.bucket, record_key(settings), body, etag):
         return None

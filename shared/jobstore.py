@@ -99,19 +99,23 @@ _JSON_FIELDS = ("params", "progress", "result", "error", "task")
 _TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at", "heartbeat_at")
 
 
+def redis_backoff() -> ExponentialWithJitterBackoff:
+    """The wait between tries while Redis is away: doubling from 0.1 s up to 2 s, jittered."""
+    return ExponentialWithJitterBackoff(base=0.1, cap=2.0)
+
+
 def redis_options(settings: Settings) -> dict[str, Any]:
     """Client options that ride out a Redis restart: retries with backoff, health checks."""
     return {
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), settings.redis_retries),
+        "retry": Retry(redis_backoff(), settings.redis_retries),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "health_check_interval": settings.redis_health_check_s,
     }
 
 
 def async_redis_options(settings: Settings) -> dict[str, Any]:
-    backoff = ExponentialWithJitterBackoff(base=0.1, cap=2.0)
     return {
-        "retry": redis.asyncio.retry.Retry(backoff, settings.redis_retries),
+        "retry": redis.asyncio.retry.Retry(redis_backoff(), settings.redis_retries),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "health_check_interval": settings.redis_health_check_s,
     }

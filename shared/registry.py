@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from shared.errors import Conflict, ModelNotFound, NoProductionModel
 from shared.results import Metrics, TrainingHistory
 from shared.settings import Settings
-from shared.storage import error_code, is_missing, s3_client
+from shared.storage import error_code, is_missing, s3_client, s3_retry
 from shared.training import TrainingParams
 
 if TYPE_CHECKING:
@@ -154,13 +154,13 @@ class ModelRegistry:
         for _ in range(_CAS_ATTEMPTS):
             current, etag = self._production()
             current_version = current.version if current else None
+            if current is not None and current.version == version:
+                return current
             if expected is not ... and expected != current_version:
                 raise Conflict(
                     f"production is {current_version or 'unset'}, no longer {expected or 'unset'}",
                     details={"production": current_version, "expected": expected},
                 )
-            if current is not None and current.version == version:
-                return current
             pointer = ProductionPointer(
                 version=version,
                 promoted_at=datetime.now(UTC),
@@ -189,9 +189,13 @@ class ModelRegistry:
         return put_if(self.s3, self.bucket, self.prefix + PRODUCTION, body, etag)
 
 
+@s3_retry
 def put_if(s3: "S3Client", bucket: str, key: str, body: bytes, etag: str | None) -> bool:
     """Write a JSON object if it still has `etag` (is still absent when None): False when another
-    writer got there first. A store without conditional writes is written to plainly."""
+    writer got there first. A store without conditional writes is written to plainly.
+
+    Tried again while the store is away: a write that landed but whose answer was lost then
+    reads as a lost race, and the caller's next read finds its own object."""
     try:
         if etag:
             s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=_JSON, IfMatch=etag)

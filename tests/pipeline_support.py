@@ -74,21 +74,23 @@ def mini_dataset(settings: Settings | None = None) -> RawDataset:
 def tiny_model(root: Path) -> Path:
     """A registered-format model folder (manifest and metrics included), trained once a session."""
     if "model" not in _CACHE:
-        settings = Settings(progress_interval_s=60.0, data_dir=root / "data")
-        dataset = mini_dataset(settings)
-        result = fit(
-            config_for(settings, "quick", max_steps=TINY_STEPS),
-            dataset.train.rows,
-            settings,
-            Recorder(),
-        )
-        model_dir = root / "tiny"
-        result.save(model_dir)
-        training = result.record()
-        (root / TRAINING).write_text(training.model_dump_json())
-        finish_model(model_dir, dataset, training, settings, Recorder())
-        _CACHE["model"] = model_dir
+        _CACHE["model"] = trained_model(root, TINY_STEPS)
     return _CACHE["model"]
+
+
+def trained_model(root: Path, steps: int) -> Path:
+    """The base model fine-tuned for `steps` steps on archive_mini, as root/tiny."""
+    settings = Settings(progress_interval_s=60.0, data_dir=root / "data")
+    dataset = mini_dataset(settings)
+    result = fit(
+        config_for(settings, "quick", max_steps=steps), dataset.train.rows, settings, Recorder()
+    )
+    model_dir = root / "tiny"
+    result.save(model_dir)
+    training = result.record()
+    (root / TRAINING).write_text(training.model_dump_json())
+    finish_model(model_dir, dataset, training, settings, Recorder())
+    return model_dir
 
 
 def copy_as_new_version(model_dir: Path, dest: Path, **metrics: Any) -> ModelInfo:

@@ -3,11 +3,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.services import gateway_celery
 from shared.errors import ErrorInfo
 from shared.jobs import JobStatus
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from shared.tasks import make_celery
 from tests.gateway_support import Gateway, broker_messages, serve
 from tests.job_results import train_result
 
@@ -136,9 +136,10 @@ def test_a_job_that_cannot_be_queued_fails_and_answers_503(
     gateway: Gateway, client: httpx.Client, settings: Settings, store: JobStore
 ) -> None:
     nowhere = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    gateway.services.celery = make_celery(nowhere)
+    gateway.services.celery = gateway_celery(nowhere)
 
-    response = client.post("/v1/jobs", json=TRAIN)
+    # tried again with the Redis clients' backoff (about 5 s in all), then failed
+    response = client.post("/v1/jobs", json=TRAIN, timeout=30)
 
     assert response.status_code == 503
     error = response.json()["error"]
