@@ -28,9 +28,11 @@ from pipeline.plan import (
 from pipeline.stages import train_model
 from pipeline.train import fit
 from shared.registry import HISTORY
+from shared.results import Metrics, StageSeconds, TrainResult
 from shared.settings import Settings
 from shared.training import TrainConfig, TrainingPlan
 from tests.archives import MINI_ARCHIVE
+from tests.job_results import train_result
 from tests.model_families import tiny_family_model
 from tests.pipeline_support import Recorder
 
@@ -165,7 +167,14 @@ def test_a_budgeted_run_announces_its_plan_and_runs_every_planned_step(tmp_path:
     config, settings = budgeted(tmp_path)
     recorder = Recorder()
     dataset = read_archive(MINI_ARCHIVE, settings)
-    info = train_model(config, dataset, tmp_path / "model", settings, recorder)
+    info = train_model(
+        config,
+        dataset,
+        tmp_path / "model",
+        settings,
+        recorder,
+        stages=StageSeconds(ingest=1.5),
+    )
 
     [(message, plan)] = plans(recorder)
     assert message == plan.describe()
@@ -182,6 +191,15 @@ def test_a_budgeted_run_announces_its_plan_and_runs_every_planned_step(tmp_path:
     assert set(totals[UNTIMED_STEPS + 3 - 1 :]) == {plan.steps}
     history = json.loads((tmp_path / "model" / HISTORY).read_text())
     assert history["train"][-1]["lr"] == 0.0, "the decay ends at the planned step"
+
+    stages = info.metrics.stage_seconds
+    assert stages is not None
+    assert stages.ingest == 1.5
+    assert stages.train is not None
+    assert stages.evaluate is not None
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"The {plan.describe()}." in card
+    assert "Wall time by stage: ingest 1.5 s, train " in card
 
 
 def test_a_resumed_run_keeps_its_plan(tmp_path: Path) -> None:
@@ -213,3 +231,13 @@ def test_a_run_without_a_budget_announces_its_fixed_plan(tmp_path: Path) -> None
     assert plan.timed_steps == 0
     assert message.endswith("no time budget")
     assert result.state.step == 4
+
+
+def test_results_stored_before_stage_times_still_parse() -> None:
+    stored = train_result().model_dump(mode="json")
+    del stored["stage_seconds"]
+    assert TrainResult.model_validate(stored).stage_seconds == StageSeconds()
+    metrics = Metrics.model_validate(stored["metrics"])
+    assert metrics.stage_seconds is None
+    times = StageSeconds(ingest=2.04, train=2700.0, promote=0.3)
+    assert times.describe() == "ingest 2.0 s, train 45.0 min, promote 0.3 s"
