@@ -54,6 +54,10 @@ def test_profiles_fit_their_purpose() -> None:
     assert PROFILES["quick"].train_rows is not None
     assert PROFILES["quick"].max_length <= 64
     assert PROFILES["full"].train_rows is None
+    assert PROFILES["full"].budget_s == 45 * 60
+    quick_budget = PROFILES["quick"].budget_s
+    assert quick_budget is not None
+    assert quick_budget <= 5 * 60
 
 
 def test_train_reports_progress_and_leaves_a_candidate(
