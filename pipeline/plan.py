@@ -57,6 +57,14 @@ class Workload:
     steps_per_epoch: int
     eval_every: int
 
+    @classmethod
+    def of(
+        cls, config: TrainConfig, train_lengths: np.ndarray, val_lengths: np.ndarray
+    ) -> "Workload":
+        steps_per_epoch = math.ceil(len(train_lengths) / config.batch_size)
+        eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
+        return cls(config, train_lengths, val_lengths, steps_per_epoch, eval_every)
+
     def epoch_tokens(self, max_length: int) -> int:
         config = self.config
         lengths = np.minimum(self.train_lengths, max_length)

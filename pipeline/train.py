@@ -451,9 +451,8 @@ def fit(
     splits = Splits(tokenizer, rows, labels, train_index, val_index)
     train, val = splits.tokenized(config.max_length)
 
-    steps_per_epoch = len(epoch_batches(train, config, 0))
-    eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
-    workload = Workload(config, train.lengths, val.lengths, steps_per_epoch, eval_every)
+    workload = Workload.of(config, train.lengths, val.lengths)
+    steps_per_epoch, eval_every = workload.steps_per_epoch, workload.eval_every
     planner = Planner(workload, device.type, bf16)
     trainer = Trainer(model, config, planner, device, bf16)
     resumed_from = trainer.resume(checkpoints, reporter) if checkpoints is not None else None

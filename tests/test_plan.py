@@ -41,13 +41,16 @@ SPENT_S = 5.0
 
 
 def workload(**changes: Any) -> Workload:
-    config = TrainConfig(max_length=128, budget_s=1.0, max_epochs=3.0).model_copy(update=changes)
+    config = TrainConfig(
+        max_length=128, budget_s=1.0, max_epochs=3.0, evals_per_epoch=2, bucket_pool=4
+    ).model_copy(update=changes)
     rng = np.random.default_rng(0)
-    train, val = rng.integers(8, 129, size=640), rng.integers(8, 129, size=64)
-    steps_per_epoch = len(
-        bucketed_batches(train.tolist(), config.batch_size, config.bucket_pool, config.seed)
-    )
-    return Workload(config, train, val, steps_per_epoch, steps_per_epoch // 2)
+    train, val = rng.integers(8, 129, size=650), rng.integers(8, 129, size=64)
+    work = Workload.of(config, train, val)
+    batches = bucketed_batches(train.tolist(), config.batch_size, config.bucket_pool, config.seed)
+    assert work.steps_per_epoch == len(batches) == 21
+    assert work.eval_every == 10
+    return work
 
 
 def probe(steps: int = 4) -> Probe:
