@@ -211,6 +211,7 @@ class Planner:
             max_length=config.max_length,
             device=self.device,
             bf16=self.bf16,
+            budget_s=config.budget_s,
         )
 
     def plan(self, probe: Probe, *, spent_s: float, done: int) -> TrainingPlan:

@@ -59,8 +59,12 @@ class TrainingPlan(BaseModel):
             f"plan: {self.epochs:g} epochs ({self.steps} steps) at max_length {self.max_length} "
             f"on {self.device} ({precision})"
         )
-        if self.budget_s is None or self.predicted_s is None:
+        if self.budget_s is None:
             return f"{head}, no time budget"
+        if self.predicted_s is None:
+            return (
+                f"{head}: too few steps to time against the {self.budget_s / 60:.1f}-minute budget"
+            )
         shorter = (
             f", cut from {self.measured_length} to fit one epoch"
             if self.measured_length is not None and self.max_length < self.measured_length

@@ -224,7 +224,7 @@ def test_a_resumed_run_keeps_its_plan(tmp_path: Path) -> None:
     assert result.record().params.plan == plan
 
 
-def test_a_run_without_a_budget_announces_its_fixed_plan(tmp_path: Path) -> None:
+def test_a_run_without_a_budget_or_too_short_to_time_has_a_fixed_plan(tmp_path: Path) -> None:
     config, settings = budgeted(tmp_path, budget_s=None, epochs=1.0, max_steps=4)
     recorder = Recorder()
     result = fit(config, read_archive(MINI_ARCHIVE, settings).train.rows, settings, recorder)
@@ -234,6 +234,13 @@ def test_a_run_without_a_budget_announces_its_fixed_plan(tmp_path: Path) -> None
     assert plan.timed_steps == 0
     assert message.endswith("no time budget")
     assert result.state.step == 4
+
+    config, settings = budgeted(tmp_path, max_steps=4)
+    recorder = Recorder()
+    fit(config, read_archive(MINI_ARCHIVE, settings).train.rows, settings, recorder)
+    [(message, plan)] = plans(recorder)
+    assert plan.steps == 4
+    assert message.endswith("too few steps to time against the 10.0-minute budget")
 
 
 def test_results_stored_before_stage_times_still_parse() -> None:
