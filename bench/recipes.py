@@ -99,6 +99,7 @@ def main() -> None:
         "max_length": args.max_length,
         "linear_member": args.linear,
         "patience": 0,
+        "budget_s": None,  # the same epochs for every recipe, not what a budget buys
     }
     lines = []
     for name in args.recipe or list(RECIPES):

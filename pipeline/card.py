@@ -83,6 +83,23 @@ def _serving(metrics: Metrics) -> list[str]:
     ]
 
 
+def _plan(training: TrainingRecord) -> str:
+    plan = training.params.plan
+    if plan is None:
+        return "No training plan was recorded."
+    return f"The {plan.describe()}."
+
+
+def _times(metrics: Metrics) -> list[str]:
+    stages = metrics.stage_seconds
+    if stages is None:
+        return ["No stage was timed."]
+    return [
+        f"Wall time by stage: {stages.describe()}. Registration and promotion follow this card; "
+        "a job's result holds their times too.",
+    ]
+
+
 def model_card(
     *,
     version: str,
@@ -117,6 +134,10 @@ def model_card(
         f"{' (stopped early)' if best.stopped_early else ''}. "
         f"{len(history.train)} training-loss and {len(history.validation)} validation points "
         f"are in {HISTORY}.",
+        "",
+        _plan(training),
+        "",
+        *_times(metrics),
         "",
         "## Evaluation on test.csv",
         "",

@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,14 @@ from pipeline.ingest import BAD_ROW_RULES, Row, Split, fetch_archive, read_archi
 from pipeline.labels import LABELS
 from pipeline.predictor import Predictor, load_production, load_version
 from pipeline.report import TqdmReporter
-from pipeline.stages import train_model
+from pipeline.stages import seconds_since, train_model
 from pipeline.train import PROFILES, config_for
 from pipeline.validate import check, validate
 from shared.digests import file_sha256
 from shared.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
 from shared.logs import configure_logging
 from shared.registry import MANIFEST
-from shared.results import Metrics, PredictResult
+from shared.results import Metrics, PredictResult, StageSeconds
 from shared.settings import Settings
 
 
@@ -91,21 +92,33 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
     )
     checkpoints = LocalCheckpoints(out.with_name(out.name + ".checkpoints"))
     with tempfile.TemporaryDirectory() as scratch:
+        started = time.monotonic()
         dataset = read_archive(fetch_archive(args.data, settings, Path(scratch)), settings)
         report = validate(dataset, settings)
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         check(report)
         model_dir = Path(scratch) / "model"
-        info = train_model(config, dataset, model_dir, settings, reporter, checkpoints)
+        ingested = StageSeconds(ingest=seconds_since(started))
+        info = train_model(config, dataset, model_dir, settings, reporter, checkpoints, ingested)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.move(model_dir, out)
     checkpoints.clear()
     reporter.close()
     print(f"model {info.version} written to {out}")
+    if info.params.plan is not None:
+        print(info.params.plan.describe())
+    stage_seconds = info.metrics.stage_seconds or StageSeconds()
+    print(f"wall time: {stage_seconds.describe()}")
     _print_metrics(info.metrics)
-    return {"version": info.version, "model_dir": str(out), **_headline(info.metrics)}
+    return {
+        "version": info.version,
+        "model_dir": str(out),
+        **_headline(info.metrics),
+        "plan": info.params.plan and info.params.plan.model_dump(mode="json"),
+        "stage_seconds": stage_seconds.model_dump(),
+    }
 
 
 def evaluate_command(

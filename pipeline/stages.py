@@ -5,6 +5,7 @@ its finished model under checkpoints/{job_id}/final/, and a version records the 
 """
 
 import tempfile
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -32,7 +33,7 @@ from pipeline.validate import ValidationReport, check, validate, validate_archiv
 from shared.errors import Conflict
 from shared.jobs import EventType
 from shared.registry import CARD, HISTORY, ModelInfo, ModelRegistry, new_version, read_object
-from shared.results import Metrics, PromotionDecision, TrainingRecord
+from shared.results import Metrics, PromotionDecision, StageSeconds, TrainingRecord
 from shared.settings import Settings
 from shared.storage import s3_client
 from shared.training import TrainConfig
@@ -63,6 +64,11 @@ def scratch_dir(settings: Settings) -> tempfile.TemporaryDirectory[str]:
 
 def datasets_dir(settings: Settings) -> Path:
     return settings.data_dir / "datasets"
+
+
+def seconds_since(started: float) -> float:
+    """Wall time since a time.monotonic() reading, to a tenth of a second."""
+    return round(time.monotonic() - started, 1)
 
 
 def _step(reporter: Reporter, stage: str, step: int, total: int) -> None:
@@ -140,11 +146,14 @@ def train_model(
     settings: Settings,
     reporter: Reporter,
     checkpoints: CheckpointStore | None = None,
+    stages: StageSeconds | None = None,
 ) -> ModelInfo:
     """Fine-tune, then evaluate into a complete model folder (metrics.json and manifest)."""
+    started = time.monotonic()
     result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
     result.save(model_dir)
-    return finish_model(model_dir, dataset, result.record(), settings, reporter)
+    timed = (stages or StageSeconds()).model_copy(update={"train": seconds_since(started)})
+    return finish_model(model_dir, dataset, result.record(), settings, reporter, timed)
 
 
 def finish_model(
@@ -153,8 +162,11 @@ def finish_model(
     training: TrainingRecord,
     settings: Settings,
     reporter: Reporter,
+    stages: StageSeconds | None = None,
 ) -> ModelInfo:
-    """Evaluate a trained model folder on test.csv and write its metrics.json and manifest."""
+    """Evaluate a trained model folder on test.csv and write its metrics.json and manifest;
+    the card records `stages` so far and the evaluation's own wall time."""
+    started = time.monotonic()
     version = new_version()
     predictor = Predictor.from_files(
         model_dir, settings, version=version, max_length=training.params.max_length
@@ -170,6 +182,9 @@ def finish_model(
     )
     metrics.validation = training.validation
     metrics.train_seconds = training.train_seconds
+    metrics.stage_seconds = (stages or StageSeconds()).model_copy(
+        update={"evaluate": seconds_since(started)}
+    )
     (model_dir / HISTORY).write_text(training.history.model_dump_json())
     card = model_card(
         version=version,
@@ -193,9 +208,14 @@ def finish_model(
 
 
 def evaluate_and_register(
-    job_id: str, dataset_sha256: str, settings: Settings, reporter: Reporter
+    job_id: str,
+    dataset_sha256: str,
+    settings: Settings,
+    reporter: Reporter,
+    stages: StageSeconds | None = None,
 ) -> ModelInfo:
-    """Evaluate the job's trained model on test.csv and register it as a new version."""
+    """Evaluate the job's trained model on test.csv and register it as a new version; its
+    metrics keep `stages` with the evaluation's wall time added."""
     s3 = s3_client(settings)
     registry = ModelRegistry(s3, settings)
     for known in registry.versions():
@@ -209,7 +229,7 @@ def evaluate_and_register(
         training.params.job_id = job_id
         (model_dir / TRAINING).unlink()
         dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
-        info = finish_model(model_dir, dataset, training, settings, reporter)
+        info = finish_model(model_dir, dataset, training, settings, reporter, stages)
         publish(registry, model_dir)
     reporter.event(EventType.log, {"message": f"registered model version {info.version}"})
     return info

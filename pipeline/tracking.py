@@ -40,7 +40,8 @@ def _log_run(info: ModelInfo, training: TrainingRecord, card: str, settings: Set
     run = client.create_run(experiment_id, run_name=info.version, tags=tags)
     run_id = run.info.run_id
     params = training.params.model_dump(mode="json", exclude_none=True)
-    for key, value in params.items():
+    plan = params.pop("plan", {})
+    for key, value in {**params, **{f"plan.{name}": v for name, v in plan.items()}}.items():
         client.log_param(run_id, key, value)
     for point in training.history.train:
         client.log_metric(run_id, "train_loss", point.loss, step=point.step)

@@ -28,6 +28,7 @@ from pipeline.ingest import Row
 from pipeline.labels import LABELS
 from pipeline.linear import LinearConfig, LinearMember, fit_linear, fit_weight
 from pipeline.modeling import (
+    Batch,
     Padding,
     autocast,
     bf16_supported,
@@ -43,6 +44,7 @@ from pipeline.modeling import (
     resolve_base_model,
     to_device,
 )
+from pipeline.plan import Planner, Probe, Workload, announce
 from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
@@ -55,7 +57,7 @@ from shared.results import (
     ValidationScores,
 )
 from shared.settings import Settings
-from shared.training import TrainConfig, TrainingParams
+from shared.training import TrainConfig, TrainingParams, TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,27 @@ CURVE_POINTS = 200
 
 
 PROFILES: dict[str, TrainConfig] = {
-    # A few minutes on two CPU cores.
+    # An epoch of 3,200 rows, or what fits in three minutes of training.
     "quick": TrainConfig(
-        train_rows=3200, max_length=64, epochs=1.0, lr=1e-4, warmup=0.1, val_max_rows=400
+        train_rows=3200,
+        max_length=64,
+        lr=1e-4,
+        warmup=0.1,
+        val_max_rows=400,
+        budget_s=180.0,
+        max_epochs=1.0,
     ),
-    # The best accuracy in about 45 minutes on two CPU cores with bf16 units, for 33k rows.
-    "full": TrainConfig(max_length=128, epochs=3.0, lr=8e-5, evals_per_epoch=2, patience=3),
+    # The best accuracy that 45 minutes of training buy, up to 4 epochs of every row; a
+    # longer probe (still training) so that a moment of load on a shared machine weighs less.
+    "full": TrainConfig(
+        max_length=128,
+        lr=8e-5,
+        evals_per_epoch=2,
+        patience=3,
+        budget_s=2700.0,
+        max_epochs=4.0,
+        probe_steps=30,
+    ),
 }
 
 
@@ -109,6 +126,10 @@ class TrainState:
     # The curves so far, as TrainPoint and ValidationPoint fields: a resumed run keeps them.
     train_curve: list[dict[str, float]] = field(default_factory=list)
     validation_curve: list[dict[str, float]] = field(default_factory=list)
+    # The TrainingPlan once chosen, and the TrainConfig it was chosen for: a run resumes only
+    # from a checkpoint of the same config, and keeps its plan.
+    plan: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,11 +146,13 @@ class FitResult:
 
     def record(self) -> TrainingRecord:
         """What a registered model keeps of its training."""
+        plan = self.state.plan
         params = TrainingParams(
             **self.config.model_dump(),
             rows_trained=self.rows_trained,
             rows_validated=self.validation.n,
             steps=self.state.step,
+            plan=None if plan is None else TrainingPlan.model_validate(plan),
         )
         history = TrainingHistory(
             train=[TrainPoint.model_validate(point) for point in self.state.train_curve],
@@ -232,23 +255,16 @@ def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _warmup_linear(total: int, warmup: float) -> Any:
-    warmup_steps = max(1, round(warmup * total))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total - step) / max(1, total - warmup_steps))
-
-    return factor
-
-
 @dataclass
 class Examples:
     """One split, tokenized: token ids and label ids, row for row."""
 
     ids: list[list[int]]
     labels: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(ids) for ids in self.ids])
 
 
 def tokenize(
@@ -259,6 +275,23 @@ def tokenize(
     max_length: int,
 ) -> Examples:
     return Examples(encode(tokenizer, [rows[i].text for i in index], max_length), labels[index])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The rows a run trains and validates on, tokenized at any max_length."""
+
+    tokenizer: PreTrainedTokenizerBase
+    rows: Sequence[Row]
+    labels: np.ndarray
+    train_index: np.ndarray
+    val_index: np.ndarray
+
+    def tokenized(self, max_length: int) -> tuple[Examples, Examples]:
+        return (
+            tokenize(self.tokenizer, self.rows, self.labels, self.train_index, max_length),
+            tokenize(self.tokenizer, self.rows, self.labels, self.val_index, max_length),
+        )
 
 
 def epoch_batches(train: Examples, config: TrainConfig, epoch: int) -> list[np.ndarray]:
@@ -294,7 +327,7 @@ class Trainer:
         self,
         model: PreTrainedModel,
         config: TrainConfig,
-        total: int,
+        planner: Planner,
         device: torch.device,
         bf16: bool,
     ) -> None:
@@ -303,10 +336,12 @@ class Trainer:
         self.device = device
         self.bf16 = bf16
         self.optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr, fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _warmup_linear(total, config.warmup)
+        self.schedule = planner.schedule()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.state = TrainState(
+            total=self.schedule.total or planner.upper_bound(),
+            config=config.model_dump(mode="json"),
         )
-        self.state = TrainState(total=total)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.ema = Ema(model, config.ema_decay) if config.ema_decay > 0 else None
 
@@ -314,6 +349,17 @@ class Trainer:
     def evaluated(self) -> PreTrainedModel:
         """The weights that validation scores and training keeps: the average where there is one."""
         return self.ema.model if self.ema is not None else self.model
+
+    @property
+    def plan(self) -> TrainingPlan | None:
+        plan = self.state.plan
+        return None if plan is None else TrainingPlan.model_validate(plan)
+
+    def adopt(self, plan: TrainingPlan) -> None:
+        """Train to the plan: its steps end the run and its schedule."""
+        self.state.plan, self.state.total = plan.model_dump(mode="json"), plan.steps
+        if self.schedule.total != plan.steps:
+            self.schedule.plan(plan.steps, self.config.warmup, self.state.step)
 
     def step(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step on one batch; the batch's loss, still on the device."""
@@ -377,22 +423,22 @@ class Trainer:
             checkpoints.save(self.state.step, folder)
 
     def resume(self, checkpoints: CheckpointStore, reporter: Reporter) -> int | None:
-        """Continue from the latest checkpoint if it planned as many steps; the step it was at."""
+        """Continue from the latest checkpoint if it trained the same config, keeping its plan;
+        the step it was at."""
         latest = checkpoints.latest()
         if latest is None:
             return None
-        total = self.state.total
         resumed_from: int | None = None
         with tempfile.TemporaryDirectory() as scratch:
             folder = checkpoints.fetch(latest, Path(scratch))
             saved = torch.load(folder / _TRAINER, map_location="cpu", weights_only=True)
-            if saved["state"]["total"] == total:
+            if saved["state"].get("config") == self.state.config:
                 self._load(folder, saved)
                 resumed_from = self.state.step
         message = (
-            f"resumed from the checkpoint at step {resumed_from} of {total}"
+            f"resumed from the checkpoint at step {resumed_from} of {self.state.total}"
             if resumed_from is not None
-            else f"ignored the checkpoint at step {latest}: it planned other than {total} steps"
+            else f"ignored the checkpoint at step {latest}: it trained another config"
         )
         reporter.event(EventType.log, {"message": message})
         return resumed_from
@@ -460,51 +506,65 @@ def fit(
     config = config.model_copy(
         update={"max_length": readable_length(config.max_length, tokenizer, model)}
     )
-    train = tokenize(tokenizer, rows, labels, train_index, config.max_length)
-    val = tokenize(tokenizer, rows, labels, val_index, config.max_length)
+    splits = Splits(tokenizer, rows, labels, train_index, val_index)
+    train, val = splits.tokenized(config.max_length)
 
-    steps_per_epoch = len(epoch_batches(train, config, 0))
-    total = math.ceil(config.epochs * steps_per_epoch)
-    total = min(total, config.max_steps or total)
-    eval_every = max(1, steps_per_epoch // config.evals_per_epoch)
-    curve_every = max(1, total // CURVE_POINTS)
-    trainer = Trainer(model, config, total, device, bf16)
+    workload = Workload.of(config, train.lengths, val.lengths)
+    steps_per_epoch, eval_every = workload.steps_per_epoch, workload.eval_every
+    planner = Planner(workload, device.type, bf16)
+    trainer = Trainer(model, config, planner, device, bf16)
     resumed_from = trainer.resume(checkpoints, reporter) if checkpoints is not None else None
     state = trainer.state
 
-    ticker = Ticker(reporter, "train", total, settings.progress_interval_s, start=state.step)
     reporter.event(
         EventType.log,
         {
             "message": f"training {config.base_model} on {len(train_index)} rows "
-            f"({len(val_index)} held out for validation): {total} steps of "
-            f"{config.batch_size} on {device.type}{' with bf16' if bf16 else ''}",
+            f"({len(val_index)} held out for validation) in batches of {config.batch_size}",
         },
     )
+    plan = trainer.plan
+    probe = Probe(config.probe_steps) if plan is None and planner.measures() else None
+    if probe is None:
+        if plan is None:
+            trainer.adopt(plan := planner.fixed())
+        announce(reporter, plan, kept=resumed_from is not None)
+        config, train, val = _follow(plan, config, splits, train, val)
+    ticker = Ticker(reporter, "train", state.total, settings.progress_interval_s, start=state.step)
     started = last_checkpoint = time.monotonic()
     seconds_before = state.seconds
     window, curve_window = LossWindow(device), LossWindow(device)
     batches, batches_epoch = [], -1
     model.train()
-    while state.step < total and not state.stopped_early:
+    while state.step < state.total and not state.stopped_early:
         check_cancelled(reporter, "train")
         epoch, index = divmod(state.step, steps_per_epoch)
         if epoch != batches_epoch:
             batches, batches_epoch = epoch_batches(train, config, epoch), epoch
         batch = batches[index]
+        began = time.monotonic()
         inputs = collate([train.ids[i] for i in batch], padding, device)
         batch_loss = trainer.step(inputs, torch.from_numpy(train.labels[batch]))
+        if probe is not None:
+            probe.add(len(batch), _tokens(inputs), _finished(device) - began)
+            if probe.done:
+                spent_s = seconds_before + time.monotonic() - started
+                trainer.adopt(plan := planner.plan(probe, spent_s=spent_s, done=state.step))
+                announce(reporter, plan)
+                config, train, val = _follow(plan, config, splits, train, val)
+                ticker.total, probe, batches_epoch = plan.steps, None, -1
         window.add(batch_loss, len(batch))
         curve_window.add(batch_loss, len(batch))
         epoch_now = round(state.step / steps_per_epoch, 3)
-        if state.step % curve_every == 0 or state.step == total:
+        curve_every = max(1, state.total // CURVE_POINTS)
+        if state.step % curve_every == 0 or state.step == state.total:
             mean_loss, _ = curve_window.take()
             lr = float(trainer.scheduler.get_last_lr()[0])
             state.train_curve.append(
                 {"step": state.step, "epoch": epoch_now, "loss": mean_loss, "lr": lr}
             )
 
-        if state.step % eval_every == 0 or state.step == total:
+        if state.step % eval_every == 0 or state.step == state.total:
             scores = validate(trainer.evaluated, val, padding, config, device, bf16)
             trainer.record(scores)
             state.validation_curve.append({"step": state.step, "epoch": epoch_now, **scores})
@@ -532,7 +592,7 @@ def fit(
         due = state.step % settings.checkpoint_every_steps == 0 or (
             now - last_checkpoint >= settings.checkpoint_interval_s
         )
-        if checkpoints is not None and due and state.step < total and not state.stopped_early:
+        if checkpoints is not None and due and state.step < state.total and not state.stopped_early:
             state.seconds = seconds_before + now - started
             last_checkpoint = time.monotonic()
             try:
@@ -571,6 +631,30 @@ def fit(
     rows_trained = len(train_index)
     return FitResult(
         model.cpu(), tokenizer, config, state, validation, rows_trained, resumed_from, linear, blend
+    )
+
+
+def _tokens(inputs: Batch) -> int:
+    return int(inputs["input_ids"].numel())
+
+
+def _finished(device: torch.device) -> float:
+    """The time once the device has done what it was given."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.monotonic()
+
+
+def _follow(
+    plan: TrainingPlan, config: TrainConfig, splits: Splits, train: Examples, val: Examples
+) -> tuple[TrainConfig, Examples, Examples]:
+    """The config as planned, and the splits tokenized to the plan's max_length."""
+    if plan.max_length != config.max_length:
+        train, val = splits.tokenized(plan.max_length)
+    return (
+        config.model_copy(update={"max_length": plan.max_length, "epochs": plan.epochs}),
+        train,
+        val,
     )
 
 

@@ -57,6 +57,29 @@ class ServingCheck(BaseModel):
     int8_allowed: bool
 
 
+class StageSeconds(BaseModel):
+    """The wall time of each stage of a train or pipeline job; None for a stage not run (yet).
+    A stage that ran again after a lost worker counts its last run."""
+
+    ingest: float | None = Field(default=None, description="fetch, validate and store the data")
+    train: float | None = None
+    evaluate: float | None = Field(default=None, description="test.csv and the serving check")
+    registration: float | None = Field(default=None, description="model card, manifest and upload")
+    promote: float | None = None
+
+    def describe(self) -> str:
+        times = [
+            f"{name} {_duration(seconds)}"
+            for name, seconds in self.model_dump().items()
+            if seconds is not None
+        ]
+        return ", ".join(times) or "no stage timed"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 class Metrics(BaseModel):
     """A model's scores on labelled rows; confusion rows are true labels, columns predicted."""
 
@@ -78,6 +101,9 @@ class Metrics(BaseModel):
     serving: ServingCheck | None = Field(default=None, description="set at registration")
     validation: ValidationScores | None = Field(default=None, description="set at registration")
     train_seconds: float | None = Field(default=None, description="set at registration")
+    stage_seconds: StageSeconds | None = Field(
+        default=None, description="set at registration: the stages up to evaluation"
+    )
 
     def headline(self) -> str:
         return f"accuracy {self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f} on {self.n} rows"
@@ -173,6 +199,7 @@ class TrainResult(BaseModel):
     version: str
     metrics: Metrics
     promotion: PromotionDecision | None = None
+    stage_seconds: StageSeconds = Field(default_factory=StageSeconds)
 
 
 JobResult = PredictResult | EvaluateResult | TrainResult

@@ -1,6 +1,6 @@
 """A training run's parameters: the plan a profile gives, and what a registered model records."""
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.settings import PACKAGED_BASE_MODEL
 
@@ -31,6 +31,54 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = 64
     seed: int = 42
     linear_member: bool = True  # train a TF-IDF linear model beside it and blend the two
+    # A wall-clock budget for the training loop (its steps and validation passes): the first
+    # steps are timed and the plan picks epochs (up to max_epochs) and max_length to end within
+    # it. None: train `epochs` as given.
+    budget_s: float | None = None
+    max_epochs: float = 3.0
+    probe_steps: int = 10  # steps timed, after two untimed ones, to measure samples/s
+
+
+class TrainingPlan(BaseModel):
+    """How long a run trains and on what, fixed once and kept by a resumed run: chosen within
+    the budget from the rate its first steps measured, or as the config set it (no budget)."""
+
+    steps: int
+    epochs: float
+    max_length: int
+    device: str = "cpu"
+    bf16: bool = False
+    budget_s: float | None = None
+    predicted_s: float | None = Field(
+        default=None, description="the training loop's wall time, timed steps included"
+    )
+    samples_per_s: float | None = Field(default=None, description="measured at measured_length")
+    tokens_per_s: float | None = Field(default=None, description="padded tokens, the same steps")
+    timed_steps: int = 0
+    measured_length: int | None = None
+
+    def describe(self) -> str:
+        precision = "bf16" if self.bf16 else "fp32"
+        head = (
+            f"plan: {self.epochs:g} epochs ({self.steps} steps) at max_length {self.max_length} "
+            f"on {self.device} ({precision})"
+        )
+        if self.budget_s is None:
+            return f"{head}, no time budget"
+        if self.predicted_s is None:
+            return (
+                f"{head}: too few steps to time against the {self.budget_s / 60:.1f}-minute budget"
+            )
+        shorter = (
+            f", cut from {self.measured_length} to fit one epoch"
+            if self.measured_length is not None and self.max_length < self.measured_length
+            else ""
+        )
+        return (
+            f"{head}{shorter}: {self.predicted_s / 60:.1f} of {self.budget_s / 60:.1f} minutes "
+            f"predicted from {self.samples_per_s} samples/s ({self.tokens_per_s} tokens/s) "
+            f"over {self.timed_steps} timed steps"
+        )
 
 
 class TrainingParams(TrainConfig):
@@ -42,3 +90,4 @@ class TrainingParams(TrainConfig):
     rows_validated: int
     steps: int
     job_id: str | None = None
+    plan: TrainingPlan | None = None

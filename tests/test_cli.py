@@ -65,6 +65,11 @@ def test_train_writes_a_loadable_model_folder(tmp_path: Path) -> None:
     assert info.params.steps == 2
     assert info.metrics.n == 80
     assert "train" in done.stderr
+    assert info.params.plan is not None
+    assert summary["plan"] == info.params.plan.model_dump(mode="json")
+    assert info.params.plan.describe() in done.stdout
+    assert set(summary["stage_seconds"]) >= {"ingest", "train", "evaluate"}
+    assert "wall time: ingest " in done.stdout
     assert not (tmp_path / "model.checkpoints").exists()
 
 

@@ -92,6 +92,14 @@ def test_pipeline_job_travels_through_every_queue_and_serves_its_model(
     assert result["promotion"]["promoted"] is True
     version = result["version"]
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    timed = result["stage_seconds"]
+    assert [name for name, seconds in timed.items() if seconds is None] == [], timed
+    [plan] = [
+        e.data["plan"]
+        for e in replay
+        if e.event == "log" and "message" in e.data and "plan" in e.data
+    ]
+    assert plan["steps"] == 6
 
     assert client.get("/v1/models/production").json()["version"] == version
     answer = client.post("/v1/predict", json={"texts": ["Stocks rally as oil prices fall", "x"]})

@@ -11,6 +11,7 @@ from pipeline.holdout import current_holdout, holdout_dir, holdout_rows
 from pipeline.linear import LINEAR_CONFIG, LINEAR_WEIGHTS
 from shared.errors import DatasetIntegrityError, DatasetInvalid, NoProductionModel
 from shared.registry import ModelRegistry
+from shared.results import StageSeconds
 from shared.settings import Settings
 from shared.storage import s3_client
 from tests.archives import Record, csv_bytes, make_archive, make_zip, mini_records
@@ -300,6 +301,21 @@ def test_registering_again_returns_the_same_version(
     again = stages.evaluate_and_register("job-1", sha, settings, Recorder())
     assert again.version == version
     assert len(ModelRegistry.from_settings(settings).versions()) == 1
+
+
+def test_a_registered_version_keeps_the_wall_time_of_each_stage(
+    settings: Settings, model_dir: Path, tmp_path: Path
+) -> None:
+    sha = ingest(settings, make_archive(tmp_path / "a.zip"))
+    upload_candidate(settings, model_dir, f"{settings.checkpoints_prefix}job-1/final/")
+    timed = StageSeconds(ingest=2.0, train=30.0)
+    info = stages.evaluate_and_register("job-1", sha, settings, Recorder(), timed)
+
+    stored = ModelRegistry.from_settings(settings).get(info.version).metrics.stage_seconds
+    assert stored is not None
+    assert (stored.ingest, stored.train) == (2.0, 30.0)
+    assert stored.evaluate is not None
+    assert stored.registration is None, "registration follows the metrics it writes"
 
 
 def test_evaluate_a_version_or_production(

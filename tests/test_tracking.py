@@ -85,6 +85,7 @@ def test_a_registered_model_is_an_mlflow_run_with_its_curves_and_card(
     assert run.data.tags["dataset_sha256"] == info.dataset_sha256
     assert run.data.params["base_model"] == config.base_model
     assert run.data.params["max_steps"] == "6"
+    assert run.data.params["plan.steps"] == "6"
     assert run.data.metrics["test_accuracy"] == pytest.approx(info.metrics.accuracy)
     loss = client.get_metric_history(run.info.run_id, "train_loss")
     assert [point.step for point in loss] == list(range(1, 7))

@@ -7,6 +7,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline import stages
 from pipeline.modeling import bucketed_batches
+from pipeline.plan import Planner, Workload
 from pipeline.train import (
     PROFILES,
     Trainer,
@@ -63,6 +64,10 @@ def test_profiles_fit_their_purpose() -> None:
     assert PROFILES["quick"].train_rows is not None
     assert PROFILES["quick"].max_length <= 64
     assert PROFILES["full"].train_rows is None
+    assert PROFILES["full"].budget_s == 45 * 60
+    quick_budget = PROFILES["quick"].budget_s
+    assert quick_budget is not None
+    assert quick_budget <= 5 * 60
 
 
 def test_train_reports_progress_and_leaves_a_candidate(
@@ -156,6 +161,12 @@ def tiny_bert(layers: int = 3) -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
+def trainer_for(model: BertForSequenceClassification, config: TrainConfig) -> Trainer:
+    rows = np.full(4, 6)
+    planner = Planner(Workload.of(config, rows, rows), "cpu", bf16=False)
+    return Trainer(model, config, planner, torch.device("cpu"), bf16=False)
+
+
 def test_layer_decay_gives_each_layer_a_lower_rate_than_the_one_above() -> None:
     model = tiny_bert(layers=3)
     groups = param_groups(model, TrainConfig(lr=1e-3, layer_decay=0.5, weight_decay=0.1))
@@ -177,7 +188,7 @@ def test_layer_decay_gives_each_layer_a_lower_rate_than_the_one_above() -> None:
 
 def test_the_weight_average_is_what_training_validates_and_keeps() -> None:
     model = tiny_bert()
-    trainer = Trainer(model, TrainConfig(ema_decay=0.999), 3, torch.device("cpu"), bf16=False)
+    trainer = trainer_for(model, TrainConfig(ema_decay=0.999))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     inputs = {"input_ids": torch.randint(1, 50, (4, 6))}
     trainer.step(inputs, torch.tensor([0, 1, 2, 3]))
@@ -193,7 +204,7 @@ def test_the_weight_average_is_what_training_validates_and_keeps() -> None:
     assert trainer.best_weights is not None
     kept = trainer.best_weights["classifier.weight"]
     assert torch.equal(kept, averaged["classifier.weight"].detach())
-    assert Trainer(tiny_bert(), TrainConfig(), 3, torch.device("cpu"), False).ema is None
+    assert trainer_for(tiny_bert(), TrainConfig()).ema is None
 
 
 def test_label_smoothing_and_dropout_reach_the_loss_and_the_model() -> None:
@@ -206,8 +217,6 @@ def test_label_smoothing_and_dropout_reach_the_loss_and_the_model() -> None:
     losses = []
     for smoothing in (0.0, 0.2):
         torch.manual_seed(1)
-        trainer = Trainer(
-            tiny_bert(), TrainConfig(label_smoothing=smoothing), 3, torch.device("cpu"), False
-        )
+        trainer = trainer_for(tiny_bert(), TrainConfig(label_smoothing=smoothing))
         losses.append(float(trainer.step(inputs, labels)))
     assert losses[0] != pytest.approx(losses[1])

@@ -5,6 +5,7 @@ ingest (evaluate queue) -> train (train queue) -> evaluate (evaluate queue) -> p
 """
 
 import sys
+import time
 from functools import cache
 from typing import Any
 
@@ -23,7 +24,7 @@ from shared.jobs import (
     params_of,
 )
 from shared.jobstore import JobStore
-from shared.results import EvaluateResult, JobResult, TrainResult
+from shared.results import EvaluateResult, JobResult, StageSeconds, TrainResult
 from workers.app import app, settings
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
@@ -107,20 +108,35 @@ def _start_serving(sender: Any, **_: Any) -> None:
 @app.task(name=names.INGEST, **LONG_TASK)
 def ingest(job_id: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
+        started = time.monotonic()
         dataset = params_of(job, DatasetParams).dataset
         source = job.params.source if isinstance(job.params, PipelineParams) else None
         version_id = source.version_id if source is not None else None
         reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
         output = stages.ingest(dataset, settings, reporter, version_id=version_id)
-        reporter.stage("ingest", "finished", dataset_sha256=output.dataset_sha256)
-        _send(names.TRAIN, job.id, dataset_sha256=output.dataset_sha256)
+        timed = StageSeconds(ingest=stages.seconds_since(started))
+        reporter.stage(
+            "ingest", "finished", dataset_sha256=output.dataset_sha256, seconds=timed.ingest
+        )
+        _send(
+            names.TRAIN,
+            job.id,
+            dataset_sha256=output.dataset_sha256,
+            stage_seconds=timed.model_dump(),
+        )
 
     _step(job_id, names.INGEST, call_id, step)
 
 
 @app.task(name=names.TRAIN, **LONG_TASK)
-def train(job_id: str, dataset_sha256: str, call_id: str | None = None) -> None:
+def train(
+    job_id: str,
+    dataset_sha256: str,
+    call_id: str | None = None,
+    stage_seconds: dict[str, float | None] | None = None,
+) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
+        started = time.monotonic()
         params = _training_params(job)
         reporter.stage("train", "started")
         record = stages.train(
@@ -132,15 +148,40 @@ def train(job_id: str, dataset_sha256: str, call_id: str | None = None) -> None:
             base_model=params.base_model,
             max_steps=params.max_steps,
         )
-        reporter.stage("train", "finished", **record.validation.model_dump(mode="json"))
-        _send(names.EVALUATE, job.id, dataset_sha256=dataset_sha256)
+        timed = _timed(stage_seconds, train=stages.seconds_since(started))
+        reporter.stage(
+            "train",
+            "finished",
+            **record.validation.model_dump(mode="json"),
+            seconds=timed.train,
+            plan=record.params.plan and record.params.plan.model_dump(mode="json"),
+        )
+        _send(
+            names.EVALUATE,
+            job.id,
+            dataset_sha256=dataset_sha256,
+            stage_seconds=timed.model_dump(),
+        )
 
-    _step(job_id, names.TRAIN, call_id, step, dataset_sha256=dataset_sha256)
+    _step(
+        job_id,
+        names.TRAIN,
+        call_id,
+        step,
+        dataset_sha256=dataset_sha256,
+        stage_seconds=stage_seconds,
+    )
 
 
 @app.task(name=names.EVALUATE, **LONG_TASK)
-def evaluate(job_id: str, dataset_sha256: str | None = None, call_id: str | None = None) -> None:
+def evaluate(
+    job_id: str,
+    dataset_sha256: str | None = None,
+    call_id: str | None = None,
+    stage_seconds: dict[str, float | None] | None = None,
+) -> None:
     def step(job: Job, reporter: JobReporter) -> JobResult | None:
+        started = time.monotonic()
         reporter.stage("evaluate", "started")
         if isinstance(job.params, EvaluateParams):
             metrics = stages.evaluate_version(
@@ -150,34 +191,90 @@ def evaluate(job_id: str, dataset_sha256: str | None = None, call_id: str | None
             return EvaluateResult(metrics=metrics)
         if dataset_sha256 is None:
             raise ValueError("evaluating a trained model needs the dataset it was trained on")
-        registered = stages.evaluate_and_register(job.id, dataset_sha256, settings, reporter)
-        reporter.stage("evaluate", "finished", version=registered.version)
+        registered = stages.evaluate_and_register(
+            job.id, dataset_sha256, settings, reporter, _timed(stage_seconds)
+        )
+        timed = _registered(registered.metrics.stage_seconds, stages.seconds_since(started))
+        reporter.stage(
+            "evaluate",
+            "finished",
+            version=registered.version,
+            seconds=timed.evaluate,
+            registration_seconds=timed.registration,
+        )
         if isinstance(job.params, PipelineParams) or params_of(job, TrainParams).promote:
-            _send(names.PROMOTE, job.id, version=registered.version, dataset_sha256=dataset_sha256)
+            _send(
+                names.PROMOTE,
+                job.id,
+                version=registered.version,
+                dataset_sha256=dataset_sha256,
+                stage_seconds=timed.model_dump(),
+            )
             return None
         return TrainResult(
-            dataset_sha256=dataset_sha256, version=registered.version, metrics=registered.metrics
+            dataset_sha256=dataset_sha256,
+            version=registered.version,
+            metrics=registered.metrics,
+            stage_seconds=timed,
         )
 
-    kwargs = {} if dataset_sha256 is None else {"dataset_sha256": dataset_sha256}
+    kwargs: dict[str, Any] = {} if dataset_sha256 is None else {"dataset_sha256": dataset_sha256}
+    if stage_seconds is not None:
+        kwargs["stage_seconds"] = stage_seconds
     _step(job_id, names.EVALUATE, call_id, step, **kwargs)
 
 
 @app.task(name=names.PROMOTE, **LONG_TASK)
-def promote(job_id: str, version: str, dataset_sha256: str, call_id: str | None = None) -> None:
+def promote(
+    job_id: str,
+    version: str,
+    dataset_sha256: str,
+    call_id: str | None = None,
+    stage_seconds: dict[str, float | None] | None = None,
+) -> None:
     def step(job: Job, reporter: JobReporter) -> JobResult:
+        started = time.monotonic()
         reporter.stage("promote", "started", version=version)
         decision = stages.promote_if_better(version, settings, reporter)
-        reporter.stage("promote", "finished", promoted=decision.promoted, reason=decision.reason)
+        timed = _timed(stage_seconds, promote=stages.seconds_since(started))
+        reporter.stage(
+            "promote",
+            "finished",
+            promoted=decision.promoted,
+            reason=decision.reason,
+            seconds=timed.promote,
+        )
         return TrainResult(
             dataset_sha256=dataset_sha256,
             version=version,
             # its metrics.json, on its own test.csv; the promotion holds its holdout scores
             metrics=decision.candidate_test_metrics or decision.candidate_metrics,
             promotion=decision,
+            stage_seconds=timed,
         )
 
-    _step(job_id, names.PROMOTE, call_id, step, version=version, dataset_sha256=dataset_sha256)
+    _step(
+        job_id,
+        names.PROMOTE,
+        call_id,
+        step,
+        version=version,
+        dataset_sha256=dataset_sha256,
+        stage_seconds=stage_seconds,
+    )
+
+
+def _timed(stage_seconds: dict[str, float | None] | None, **more: float) -> StageSeconds:
+    """The stages timed so far, as the previous task sent them, and this one's."""
+    return StageSeconds.model_validate({**(stage_seconds or {}), **more})
+
+
+def _registered(stage_seconds: StageSeconds | None, task_s: float) -> StageSeconds:
+    """The evaluate task's time split: the evaluation its metrics record, and the rest
+    (card, manifest, upload) as registration."""
+    timed = stage_seconds or StageSeconds()
+    evaluate = timed.evaluate or 0.0
+    return timed.model_copy(update={"registration": round(max(0.0, task_s - evaluate), 1)})
 
 
 def _training_params(job: Job) -> TrainParams | PipelineParams:

@@ -546,13 +546,18 @@ const STEP_ICON = { done: "✓", running: "", failed: "✕", cancelled: "–", p
 function stageNote(name, stage) {
   const detail = stage.detail ?? {};
   if (stage.state === "done") {
-    if (name === "ingest" && detail.dataset_sha256) return `dataset ${shortHash(detail.dataset_sha256, 8)}`;
-    if (name === "train" && typeof detail.accuracy === "number") return `validation ${percent(detail.accuracy)}`;
-    if (name === "evaluate" && detail.version) return detail.version;
-    if (name === "promote" && "promoted" in detail) return detail.promoted ? "promoted" : "not promoted";
-    return "done";
+    const took = typeof detail.seconds === "number" ? ` · ${duration(detail.seconds)}` : "";
+    return `${doneNote(name, detail)}${took}`;
   }
   return { running: "running…", failed: "failed", cancelled: "cancelled", pending: "waiting" }[stage.state] ?? stage.state;
+}
+
+function doneNote(name, detail) {
+  if (name === "ingest" && detail.dataset_sha256) return `dataset ${shortHash(detail.dataset_sha256, 8)}`;
+  if (name === "train" && typeof detail.accuracy === "number") return `validation ${percent(detail.accuracy)}`;
+  if (name === "evaluate" && detail.version) return detail.version;
+  if (name === "promote" && "promoted" in detail) return detail.promoted ? "promoted" : "not promoted";
+  return "done";
 }
 
 function metricLine(data) {
