@@ -282,6 +282,14 @@ def emit_error(job_id: str, exc: redis.ResponseError) -> Exception:
 
 
 @dataclass(frozen=True)
+class Message:
+    """A broker message as its queue's Redis list holds it."""
+
+    queue: str
+    body: str
+
+
+@dataclass(frozen=True)
 class Claim:
     """A job a worker took: its parameters (JSON) and how often its task was delivered; or why
     it was not taken."""
@@ -304,7 +312,9 @@ def _claim(job_id: str, deliveries: Any, params: Any, started: Any) -> Claim:
     return Claim(job_id, params=str(params), deliveries=int(deliveries))
 
 
-def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> None:
+def _queue_create(
+    pipe: Any, keys: JobKeys, job: Job, settings: Settings, message: Message | None = None
+) -> None:
     pipe.hset(keys.job(job.id), mapping=encode_job(job))
     pipe.zadd(keys.index, {job.id: job.created_at.timestamp()})
     if not job.status.terminal:
@@ -315,6 +325,8 @@ def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> Non
         maxlen=settings.event_stream_maxlen,
         approximate=True,
     )
+    if message is not None:
+        pipe.lpush(message.queue, message.body)
 
 
 class _Scripts:
@@ -483,9 +495,10 @@ class AsyncJobStore(_Scripts):
         )
         return cls(client, settings)
 
-    async def create(self, job: Job) -> Job:
+    async def create(self, job: Job, message: Message | None = None) -> Job:
+        """Store a new job; with `message`, push it onto its queue in the same transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            _queue_create(pipe, self.keys, job, self.settings)
+            _queue_create(pipe, self.keys, job, self.settings, message)
             await pipe.execute()
         return job
 
