@@ -109,7 +109,13 @@ def predict_message(app: Celery, job_id: str) -> str:
     round trip, no job without its message) instead of going through kombu's producer."""
     task_id = str(uuid.uuid4())
     message = app.amqp.as_task_v2(
-        task_id, PREDICT, args=[job_id], kwargs={}, reply_to=app.thread_oid
+        task_id,
+        PREDICT,
+        args=[job_id],
+        kwargs={},
+        reply_to=app.thread_oid,
+        argsrepr=repr([job_id]),
+        kwargsrepr="{}",
     )
     content_type, encoding, body = dumps(message.body, serializer="json")  # type: ignore[no-untyped-call]
     properties = {
