@@ -13,6 +13,9 @@ The model folder is what bench/accuracy.py leaves (`--profile full` makes bench/
    The CPU time each process spent is divided among the requests it served.
 3. The ceiling again, since this machine's speed drifts.
 
+`--fleets`, `--clients` and `--rows` narrow a run (e.g. `--fleets 2x1 --rows 1000`); the CPU line
+comes first.
+
 The clients speak minimal HTTP/1.1 over asyncio streams so that the load generator, which shares
 the machine's cores with the system, costs as little as possible. Prints a table and writes
 bench/out/throughput.json.
@@ -35,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_line
 from pipeline.ingest import read_archive
 from pipeline.predictor import Predictor
 from pipeline.registry import publish
@@ -219,7 +223,18 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=OUT / "model-full")
     parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--fleets",
+        nargs="+",
+        default=["1x2", "2x1"],
+        help="predict fleets to run end to end, each WORKERSxTHREADS (default: 1x2 2x1)",
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--rows", type=int, default=None, help="in process, only the first ROWS test rows"
+    )
     args = parser.parse_args()
+    print(f"CPU: {cpu_line()}", flush=True)
     if not (args.model / MANIFEST).is_file():
         parser.error(
             f"{args.model} holds no trained model: make one with "
@@ -228,7 +243,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     settings = Settings()
-    rows = read_archive(args.data, settings).test.rows
+    rows = read_archive(args.data, settings).test.rows[: args.rows]
     texts = [row.text for row in rows]
     local = in_process(args.model, texts, rows, settings)
     check = local["check"]
@@ -242,13 +257,13 @@ def main() -> None:
             f"{workers} worker(s) x {threads} thread(s)": end_to_end(
                 model_dir,
                 texts,
-                [1, 16, 64],
+                args.clients,
                 args.seconds,
                 model_poll_s=0.5,
                 predict_threads=threads,
                 predict_workers=workers,
             )
-            for workers, threads in ((1, 2), (2, 1))
+            for workers, threads in (map(int, fleet.split("x")) for fleet in args.fleets)
         }
     # The machine is a shared VM whose speed drifts: the ceiling again, after the load runs.
     served = Predictor.load(args.model, settings)
@@ -257,6 +272,7 @@ def main() -> None:
     served.probabilities(texts)
     ceiling_after = round(len(texts) / (time.perf_counter() - started), 1)
     results = {
+        "cpu": cpu_line(),
         "model": str(args.model),
         "test_rows": len(rows),
         "check": check.model_dump(mode="json"),
@@ -273,6 +289,7 @@ def main() -> None:
 def report(results: dict[str, Any]) -> None:
     check, single = ServingCheck.model_validate(results["check"]), results["single_in_process"]
     ceiling = results["ceiling_texts_per_s"]
+    print(f"CPU: {results['cpu']}")
     print(f"\nmodel {results['model']}, {results['test_rows']} test rows")
     for form in ("fp32", "int8"):
         print(
@@ -301,6 +318,10 @@ def report(results: dict[str, Any]) -> None:
             )
             cores = ", ".join(f"{part} {value}" for part, value in run["cpu_cores"].items())
             print(f"  {'':32}              CPU cores: {cores}")
+            per_request = ", ".join(
+                f"{part} {value}" for part, value in run["cpu_ms_per_request"].items()
+            )
+            print(f"  {'':32}              CPU ms per request: {per_request}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ refuses to touch a job that has already ended, so the last event of every job is
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -143,6 +144,10 @@ def _json(value: Any) -> str:
     return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
 
 
+def _data(data: Mapping[str, Any]) -> str:
+    return json.dumps(dict(data), default=str)
+
+
 def encode_job(job: Job) -> dict[str, str]:
     fields: dict[str, str] = {"id": job.id, "type": job.type.value, "status": job.status.value}
     if job.owner is not None:
@@ -203,7 +208,7 @@ class _Change:
     def __init__(self, status: JobStatus | None = None) -> None:
         self.status = status
         self.fields: dict[str, str] = {"updated_at": utcnow().isoformat()}
-        self.events: list[tuple[EventType, dict[str, Any]]] = []
+        self.events: list[tuple[EventType, str]] = []
         if status is not None:
             self.event(EventType.status, {"status": status.value})
 
@@ -217,9 +222,14 @@ class _Change:
         return self
 
     def event(self, type_: EventType, data: Mapping[str, Any] | BaseModel) -> "_Change":
-        self.events.append(
-            (type_, data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data))
-        )
+        self.events.append((type_, _json(data) if isinstance(data, BaseModel) else _data(data)))
+        return self
+
+    def ending(self, name: str, type_: EventType, value: BaseModel) -> "_Change":
+        """Set the job's `name` (result or error) and append it as its event: one encoding."""
+        encoded = _json(value)
+        self.fields[name] = encoded
+        self.events.append((type_, encoded))
         return self
 
     def argv(self, settings: Settings) -> list[str]:
@@ -232,7 +242,7 @@ class _Change:
         for name, value in self.fields.items():
             args += [name, value]
         for type_, data in self.events:
-            args += [type_.value, json.dumps(data, default=str)]
+            args += [type_.value, data]
         return args
 
 
@@ -244,18 +254,12 @@ def _succeeded(result: JobResult) -> _Change:
     return (
         _Change(JobStatus.succeeded)
         .set("finished_at", utcnow())
-        .set("result", result)
-        .event(EventType.result, result)
+        .ending("result", EventType.result, result)
     )
 
 
 def _failed(error: ErrorInfo, status: JobStatus = JobStatus.failed) -> _Change:
-    return (
-        _Change(status)
-        .set("finished_at", utcnow())
-        .set("error", error)
-        .event(EventType.error, error)
-    )
+    return _Change(status).set("finished_at", utcnow()).ending("error", EventType.error, error)
 
 
 def _progress(data: Mapping[str, Any]) -> _Change:
@@ -281,7 +285,40 @@ def emit_error(job_id: str, exc: redis.ResponseError) -> Exception:
     return exc
 
 
-def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> None:
+@dataclass(frozen=True)
+class Message:
+    """A broker message as its queue's Redis list holds it."""
+
+    queue: str
+    body: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker took: its parameters (JSON) and how often its task was delivered; or why
+    it was not taken."""
+
+    job_id: str
+    params: str = ""
+    deliveries: int = 0
+    refused: AgNewsError | None = None
+
+
+def _claim(job_id: str, deliveries: Any, params: Any, started: Any) -> Claim:
+    if isinstance(started, redis.ResponseError):
+        refused = emit_error(job_id, started)
+        if not isinstance(refused, AgNewsError):
+            raise refused
+        return Claim(job_id, refused=refused)
+    for reply in (deliveries, params):
+        if isinstance(reply, Exception):
+            raise reply
+    return Claim(job_id, params=str(params), deliveries=int(deliveries))
+
+
+def _queue_create(
+    pipe: Any, keys: JobKeys, job: Job, settings: Settings, message: Message | None = None
+) -> None:
     pipe.hset(keys.job(job.id), mapping=encode_job(job))
     pipe.zadd(keys.index, {job.id: job.created_at.timestamp()})
     if not job.status.terminal:
@@ -292,6 +329,8 @@ def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> Non
         maxlen=settings.event_stream_maxlen,
         approximate=True,
     )
+    if message is not None:
+        pipe.lpush(message.queue, message.body)
 
 
 class _Scripts:
@@ -362,24 +401,22 @@ class JobStore(_Scripts):
         self._apply(job_id, _cancelled())
         return self.get(job_id)
 
-    def get_many(self, job_ids: Sequence[str], delivery_of: str | None = None) -> list[Job | None]:
-        """Jobs in one round trip; None for one that does not exist or has expired. With
-        `delivery_of`, count a delivery of that task for each job that has not ended, first."""
+    def claim_many(self, job_ids: Sequence[str], task: str) -> list[Claim]:
+        """Take jobs for `task` in one round trip: for each job that has not ended, count a
+        delivery, read its parameters and mark it running; the others are refused, saying why
+        (gone, ended, cancelled while it waited)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                if delivery_of is not None:
-                    self._touch(
-                        keys=[self.keys.job(job_id)],
-                        args=["incr", f"{DELIVERIES}{delivery_of}"],
-                        client=pipe,
-                    )
-                pipe.hgetall(self.keys.job(job_id))
-            rows = pipe.execute()
-        if delivery_of is not None:
-            rows = rows[1::2]
+                key = [self.keys.job(job_id)]
+                self._touch(keys=key, args=["incr", f"{DELIVERIES}{task}"], client=pipe)
+                pipe.hget(key[0], "params")
+                self._emit(
+                    keys=self.keys.both(job_id), args=_started().argv(self.settings), client=pipe
+                )
+            replies = pipe.execute(raise_on_error=False)
         return [
-            decode_job(job_id, row) if row else None
-            for job_id, row in zip(job_ids, rows, strict=True)
+            _claim(job_id, *replies[i : i + 3])
+            for i, job_id in zip(range(0, len(replies), 3), job_ids, strict=True)
         ]
 
     def _apply_many(self, changes: Sequence[tuple[str, _Change]]) -> list[AgNewsError | None]:
@@ -397,10 +434,6 @@ class JobStore(_Scripts):
                 raise refused
             outcomes.append(refused)
         return outcomes
-
-    def start_many(self, job_ids: Sequence[str]) -> list[AgNewsError | None]:
-        """Mark jobs running; a job cancelled while it waited gets JobCancelled, not a start."""
-        return self._apply_many([(job_id, _started()) for job_id in job_ids])
 
     def finish_many(
         self, outcomes: Sequence[tuple[str, JobResult | ErrorInfo]]
@@ -466,9 +499,10 @@ class AsyncJobStore(_Scripts):
         )
         return cls(client, settings)
 
-    async def create(self, job: Job) -> Job:
+    async def create(self, job: Job, message: Message | None = None) -> Job:
+        """Store a new job; with `message`, push it onto its queue in the same transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            _queue_create(pipe, self.keys, job, self.settings)
+            _queue_create(pipe, self.keys, job, self.settings, message)
             await pipe.execute()
         return job
 

@@ -12,3 +12,4 @@ if settings.hf_offline:
 configure_logging(settings, "worker")
 app = make_celery(settings, "agnews-workers")
 app.conf.imports = ("workers.tasks",)
+app.conf.broker_transport = "workers.broker:Transport"

@@ -13,10 +13,15 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.request import Request
-from celery_batches import Batches
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+
+from workers.broker import acknowledge
 
 
 class ModelPacedBatches(Batches):  # type: ignore[misc]
+    """Its tasks are acknowledged late: a batch's messages once it returns, together."""
+
     abstract = True
 
     def __init__(self) -> None:
@@ -45,7 +50,16 @@ class ModelPacedBatches(Batches):  # type: ignore[misc]
             self._keep(waiting)
             return None
         self._keep(waiting[self.flush_every :])
-        return super().flush(waiting[: self.flush_every])
+        return self._run(waiting[: self.flush_every])
+
+    def _run(self, requests: list[Request]) -> Any:
+        """celery-batches' flush, acknowledging the batch's messages together."""
+        batch = [SimpleRequest.from_request(request) for request in requests]
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, (batch,), 0, None),
+            callback=lambda _: acknowledge(requests),
+        )
 
     def _keep(self, requests: list[Request]) -> None:
         for request in requests:

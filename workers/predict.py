@@ -4,9 +4,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from pydantic import ValidationError
+
 from pipeline.predictor import answers
-from shared.errors import ErrorInfo, InvalidRequest, error_info
-from shared.jobs import PredictParams, params_of
+from shared.errors import ErrorInfo, InvalidRequest, NotFound, error_info
+from shared.jobs import PredictParams
 from shared.jobstore import JobStore
 from shared.reaper import worker_lost
 from shared.results import PredictResult
@@ -36,19 +38,18 @@ def serve_batch(
     ends: list[End] = []
     work: list[tuple[str, list[str]]] = []
     began = time.perf_counter()
-    delivery_of = PREDICT if max_deliveries is not None else None
-    for job_id, job in zip(job_ids, store.get_many(job_ids, delivery_of), strict=True):
-        if job is None:
-            log.warning("predict job %s expired before it was served", job_id)
-        elif max_deliveries is not None and job.deliveries.get(PREDICT, 0) > max_deliveries:
-            ends.append((job_id, worker_lost(PREDICT, max_deliveries)))
-        elif not job.status.terminal:
+    for claim in store.claim_many(job_ids, PREDICT):
+        if isinstance(claim.refused, NotFound):
+            log.warning("predict job %s expired before it was served", claim.job_id)
+        elif claim.refused is not None:
+            continue
+        elif max_deliveries is not None and claim.deliveries > max_deliveries:
+            ends.append((claim.job_id, worker_lost(PREDICT, max_deliveries)))
+        else:
             try:
-                work.append((job_id, params_of(job, PredictParams).texts))
+                work.append((claim.job_id, _texts(claim.params)))
             except InvalidRequest as exc:
-                ends.append((job_id, exc.info()))
-    started = store.start_many([job_id for job_id, _ in work])
-    work = [item for item, refused in zip(work, started, strict=True) if refused is None]
+                ends.append((claim.job_id, exc.info()))
     try:
         ends += _predict(model, work)
     finally:
@@ -57,6 +58,13 @@ def serve_batch(
     log.debug(
         "served %d predict jobs in %.1f ms", len(job_ids), (time.perf_counter() - began) * 1000
     )
+
+
+def _texts(params: str) -> list[str]:
+    try:
+        return PredictParams.model_validate_json(params).texts
+    except ValidationError as exc:
+        raise InvalidRequest(f"not the parameters of a predict job: {exc}") from None
 
 
 def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End]:
