@@ -95,7 +95,7 @@ class ServingModel:
             log.info(
                 "now serving model %s in %s (was %s)",
                 version,
-                predictor.precision,
+                predictor.form,
                 serving.version if serving else "none",
             )
 
