@@ -64,6 +64,8 @@ class Predictor:
         self.batch_size = batch_size
         self.device = device
         self.runner: Runner = runner or TorchRunner(self.model, device, REFERENCE_FORM)
+        # texts/s of each form timed on this CPU when the serving form was chosen, if it was
+        self.timings: dict[str, float] = {}
         # A fast tokenizer is not reentrant; the model is the hot resource.
         self._tokenizer_lock = threading.Lock()
         self._model_lock = threading.Lock()

@@ -290,17 +290,12 @@ def fastest(
     else:
         texts = ServingSample.model_validate_json(sample.read_bytes()).texts
         speeds = time_forms(predictors, texts, settings.serving_timing_s)
-        source = f"here ({len(texts)} texts, {threads} threads)"
-    chosen = int(np.argmax(speeds))
-    table = "; ".join(f"{form} {speed:.1f}" for form, speed in zip(forms, speeds, strict=True))
-    log.info(
-        "model %s serves in %s: texts/s timed %s: %s",
-        predictor.version,
-        forms[chosen],
-        source,
-        table,
-    )
-    return predictors[chosen]
+        source = f"timed here ({len(texts)} texts, {threads} threads)"
+    chosen = predictors[int(np.argmax(speeds))]
+    chosen.timings = {form: round(speed, 1) for form, speed in zip(forms, speeds, strict=True)}
+    table = "; ".join(f"{form} {speed}" for form, speed in chosen.timings.items())
+    log.info("model %s serves in %s: texts/s %s: %s", chosen.version, chosen.form, source, table)
+    return chosen
 
 
 def serving_note(settings: Settings, metrics: Metrics) -> str:

@@ -3,10 +3,13 @@
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import redis
 import torch
 
 from pipeline.modeling import ArrayBatch, load_classifier, load_tokenizer, padding_of
@@ -22,9 +25,12 @@ from pipeline.serving import (
     serving_note,
     with_form,
 )
+from shared.fleet import ServingWorker, announce
+from shared.jobs import utcnow
 from shared.registry import ModelRegistry
 from shared.results import Metrics, PredictResult, ServingCheck
 from shared.settings import FORMS, Form, Settings
+from tests.gateway_support import serve
 from tests.job_results import metrics
 from tests.model_families import tiny_family_model
 from tests.pipeline_support import tiny_model
@@ -74,28 +80,33 @@ Builder = Callable[[Predictor, Path, int], Runner]
 
 
 class SlowRunner:
-    def __init__(self, runner: Runner, delay_s: float) -> None:
+    """A form's runner that takes `factor` times as long, and `delay_s` more, per batch."""
+
+    def __init__(self, runner: Runner, factor: float, delay_s: float) -> None:
         self.form = runner.form
         self.runner = runner
+        self.factor = factor
         self.delay_s = delay_s
 
     def logits(self, arrays: ArrayBatch) -> np.ndarray:
-        time.sleep(self.delay_s)
-        return self.runner.logits(arrays)
+        started = time.perf_counter()
+        logits = self.runner.logits(arrays)
+        time.sleep((self.factor - 1) * (time.perf_counter() - started) + self.delay_s)
+        return logits
 
 
-def slowed(builder: Builder, delay_s: float = 0.05) -> Builder:
+def slowed(builder: Builder, factor: float, delay_s: float) -> Builder:
     def build(predictor: Predictor, model_dir: Path, threads: int) -> Runner:
-        return SlowRunner(builder(predictor, model_dir, threads), delay_s)
+        return SlowRunner(builder(predictor, model_dir, threads), factor, delay_s)
 
     return build
 
 
 @pytest.fixture
 def slow_forms(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
-    def slow(*forms: Form) -> None:
+    def slow(*forms: Form, factor: float = 1.0, delay_s: float = 0.0) -> None:
         for form in forms:
-            monkeypatch.setitem(RUNNERS, form, slowed(RUNNERS[form]))
+            monkeypatch.setitem(RUNNERS, form, slowed(RUNNERS[form], factor, delay_s))
 
     return slow
 
@@ -201,7 +212,7 @@ def test_a_slow_form_is_not_chosen(
     allowed = every_form_allowed(model_dir)
     settings = Settings(torch_threads=1, serving_timing_s=0.1)
     first = fastest(predictor, model_dir, allowed, settings).form
-    slow_forms(first)
+    slow_forms(first, factor=30.0)  # forms differ by far less than 30x
     assert fastest(predictor, model_dir, allowed, settings).form != first
 
 
@@ -214,8 +225,11 @@ def test_the_worker_at_load_serves_the_fastest_allowed_form(
     allowed = candidate_forms(settings, read_manifest(model_dir).metrics, model_dir)
     if len(allowed) < 2:
         pytest.skip(f"the tiny model allowed only {allowed}")
-    quick = allowed[-1]
-    slow_forms(*[form for form in allowed if form != quick])
+    check = read_manifest(model_dir).metrics.serving
+    assert check is not None
+    registered = {score.form: score.texts_per_s for score in check.forms}
+    quick = max(allowed, key=registered.__getitem__)
+    slow_forms(*[form for form in allowed if form != quick], delay_s=0.2)
     model = ServingModel(settings.model_copy(update={"serving_timing_s": 0.1}))
     assert model.current().form == quick
     forced = ServingModel(settings.model_copy(update={"serving_form": allowed[0]}))
@@ -243,3 +257,27 @@ def test_metrics_of_versions_registered_with_the_int8_check_still_load(model_dir
         {"model_version": "v", "precision": "int8", "predictions": []}
     )
     assert answer.form == "torch-int8"
+
+
+def test_the_gateway_metrics_name_the_form_each_worker_serves(
+    settings: Settings, model_dir: Path
+) -> None:
+    registry = ModelRegistry.from_settings(settings)
+    version = publish(registry, model_dir).version
+    registry.promote(version, "test")
+    model = ServingModel(settings)
+    form = model.current().form
+    model.announce()
+    model.stop()
+    gone = ServingWorker(
+        worker="gone:1",
+        version=version,
+        form="torch-int8",
+        seen_at=utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1),
+    )
+    with redis.Redis.from_url(settings.redis_url) as client:
+        announce(client, settings, gone)
+    with serve(settings) as gateway:
+        text = httpx.get(f"{gateway.url}/metrics").text
+    served = [line for line in text.splitlines() if line.startswith("agnews_serving_workers{")]
+    assert served == [f'agnews_serving_workers{{form="{form}",version="{version}"}} 1.0']
