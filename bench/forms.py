@@ -3,10 +3,12 @@ latency, and the form a predict worker would choose here.
 
     .venv/bin/python -m bench.forms --model /tmp/m
 
-The model folder is a trained one (`agnews train --out DIR` leaves one). The forms
-are built and scored as registration does (one tokenisation, every batch through every form in
-turn, `--threads` threads); single-text p50 over `--single` texts, one at a time; then the
-allowed forms timed as a predict worker times them at load (its one thread, on the kept sample).
+The model folder is a trained one (`agnews train --out DIR` leaves one). The forms are built
+and scored as registration does (one tokenisation, every batch through every form in turn,
+`--threads` threads; `--rows N` scores the first N test rows only); single-text p50 over
+`--single` texts, one at a time; then the allowed forms timed as a predict worker times them at
+load (its one thread, on the kept sample). With `--registered`, accuracy and batched texts/s are
+those the model's registration measured (the same scoring, kept in its metrics.json).
 Writes bench/out/forms.json.
 """
 
@@ -47,20 +49,31 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "archive.zip")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--single", type=int, default=200)
+    parser.add_argument("--rows", type=int, default=None, help="score on the first N test rows")
+    parser.add_argument(
+        "--registered",
+        action="store_true",
+        help="take accuracy and batched texts/s from the model's own registration (metrics.json)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(f"CPU: {cpu_line()}")
 
     settings = Settings(torch_threads=args.threads)
     dataset = read_archive(args.data, settings)
-    rows = dataset.test.rows
+    rows = dataset.test.rows[: args.rows]
     if not (args.model / MANIFEST).is_file():
         parser.error(f"{args.model} holds no trained model (`agnews train --out DIR` makes one)")
-    predictor = Predictor.from_manifest(args.model, read_manifest(args.model), settings)
+    info = read_manifest(args.model)
+    predictor = Predictor.from_manifest(args.model, info, settings)
     with tempfile.TemporaryDirectory() as scratch:
-        forms_dir = Path(scratch)
-        metrics = evaluate_forms(
-            predictor, rows, forms_dir, settings, NullReporter(), dataset_sha256=dataset.sha256
+        forms_dir = args.model if args.registered else Path(scratch)
+        metrics = (
+            info.metrics
+            if args.registered
+            else evaluate_forms(
+                predictor, rows, forms_dir, settings, NullReporter(), dataset_sha256=dataset.sha256
+            )
         )
         check = metrics.serving
         assert check is not None
@@ -79,14 +92,15 @@ def main() -> None:
         timed = time_forms(
             [with_form(one_thread, form, forms_dir, 1) for form in allowed], sample, 5.0
         )
-    report(check.forms, single, dict(zip(allowed, timed, strict=True)), metrics.stages, len(rows))
+    report(check.forms, single, dict(zip(allowed, timed, strict=True)), metrics.stages, check.n)
     OUT.mkdir(exist_ok=True)
     (OUT / "forms.json").write_text(
         json.dumps(
             {
                 "cpu": cpu_line(),
                 "model": str(args.model),
-                "test_rows": len(rows),
+                "test_rows": check.n,
+                "scored_at_registration": args.registered,
                 "threads": args.threads,
                 "forms": [score.model_dump(mode="json") for score in check.forms],
                 "single_p50_ms": single,
