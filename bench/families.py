@@ -3,7 +3,7 @@ the serving check, serve, and compare batched with single predictions.
 
     .venv/bin/python -m bench.families
 
-Prints one row per family: whether it trained and served, whether int8 may serve it, seconds.
+Prints one row per family: whether it trained and served, the forms it may serve in, seconds.
 """
 
 import tempfile
@@ -25,7 +25,7 @@ from tests.pipeline_support import Recorder
 TEXTS = ["Stocks rally as oil prices fall", "Federer wins in straight sets", "NASA"]
 
 
-def run(family: str, root: Path) -> tuple[bool, bool | None, float]:
+def run(family: str, root: Path) -> tuple[bool, str, float]:
     started = time.monotonic()
     settings = Settings(data_dir=root / "data", progress_interval_s=60.0, torch_threads=1)
     config = TrainConfig(
@@ -43,17 +43,18 @@ def run(family: str, root: Path) -> tuple[bool, bool | None, float]:
     batched = predictor.probabilities(TEXTS)[0]
     alone = np.vstack([predictor.probabilities([text])[0] for text in TEXTS])
     agree = bool(np.allclose(batched, alone, atol=1e-4))
-    allowed = info.metrics.serving.int8_allowed if info.metrics.serving else None
+    check = info.metrics.serving
+    allowed = " ".join(score.form for score in check.allowed()) if check else "-"
     return agree, allowed, time.monotonic() - started
 
 
 def main() -> None:
     print(f"CPU: {cpu_line()}")
-    print(f"{'family':<12} {'train/serve':<12} {'int8 allowed':<13} seconds")
+    print(f"{'family':<12} {'train/serve':<12} {'forms allowed':<42} seconds")
     for family in sorted(CONFIGS):
         with tempfile.TemporaryDirectory() as scratch:
             agree, allowed, seconds = run(family, Path(scratch))
-        print(f"{family:<12} {'pass' if agree else 'FAIL':<12} {allowed!s:<13} {seconds:.1f}")
+        print(f"{family:<12} {'pass' if agree else 'FAIL':<12} {allowed:<42} {seconds:.1f}")
 
 
 if __name__ == "__main__":

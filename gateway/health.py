@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.metrics import update_serving
 from gateway.services import Services, services
 from shared.errors import ServiceUnavailable
 
@@ -49,7 +50,10 @@ async def readyz(request: Request) -> JSONResponse:
 
 async def metrics(request: Request) -> Response:
     state = services(request)
-    await state.queues.update(state.metrics)
+    await asyncio.gather(
+        state.queues.update(state.metrics),
+        update_serving(state.metrics, state.store.redis, state.settings),
+    )
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

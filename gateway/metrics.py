@@ -1,9 +1,11 @@
-"""Prometheus metrics: requests by route template and status, SSE clients, Celery queue depths."""
+"""Prometheus metrics: requests by route template and status, SSE clients, Celery queue depths,
+and the predict workers by the model version and form they serve."""
 
 import asyncio
 import logging
 import time
 
+import redis.asyncio
 from celery import Celery
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Mount, Route
@@ -11,6 +13,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
+from shared.fleet import serving_workers
+from shared.settings import Settings
 from shared.tasks import QUEUES, queue_depths
 
 log = logging.getLogger("gateway")
@@ -42,6 +46,12 @@ class Metrics:
             "agnews_queue_depth",
             "Tasks waiting in each Celery queue",
             ["queue"],
+            registry=self.registry,
+        )
+        self.serving_workers = Gauge(
+            "agnews_serving_workers",
+            "Predict workers that announced themselves lately, by model version and form",
+            ["version", "form"],
             registry=self.registry,
         )
         self.queue_depth_up = Gauge(
@@ -108,3 +118,20 @@ class QueueProbe:
         metrics.queue_depth_up.set(1)
         for queue, depth in depths.items():
             metrics.queue_depth.labels(queue).set(depth)
+
+
+async def update_serving(
+    metrics: Metrics, client: "redis.asyncio.Redis", settings: Settings
+) -> None:
+    """The serving workers' gauge from their announcements; left as it was if Redis is away."""
+    try:
+        workers = await serving_workers(client, settings)
+    except Exception as exc:
+        log.warning("serving workers unavailable: %s", str(exc) or type(exc).__name__)
+        return
+    counts: dict[tuple[str, str], int] = {}
+    for worker in workers:
+        counts[(worker.version, worker.form)] = counts.get((worker.version, worker.form), 0) + 1
+    metrics.serving_workers.clear()
+    for (version, form), count in counts.items():
+        metrics.serving_workers.labels(version, form).set(count)

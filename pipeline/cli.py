@@ -148,7 +148,7 @@ def predict(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter
             cut = " (truncated)" if prediction.truncated else ""
             print(f"{prediction.label:<9} {score:6.1%}  {text}{cut}")
     return PredictResult(
-        model_version=predictor.version, precision=predictor.precision, predictions=predictions
+        model_version=predictor.version, form=predictor.form, predictions=predictions
     )
 
 

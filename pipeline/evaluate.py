@@ -1,14 +1,14 @@
 """Scores of a model on labelled rows: accuracy, macro-F1, per-class figures, confusion matrix."""
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
-from pipeline.predictor import Predictor
+from pipeline.predictor import Encoded, Predictor
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.results import ClassScores, MemberScores, Metrics
@@ -48,12 +48,11 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, **about: An
 
 def _members(
     predictor: Predictor,
-    texts: Sequence[str],
     transformer: np.ndarray,
+    linear: np.ndarray | None,
     blended: np.ndarray,
     truth: np.ndarray,
 ) -> MemberScores | None:
-    linear = predictor.linear_probabilities(texts)
     if predictor.linear is None or linear is None:
         return None
 
@@ -69,18 +68,9 @@ def _members(
     )
 
 
-def evaluate(
-    predictor: Predictor,
-    rows: Sequence[Row],
-    settings: Settings,
-    reporter: Reporter,
-    *,
-    dataset_sha256: str | None,
-    split: str = "test.csv",
-) -> Metrics:
-    """The model's metrics on rows, as stored in metrics.json."""
-    started = time.monotonic()
-    ticker = Ticker(reporter, "evaluate", len(rows), settings.progress_interval_s)
+def progress(reporter: Reporter, total: int, settings: Settings) -> Callable[[int], None]:
+    """Evaluation's progress per batch, which also stops a cancelled job."""
+    ticker = Ticker(reporter, "evaluate", total, settings.progress_interval_s)
     ticker.send(0)
     check_cancelled(reporter, "evaluate")
 
@@ -88,21 +78,33 @@ def evaluate(
         ticker(done)
         check_cancelled(reporter, "evaluate")
 
-    texts = [row.text for row in rows]
-    encoded = predictor.encode(texts)
-    transformer = predictor.forward(encoded.ids, on_batch)
-    probabilities, truncated = predictor.blend(transformer, texts), encoded.truncated
-    truth = np.array([row.label for row in rows], dtype=np.int64)
+    return on_batch
+
+
+def truth_of(rows: Sequence[Row]) -> np.ndarray:
+    return np.array([row.label for row in rows], dtype=np.int64)
+
+
+def scored(
+    predictor: Predictor,
+    rows: Sequence[Row],
+    encoded: Encoded,
+    transformer: np.ndarray,
+    linear: np.ndarray | None,
+    reporter: Reporter,
+    **about: Any,
+) -> Metrics:
+    """Metrics of the transformer's probabilities blended with the linear member's."""
+    truth = truth_of(rows)
+    probabilities = predictor.mix(transformer, linear)
     metrics = classification_metrics(
         truth,
         probabilities.argmax(axis=1),
         model_version=predictor.version,
-        dataset_sha256=dataset_sha256,
-        split=split,
-        truncated=sum(truncated),
+        truncated=sum(encoded.truncated),
         max_length=predictor.max_length,
-        seconds=round(time.monotonic() - started, 2),
-        members=_members(predictor, texts, transformer, probabilities, truth),
+        members=_members(predictor, transformer, linear, probabilities, truth),
+        **about,
     )
     reporter.event(
         EventType.metric,
@@ -115,3 +117,31 @@ def evaluate(
         },
     )
     return metrics
+
+
+def evaluate(
+    predictor: Predictor,
+    rows: Sequence[Row],
+    settings: Settings,
+    reporter: Reporter,
+    *,
+    dataset_sha256: str | None,
+    split: str = "test.csv",
+) -> Metrics:
+    """The model's metrics on rows, as stored in metrics.json."""
+    started = time.monotonic()
+    on_batch = progress(reporter, len(rows), settings)
+    texts = [row.text for row in rows]
+    encoded = predictor.encode(texts)
+    transformer = predictor.forward(encoded.ids, on_batch)
+    return scored(
+        predictor,
+        rows,
+        encoded,
+        transformer,
+        predictor.linear_probabilities(texts),
+        reporter,
+        dataset_sha256=dataset_sha256,
+        split=split,
+        seconds=round(time.monotonic() - started, 2),
+    )

@@ -60,9 +60,10 @@ class LinearMember:
     def blend(self, transformer: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         if self.weight == 0.0:
             return transformer
-        mixed: np.ndarray = (1 - self.weight) * transformer + self.weight * self.probabilities(
-            texts
-        )
+        return self.mix(transformer, self.probabilities(texts))
+
+    def mix(self, transformer: np.ndarray, linear: np.ndarray) -> np.ndarray:
+        mixed: np.ndarray = (1 - self.weight) * transformer + self.weight * linear
         return mixed
 
     def save(self, directory: Path) -> None:

@@ -3,6 +3,7 @@
 import contextlib
 import copy
 import os
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
 from shared.settings import PACKAGED_BASE_MODEL, Settings
 
 Batch = dict[str, torch.Tensor]
+ArrayBatch = dict[str, np.ndarray]
+LogitsFn = Callable[[ArrayBatch], np.ndarray]
 
 # Families whose position ids start after the padding id (RoBERTa's offset of pad_token_id + 1;
 # MPNet's padding index is 1 whatever its config says).
@@ -178,19 +181,27 @@ def encode_flagged(
     return full, truncated
 
 
-def collate(rows: Sequence[Sequence[int]], padding: Padding, device: torch.device) -> Batch:
+def padded_arrays(rows: Sequence[Sequence[int]], padding: Padding) -> ArrayBatch:
     """Pad to the longest row of this batch only, on the side the model reads from."""
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), padding.pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    input_ids = np.full((len(rows), width), padding.pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     for index, row in enumerate(rows):
         place = slice(width - len(row), width) if padding.left else slice(0, len(row))
-        input_ids[index, place] = torch.tensor(row, dtype=torch.long)
+        input_ids[index, place] = row
         attention_mask[index, place] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def to_tensors(arrays: ArrayBatch, device: torch.device) -> Batch:
     return {
-        "input_ids": input_ids.to(device, non_blocking=True),
-        "attention_mask": attention_mask.to(device, non_blocking=True),
+        name: torch.from_numpy(array).to(device, non_blocking=True)
+        for name, array in arrays.items()
     }
+
+
+def collate(rows: Sequence[Sequence[int]], padding: Padding, device: torch.device) -> Batch:
+    return to_tensors(padded_arrays(rows, padding), device)
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -217,7 +228,50 @@ def bucketed_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-@torch.inference_mode()
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return result
+
+
+def torch_logits(model: PreTrainedModel, device: torch.device, bf16: bool = False) -> LogitsFn:
+    @torch.inference_mode()
+    def logits(arrays: ArrayBatch) -> np.ndarray:
+        with autocast(device, bf16):
+            out = model(**to_tensors(arrays, device)).logits
+        result: np.ndarray = out.float().cpu().numpy()
+        return result
+
+    return logits
+
+
+def probabilities_together(
+    runs: Sequence[LogitsFn],
+    ids: Sequence[Sequence[int]],
+    *,
+    padding: Padding,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[np.ndarray], list[float]]:
+    """Softmax probabilities of every model (one row per text, in input order) and the seconds
+    each spent in its forward passes: each padded batch is built once and given to all."""
+    probabilities = [np.zeros((len(ids), len(LABELS)), dtype=np.float32) for _ in runs]
+    seconds = [0.0] * len(runs)
+    done = 0
+    for batch in sorted_batches([len(row) for row in ids], batch_size):
+        arrays = padded_arrays([ids[i] for i in batch], padding)
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            logits = run(arrays)
+            seconds[index] += time.perf_counter() - started
+            probabilities[index][batch] = softmax(logits)
+        done += len(batch)
+        if on_batch is not None:
+            on_batch(done)
+    return probabilities, seconds
+
+
 def class_probabilities(
     model: PreTrainedModel,
     ids: Sequence[Sequence[int]],
@@ -232,15 +286,13 @@ def class_probabilities(
     was_training = model.training
     if was_training:
         model.train(False)
-    probabilities = np.zeros((len(ids), len(LABELS)), dtype=np.float32)
-    done = 0
-    for batch in sorted_batches([len(row) for row in ids], batch_size):
-        with autocast(device, bf16):
-            logits = model(**collate([ids[i] for i in batch], padding, device)).logits
-        probabilities[batch] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        done += len(batch)
-        if on_batch is not None:
-            on_batch(done)
+    (probabilities,), _ = probabilities_together(
+        [torch_logits(model, device, bf16)],
+        ids,
+        padding=padding,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
     if was_training:
         model.train(True)
     return probabilities

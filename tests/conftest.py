@@ -42,6 +42,7 @@ def settings(redis_url: str, s3_endpoint: str, tmp_path: Path) -> Settings:
         s3_secret_access_key="testing",
         bucket=bucket,
         data_dir=tmp_path / "data",
+        serving_timing_s=0.01,
     )
     s3_client(config).create_bucket(Bucket=bucket)
     return config

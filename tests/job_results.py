@@ -31,7 +31,7 @@ def train_result(version: str = "v1", accuracy: float = 0.9) -> TrainResult:
 def predict_result(version: str = "v1", labels: tuple[str, ...] = ("Sports",)) -> PredictResult:
     return PredictResult(
         model_version=version,
-        precision="fp32",
+        form="torch-fp32",
         predictions=[
             Prediction(
                 label=label,

@@ -11,6 +11,8 @@ from typing import Any
 
 from pipeline.ingest import RawDataset, read_archive
 from pipeline.registry import write_manifest
+from pipeline.runners import ONNX_DIR
+from pipeline.serving import SAMPLE
 from pipeline.stages import TRAINING, finish_model
 from pipeline.train import config_for, fit
 from shared.jobs import EventType
@@ -113,6 +115,6 @@ def upload_candidate(settings: Settings, model_dir: Path, prefix: str) -> None:
     s3 = s3_client(settings)
     training = model_dir.parent / TRAINING
     for path in sorted(model_dir.iterdir()):
-        if path.name not in (MANIFEST, "metrics.json"):
+        if path.name not in (MANIFEST, "metrics.json", SAMPLE, ONNX_DIR):
             s3.upload_file(str(path), settings.bucket, prefix + path.name)
     s3.upload_file(str(training), settings.bucket, prefix + TRAINING)

@@ -12,7 +12,7 @@ from tests.gateway_support import FakeWorker, serve
 
 RESULT_BODY = {
     "model_version": "2026-11-26T10-31-07-3f9c",
-    "precision": "int8",
+    "form": "torch-int8",
     "predictions": [
         {
             "label": "Business",

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from pipeline.predictor import Predictor
-from pipeline.registry import publish, verify
-from pipeline.serving import choose_precision, load_serving, serving_note
+from pipeline.registry import publish
+from pipeline.serving import load_serving
 from shared.errors import ModelIntegrityError
 from shared.jobs import Job, JobStatus, JobType, new_job_id
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
-from shared.results import FormScore, PredictResult, ServingCheck
+from shared.results import PredictResult
 from shared.settings import Settings
-from tests.job_results import metrics
 from tests.pipeline_support import copy_as_new_version, tiny_model
 from workers.models import ServingModel
 from workers.predict import serve_batch
@@ -66,7 +65,7 @@ def test_every_job_in_a_batch_gets_the_answers_to_its_own_texts(
         assert job.result is not None
         assert isinstance(job.result, PredictResult)
         assert job.result.model_version == version
-        assert job.result.precision == alone.precision
+        assert job.result.form == alone.form
         answers = job.result.predictions
         assert len(answers) == len(texts)
         for answer, expected in zip(answers, alone.predict(texts), strict=True):
@@ -200,50 +199,3 @@ def test_only_one_thread_loads_the_first_model_and_all_get_it(
         thread.join()
     assert seen == [version] * 4
     assert loads == [version]
-
-
-def test_the_int8_check_is_stored_with_the_model_and_decides_auto(model_dir: Path) -> None:
-    metrics = verify(model_dir).metrics
-    check = metrics.serving
-    assert check is not None
-    assert check.n == metrics.n
-    assert check.fp32.accuracy == metrics.accuracy
-    assert 0.0 <= check.int8.accuracy <= 1.0
-    assert check.int8_accuracy_drop_pts == pytest.approx(
-        (check.fp32.accuracy - check.int8.accuracy) * 100, abs=1e-3
-    )
-    assert check.int8_allowed is (check.int8_accuracy_drop_pts <= 0.3)
-
-    auto = Settings()
-    allowed = metrics.model_copy(
-        update={"serving": check.model_copy(update={"int8_allowed": True})}
-    )
-    refused = metrics.model_copy(
-        update={"serving": check.model_copy(update={"int8_allowed": False})}
-    )
-    unchecked = metrics.model_copy(update={"serving": None})
-    assert choose_precision(auto, allowed) == "int8"
-    assert choose_precision(auto, refused) == "fp32"
-    assert choose_precision(auto, unchecked) == "fp32"
-    assert choose_precision(Settings(serving_precision="int8"), unchecked) == "int8"
-    assert choose_precision(Settings(serving_precision="fp32"), allowed) == "fp32"
-
-
-def test_the_promotion_reason_says_which_form_serves_and_why() -> None:
-    form = FormScore(accuracy=0.9, texts_per_s=100.0)
-    check = ServingCheck(
-        n=40,
-        fp32=form,
-        int8=form,
-        int8_accuracy_drop_pts=0.07,
-        int8_speedup=2.1,
-        max_accuracy_drop_pts=0.3,
-        int8_allowed=True,
-    )
-    passed = serving_note(Settings(), metrics().model_copy(update={"serving": check}))
-    assert passed.startswith("It serves in int8, 2.1x as fast as fp32 and 0.07 points below")
-    failed = check.model_copy(update={"int8_accuracy_drop_pts": 0.45, "int8_allowed": False})
-    assert serving_note(Settings(), metrics().model_copy(update={"serving": failed})) == (
-        "It serves in fp32: int8 was 0.45 points below it, over the 0.3 allowed."
-    )
-    assert serving_note(Settings(serving_precision="fp32"), metrics()) == "It serves in fp32."

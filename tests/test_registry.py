@@ -56,7 +56,11 @@ def test_versions_are_sortable_utc_times_with_a_random_suffix() -> None:
 
 def test_a_model_folder_lists_every_file_with_its_sha256(model_dir: Path) -> None:
     info = verify(model_dir)
+    assert info.metrics.serving is not None
+    graphs = {name for score in info.metrics.serving.allowed() for name in score.files}
     assert set(info.files) == {
+        *graphs,
+        "serving-sample.json",
         "README.md",
         "config.json",
         "history.json",

@@ -6,14 +6,19 @@ that model to its end, so no batch is split or dropped, and every answer names i
 """
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 from pipeline.predictor import Predictor
 from pipeline.serving import load_serving
 from shared.errors import AgNewsError, ServiceUnavailable
+from shared.fleet import ServingWorker, announce, worker_name
+from shared.jobstore import redis_options
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 
@@ -33,6 +38,8 @@ class ServingModel:
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._redis: redis.Redis | None = None
+        self._announced_at = -math.inf
 
     def start(self) -> "ServingModel":
         """Load production, and then watch for a new one, in the background."""
@@ -48,6 +55,8 @@ class ServingModel:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
+        if self._redis is not None:
+            self._redis.close()
 
     def current(self) -> Predictor:
         """The serving model; with none yet, production is looked up (and loaded) right now."""
@@ -90,17 +99,43 @@ class ServingModel:
                 )
                 return
             self._predictor = predictor
+            self._announced_at = -math.inf
             self._problem = None
             self._failed_at.pop(version, None)
             log.info(
                 "now serving model %s in %s (was %s)",
                 version,
-                predictor.precision,
+                predictor.form,
                 serving.version if serving else "none",
             )
+
+    def announce(self) -> None:
+        """Tell the gateway's /metrics what this worker serves: on a new model, and every
+        heartbeat_interval_s after (a failure is logged; the next poll tries again)."""
+        predictor = self._predictor
+        since = time.monotonic() - self._announced_at
+        if predictor is None or since < self.settings.heartbeat_interval_s:
+            return
+        worker = ServingWorker(
+            worker=worker_name(),
+            version=predictor.version,
+            form=predictor.form,
+            texts_per_s=predictor.timings,
+        )
+        try:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(
+                    self.settings.redis_url, decode_responses=True, **redis_options(self.settings)
+                )
+            announce(self._redis, self.settings, worker)
+        except redis.RedisError as exc:
+            log.warning("could not announce the serving model: %s", exc)
+            return
+        self._announced_at = time.monotonic()
 
     def _watch(self) -> None:
         while True:
             self.refresh()
+            self.announce()
             if self._stop.wait(self.settings.model_poll_s):
                 return

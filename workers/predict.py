@@ -87,7 +87,7 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
                 job_id,
                 PredictResult(
                     model_version=predictor.version,
-                    precision=predictor.precision,
+                    form=predictor.form,
                     predictions=rows[start : start + len(texts)],
                 ),
             )

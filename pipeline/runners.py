@@ -1,0 +1,111 @@
+"""What runs a model's forward pass in each serving form: torch (fp32, or its Linear layers in
+dynamic int8) or ONNX Runtime over a graph exported at registration (fp32, or dynamically
+quantized to int8). Every runner maps one padded batch of ids to logits."""
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import PreTrainedModel
+
+from pipeline.modeling import ArrayBatch, Padding, quantize_int8, torch_logits
+from shared.settings import Form
+
+ONNX_DIR = "onnx"
+ONNX_FILES: dict[Form, str] = {
+    "onnx-fp32": f"{ONNX_DIR}/model.onnx",
+    "onnx-int8": f"{ONNX_DIR}/model-int8.onnx",
+}
+_INPUTS = ("input_ids", "attention_mask")
+_OPSET = 17
+
+
+class Runner(Protocol):
+    form: Form
+
+    def logits(self, arrays: ArrayBatch) -> np.ndarray: ...
+
+
+class TorchRunner:
+    def __init__(self, model: PreTrainedModel, device: torch.device, form: Form) -> None:
+        self.form = form
+        self.model = model
+        self.logits = torch_logits(model, device)
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int, form: Form) -> None:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.form = form
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.inputs = [node.name for node in self.session.get_inputs()]
+
+    def logits(self, arrays: ArrayBatch) -> np.ndarray:
+        out = self.session.run(None, {name: arrays[name] for name in self.inputs})
+        result: np.ndarray = np.asarray(out[0], dtype=np.float32)
+        return result
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits
+
+
+def _example(padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows, one padded, so that the traced graph keeps the mask's work."""
+    ids = torch.full((2, 8), padding.pad_id, dtype=torch.long)
+    mask = torch.zeros((2, 8), dtype=torch.long)
+    ids[0], mask[0] = 5, 1
+    short = slice(4, 8) if padding.left else slice(0, 4)
+    ids[1, short], mask[1, short] = 6, 1
+    return ids, mask
+
+
+def export_onnx(model: PreTrainedModel, padding: Padding, path: Path) -> None:
+    """The model's forward pass as an ONNX graph, its batch and sequence axes left free."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.device.type != "cpu":
+        model = copy.deepcopy(model)
+        model.to("cpu")  # type: ignore[arg-type]
+    axes = {"batch": 0, "sequence": 1}
+    with warnings.catch_warnings():
+        # The tracer warns of every Python-side shape check in transformers' code.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Logits(model).eval(),
+            _example(padding),
+            str(path),
+            input_names=list(_INPUTS),
+            output_names=["logits"],
+            dynamic_axes={
+                **{name: {v: k for k, v in axes.items()} for name in _INPUTS},
+                "logits": {0: "batch"},
+            },
+            opset_version=_OPSET,
+            dynamo=False,
+        )
+
+
+def quantize_onnx(source: Path, target: Path) -> None:
+    """Every MatMul's weights in int8 with a scale per channel, activations quantized on the fly."""
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+
+
+def torch_int8(model: PreTrainedModel) -> TorchRunner:
+    return TorchRunner(quantize_int8(model), torch.device("cpu"), "torch-int8")
