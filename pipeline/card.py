@@ -69,10 +69,12 @@ def _members(metrics: Metrics, training: TrainingRecord) -> list[str]:
     ]
 
 
-def _stages(metrics: Metrics) -> list[str]:
-    if not metrics.stages:
+def _evaluation_seconds(metrics: Metrics) -> list[str]:
+    if not metrics.evaluation_seconds:
         return []
-    spent = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in metrics.stages.items())
+    spent = ", ".join(
+        f"{stage} {seconds:.1f} s" for stage, seconds in metrics.evaluation_seconds.items()
+    )
     return [f"The evaluation took {metrics.seconds:.1f} s: {spent}.", ""]
 
 
@@ -163,7 +165,7 @@ def model_card(
         "",
         *_scores(metrics),
         "",
-        *_stages(metrics),
+        *_evaluation_seconds(metrics),
         "## Members",
         "",
         *_members(metrics, training),

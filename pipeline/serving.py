@@ -220,7 +220,7 @@ def evaluate_forms(
     forward = {
         f"forward {form}": round(spent, 3) for form, spent in zip(forms, seconds, strict=True)
     }
-    metrics.stages = {**watch.seconds, **forward}
+    metrics.evaluation_seconds = {**watch.seconds, **forward}
     metrics.seconds = round(time.perf_counter() - started, 2)
     return metrics
 

@@ -178,7 +178,9 @@ def finish_model(
         reporter.event(
             EventType.metric, {"name": "serving_check", **metrics.serving.model_dump(mode="json")}
         )
-    reporter.event(EventType.metric, {"name": "evaluation_stages", "seconds": metrics.stages})
+    reporter.event(
+        EventType.metric, {"name": "evaluation_stages", "seconds": metrics.evaluation_seconds}
+    )
     metrics.validation = training.validation
     metrics.train_seconds = training.train_seconds
     metrics.stage_seconds = (stages or StageSeconds()).model_copy(

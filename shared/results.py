@@ -135,7 +135,7 @@ class Metrics(BaseModel):
     truncated: int = 0
     max_length: int | None = None
     seconds: float = 0.0
-    stages: dict[str, float] = Field(
+    evaluation_seconds: dict[str, float] = Field(
         default_factory=dict, description="seconds each stage of the evaluation took"
     )
     members: MemberScores | None = Field(

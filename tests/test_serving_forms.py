@@ -133,7 +133,7 @@ def test_registration_scores_every_form_on_the_same_rows_and_keeps_its_files(
     assert check.sample == SAMPLE
     assert SAMPLE in info.files
     assert len(json.loads((model_dir / SAMPLE).read_text())["texts"]) > 0
-    stages = info.metrics.stages
+    stages = info.metrics.evaluation_seconds
     assert {"tokenize", "forward", "build onnx-fp32", "forward onnx-int8"} <= set(stages)
 
 
