@@ -298,6 +298,8 @@ def test_one_text_gets_a_label_and_a_bar_per_class(page: Page, production: str) 
     assert abs(sum(shares) - 100) < 0.5
     assert production in result.inner_text()
     assert "undefined" not in result.inner_text()
+    served = result.locator(".served-as code").inner_text()
+    assert served in {"torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8"}
     screenshot(page, "classify-one")
 
 

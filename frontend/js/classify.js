@@ -17,6 +17,7 @@ function textsOf(value) {
 export async function predictAll(texts, onChunk = () => {}) {
   const predictions = [];
   const versions = new Set();
+  const forms = new Set();
   for (let start = 0; start < texts.length; start += CONFIG.predictChunk) {
     const chunk = texts.slice(start, start + CONFIG.predictChunk);
     const answer = await api.predict(chunk);
@@ -24,9 +25,15 @@ export async function predictAll(texts, onChunk = () => {}) {
     if (!Array.isArray(body?.predictions)) throw new Error("The server's answer holds no predictions.");
     predictions.push(...body.predictions);
     versions.add(body.model_version);
+    if (body.form) forms.add(body.form);
     onChunk(predictions.length);
   }
-  return { predictions, versions: [...versions] };
+  return { predictions, versions: [...versions], forms: [...forms] };
+}
+
+// The form the predict workers served the model in (each worker times them at load).
+function servedAs(forms) {
+  return forms.length ? h("span", { class: "served-as" }, " · served as ", forms.map((form, i) => [i ? ", " : "", h("code", {}, form)])) : "";
 }
 
 export class ClassifyScreen {
@@ -148,13 +155,13 @@ export class ClassifyScreen {
     this.submitButton.setAttribute("aria-busy", "true");
     this.setStatus(texts.length === 1 ? "Classifying…" : `Classifying ${plural(texts.length, "text")}…`, "busy");
     try {
-      const { predictions, versions } = await predictAll(texts, (done) => {
+      const { predictions, versions, forms } = await predictAll(texts, (done) => {
         if (texts.length > CONFIG.predictChunk) this.setStatus(`Classified ${integer(done)} of ${integer(texts.length)}…`, "busy");
       });
       this.showNoModel(false);
       this.setStatus(texts.length === 1 ? "Done." : `Classified ${plural(texts.length, "text")}.`);
-      if (texts.length === 1) this.showOne(texts[0], predictions[0], versions[0]);
-      else this.showMany(texts, predictions, versions);
+      if (texts.length === 1) this.showOne(texts[0], predictions[0], versions[0], forms);
+      else this.showMany(texts, predictions, versions, forms);
     } catch (error) {
       clear(this.result);
       if (error.code === "no_production_model") {
@@ -172,7 +179,7 @@ export class ClassifyScreen {
     }
   }
 
-  showOne(text, prediction, version) {
+  showOne(text, prediction, version, forms) {
     const best = prediction.scores?.[prediction.label];
     clear(this.result, h("section", { class: "card result-one", "aria-label": "Result" },
       h("div", { class: "result-head" },
@@ -191,13 +198,14 @@ export class ClassifyScreen {
       })),
       h("p", { class: "muted small result-foot" },
         "Model ", h("code", {}, version ?? "–"),
+        servedAs(forms),
         prediction.truncated ? " · the text was longer than the model reads; only its beginning counted" : "",
       ),
       h("blockquote", { class: "quoted" }, text),
     ));
   }
 
-  showMany(texts, predictions, versions) {
+  showMany(texts, predictions, versions, forms) {
     const counts = Object.fromEntries(LABELS.map((l) => [l, 0]));
     for (const p of predictions) counts[p.label] = (counts[p.label] ?? 0) + 1;
     const download = () => {
@@ -223,7 +231,7 @@ export class ClassifyScreen {
         ))),
       )),
       predictions.length > shown.length && h("p", { class: "muted small" }, `The first ${integer(shown.length)} are shown; the CSV holds all ${integer(predictions.length)}.`),
-      h("p", { class: "muted small" }, `Model ${versions.join(", ")}`),
+      h("p", { class: "muted small" }, `Model ${versions.join(", ")}`, servedAs(forms)),
     ));
   }
 }
