@@ -238,7 +238,7 @@ def test_the_worker_at_load_serves_the_fastest_allowed_form(
 
 def test_metrics_of_versions_registered_with_the_int8_check_still_load(model_dir: Path) -> None:
     old = json.loads(metrics().model_dump_json())
-    old.pop("stages")
+    old.pop("evaluation_seconds")
     old["serving"] = OLD_CHECK
     loaded = Metrics.model_validate(old)
     check = loaded.serving
@@ -248,7 +248,7 @@ def test_metrics_of_versions_registered_with_the_int8_check_still_load(model_dir
         ("torch-int8", True, 1.43),
     ]
     assert check.sample is None
-    assert loaded.stages == {}
+    assert loaded.evaluation_seconds == {}
     assert candidate_forms(Settings(), loaded, model_dir) == ["torch-fp32", "torch-int8"]
     refused = Metrics.model_validate({**old, "serving": {**OLD_CHECK, "int8_allowed": False}})
     assert candidate_forms(Settings(), refused, model_dir) == ["torch-fp32"]
