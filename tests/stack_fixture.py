@@ -45,6 +45,9 @@ def live_stack(
     **overrides: object,
 ) -> Iterator[LiveStack]:
     gateway_port = free_port()
+    # A worker times its model's forms for serving_timing_s at each load: kept short here, where
+    # a test's requests wait on the first load and two workers share the cores with the rest.
+    overrides.setdefault("serving_timing_s", 0.3)
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         s3_endpoint_url=f"http://127.0.0.1:{free_port_block(8)}",
