@@ -4,7 +4,10 @@ The budget covers the training loop, what a run's train_seconds records: every o
 (the timed ones train like any other) and every validation pass. Loading and tokenising before
 it, the linear member after it, and the evaluate, register and promote stages lie outside it;
 each stage reports its own wall time. A plan fills PLAN_SHARE of the budget and leaves the rest
-to checkpoints, progress reports and a machine whose speed drifts.
+to checkpoints, progress reports and a machine whose speed drifts. If the machine slows for
+longer than that share absorbs, the rate since the first timed step (a Pace) shows the steps left
+ending past the budget, and the plan is cut to what fits: the decay then ends at the new last
+step, going on from the rate reached.
 
 A step's time is its padded tokens over the measured tokens/s: length-bucketed batches differ
 several-fold in width, so a rate in tokens carries from the timed batches to a whole epoch, and
@@ -14,7 +17,7 @@ only: about a third of a training step's work per token (backward costs twice th
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -135,6 +138,70 @@ class Cost:
 
 
 @dataclass
+class Rate:
+    """Tokens trained over the seconds their steps took."""
+
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.steps += 1
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def tokens_per_s(self, min_steps: int) -> float | None:
+        if self.steps < min_steps or self.seconds <= 0:
+            return None
+        return self.tokens / self.seconds
+
+
+@dataclass
+class Pace:
+    """A planned run's rate over every step timed since the probe began (a burst of load weighs
+    by its length) and since its plan was last set, and its steps' and validation passes' work
+    at the planned length."""
+
+    step_tokens: float  # a step's mean padded tokens
+    eval_tokens: float  # a validation pass, in training-step tokens
+    eval_every: int
+    min_steps: int
+    overall: Rate = field(default_factory=Rate)
+    since_plan: Rate = field(default_factory=Rate)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.overall.add(tokens, seconds)
+        self.since_plan.add(tokens, seconds)
+
+    def replanned(self) -> None:
+        self.since_plan = Rate()
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.overall.tokens_per_s(self.min_steps)
+
+    @property
+    def slower_tokens_per_s(self) -> float | None:
+        """The slower of the overall rate and the rate since the plan: what a cut plans with,
+        so that a slowdown that lasts takes one cut, not one per step."""
+        rates = [self.overall.tokens_per_s(self.min_steps)]
+        rates.append(self.since_plan.tokens_per_s(self.min_steps))
+        found = [rate for rate in rates if rate is not None]
+        return min(found) if found else None
+
+    def cost(self, tokens_per_s: float | None, *, spent_s: float, done: int) -> Cost | None:
+        if tokens_per_s is None:
+            return None
+        return Cost(
+            step_s=self.step_tokens / tokens_per_s,
+            eval_s=self.eval_tokens / tokens_per_s,
+            eval_every=self.eval_every,
+            spent_s=spent_s,
+            done=done,
+        )
+
+
+@dataclass
 class Schedule:
     """The learning-rate factor per step: a linear warm-up to 1 at warmup_steps, then a linear
     decay to 0 at total. A budgeted run starts with a provisional warm-up and no end; `plan`
@@ -248,6 +315,47 @@ class Planner:
             tokens_per_s=round(tokens_per_s, 1),
             timed_steps=probe.timed,
             measured_length=config.max_length,
+        )
+
+    def pace(self, plan: TrainingPlan, probe: Probe | None = None) -> Pace:
+        """The pace a plan is kept to: going on from the probe's timed steps, or for a resumed
+        run, from none (it checks once it has timed as many steps as a probe would)."""
+        workload = self.workload
+        pace = Pace(
+            step_tokens=workload.epoch_tokens(plan.max_length) / workload.steps_per_epoch,
+            eval_tokens=workload.validation_tokens(plan.max_length) * FORWARD_SHARE,
+            eval_every=workload.eval_every,
+            min_steps=max(1, self.config.probe_steps),
+        )
+        if probe is not None:
+            pace.overall = Rate(probe.timed, probe.tokens, probe.seconds)
+        return pace
+
+    def kept_to_budget(
+        self, plan: TrainingPlan, pace: Pace, *, spent_s: float, done: int
+    ) -> TrainingPlan | None:
+        """None while the plan's steps end within the budget at the overall pace, or until a
+        probe's worth of steps since the plan timed its own pace; else the plan cut to the most
+        steps that end within PLAN_SHARE of it at the slower pace (at least those done)."""
+        budget_s = plan.budget_s
+        overall = pace.cost(pace.tokens_per_s, spent_s=spent_s, done=done)
+        if budget_s is None or overall is None or overall.seconds(plan.steps) <= budget_s:
+            return None
+        if pace.since_plan.steps < pace.min_steps:
+            return None  # the pace since the plan is not yet known
+        rate = pace.slower_tokens_per_s
+        cost = pace.cost(rate, spent_s=spent_s, done=done)
+        assert cost is not None
+        steps = cost.most_steps(plan.steps, budget_s * PLAN_SHARE)
+        return plan.model_copy(
+            update={
+                "steps": steps,
+                "epochs": round(steps / self.workload.steps_per_epoch, 3),
+                "predicted_s": round(cost.seconds(steps), 1),
+                "cut_at_step": done,
+                "first_steps": plan.first_steps or plan.steps,
+                "pace_tokens_per_s": None if rate is None else round(rate, 1),
+            }
         )
 
 

@@ -2,9 +2,12 @@
 dynamic int8) or ONNX Runtime over a graph exported at registration (fp32, or dynamically
 quantized to int8). Every runner maps one padded batch of ids to logits."""
 
+import contextlib
 import copy
+import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -104,7 +107,24 @@ def export_onnx(model: PreTrainedModel, padding: Padding, path: Path) -> None:
 
 def quantize_onnx(source: Path, target: Path) -> None:
     """Every MatMul's weights in int8 with a scale per channel, activations quantized on the fly."""
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+    with _quiet_root_info():
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+
+
+@contextlib.contextmanager
+def _quiet_root_info() -> Iterator[None]:
+    """The quantizer logs a line per tensor at INFO through the root logger itself; a worker
+    logging at INFO would print dozens per registration. Its warnings still pass."""
+    root = logging.getLogger()
+
+    def at_least_warning(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    root.addFilter(at_least_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(at_least_warning)
 
 
 def torch_int8(model: PreTrainedModel) -> TorchRunner:

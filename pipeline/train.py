@@ -526,11 +526,14 @@ def fit(
     )
     plan = trainer.plan
     probe = Probe(config.probe_steps) if plan is None and planner.measures() else None
+    pace = None
     if probe is None:
         if plan is None:
             trainer.adopt(plan := planner.fixed())
         announce(reporter, plan, kept=resumed_from is not None)
         config, train, val = _follow(plan, config, splits, train, val)
+        if plan.budget_s is not None and plan.predicted_s is not None:
+            pace = planner.pace(plan)
     ticker = Ticker(reporter, "train", state.total, settings.progress_interval_s, start=state.step)
     started = last_checkpoint = time.monotonic()
     seconds_before = state.seconds
@@ -553,7 +556,17 @@ def fit(
                 trainer.adopt(plan := planner.plan(probe, spent_s=spent_s, done=state.step))
                 announce(reporter, plan)
                 config, train, val = _follow(plan, config, splits, train, val)
+                pace = planner.pace(plan, probe)
                 ticker.total, probe, batches_epoch = plan.steps, None, -1
+        elif pace is not None and plan is not None:
+            pace.add(_tokens(inputs), time.monotonic() - began)
+            spent_s = seconds_before + time.monotonic() - started
+            if cut := planner.kept_to_budget(plan, pace, spent_s=spent_s, done=state.step):
+                trainer.adopt(plan := cut)
+                pace.replanned()
+                announce(reporter, plan)
+                config, train, val = _follow(plan, config, splits, train, val)
+                ticker.total = plan.steps
         window.add(batch_loss, len(batch))
         curve_window.add(batch_loss, len(batch))
         epoch_now = round(state.step / steps_per_epoch, 3)

@@ -56,6 +56,13 @@ class TrainingPlan(BaseModel):
     tokens_per_s: float | None = Field(default=None, description="padded tokens, the same steps")
     timed_steps: int = 0
     measured_length: int | None = None
+    cut_at_step: int | None = Field(
+        default=None, description="where a slower pace than the probe's cut the plan short"
+    )
+    first_steps: int | None = Field(default=None, description="the steps first planned")
+    pace_tokens_per_s: float | None = Field(
+        default=None, description="the rate since the first timed step, when the plan was cut"
+    )
 
     def describe(self) -> str:
         precision = "bf16" if self.bf16 else "fp32"
@@ -74,10 +81,16 @@ class TrainingPlan(BaseModel):
             if self.measured_length is not None and self.max_length < self.measured_length
             else ""
         )
+        cut = (
+            f"; cut at step {self.cut_at_step} from {self.first_steps} steps as the pace fell "
+            f"to {self.pace_tokens_per_s} tokens/s"
+            if self.cut_at_step is not None
+            else ""
+        )
         return (
             f"{head}{shorter}: {self.predicted_s / 60:.1f} of {self.budget_s / 60:.1f} minutes "
             f"predicted from {self.samples_per_s} samples/s ({self.tokens_per_s} tokens/s) "
-            f"over {self.timed_steps} timed steps"
+            f"over {self.timed_steps} timed steps{cut}"
         )
 
 

@@ -3,8 +3,10 @@ bigger one, falls back to shorter texts only when an epoch does not fit, is anno
 and kept by a resumed run."""
 
 import dataclasses
+import itertools
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from pipeline.plan import (
     PLAN_SHARE,
     UNTIMED_STEPS,
     Cost,
+    Pace,
     Planner,
     Probe,
     Schedule,
@@ -26,7 +29,7 @@ from pipeline.plan import (
     evaluations,
 )
 from pipeline.stages import train_model
-from pipeline.train import fit
+from pipeline.train import Trainer, fit
 from shared.registry import HISTORY
 from shared.results import Metrics, StageSeconds, TrainResult
 from shared.settings import Settings
@@ -124,6 +127,83 @@ def test_max_length_is_cut_only_when_not_even_one_epoch_fits() -> None:
     hopeless = planned(work, SPENT_S)
     assert hopeless.max_length == 32
     assert hopeless.steps == UNTIMED_STEPS + 4, "the timed steps are all the budget allowed"
+
+
+def paced(work: Workload, plan: TrainingPlan, slower: float, steps: int) -> Pace:
+    """The pace after the probe and `steps` more steps of 64 tokens at 1/`slower` its rate."""
+    config = work.config.model_copy(update={"budget_s": plan.budget_s})
+    pace = Planner(dataclasses.replace(work, config=config), "cpu", False).pace(plan, probe())
+    for _ in range(steps):
+        pace.add(32 * 64, slower * 32 * 64 / TOKENS_PER_S)
+    return pace
+
+
+def test_a_plan_is_cut_when_the_pace_since_the_probe_would_overrun_the_budget() -> None:
+    work = workload()
+    budget_s = (SPENT_S + 1.5 * epoch_s(work, 128)) / PLAN_SHARE
+    plan = planned(work, budget_s)
+    planner = Planner(
+        dataclasses.replace(work, config=work.config.model_copy(update={"budget_s": budget_s})),
+        "cpu",
+        False,
+    )
+    done = UNTIMED_STEPS + 4 + 10
+
+    def spent(slower: float) -> float:
+        return SPENT_S + 10 * slower * 32 * 64 / TOKENS_PER_S
+
+    steady = paced(work, plan, 1.0, 10)
+    assert steady.tokens_per_s == pytest.approx(TOKENS_PER_S)
+    assert planner.kept_to_budget(plan, steady, spent_s=spent(1.0), done=done) is None
+
+    slow = paced(work, plan, 2.0, 10)
+    cut = planner.kept_to_budget(plan, slow, spent_s=spent(2.0), done=done)
+    assert cut is not None
+    assert done < cut.steps < plan.steps
+    assert (cut.cut_at_step, cut.first_steps) == (done, plan.steps)
+    assert slow.slower_tokens_per_s is not None
+    assert cut.pace_tokens_per_s == round(slow.slower_tokens_per_s, 1)
+    cost = slow.cost(slow.slower_tokens_per_s, spent_s=spent(2.0), done=done)
+    assert cost is not None
+    assert cost.seconds(cut.steps) <= PLAN_SHARE * budget_s < cost.seconds(cut.steps + 1)
+    assert cut.predicted_s == pytest.approx(cost.seconds(cut.steps), abs=0.05)
+    assert f"cut at step {done} from {plan.steps} steps" in cut.describe()
+    again = planner.kept_to_budget(cut, slow, spent_s=spent(2.0), done=done)
+    assert again is None, "a cut plan fits the pace that cut it"
+
+    resumed = planner.pace(plan)
+    assert resumed.tokens_per_s is None, "no pace before a probe's worth of steps"
+
+
+def test_a_run_that_slows_after_its_plan_cuts_it_and_ends_within_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, settings = budgeted(tmp_path, budget_s=4.0, max_epochs=100.0)
+    probed = UNTIMED_STEPS + config.probe_steps
+    step = Trainer.step
+
+    def slowed(self: Trainer, *args: Any) -> Any:
+        if self.state.step >= probed:
+            time.sleep(0.05)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "step", slowed)
+    recorder = Recorder()
+    result = fit(config, read_archive(MINI_ARCHIVE, settings).train.rows, settings, recorder)
+
+    (_, first), *cuts = plans(recorder)
+    assert first.cut_at_step is None
+    assert 1 <= len(cuts) <= 3, "a lasting slowdown takes a cut, not one per step"
+    message, cut = cuts[-1]
+    assert cut.cut_at_step is not None
+    assert cut.steps < first.steps
+    assert cut.first_steps == first.steps
+    assert message == cut.describe()
+    assert result.state.step == cut.steps == result.record().params.steps
+    assert result.state.seconds <= 1.5 * 4.0, "the uncut plan at this pace takes several times it"
+    lrs = [point["lr"] for point in result.state.train_curve if point["step"] >= cut.cut_at_step]
+    assert lrs[-1] == 0.0, "the decay ends at the new last step"
+    assert all(later <= earlier for earlier, later in itertools.pairwise(lrs))
 
 
 def test_a_planned_schedule_goes_on_from_where_the_timed_steps_left_it() -> None:

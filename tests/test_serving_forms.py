@@ -1,6 +1,7 @@
 """Serving forms chosen by measurement: scored at registration, timed by each worker at load."""
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -15,7 +16,7 @@ import torch
 from pipeline.modeling import ArrayBatch, load_classifier, load_tokenizer, padding_of
 from pipeline.predictor import Predictor
 from pipeline.registry import publish, read_manifest, verify
-from pipeline.runners import ONNX_FILES, OnnxRunner, Runner, export_onnx
+from pipeline.runners import ONNX_FILES, OnnxRunner, Runner, export_onnx, quantize_onnx
 from pipeline.serving import (
     RUNNERS,
     SAMPLE,
@@ -204,6 +205,19 @@ def test_the_exported_graph_answers_as_torch_whichever_side_the_family_pads(
     assert np.abs(together - expected).max() < 1e-4
     alone = np.concatenate([onnx.probabilities([text])[0] for text in TEXTS])
     assert np.abs(alone - expected).max() < 1e-4
+
+
+def test_quantizing_a_graph_logs_no_line_per_tensor(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    quantize_onnx(model_dir / ONNX_FILES["onnx-fp32"], tmp_path / "int8.onnx")
+    logging.info("after the quantizer")
+    assert (tmp_path / "int8.onnx").stat().st_size > 0
+    from_root = [record for record in caplog.records if record.name == "root"]
+    assert [r.getMessage() for r in from_root if r.levelno == logging.INFO] == [
+        "after the quantizer"
+    ]
 
 
 def test_a_slow_form_is_not_chosen(
