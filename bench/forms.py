@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.machine import cpu_line
@@ -27,7 +28,7 @@ from pipeline.report import NullReporter
 from pipeline.serving import SAMPLE, candidate_forms, evaluate_forms, time_forms, with_form
 from shared.registry import MANIFEST
 from shared.results import FormScore, ServingSample
-from shared.settings import Settings
+from shared.settings import Form, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "out"
@@ -41,6 +42,23 @@ def p50_ms(predictor: Predictor, texts: list[str]) -> float:
         predictor.predict([text])
         times.append((time.perf_counter() - started) * 1000)
     return round(sorted(times)[len(times) // 2], 2)
+
+
+def linear_cost_ms(predictor: Predictor, texts: list[str]) -> tuple[float, float] | None:
+    """The linear member's share of a prediction: p50 ms for one text, and ms per text over all
+    `texts` at once; None for a version without the member."""
+    if predictor.linear is None:
+        return None
+    predictor.linear_probabilities(texts[:5])
+    single = []
+    for text in texts:
+        started = time.perf_counter()
+        predictor.linear_probabilities([text])
+        single.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    predictor.linear_probabilities(texts)
+    batched = (time.perf_counter() - started) * 1000 / len(texts)
+    return round(sorted(single)[len(single) // 2], 3), round(batched, 3)
 
 
 def main() -> None:
@@ -92,6 +110,7 @@ def main() -> None:
         timed = time_forms(
             [with_form(one_thread, form, forms_dir, 1) for form in allowed], sample, 5.0
         )
+        linear = linear_cost_ms(one_thread, [row.text for row in rows[:1000]])
     report(
         check.forms,
         single,
@@ -99,6 +118,17 @@ def main() -> None:
         metrics.evaluation_seconds,
         check.n,
     )
+    if linear is None:
+        print("no linear member")
+    else:
+        chosen = max(zip(timed, allowed, strict=True))
+        batched_share = linear[1] / (1000 / chosen[0])
+        single_share = linear[0] / single[chosen[1]] if chosen[1] in single else None
+        print(
+            f"linear member (1 thread): {linear[0]} ms for one text (p50), {linear[1]} ms per "
+            f"text batched = {batched_share:.1%} of a batched {chosen[1]} prediction"
+            + ("" if single_share is None else f", {single_share:.1%} of a single one")
+        )
     OUT.mkdir(exist_ok=True)
     (OUT / "forms.json").write_text(
         json.dumps(
@@ -112,6 +142,7 @@ def main() -> None:
                 "single_p50_ms": single,
                 "worker_texts_per_s_1_thread": dict(zip(allowed, timed, strict=True)),
                 "stages_s": metrics.evaluation_seconds,
+                "linear_member_ms_single_batched": linear,
             },
             indent=2,
         )
@@ -120,8 +151,8 @@ def main() -> None:
 
 def report(
     forms: list[FormScore],
-    single: dict[str, float],
-    timed: dict[str, float],
+    single: Mapping[Form, float],
+    timed: Mapping[Form, float],
     stages: dict[str, float],
     n: int,
 ) -> None:

@@ -4,10 +4,10 @@ The budget covers the training loop, what a run's train_seconds records: every o
 (the timed ones train like any other) and every validation pass. Loading and tokenising before
 it, the linear member after it, and the evaluate, register and promote stages lie outside it;
 each stage reports its own wall time. A plan fills PLAN_SHARE of the budget and leaves the rest
-to checkpoints, progress reports and a machine whose speed drifts. If the machine slows for
-longer than that share absorbs, the rate since the first timed step (a Pace) shows the steps left
-ending past the budget, and the plan is cut to what fits: the decay then ends at the new last
-step, going on from the rate reached.
+to checkpoints, progress reports and a machine whose speed drifts. As the run goes on, its rate
+since the first timed step (a Pace) re-predicts its end: past the budget, the plan is cut; before
+EXTEND_SHARE of it (the machine sped up, or a slow spell passed), it is lengthened, up to
+max_epochs. The decay then ends at the new last step, going on from the rate reached.
 
 A step's time is its padded tokens over the measured tokens/s: length-bucketed batches differ
 several-fold in width, so a rate in tokens carries from the timed batches to a whole epoch, and
@@ -28,6 +28,7 @@ from shared.training import TrainConfig, TrainingPlan
 
 UNTIMED_STEPS = 2  # trained, not timed: the first steps pay for allocations and warm caches
 PLAN_SHARE = 0.95
+EXTEND_SHARE = 0.9  # a run predicted to end before this share of its budget plans more steps
 FORWARD_SHARE = 1 / 3
 MIN_LENGTH = 32  # the shortest max_length a plan falls back to
 SHORTER = 0.75  # each fallback keeps this share of the previous max_length (multiples of 8)
@@ -159,42 +160,34 @@ class Rate:
 @dataclass
 class Pace:
     """A planned run's rate over every step timed since the probe began (a burst of load weighs
-    by its length) and since its plan was last set, and its steps' and validation passes' work
-    at the planned length."""
+    by its length), the steps since its plan was last set, and its steps' and validation passes'
+    work at the planned length."""
 
     step_tokens: float  # a step's mean padded tokens
     eval_tokens: float  # a validation pass, in training-step tokens
     eval_every: int
     min_steps: int
     overall: Rate = field(default_factory=Rate)
-    since_plan: Rate = field(default_factory=Rate)
+    since_plan: int = 0
 
     def add(self, tokens: int, seconds: float) -> None:
         self.overall.add(tokens, seconds)
-        self.since_plan.add(tokens, seconds)
+        self.since_plan += 1
 
     def replanned(self) -> None:
-        self.since_plan = Rate()
+        self.since_plan = 0
 
     @property
     def tokens_per_s(self) -> float | None:
         return self.overall.tokens_per_s(self.min_steps)
 
-    @property
-    def slower_tokens_per_s(self) -> float | None:
-        """The slower of the overall rate and the rate since the plan: what a cut plans with,
-        so that a slowdown that lasts takes one cut, not one per step."""
-        rates = [self.overall.tokens_per_s(self.min_steps)]
-        rates.append(self.since_plan.tokens_per_s(self.min_steps))
-        found = [rate for rate in rates if rate is not None]
-        return min(found) if found else None
-
-    def cost(self, tokens_per_s: float | None, *, spent_s: float, done: int) -> Cost | None:
-        if tokens_per_s is None:
+    def cost(self, *, spent_s: float, done: int) -> Cost | None:
+        rate = self.tokens_per_s
+        if rate is None:
             return None
         return Cost(
-            step_s=self.step_tokens / tokens_per_s,
-            eval_s=self.eval_tokens / tokens_per_s,
+            step_s=self.step_tokens / rate,
+            eval_s=self.eval_tokens / rate,
             eval_every=self.eval_every,
             spent_s=spent_s,
             done=done,
@@ -334,25 +327,30 @@ class Planner:
     def kept_to_budget(
         self, plan: TrainingPlan, pace: Pace, *, spent_s: float, done: int
     ) -> TrainingPlan | None:
-        """None while the plan's steps end within the budget at the overall pace, or until a
-        probe's worth of steps since the plan timed its own pace; else the plan cut to the most
-        steps that end within PLAN_SHARE of it at the slower pace (at least those done)."""
+        """A new plan when, at the pace so far, the steps left would end past the budget, or
+        before EXTEND_SHARE of it with steps still to gain: the most steps (up to max_epochs, at
+        least those done) that end within PLAN_SHARE of it. None while the plan ends between the
+        two, and until a probe's worth of steps has passed since the plan was last set."""
         budget_s = plan.budget_s
-        overall = pace.cost(pace.tokens_per_s, spent_s=spent_s, done=done)
-        if budget_s is None or overall is None or overall.seconds(plan.steps) <= budget_s:
+        cost = pace.cost(spent_s=spent_s, done=done)
+        if budget_s is None or cost is None or pace.since_plan < pace.min_steps:
             return None
-        if pace.since_plan.steps < pace.min_steps:
-            return None  # the pace since the plan is not yet known
-        rate = pace.slower_tokens_per_s
-        cost = pace.cost(rate, spent_s=spent_s, done=done)
-        assert cost is not None
-        steps = cost.most_steps(plan.steps, budget_s * PLAN_SHARE)
+        predicted_s = cost.seconds(plan.steps)
+        cap = self.upper_bound()
+        if EXTEND_SHARE * budget_s <= predicted_s <= budget_s or (
+            predicted_s < budget_s and plan.steps >= cap
+        ):
+            return None
+        steps = cost.most_steps(cap, budget_s * PLAN_SHARE)
+        if steps == plan.steps:
+            return None
+        rate = pace.tokens_per_s
         return plan.model_copy(
             update={
                 "steps": steps,
                 "epochs": round(steps / self.workload.steps_per_epoch, 3),
                 "predicted_s": round(cost.seconds(steps), 1),
-                "cut_at_step": done,
+                "replanned_at_step": done,
                 "first_steps": plan.first_steps or plan.steps,
                 "pace_tokens_per_s": None if rate is None else round(rate, 1),
             }

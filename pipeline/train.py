@@ -561,8 +561,8 @@ def fit(
         elif pace is not None and plan is not None:
             pace.add(_tokens(inputs), time.monotonic() - began)
             spent_s = seconds_before + time.monotonic() - started
-            if cut := planner.kept_to_budget(plan, pace, spent_s=spent_s, done=state.step):
-                trainer.adopt(plan := cut)
+            if new := planner.kept_to_budget(plan, pace, spent_s=spent_s, done=state.step):
+                trainer.adopt(plan := new)
                 pace.replanned()
                 announce(reporter, plan)
                 config, train, val = _follow(plan, config, splits, train, val)

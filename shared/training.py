@@ -56,12 +56,12 @@ class TrainingPlan(BaseModel):
     tokens_per_s: float | None = Field(default=None, description="padded tokens, the same steps")
     timed_steps: int = 0
     measured_length: int | None = None
-    cut_at_step: int | None = Field(
-        default=None, description="where a slower pace than the probe's cut the plan short"
+    replanned_at_step: int | None = Field(
+        default=None, description="where the pace since the probe last re-planned the run"
     )
     first_steps: int | None = Field(default=None, description="the steps first planned")
     pace_tokens_per_s: float | None = Field(
-        default=None, description="the rate since the first timed step, when the plan was cut"
+        default=None, description="the rate since the first timed step, when last re-planned"
     )
 
     def describe(self) -> str:
@@ -82,9 +82,9 @@ class TrainingPlan(BaseModel):
             else ""
         )
         cut = (
-            f"; cut at step {self.cut_at_step} from {self.first_steps} steps as the pace fell "
-            f"to {self.pace_tokens_per_s} tokens/s"
-            if self.cut_at_step is not None
+            f"; re-planned at step {self.replanned_at_step} (first planned {self.first_steps} "
+            f"steps) at the pace so far, {self.pace_tokens_per_s} tokens/s"
+            if self.replanned_at_step is not None
             else ""
         )
         return (

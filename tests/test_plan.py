@@ -130,15 +130,15 @@ def test_max_length_is_cut_only_when_not_even_one_epoch_fits() -> None:
 
 
 def paced(work: Workload, plan: TrainingPlan, slower: float, steps: int) -> Pace:
-    """The pace after the probe and `steps` more steps of 64 tokens at 1/`slower` its rate."""
+    """The pace after the probe and `steps` more average steps at 1/`slower` its rate."""
     config = work.config.model_copy(update={"budget_s": plan.budget_s})
     pace = Planner(dataclasses.replace(work, config=config), "cpu", False).pace(plan, probe())
     for _ in range(steps):
-        pace.add(32 * 64, slower * 32 * 64 / TOKENS_PER_S)
+        pace.add(round(pace.step_tokens), slower * pace.step_tokens / TOKENS_PER_S)
     return pace
 
 
-def test_a_plan_is_cut_when_the_pace_since_the_probe_would_overrun_the_budget() -> None:
+def test_a_plan_is_re_planned_when_the_pace_since_the_probe_leaves_the_budget_band() -> None:
     work = workload()
     budget_s = (SPENT_S + 1.5 * epoch_s(work, 128)) / PLAN_SHARE
     plan = planned(work, budget_s)
@@ -149,33 +149,47 @@ def test_a_plan_is_cut_when_the_pace_since_the_probe_would_overrun_the_budget() 
     )
     done = UNTIMED_STEPS + 4 + 10
 
-    def spent(slower: float) -> float:
-        return SPENT_S + 10 * slower * 32 * 64 / TOKENS_PER_S
+    def replanned(slower: float, steps: int = 10) -> tuple[Pace, float, TrainingPlan | None]:
+        """The plan after `steps` more steps and their validation passes at 1/`slower` the
+        probe's rate."""
+        pace = paced(work, plan, slower, steps)
+        as_planned = Cost(
+            step_s=pace.step_tokens / TOKENS_PER_S,
+            eval_s=pace.eval_tokens / TOKENS_PER_S,
+            eval_every=work.eval_every,
+            spent_s=SPENT_S,
+            done=done - steps,
+        )
+        spent_s = SPENT_S + slower * (as_planned.seconds(done) - SPENT_S)
+        return pace, spent_s, planner.kept_to_budget(plan, pace, spent_s=spent_s, done=done)
 
-    steady = paced(work, plan, 1.0, 10)
-    assert steady.tokens_per_s == pytest.approx(TOKENS_PER_S)
-    assert planner.kept_to_budget(plan, steady, spent_s=spent(1.0), done=done) is None
+    steady, _, same = replanned(1.0)
+    assert steady.tokens_per_s == pytest.approx(TOKENS_PER_S, rel=1e-3)
+    assert same is None
 
-    slow = paced(work, plan, 2.0, 10)
-    cut = planner.kept_to_budget(plan, slow, spent_s=spent(2.0), done=done)
+    slow, spent_s, cut = replanned(2.0)
     assert cut is not None
     assert done < cut.steps < plan.steps
-    assert (cut.cut_at_step, cut.first_steps) == (done, plan.steps)
-    assert slow.slower_tokens_per_s is not None
-    assert cut.pace_tokens_per_s == round(slow.slower_tokens_per_s, 1)
-    cost = slow.cost(slow.slower_tokens_per_s, spent_s=spent(2.0), done=done)
+    assert (cut.replanned_at_step, cut.first_steps) == (done, plan.steps)
+    assert slow.tokens_per_s is not None
+    assert cut.pace_tokens_per_s == round(slow.tokens_per_s, 1)
+    cost = slow.cost(spent_s=spent_s, done=done)
     assert cost is not None
     assert cost.seconds(cut.steps) <= PLAN_SHARE * budget_s < cost.seconds(cut.steps + 1)
     assert cut.predicted_s == pytest.approx(cost.seconds(cut.steps), abs=0.05)
-    assert f"cut at step {done} from {plan.steps} steps" in cut.describe()
-    again = planner.kept_to_budget(cut, slow, spent_s=spent(2.0), done=done)
-    assert again is None, "a cut plan fits the pace that cut it"
+    assert f"re-planned at step {done} (first planned {plan.steps} steps)" in cut.describe()
+    assert planner.kept_to_budget(cut, slow, spent_s=cost.spent_s, done=done) is None
 
-    resumed = planner.pace(plan)
-    assert resumed.tokens_per_s is None, "no pace before a probe's worth of steps"
+    _, _, longer = replanned(0.5)
+    assert longer is not None
+    assert plan.steps < longer.steps <= planner.upper_bound()
+
+    _, _, too_soon = replanned(2.0, steps=work.config.probe_steps - 1)
+    assert too_soon is None, "a probe's worth of steps passes between plans"
+    assert planner.pace(plan).tokens_per_s is None, "a resumed run times its own pace first"
 
 
-def test_a_run_that_slows_after_its_plan_cuts_it_and_ends_within_budget(
+def test_a_run_that_slows_after_its_plan_is_cut_and_ends_within_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config, settings = budgeted(tmp_path, budget_s=4.0, max_epochs=100.0)
@@ -191,17 +205,17 @@ def test_a_run_that_slows_after_its_plan_cuts_it_and_ends_within_budget(
     recorder = Recorder()
     result = fit(config, read_archive(MINI_ARCHIVE, settings).train.rows, settings, recorder)
 
-    (_, first), *cuts = plans(recorder)
-    assert first.cut_at_step is None
-    assert 1 <= len(cuts) <= 3, "a lasting slowdown takes a cut, not one per step"
-    message, cut = cuts[-1]
-    assert cut.cut_at_step is not None
-    assert cut.steps < first.steps
-    assert cut.first_steps == first.steps
-    assert message == cut.describe()
-    assert result.state.step == cut.steps == result.record().params.steps
-    assert result.state.seconds <= 1.5 * 4.0, "the uncut plan at this pace takes several times it"
-    lrs = [point["lr"] for point in result.state.train_curve if point["step"] >= cut.cut_at_step]
+    (_, first), *later = plans(recorder)
+    assert first.replanned_at_step is None
+    assert later, "the slowdown re-planned the run"
+    message, last = later[-1]
+    assert last.replanned_at_step is not None
+    assert last.steps < first.steps
+    assert last.first_steps == first.steps
+    assert message == last.describe()
+    assert result.state.step == last.steps == result.record().params.steps
+    assert result.state.seconds <= 1.5 * 4.0, "the first plan at this pace takes several times it"
+    lrs = [p["lr"] for p in result.state.train_curve if p["step"] >= last.replanned_at_step]
     assert lrs[-1] == 0.0, "the decay ends at the new last step"
     assert all(later <= earlier for earlier, later in itertools.pairwise(lrs))
 
