@@ -24,6 +24,8 @@ class ProgressBars:
             self.close()
             self._bar = tqdm(total=total, desc=stage, unit="step", file=sys.stderr, leave=True)
             self._stage = stage
+        if total is not None and total != self._bar.total:
+            self._bar.total = total  # a budgeted plan, set or re-planned
         self._bar.update(int(data.get("step", 0)) - self._bar.n)
         shown = {name: _short(data[name]) for name in _SHOWN if name in data}
         self._bar.set_postfix(shown, refresh=False)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from pipeline.ingest import read_archive
-from pipeline.linear import LINEAR_CONFIG, LINEAR_WEIGHTS, LinearMember, fit_weight
+from pipeline.linear import (
+    LINEAR_CONFIG,
+    LINEAR_WEIGHTS,
+    LinearConfig,
+    LinearMember,
+    fit_linear,
+    fit_weight,
+)
 from pipeline.predictor import Predictor
 from pipeline.stages import train_model
 from pipeline.train import split_rows
@@ -39,6 +46,20 @@ def test_the_weight_favours_the_member_that_is_right() -> None:
     wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 0.7 + 0.075
     assert fit_weight(right, wrong, labels) == 0.0
     assert fit_weight(wrong, right, labels) == 1.0
+
+
+def test_the_member_serves_the_vectorizer_s_features_fitted_and_loaded(tmp_path: Path) -> None:
+    rows = read_archive(MINI_ARCHIVE, Settings(data_dir=tmp_path / "data")).train.rows
+    texts = [row.text for row in rows]
+    member = fit_linear(texts, np.array([row.label for row in rows]), LinearConfig(min_df=1))
+    member.save(tmp_path)
+    loaded = LinearMember.load(tmp_path)
+    assert loaded is not None
+    unseen = ["Zyxwv qwerty", "", "Stocks rally; stocks RALLY as oil falls", *texts[:50]]
+    for served in (member, loaded):
+        features = served.vectorizer.transform(unseen)
+        expected = np.asarray(features @ served.coef.T) + served.bias
+        assert served.logits(unseen) == pytest.approx(expected, abs=1e-5)
 
 
 def test_the_blend_weight_is_fitted_on_the_validation_split(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from pipeline.plan import (
 )
 from pipeline.stages import train_model
 from pipeline.train import Trainer, fit
+from shared.progress import ProgressBars
 from shared.registry import HISTORY
 from shared.results import Metrics, StageSeconds, TrainResult
 from shared.settings import Settings
@@ -218,6 +219,16 @@ def test_a_run_that_slows_after_its_plan_is_cut_and_ends_within_budget(
     lrs = [p["lr"] for p in result.state.train_curve if p["step"] >= last.replanned_at_step]
     assert lrs[-1] == 0.0, "the decay ends at the new last step"
     assert all(later <= earlier for earlier, later in itertools.pairwise(lrs))
+
+
+def test_the_cli_progress_bar_follows_a_re_planned_total(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bars = ProgressBars()
+    bars.progress({"stage": "train", "step": 5, "total": 400})
+    bars.progress({"stage": "train", "step": 12, "total": 300})
+    bars.close()
+    assert "12/300" in capsys.readouterr().err.split("\r")[-1]
 
 
 def test_a_planned_schedule_goes_on_from_where_the_timed_steps_left_it() -> None:
