@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from bench.machine import cpu_line
@@ -34,14 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "out"
 
 
-def p50_ms(predictor: Predictor, texts: list[str]) -> float:
-    predictor.predict(texts[:5])
+def p50_ms(call: Callable[[list[str]], object], texts: list[str], digits: int = 2) -> float:
+    """The median ms of `call` on one text at a time, after a warm-up on five."""
+    call(texts[:5])
     times = []
     for text in texts:
         started = time.perf_counter()
-        predictor.predict([text])
+        call([text])
         times.append((time.perf_counter() - started) * 1000)
-    return round(sorted(times)[len(times) // 2], 2)
+    return round(sorted(times)[len(times) // 2], digits)
 
 
 def linear_cost_ms(predictor: Predictor, texts: list[str]) -> tuple[float, float] | None:
@@ -49,16 +50,11 @@ def linear_cost_ms(predictor: Predictor, texts: list[str]) -> tuple[float, float
     `texts` at once; None for a version without the member."""
     if predictor.linear is None:
         return None
-    predictor.linear_probabilities(texts[:5])
-    single = []
-    for text in texts:
-        started = time.perf_counter()
-        predictor.linear_probabilities([text])
-        single.append((time.perf_counter() - started) * 1000)
+    single = p50_ms(predictor.linear_probabilities, texts, digits=3)
     started = time.perf_counter()
     predictor.linear_probabilities(texts)
     batched = (time.perf_counter() - started) * 1000 / len(texts)
-    return round(sorted(single)[len(single) // 2], 3), round(batched, 3)
+    return single, round(batched, 3)
 
 
 def main() -> None:
@@ -97,7 +93,9 @@ def main() -> None:
         assert check is not None
         texts = [row.text for row in rows[: args.single]]
         single = {
-            score.form: p50_ms(with_form(predictor, score.form, forms_dir, args.threads), texts)
+            score.form: p50_ms(
+                with_form(predictor, score.form, forms_dir, args.threads).predict, texts
+            )
             for score in check.forms
             if score.error is None and all((forms_dir / name).is_file() for name in score.files)
         }
