@@ -81,11 +81,15 @@ def _example(padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def export_onnx(model: PreTrainedModel, padding: Padding, path: Path) -> None:
-    """The model's forward pass as an ONNX graph, its batch and sequence axes left free."""
+    """The model's forward pass as an ONNX graph, its batch and sequence axes left free.
+
+    Attention is exported as its eager form: torch's fused attention traces to a graph that
+    also cleans fully masked rows (IsNaN, Where), 6 % of ONNX Runtime's int8 forward pass on
+    the AVX2 EPYC; the eager graph serves the same probabilities 5 % faster there."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.device.type != "cpu":
-        model = copy.deepcopy(model)
-        model.to("cpu")  # type: ignore[arg-type]
+    model = copy.deepcopy(model)
+    model.to("cpu")  # type: ignore[arg-type]
+    model.set_attn_implementation("eager")
     axes = {"batch": 0, "sequence": 1}
     with warnings.catch_warnings():
         # The tracer warns of every Python-side shape check in transformers' code.

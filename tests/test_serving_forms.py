@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx as onnx_graph
 import pytest
 import redis
 import torch
@@ -198,7 +199,11 @@ def test_the_exported_graph_answers_as_torch_whichever_side_the_family_pads(
     base = Predictor(
         model, tokenizer, version="v", max_length=48, batch_size=8, device=torch.device("cpu")
     )
+    served_attention = model.config._attn_implementation
     export_onnx(model, padding_of(tokenizer), tmp_path / "model.onnx")
+    assert model.config._attn_implementation == served_attention
+    operators = {node.op_type for node in onnx_graph.load(tmp_path / "model.onnx").graph.node}
+    assert "IsNaN" not in operators, "attention was exported with fused attention's mask clean-up"
     onnx = base.with_runner(OnnxRunner(tmp_path / "model.onnx", 1, "onnx-fp32"))
     expected, _ = base.probabilities(TEXTS)
     together, _ = onnx.probabilities(TEXTS)
