@@ -48,7 +48,7 @@ def _members(metrics: Metrics, training: TrainingRecord) -> list[str]:
         return ["The transformer alone answers: no linear member was trained beside it."]
     chosen = training.blend
     fitted = (
-        f" (fitted on the {chosen.n} validation rows, where the blend scored "
+        f" (the least log-loss on the {chosen.n} validation rows, where the blend scored "
         f"{chosen.blend_accuracy:.4f})"
         if chosen
         else ""

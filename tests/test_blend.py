@@ -48,6 +48,16 @@ def test_the_weight_favours_the_member_that_is_right() -> None:
     assert fit_weight(wrong, right, labels) == 1.0
 
 
+def test_the_blend_weight_is_the_one_of_least_log_loss_not_of_best_accuracy() -> None:
+    # The transformer is sure of three rows and surely wrong on the fourth; the linear member is
+    # unsure but right on all. Accuracy is best from 0.75 on; log-loss is least at 0.4.
+    labels = np.zeros(4, dtype=np.int64)
+    sure = np.array([0.97, 0.01, 0.01, 0.01], dtype=np.float32)
+    transformer = np.stack([sure, sure, sure, np.roll(sure, 1)])
+    linear = np.tile(np.array([0.4, 0.2, 0.2, 0.2], dtype=np.float32), (4, 1))
+    assert fit_weight(transformer, linear, labels) == 0.4
+
+
 def test_the_member_serves_the_vectorizer_s_features_fitted_and_loaded(tmp_path: Path) -> None:
     rows = read_archive(MINI_ARCHIVE, Settings(data_dir=tmp_path / "data")).train.rows
     texts = [row.text for row in rows]
