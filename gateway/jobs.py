@@ -29,10 +29,10 @@ from shared.jobs import (
     TrainParams,
     new_job_id,
 )
-from shared.jobstore import Message, redis_backoff
+from shared.jobstore import redis_backoff
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset, api_model_version
-from shared.tasks import PREDICT, ROUTES, dispatch, predict_message
+from shared.tasks import dispatch
 
 log = logging.getLogger("gateway")
 
@@ -96,12 +96,11 @@ async def send_first_task(celery: Celery, settings: Settings, job: Job) -> None:
 
 async def submit(state: Services, params: JobParams, owner: Principal) -> Job:
     """Store a new job and send its first task; a job that cannot be sent is failed, not left.
-    A predict job and its message are stored together, in one round trip."""
+    A predict job and its message are stored together, in one round trip (`PredictSender`)."""
     params = api_params(params, state.settings)
     job = Job(id=new_job_id(), type=JobType(params.type), params=params, owner=owner.name)
     if job.type is JobType.predict:
-        message = Message(ROUTES[PREDICT], predict_message(state.celery, job.id))
-        return await state.store.create(job, message)
+        return await state.predicts.submit(job)
     await state.store.create(job)
     try:
         await send_first_task(state.celery, state.settings, job)

@@ -13,14 +13,21 @@ from gateway.auth import Keyring
 from gateway.hub import EventHub, HubTuning
 from gateway.metrics import Metrics, QueueProbe
 from gateway.ratelimit import RateLimits
+from gateway.sending import PredictSender
 from gateway.sessions import SessionSigner
 from shared.jobs import TaskCall
-from shared.jobstore import AsyncJobStore, JobStore, async_redis_options, redis_options
+from shared.jobstore import (
+    AsyncJobStore,
+    JobStore,
+    Message,
+    async_redis_options,
+    redis_options,
+)
 from shared.reaper import Reaper
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.tasks import make_celery, send_call
+from shared.tasks import PREDICT, ROUTES, make_celery, predict_message, send_call
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -44,6 +51,7 @@ class Services:
     sessions: SessionSigner
     limits: RateLimits
     reaper: Reaper
+    predicts: PredictSender
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -90,6 +98,11 @@ class Services:
             sessions=SessionSigner.from_settings(settings),
             limits=RateLimits(settings),
             reaper=_reaper(settings, celery),
+            predicts=PredictSender(
+                store,
+                lambda job_ids: Message(ROUTES[PREDICT], predict_message(celery, job_ids)),
+                settings.predict_jobs_per_message,
+            ),
         )
 
     async def close(self) -> None:

@@ -316,9 +316,7 @@ def _claim(job_id: str, deliveries: Any, params: Any, started: Any) -> Claim:
     return Claim(job_id, params=str(params), deliveries=int(deliveries))
 
 
-def _queue_create(
-    pipe: Any, keys: JobKeys, job: Job, settings: Settings, message: Message | None = None
-) -> None:
+def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> None:
     pipe.hset(keys.job(job.id), mapping=encode_job(job))
     pipe.zadd(keys.index, {job.id: job.created_at.timestamp()})
     if not job.status.terminal:
@@ -329,8 +327,6 @@ def _queue_create(
         maxlen=settings.event_stream_maxlen,
         approximate=True,
     )
-    if message is not None:
-        pipe.lpush(message.queue, message.body)
 
 
 class _Scripts:
@@ -501,10 +497,18 @@ class AsyncJobStore(_Scripts):
 
     async def create(self, job: Job, message: Message | None = None) -> Job:
         """Store a new job; with `message`, push it onto its queue in the same transaction."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            _queue_create(pipe, self.keys, job, self.settings, message)
-            await pipe.execute()
+        await self.create_together([job], [] if message is None else [message])
         return job
+
+    async def create_together(self, jobs: Sequence[Job], messages: Sequence[Message]) -> None:
+        """Store new jobs and push their messages, all in one transaction: every job with its
+        message, or none of them."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for job in jobs:
+                _queue_create(pipe, self.keys, job, self.settings)
+            for message in messages:
+                pipe.lpush(message.queue, message.body)
+            await pipe.execute()
 
     async def get(self, job_id: str) -> Job:
         return decode_job(job_id, await self.redis.hgetall(self.keys.job(job_id)))

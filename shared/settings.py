@@ -202,10 +202,14 @@ class Settings(BaseSettings):
     predict_threads: int = Field(default=1, ge=1)
 
     # Serving. A request that finds the model free goes to it at once; those that arrive while a
-    # batch is in the model gather, at most predict_max_batch of them, for the next forward pass,
+    # batch is in the model gather, at most predict_max_batch messages, for the next forward pass,
     # which starts within predict_max_wait_ms of the model coming free.
     predict_max_batch: int = Field(default=64, ge=1)
     predict_max_wait_ms: float = Field(default=2.0, ge=0)
+    # The gateway stores the predict jobs submitted while its last transaction was in flight in
+    # one transaction, a message for every predict_jobs_per_message of them (so that a burst
+    # still spreads over the workers).
+    predict_jobs_per_message: int = Field(default=8, ge=1)
     # Texts per forward call: a batch is sorted by length and run in slices this big, each padded
     # only to its own longest text (on 2 CPU cores 8 beats 64 by 2x on random AG News texts).
     forward_batch: int = Field(default=8, ge=1)

@@ -6,6 +6,7 @@ Senders never import the workers' code: they send tasks by name through `make_ce
 import base64
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -103,18 +104,19 @@ def send_call(app: Celery, job_id: str, call: TaskCall) -> None:
     app.send_task(call.name, args=[job_id], kwargs=kwargs, queue=ROUTES[call.name])
 
 
-def predict_message(app: Celery, job_id: str) -> str:
-    """The message `dispatch` sends for a predict job, as kombu's Redis transport stores it on
-    the predict queue's list: the gateway pushes it in the transaction that stores the job (one
-    round trip, no job without its message) instead of going through kombu's producer."""
+def predict_message(app: Celery, job_ids: Sequence[str]) -> str:
+    """The message `dispatch` sends for a predict job, naming here one or more jobs, as kombu's
+    Redis transport stores it on the predict queue's list: the gateway pushes it in the
+    transaction that stores the jobs (one round trip, no job without its message) instead of
+    going through kombu's producer."""
     task_id = str(uuid.uuid4())
     message = app.amqp.as_task_v2(
         task_id,
         PREDICT,
-        args=[job_id],
+        args=list(job_ids),
         kwargs={},
         reply_to=app.thread_oid,
-        argsrepr=repr([job_id]),
+        argsrepr=repr(list(job_ids)),
         kwargsrepr="{}",
     )
     content_type, encoding, body = dumps(message.body, serializer="json")  # type: ignore[no-untyped-call]

@@ -1,6 +1,7 @@
-"""The predict fleet on the real local stack: Celery batches, the 503 before any model, and a
-model swap under steady load that loses and fails nothing."""
+"""The predict fleet on the real local stack: Celery batches, the 503 before any model, a model
+swap under steady load that loses and fails nothing, and a burst whose jobs share messages."""
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -110,6 +111,32 @@ def test_a_model_swap_under_steady_load_loses_and_fails_nothing(
             assert np.allclose(
                 list(answer["scores"].values()), list(truth.scores.values()), atol=1e-3
             )
+
+
+def test_a_burst_of_requests_each_gets_the_answer_to_its_own_text(
+    stack: LiveStack, model_dir: Path, tmp_path: Path
+) -> None:
+    # Sent at once, the requests' jobs go to the workers several to a message.
+    copy_as_new_version(model_dir, tmp_path / "burst")
+    promote(stack, tmp_path / "burst")
+    texts = CLIENT_TEXTS * 4
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+            return await asyncio.gather(
+                *(http.post("/v1/predict", json={"text": text}) for text in texts)
+            )
+
+    responses = asyncio.run(burst())
+    assert [response.status_code for response in responses] == [200] * len(texts)
+    served: dict[str, Any] = {}
+    for text, response in zip(texts, responses, strict=True):
+        body = response.json()
+        version = body["model_version"]
+        if version not in served:
+            served[version] = load_serving(version, stack.settings, tmp_path / version)
+        ((answer,), (truth,)) = body["predictions"], served[version].predict([text])
+        assert answer["label"] == truth.label
 
 
 def _wait(condition: Any, timeout_s: float = 120) -> None:

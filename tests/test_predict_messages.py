@@ -33,7 +33,7 @@ def test_the_gateways_predict_message_is_the_one_celery_sends(
     app.send_task(PREDICT, args=["job-1"], queue=queue)
     sent = redis_client.rpop(queue)
     assert isinstance(sent, str)
-    built = predict_message(app, "job-1")
+    built = predict_message(app, ["job-1"])
     assert _comparable(built) == _comparable(sent)
     assert json.loads(built)["properties"]["delivery_info"]["routing_key"] == "predict"
 

@@ -86,10 +86,11 @@ def _step(
     flush_interval=max(settings.predict_max_wait_ms, 1.0) / 1000,
 )
 def predict(requests: list[SimpleRequest]) -> None:
-    """A batch of predict jobs, each message naming one job."""
+    """A batch of predict jobs, each message naming one or more (the gateway's sends together
+    the jobs submitted while its last transaction was in flight)."""
     release = predict.model_released()
     try:
-        job_ids = [request.args[0] for request in requests]
+        job_ids = [job_id for request in requests for job_id in request.args]
         serve_batch(store(), serving_model(), job_ids, release, settings.max_deliveries)
     finally:
         release()
