@@ -495,9 +495,8 @@ class AsyncJobStore(_Scripts):
         )
         return cls(client, settings)
 
-    async def create(self, job: Job, message: Message | None = None) -> Job:
-        """Store a new job; with `message`, push it onto its queue in the same transaction."""
-        await self.create_together([job], [] if message is None else [message])
+    async def create(self, job: Job) -> Job:
+        await self.create_together([job], [])
         return job
 
     async def create_together(self, jobs: Sequence[Job], messages: Sequence[Message]) -> None:
