@@ -274,6 +274,7 @@ class Settings(BaseSettings):
     # `tracking` extra installs mlflow; the gateway never needs it).
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = "agnews"
+    mlflow_probe_timeout_s: float = 5.0  # a tracking server slower than this to answer is skipped
 
     # Serve a model's linear member blended with its transformer (where it has one).
     serve_blend: bool = True

@@ -1,7 +1,9 @@
 """With a tracking URI set, a registered model's training is an MLflow run on a real server."""
 
 import contextlib
+import logging
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 
 from pipeline.ingest import read_archive
 from pipeline.stages import train_model
+from pipeline.tracking import answers
 from shared.registry import CARD
 from shared.settings import Settings
 from shared.training import TrainConfig
@@ -98,13 +101,26 @@ def test_a_registered_model_is_an_mlflow_run_with_its_curves_and_card(
     assert card.read_text() == (tmp_path / "model" / CARD).read_text()
 
 
-def test_without_a_tracking_uri_or_with_a_dead_one_the_model_is_registered(
-    tmp_path: Path,
+def test_with_a_dead_tracking_server_the_model_is_registered_without_a_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     settings, config = tiny_training(tmp_path, mlflow_tracking_uri=dead)
-    info = train_model(
-        config, read_archive(MINI_ARCHIVE, settings), tmp_path / "model", settings, Recorder()
-    )
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        info = train_model(
+            config, read_archive(MINI_ARCHIVE, settings), tmp_path / "model", settings, Recorder()
+        )
     assert (tmp_path / "model" / "manifest.json").is_file()
     assert info.params.steps == 6
+    tracking = [record for record in caplog.records if record.name == "pipeline.tracking"]
+    assert [record.getMessage() for record in tracking] == [
+        f"model {info.version}: MLflow at {dead} does not answer; no run written"
+    ]
+
+
+def test_a_tracking_server_that_accepts_but_never_answers_is_skipped(tracking_uri: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        assert not answers(f"http://127.0.0.1:{port}", timeout_s=0.5)
+    assert answers(tracking_uri, timeout_s=5.0)
+    assert answers("file:///nowhere/mlruns", timeout_s=0.5)  # not HTTP: left to MLflow
