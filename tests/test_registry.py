@@ -159,13 +159,14 @@ def test_a_failed_upload_leaves_nothing_in_models(
     ) -> None:
         real(registry.s3, bucket, prefix, directory, names[:2])
         uploaded.extend(names[:2])
-        error = {"Error": {"Code": "SlowDown", "Message": "storage hiccup"}}
+        # Not a transient error, which publish would retry for 45 s before raising.
+        error = {"Error": {"Code": "AccessDenied", "Message": "no write to models/"}}
         raise ClientError(error, "PutObject")  # type: ignore[arg-type]
 
     monkeypatch.setattr(artifacts, "upload_dir", upload_then_fail)
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError, match="AccessDenied"):
         publish(registry, model_dir)
-    assert uploaded
+    assert len(uploaded) == 2
     assert keys(settings, settings.models_prefix) == []
     assert registry.versions() == []
 
