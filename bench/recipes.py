@@ -1,7 +1,7 @@
 """Training recipes compared on the same rows: validation accuracy decides, test.csv is reported.
 
     .venv/bin/python bench/recipes.py --rows 10000 --epochs 1
-    .venv/bin/python bench/recipes.py --recipe base --recipe ema --rows 0 --epochs 2
+    .venv/bin/python bench/recipes.py --recipe base --recipe no-ema --rows 0 --epochs 2
 
 Each recipe is the `full` profile with some fields changed, trained on one stratified subset of
 train.csv (`--rows`; 0: every row) and validated on the same split. Prints one JSON line per
@@ -32,8 +32,8 @@ OUT = Path(__file__).parent / "out" / "recipes.jsonl"
 
 RECIPES: dict[str, dict[str, Any]] = {
     "base": {},
-    "length-128": {"max_length": 128},
-    "ema": {"ema_decay": 0.998},
+    "length-64": {"max_length": 64, "ema_decay": 0.0},
+    "no-ema": {"ema_decay": 0.0},
     "smoothing": {"label_smoothing": 0.1},
     "dropout": {"dropout": 0.15},
     "llrd": {"layer_decay": 0.85, "lr": 1.5e-4},
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--recipe", action="append", choices=sorted(RECIPES))
     parser.add_argument("--rows", type=int, default=10_000, help="training rows; 0: all")
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=PROFILES["full"].max_length)
     parser.add_argument("--linear", action="store_true", help="train and blend the linear member")
     args = parser.parse_args()
 
