@@ -7,7 +7,6 @@ request with backoff for minutes, which would hold the training job that long.""
 import logging
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def answers(uri: str, timeout_s: float) -> bool:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
             return True
-    except (urllib.error.URLError, OSError):
+    except OSError:  # URLError and timeouts included
         return False
 
 
@@ -65,33 +64,21 @@ def _log_run(info: ModelInfo, training: TrainingRecord, card: str, settings: Set
     plan = values.pop("plan", {})
     flat = {**values, **{f"plan.{name}": value for name, value in plan.items()}}
     params = [Param(key, str(value)) for key, value in flat.items()]
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(key, value, now, step)
-        for point in training.history.train
-        for key, value, step in (
-            ("train_loss", point.loss, point.step),
-            ("learning_rate", point.lr, point.step),
-        )
-    ]
-    metrics += [
-        Metric(key, value, now, step)
-        for checked in training.history.validation
-        for key, value, step in (
-            ("validation_accuracy", checked.accuracy, checked.step),
-            ("validation_loss", checked.loss, checked.step),
-        )
-    ]
+    history = training.history
     scores = info.metrics
-    metrics += [
-        Metric("test_accuracy", scores.accuracy, now, 0),
-        Metric("test_macro_f1", scores.macro_f1, now, 0),
-        Metric("train_seconds", training.train_seconds, now, 0),
-    ]
-    metrics += [
-        Metric(f"test_f1_{label.replace('/', '_')}", per_class.f1, now, 0)
-        for label, per_class in scores.per_class.items()
-    ]
+    series = [
+        *(("train_loss", point.loss, point.step) for point in history.train),
+        *(("learning_rate", point.lr, point.step) for point in history.train),
+        *(("validation_accuracy", point.accuracy, point.step) for point in history.validation),
+        *(("validation_loss", point.loss, point.step) for point in history.validation),
+        ("test_accuracy", scores.accuracy, 0),
+        ("test_macro_f1", scores.macro_f1, 0),
+        ("train_seconds", training.train_seconds, 0),
+        *((f"test_f1_{label.replace('/', '_')}", per_class.f1, 0)
+          for label, per_class in scores.per_class.items()),
+    ]  # fmt: skip
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step) for key, value, step in series]
     client.log_batch(run_id, metrics=metrics, params=params)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / CARD
