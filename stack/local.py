@@ -135,6 +135,9 @@ def s3_service(settings: Settings) -> Service:
         ready=http_ok(f"{settings.s3_endpoint_url}/"),
         env=_s3_admin_env(settings),
         cwd=directory,
+        # On SIGTERM its filer waits 15 s for gRPC streams that never end (its own S3 API's
+        # subscription); what it has stored is on disk already, as when compose kills it.
+        stop_timeout_s=3.0,
     )
 
 
@@ -220,13 +223,19 @@ def start_stack(
     supervisor = Supervisor(log_dir, env, restart_policy(settings))
     try:
         supervisor.start(redis_service(settings))
-        supervisor.start(listener_service(settings))
-        supervisor.start(s3_service(settings))
+        # The listener is ready before the store writes anything, so it misses no event.
+        supervisor.start_together([listener_service(settings), s3_service(settings)])
         ensure_bucket(settings)
-        for queue in queues:
-            for instance in range(1, (predict_workers if queue == "predict" else 1) + 1):
-                supervisor.start(worker_service(settings, queue, instance=instance))
-        supervisor.start(gateway_service(settings, gateway_port))
+        supervisor.start_together(
+            [
+                *(
+                    worker_service(settings, queue, instance=instance)
+                    for queue in queues
+                    for instance in range(1, (predict_workers if queue == "predict" else 1) + 1)
+                ),
+                gateway_service(settings, gateway_port),
+            ]
+        )
     except BaseException:
         supervisor.stop()
         raise

@@ -30,6 +30,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     start_timeout_s: float = 60.0
+    stop_timeout_s: float = 15.0
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
 
@@ -61,12 +62,17 @@ class Service:
                 raise TimeoutError(f"{self.name} was not ready after {self.start_timeout_s:.0f}s")
             time.sleep(0.1)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def signal_stop(self) -> None:
+        """Ask the process to exit (SIGTERM to its group), without waiting."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        """Wait for the process to exit, SIGKILLing its group after `stop_timeout_s`."""
+        if self.process is not None and self.process.poll() is None:
             try:
-                self.process.wait(timeout_s)
+                self.process.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
@@ -74,6 +80,10 @@ class Service:
         if self.log is not None:
             self.log.close()
             self.log = None
+
+    def stop(self) -> None:
+        self.signal_stop()
+        self.wait_stopped()
 
     def exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
@@ -152,8 +162,8 @@ def executable(name: str) -> str:
 
 
 class Supervisor:
-    """Starts services in order, waiting for each; restarts one that dies (see RestartPolicy);
-    stops them in reverse order."""
+    """Starts services in order, waiting for each (or for a group started together); restarts
+    one that dies (see RestartPolicy); stops them all, the first last."""
 
     def __init__(
         self, log_dir: Path, env: dict[str, str], policy: RestartPolicy | None = None
@@ -166,15 +176,30 @@ class Supervisor:
         self._lock = threading.Lock()
 
     def start(self, service: Service) -> Service:
-        service.start(self.log_dir, self.env)
-        self.services.append(service)
-        service.wait_ready()
+        self.start_together([service])
         return service
 
+    def start_together(self, services: Sequence[Service]) -> None:
+        """Start services that do not need each other all at once, then wait until every one is
+        ready: their start-up work (a worker's imports, a model's load) overlaps."""
+        for service in services:
+            service.start(self.log_dir, self.env)
+            self.services.append(service)
+        for service in services:
+            service.wait_ready()
+
     def stop(self) -> None:
+        """Stop every service. The first started (the stack's Redis) goes once the rest have
+        exited, so that none loses its broker while it shuts down; the rest are signalled
+        together, so that their shutdowns (a worker finishing its task, the S3 store draining
+        its streams) overlap instead of adding up."""
         with self._lock:
-            for service in reversed(self.services):
-                service.stop()
+            first, rest = self.services[:1], self.services[1:]
+            for stage in (list(reversed(rest)), first):
+                for service in stage:
+                    service.signal_stop()
+                for service in stage:
+                    service.wait_stopped()
             self.services.clear()
 
     def tick(self, now: float | None = None) -> None:

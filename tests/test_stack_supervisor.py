@@ -1,6 +1,7 @@
 """The local supervisor: restarts with backoff, gives up on a process that keeps dying, and reads
 readiness from this run's log only."""
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -99,3 +100,103 @@ def test_stop_ends_the_watch_and_every_process(tmp_path: Path) -> None:
     supervisor.stop()
     assert service.process is not None
     assert service.process.poll() is not None
+
+
+def test_services_started_together_are_all_running_before_any_is_waited_on(
+    tmp_path: Path,
+) -> None:
+    # "first" is ready only once "second" has written its log: waiting on each in turn, the
+    # way services are started one by one, would time out on "first".
+    first = Service(
+        name="first",
+        argv=[sys.executable, "-c", "import time; time.sleep(60)"],
+        ready=log_says(tmp_path / "second.log", "up"),
+        start_timeout_s=10,
+    )
+    second = _service("second", "import time; print('up', flush=True); time.sleep(60)")
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    try:
+        supervisor.start_together([first, second])
+        assert supervisor.services == [first, second]
+    finally:
+        supervisor.stop()
+
+
+# On SIGTERM it leaves its marker, waits up to 10 s for its peer's, and says whether it came.
+_PEER = """
+import pathlib, signal, sys, time
+me, peer = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def stop(*_):
+    me.touch()
+    deadline = time.monotonic() + 10
+    while not peer.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("peer stopping too" if peer.exists() else "alone", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("up", flush=True)
+time.sleep(60)
+"""
+
+# On SIGTERM it says whether the process whose pid is in argv[1]'s file still runs.
+_CLIENT = """
+import os, pathlib, signal, sys, time
+def stop(*_):
+    pid = int(pathlib.Path(sys.argv[1]).read_text())
+    try:
+        os.kill(pid, 0)
+        print("broker still up", flush=True)
+    except ProcessLookupError:
+        print("broker gone", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("up", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_signals_the_services_together_and_the_first_started_last(tmp_path: Path) -> None:
+    def service(name: str, code: str, *args: Path) -> Service:
+        return Service(
+            name=name,
+            argv=[sys.executable, "-c", code, *map(str, args)],
+            ready=log_says(tmp_path / f"{name}.log", "up"),
+        )
+
+    broker_pid = tmp_path / "broker.pid"
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    broker = supervisor.start(_service("broker", "import time; time.sleep(60)"))
+    assert broker.process is not None
+    broker_pid.write_text(str(broker.process.pid))
+    supervisor.start_together(
+        [
+            service("a", _PEER, tmp_path / "a.stopping", tmp_path / "b.stopping"),
+            service("b", _PEER, tmp_path / "b.stopping", tmp_path / "a.stopping"),
+            service("client", _CLIENT, broker_pid),
+        ]
+    )
+    supervisor.stop()
+    assert (tmp_path / "a.log").read_text().splitlines() == ["up", "peer stopping too"]
+    assert (tmp_path / "b.log").read_text().splitlines() == ["up", "peer stopping too"]
+    assert (tmp_path / "client.log").read_text().splitlines() == ["up", "broker still up"]
+    assert broker.process.poll() is not None
+
+
+def test_a_service_that_ignores_sigterm_is_killed_after_its_stop_timeout(tmp_path: Path) -> None:
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    stubborn = Service(
+        name="stubborn",
+        argv=[sys.executable, "-c", code],
+        ready=log_says(tmp_path / "stubborn.log", "up"),
+        stop_timeout_s=0.5,
+    )
+    supervisor = Supervisor(tmp_path, {}, POLICY)
+    supervisor.start(stubborn)
+    supervisor.stop()
+    assert stubborn.process is not None
+    assert stubborn.process.returncode == -signal.SIGKILL
