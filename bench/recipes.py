@@ -36,6 +36,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "no-ema": {"ema_decay": 0.0},
     "smoothing": {"label_smoothing": 0.1},
     "dropout": {"dropout": 0.15},
+    "no-dropout": {"dropout": 0.0},
     "llrd": {"layer_decay": 0.85, "lr": 1.5e-4},
     "lr-1.2e-4": {"lr": 1.2e-4},
     "all": {"ema_decay": 0.998, "label_smoothing": 0.1, "layer_decay": 0.85, "lr": 1.5e-4},
