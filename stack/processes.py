@@ -195,7 +195,7 @@ class Supervisor:
         its streams) overlap instead of adding up."""
         with self._lock:
             first, rest = self.services[:1], self.services[1:]
-            for stage in (list(reversed(rest)), first):
+            for stage in (rest, first):
                 for service in stage:
                     service.signal_stop()
                 for service in stage:
