@@ -16,9 +16,8 @@ from pathlib import Path
 from pipeline.ingest import read_archive
 from pipeline.report import TqdmReporter
 from pipeline.stages import train_model
-from pipeline.train import PROFILES, config_for
 from shared.settings import Settings
-from shared.training import TrainConfig
+from shared.training import PROFILES, TrainConfig, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 

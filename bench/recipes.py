@@ -23,9 +23,9 @@ from pipeline.evaluate import classification_metrics
 from pipeline.ingest import read_archive
 from pipeline.modeling import class_probabilities, encode, padding_of
 from pipeline.report import TqdmReporter
-from pipeline.train import PROFILES, FitResult, fit
+from pipeline.train import FitResult, fit
 from shared.settings import Settings
-from shared.training import TrainConfig
+from shared.training import PROFILES, TrainConfig
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 OUT = Path(__file__).parent / "out" / "recipes.jsonl"

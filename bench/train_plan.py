@@ -24,10 +24,10 @@ from pipeline.ingest import Row, read_archive
 from pipeline.modeling import load_tokenizer, resolve_base_model
 from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Workload
 from pipeline.report import NullReporter
-from pipeline.train import Splits, config_for, fit, split_rows
+from pipeline.train import Splits, fit, split_rows
 from shared.jobs import EventType
 from shared.settings import Settings
-from shared.training import TrainConfig, TrainingPlan
+from shared.training import TrainConfig, TrainingPlan, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 

@@ -35,9 +35,10 @@ from pipeline.modeling import (
     to_device,
 )
 from pipeline.report import NullReporter
-from pipeline.train import TrainConfig, config_for, fit, split_rows
+from pipeline.train import fit, split_rows
 from shared.jobs import EventType
 from shared.settings import Settings
+from shared.training import TrainConfig, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 WARMUP_STEPS = 5

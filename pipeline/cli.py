@@ -3,6 +3,9 @@
 agnews train --data archive.zip --profile quick --out model/
 agnews evaluate --model model/ --data test.csv --json
 agnews predict "Stocks rally as ..." --model model/
+
+Data is read and checked before the ML stack (torch, transformers: seconds to import) is loaded,
+so a bad file is reported at once.
 """
 
 import argparse
@@ -13,26 +16,26 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from pipeline.checkpoints import LocalCheckpoints
-from pipeline.evaluate import evaluate
 from pipeline.ingest import BAD_ROW_RULES, Row, Split, fetch_archive, read_archive, read_csv
 from pipeline.labels import LABELS
-from pipeline.predictor import Predictor, load_production, load_version
 from pipeline.report import TqdmReporter
-from pipeline.stages import seconds_since, train_model
-from pipeline.train import PROFILES, config_for
 from pipeline.validate import check, validate
 from shared.digests import file_sha256
 from shared.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
 from shared.logs import configure_logging
 from shared.registry import MANIFEST
-from shared.results import Metrics, PredictResult, StageSeconds
+from shared.results import Metrics, PredictResult, StageSeconds, seconds_since
 from shared.settings import Settings
+from shared.training import PROFILES, config_for
+
+if TYPE_CHECKING:
+    from pipeline.predictor import Predictor
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str | None, settings: Settings) -> Predictor:
+def _load(model: str | None, settings: Settings) -> "Predictor":
+    from pipeline.predictor import Predictor, load_production, load_version
+
     if model is None:
         return load_production(settings)
     if Path(model).is_dir():
@@ -98,8 +103,10 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         check(report)
-        model_dir = Path(scratch) / "model"
         ingested = StageSeconds(ingest=seconds_since(started))
+        from pipeline.stages import train_model
+
+        model_dir = Path(scratch) / "model"
         info = train_model(config, dataset, model_dir, settings, reporter, checkpoints, ingested)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -124,7 +131,6 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
 def evaluate_command(
     args: argparse.Namespace, settings: Settings, reporter: TqdmReporter
 ) -> Metrics:
-    predictor = _load(args.model, settings)
     data = Path(args.data)
     with tempfile.TemporaryDirectory() as scratch:
         if data.suffix.lower() == ".csv":
@@ -133,7 +139,9 @@ def evaluate_command(
         else:
             dataset = read_archive(fetch_archive(args.data, settings, Path(scratch)), settings)
             rows, sha256 = _checked_rows(dataset.test), dataset.sha256
-    metrics = evaluate(predictor, rows, settings, reporter, dataset_sha256=sha256)
+    from pipeline.evaluate import evaluate
+
+    metrics = evaluate(_load(args.model, settings), rows, settings, reporter, dataset_sha256=sha256)
     reporter.close()
     _print_metrics(metrics)
     return metrics

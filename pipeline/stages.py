@@ -28,15 +28,15 @@ from pipeline.registry import download_prefix, publish, upload_dir, write_manife
 from pipeline.report import Reporter
 from pipeline.serving import evaluate_forms, serving_note
 from pipeline.tracking import track_training
-from pipeline.train import config_for, fit
+from pipeline.train import fit
 from pipeline.validate import ValidationReport, check, validate, validate_archive
 from shared.errors import Conflict
 from shared.jobs import EventType
 from shared.registry import CARD, HISTORY, ModelInfo, ModelRegistry, new_version, read_object
-from shared.results import Metrics, PromotionDecision, StageSeconds, TrainingRecord
+from shared.results import Metrics, PromotionDecision, StageSeconds, TrainingRecord, seconds_since
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.training import TrainConfig
+from shared.training import TrainConfig, config_for
 
 TRAINING = "training.json"
 
@@ -64,11 +64,6 @@ def scratch_dir(settings: Settings) -> tempfile.TemporaryDirectory[str]:
 
 def datasets_dir(settings: Settings) -> Path:
     return settings.data_dir / "datasets"
-
-
-def seconds_since(started: float) -> float:
-    """Wall time since a time.monotonic() reading, to a tenth of a second."""
-    return round(time.monotonic() - started, 1)
 
 
 def _step(reporter: Reporter, stage: str, step: int, total: int) -> None:

@@ -2,6 +2,7 @@
 what training records, and each job type's result (the gateway, the front end and the CLI read
 these same models)."""
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -114,6 +115,11 @@ class StageSeconds(BaseModel):
             if seconds is not None
         ]
         return ", ".join(times) or "no stage timed"
+
+
+def seconds_since(started: float) -> float:
+    """Wall time since a time.monotonic() reading, to a tenth of a second."""
+    return round(time.monotonic() - started, 1)
 
 
 def _duration(seconds: float) -> str:

@@ -14,11 +14,12 @@ from pipeline.registry import write_manifest
 from pipeline.runners import ONNX_DIR
 from pipeline.serving import SAMPLE
 from pipeline.stages import TRAINING, finish_model
-from pipeline.train import config_for, fit
+from pipeline.train import fit
 from shared.jobs import EventType
 from shared.registry import MANIFEST, ModelInfo, new_version
 from shared.settings import Settings
 from shared.storage import s3_client
+from shared.training import config_for
 from tests.archives import MINI_ARCHIVE
 
 TINY_STEPS = 4

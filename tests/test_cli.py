@@ -127,3 +127,33 @@ def test_bad_input_is_a_message_not_a_traceback(model_dir: Path, tmp_path: Path)
     assert "is not a zip archive" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "m").exists()
+
+
+# Runs the CLI in process, then prints whether the ML stack was ever imported.
+CHECK_BEFORE_ML = """
+import sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print(code, "torch" in sys.modules, "transformers" in sys.modules)
+"""
+
+
+def test_bad_data_is_refused_before_the_ml_stack_is_loaded(tmp_path: Path) -> None:
+    not_zip = tmp_path / "archive.zip"
+    not_zip.write_text("hello")
+    bad_csv = tmp_path / "test.csv"
+    bad_csv.write_bytes(csv_bytes([["9", "A title", "A description"]]))
+    for args in [
+        ["train", "--data", not_zip, "--profile", "quick", "--out", tmp_path / "m"],
+        ["evaluate", "--model", tmp_path / "no-model", "--data", bad_csv],
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-c", CHECK_BEFORE_ML, *map(str, args)],
+            cwd=tmp_path,
+            env={**os.environ, "AGNEWS_DATA_DIR": str(tmp_path / "data")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.stdout.split()[-3:] == ["2", "False", "False"], (done.stdout, done.stderr)
+        assert "agnews" in done.stderr

@@ -9,7 +9,6 @@ from pipeline import stages
 from pipeline.modeling import bucketed_batches
 from pipeline.plan import Planner, Workload
 from pipeline.train import (
-    PROFILES,
     Trainer,
     param_groups,
     set_dropout,
@@ -19,7 +18,7 @@ from pipeline.train import (
 from shared.errors import JobCancelled
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.training import TrainConfig
+from shared.training import PROFILES, TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.pipeline_support import Recorder, fast_settings
 

@@ -24,7 +24,7 @@ from shared.jobs import (
     params_of,
 )
 from shared.jobstore import JobStore
-from shared.results import EvaluateResult, JobResult, StageSeconds, TrainResult
+from shared.results import EvaluateResult, JobResult, StageSeconds, TrainResult, seconds_since
 from workers.app import app, settings
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
@@ -115,7 +115,7 @@ def ingest(job_id: str, call_id: str | None = None) -> None:
         version_id = source.version_id if source is not None else None
         reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
         output = stages.ingest(dataset, settings, reporter, version_id=version_id)
-        timed = StageSeconds(ingest=stages.seconds_since(started))
+        timed = StageSeconds(ingest=seconds_since(started))
         reporter.stage(
             "ingest", "finished", dataset_sha256=output.dataset_sha256, seconds=timed.ingest
         )
@@ -149,7 +149,7 @@ def train(
             base_model=params.base_model,
             max_steps=params.max_steps,
         )
-        timed = _timed(stage_seconds, train=stages.seconds_since(started))
+        timed = _timed(stage_seconds, train=seconds_since(started))
         reporter.stage(
             "train",
             "finished",
@@ -195,7 +195,7 @@ def evaluate(
         registered = stages.evaluate_and_register(
             job.id, dataset_sha256, settings, reporter, _timed(stage_seconds)
         )
-        timed = _registered(registered.metrics.stage_seconds, stages.seconds_since(started))
+        timed = _registered(registered.metrics.stage_seconds, seconds_since(started))
         reporter.stage(
             "evaluate",
             "finished",
@@ -237,7 +237,7 @@ def promote(
         started = time.monotonic()
         reporter.stage("promote", "started", version=version)
         decision = stages.promote_if_better(version, settings, reporter)
-        timed = _timed(stage_seconds, promote=stages.seconds_since(started))
+        timed = _timed(stage_seconds, promote=seconds_since(started))
         reporter.stage(
             "promote",
             "finished",
