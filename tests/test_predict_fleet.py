@@ -97,16 +97,17 @@ def test_a_model_swap_under_steady_load_loses_and_fails_nothing(
         for client in clients:
             client.join()
 
-    expected = {
+    served = {
         version: load_serving(version, stack.settings, tmp_path / "models")
         for version in (first, second)
     }
     for client in clients:
         assert {status for status, _ in client.answers} == {200}
         assert set(client.versions()) == {first, second}
+        expected = {version: model.predict([client.text]) for version, model in served.items()}
         for _, body in client.answers:
             (answer,) = body["predictions"]
-            (truth,) = expected[body["model_version"]].predict([client.text])
+            (truth,) = expected[body["model_version"]]
             assert answer["label"] == truth.label
             assert np.allclose(
                 list(answer["scores"].values()), list(truth.scores.values()), atol=1e-3
