@@ -248,7 +248,7 @@ def test_a_slow_form_is_not_chosen(
     allowed = every_form_allowed(model_dir)
     settings = Settings(torch_threads=1, serving_timing_s=0.1)
     first = fastest(predictor, model_dir, allowed, settings).form
-    slow_forms(first, factor=30.0)  # forms differ by far less than 30x
+    slow_forms(first, factor=6.0)  # forms differ by at most 2.6x (bench/RESULTS.md)
     assert fastest(predictor, model_dir, allowed, settings).form != first
 
 
