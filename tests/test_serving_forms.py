@@ -9,10 +9,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx as onnx_graph
+import onnxruntime
 import pytest
 import redis
 import torch
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from pipeline.modeling import ArrayBatch, load_classifier, load_tokenizer, padding_of
 from pipeline.predictor import Predictor
@@ -240,6 +241,39 @@ def test_the_int8_graph_multiplies_every_weight_matrix_in_int8_by_column(
         assert not zero_point.any()
         assert (np.abs(values * scale - weight) <= scale / 2 + 1e-6).all()
         assert product.input[1] not in stored  # no fp32 copy kept beside it
+
+
+def product_graph(weight: np.ndarray, inputs: str) -> onnx_graph.ModelProto:
+    """`input @ w` for each named input, every product by the same weight initializer `w`."""
+    make = onnx_graph.helper
+    graph = make.make_graph(
+        [make.make_node("MatMul", [name, "w"], [f"{name}_w"]) for name in inputs],
+        "products",
+        [make.make_tensor_value_info(name, TensorProto.FLOAT, [2, 8]) for name in inputs],
+        [make.make_tensor_value_info(f"{name}_w", TensorProto.FLOAT, [2, 4]) for name in inputs],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    return make.make_model(graph, opset_imports=[make.make_opsetid("", 17)])
+
+
+def test_a_weight_shared_by_two_products_is_quantized_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(8, 4)).astype(np.float32)
+    x, y = rng.normal(size=(2, 2, 8)).astype(np.float32)
+    sessions = {}
+    for inputs in ("xy", "x"):
+        source, target = tmp_path / f"{inputs}.onnx", tmp_path / f"{inputs}-int8.onnx"
+        onnx_graph.save(product_graph(weight, inputs), source)
+        quantize_onnx(source, target)
+        quantized = onnx_graph.load(target)
+        onnx_graph.checker.check_model(quantized)
+        assert sorted(initializers(quantized)) == ["w_int8", "w_scale", "w_zero_point"]
+        sessions[inputs] = onnxruntime.InferenceSession(target, providers=["CPUExecutionProvider"])
+    # Each product by the shared weight answers as a product by that weight alone.
+    shared = sessions["xy"].run(None, {"x": x, "y": y})
+    alone = [sessions["x"].run(None, {"x": rows})[0] for rows in (x, y)]
+    for got, expected in zip(shared, alone, strict=True):
+        assert np.array_equal(got, expected)
 
 
 def test_a_slow_form_is_not_chosen(
