@@ -153,21 +153,18 @@ def quantize_onnx(source: Path, target: Path) -> None:
 
 
 def _int8_tensors(weight: TensorProto) -> tuple[TensorProto, TensorProto, TensorProto]:
-    """A weight's int8 values, scales and zero points, named after it."""
-    values, scale = int8_columns(numpy_helper.to_array(weight))
+    """An [in, out] weight as int8 in -127..127, each output column's scale and zero points,
+    named after it."""
+    values = numpy_helper.to_array(weight)
+    peak = np.abs(values).max(axis=0)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
     return (
-        numpy_helper.from_array(values, f"{weight.name}_int8"),
+        numpy_helper.from_array(
+            np.clip(np.rint(values / scale), -127, 127).astype(np.int8), f"{weight.name}_int8"
+        ),
         numpy_helper.from_array(scale, f"{weight.name}_scale"),
         numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{weight.name}_zero_point"),
     )
-
-
-def int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A [in, out] weight as int8 in -127..127 and each output column's scale."""
-    peak = np.abs(weight).max(axis=0)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    quantized = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
-    return quantized, scale
 
 
 def torch_int8(model: PreTrainedModel) -> TorchRunner:

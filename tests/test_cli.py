@@ -179,7 +179,7 @@ def test_bad_data_is_refused_before_the_ml_stack_is_loaded(tmp_path: Path) -> No
         done = subprocess.run(
             [sys.executable, "-c", CHECK_BEFORE_ML, *map(str, args)],
             cwd=tmp_path,
-            env={**os.environ, "AGNEWS_DATA_DIR": str(tmp_path / "data")},
+            env={**os.environ, **environment(tmp_path)},
             capture_output=True,
             text=True,
             timeout=120,
