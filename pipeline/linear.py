@@ -3,6 +3,7 @@ logistic regression. It is trained beside the transformer on the same rows, its 
 are blended with the transformer's by a weight fitted on the validation split, and it is stored
 as data only (vocabulary as JSON, arrays as safetensors), never as a pickle."""
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +11,6 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 from safetensors.numpy import load_file, save_file
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from pipeline.labels import LABELS
 
@@ -28,32 +27,39 @@ class LinearConfig(BaseModel):
     vocabulary: dict[str, int] = {}
 
 
-def _vectorizer(config: LinearConfig, vocabulary: dict[str, int] | None) -> TfidfVectorizer:
-    return TfidfVectorizer(
-        ngram_range=(1, config.ngram_max),
-        sublinear_tf=True,
-        min_df=config.min_df if vocabulary is None else 1,
-        dtype=np.float32,
-        vocabulary=vocabulary,
-    )
+# scikit-learn's default word tokens: runs of two or more word characters, lowercased.
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+def word_terms(text: str, ngram_max: int) -> list[str]:
+    """The terms TfidfVectorizer(ngram_range=(1, ngram_max)) counts in a text, in its order."""
+    tokens = _TOKEN.findall(text.lower())
+    terms = list(tokens)
+    for n in range(2, min(ngram_max, len(tokens)) + 1):
+        terms += [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return terms
 
 
 class LinearMember:
-    """Serves TF-IDF features as the vectorizer computes them (sublinear counts of known terms,
-    times idf, l2-normalised) without building a sparse matrix per request: for one text that
-    took 2.1 ms of sklearn's and scipy's overhead (17 % of a single ONNX int8 prediction on the
-    AVX2 EPYC), for what its analyzer and a few thousand multiply-adds do in 0.1 ms."""
+    """Serves TF-IDF features as scikit-learn's vectorizer computes them (sublinear counts of
+    known terms, times idf, l2-normalised) from its vocabulary and idf alone: without building a
+    sparse matrix per request (for one text that took 2.1 ms of sklearn's and scipy's overhead,
+    17 % of a single ONNX int8 prediction on the AVX2 EPYC, for what a few thousand
+    multiply-adds do in 0.1 ms), and without importing scikit-learn where a model only serves."""
 
     def __init__(
-        self, config: LinearConfig, vectorizer: TfidfVectorizer, coef: np.ndarray, bias: np.ndarray
+        self,
+        config: LinearConfig,
+        terms: dict[str, int],
+        idf: np.ndarray,
+        coef: np.ndarray,
+        bias: np.ndarray,
     ) -> None:
         self.config = config
-        self.vectorizer = vectorizer
+        self.terms = terms
+        self.idf = np.asarray(idf, dtype=np.float32)
         self.coef = coef
         self.bias = bias
-        self._analyze = vectorizer.build_analyzer()
-        self._terms: dict[str, int] = vectorizer.vocabulary_
-        self._idf = np.asarray(vectorizer.idf_, dtype=np.float32)
         self._coef_by_term = np.ascontiguousarray(coef.T, dtype=np.float32)
 
     @property
@@ -63,15 +69,15 @@ class LinearMember:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         logits = np.tile(self.bias.astype(np.float32), (len(texts), 1))
         for row, text in enumerate(texts):
-            known = (self._terms.get(term) for term in self._analyze(text))
+            known = (self.terms.get(term) for term in word_terms(text, self.config.ngram_max))
             counts = Counter(index for index in known if index is not None)
             if not counts:
                 continue
-            terms = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
             tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
-            values = (1.0 + np.log(tf)) * self._idf[terms]
+            values = (1.0 + np.log(tf)) * self.idf[indices]
             values /= np.linalg.norm(values)
-            logits[row] += values @ self._coef_by_term[terms]
+            logits[row] += values @ self._coef_by_term[indices]
         return logits
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
@@ -91,12 +97,11 @@ class LinearMember:
         return mixed
 
     def save(self, directory: Path) -> None:
-        vocabulary = {term: int(index) for term, index in self.vectorizer.vocabulary_.items()}
-        config = self.config.model_copy(update={"vocabulary": vocabulary})
+        config = self.config.model_copy(update={"vocabulary": self.terms})
         (directory / LINEAR_CONFIG).write_text(config.model_dump_json())
         save_file(
             {
-                "idf": self.vectorizer.idf_.astype(np.float32),
+                "idf": self.idf,
                 "coef": self.coef.astype(np.float32),
                 "bias": self.bias.astype(np.float32),
             },
@@ -110,16 +115,26 @@ class LinearMember:
             return None
         config = LinearConfig.model_validate_json((directory / LINEAR_CONFIG).read_bytes())
         arrays = load_file(str(directory / LINEAR_WEIGHTS))
-        vectorizer = _vectorizer(config, config.vocabulary)
-        vectorizer.vocabulary_ = config.vocabulary
-        vectorizer.idf_ = arrays["idf"]
         return cls(
-            config.model_copy(update={"vocabulary": {}}), vectorizer, arrays["coef"], arrays["bias"]
+            config.model_copy(update={"vocabulary": {}}),
+            config.vocabulary,
+            arrays["idf"],
+            arrays["coef"],
+            arrays["bias"],
         )
 
 
 def fit_linear(texts: Sequence[str], labels: np.ndarray, config: LinearConfig) -> LinearMember:
-    vectorizer = _vectorizer(config, None)
+    # Imported here: scikit-learn costs a serving process a second and a half to import.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(
+        ngram_range=(1, config.ngram_max),
+        sublinear_tf=True,
+        min_df=config.min_df,
+        dtype=np.float32,
+    )
     features = vectorizer.fit_transform(list(texts))
     classifier = LogisticRegression(C=config.c, max_iter=2000)
     classifier.fit(features, labels)
@@ -127,7 +142,8 @@ def fit_linear(texts: Sequence[str], labels: np.ndarray, config: LinearConfig) -
     bias = np.zeros(len(LABELS), dtype=np.float32)
     coef[classifier.classes_] = classifier.coef_
     bias[classifier.classes_] = classifier.intercept_
-    return LinearMember(config, vectorizer, coef, bias)
+    terms = {term: int(index) for term, index in vectorizer.vocabulary_.items()}
+    return LinearMember(config, terms, vectorizer.idf_, coef, bias)
 
 
 def fit_weight(transformer: np.ndarray, linear: np.ndarray, labels: np.ndarray) -> float:

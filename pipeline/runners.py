@@ -1,22 +1,17 @@
 """What runs a model's forward pass in each serving form: torch (fp32, or its Linear layers in
 dynamic int8) or ONNX Runtime over a graph exported at registration (fp32, or dynamically
-quantized to int8). Every runner maps one padded batch of ids to logits."""
+quantized to int8: pipeline/export.py). Every runner maps one padded batch of ids to logits."""
 
-import copy
 import os
-import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnx
 import onnxruntime
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from transformers import PreTrainedModel
 
-from pipeline.modeling import ArrayBatch, Padding, quantize_int8, torch_logits
+from pipeline.modeling import ArrayBatch, quantize_int8, torch_logits
 from shared.settings import Form
 
 ONNX_DIR = "onnx"
@@ -24,8 +19,6 @@ ONNX_FILES: dict[Form, str] = {
     "onnx-fp32": f"{ONNX_DIR}/model.onnx",
     "onnx-int8": f"{ONNX_DIR}/model-int8.onnx",
 }
-_INPUTS = ("input_ids", "attention_mask")
-_OPSET = 17
 
 
 class Runner(Protocol):
@@ -57,114 +50,6 @@ class OnnxRunner:
         out = self.session.run(None, {name: arrays[name] for name in self.inputs})
         result: np.ndarray = np.asarray(out[0], dtype=np.float32)
         return result
-
-
-class _Logits(torch.nn.Module):
-    def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits
-
-
-def _example(padding: Padding) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two rows, one padded, so that the traced graph keeps the mask's work."""
-    ids = torch.full((2, 8), padding.pad_id, dtype=torch.long)
-    mask = torch.zeros((2, 8), dtype=torch.long)
-    ids[0], mask[0] = 5, 1
-    short = slice(4, 8) if padding.left else slice(0, 4)
-    ids[1, short], mask[1, short] = 6, 1
-    return ids, mask
-
-
-def export_onnx(model: PreTrainedModel, padding: Padding, path: Path) -> None:
-    """The model's forward pass as an ONNX graph, its batch and sequence axes left free.
-
-    Attention is exported as its eager form: torch's fused attention traces to a graph that
-    also cleans fully masked rows (IsNaN, Where), 6 % of ONNX Runtime's int8 forward pass on
-    the AVX2 EPYC; the eager graph serves the same probabilities 5 % faster there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model)
-    model.to("cpu")  # type: ignore[arg-type]
-    model.set_attn_implementation("eager")
-    axes = {"batch": 0, "sequence": 1}
-    with warnings.catch_warnings():
-        # The tracer warns of every Python-side shape check in transformers' code.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Logits(model).eval(),
-            _example(padding),
-            str(path),
-            input_names=list(_INPUTS),
-            output_names=["logits"],
-            dynamic_axes={
-                **{name: {v: k for k, v in axes.items()} for name in _INPUTS},
-                "logits": {0: "batch"},
-            },
-            opset_version=_OPSET,
-            dynamo=False,
-        )
-
-
-def quantize_onnx(source: Path, target: Path) -> None:
-    """The graph with every product by a weight matrix in int8: ONNX Runtime's
-    DynamicQuantizeMatMul, weights symmetric with a scale per output column, activations
-    quantized on the fly. The rest, embeddings included, stays fp32.
-
-    This is the node ONNX Runtime fuses `quantize_dynamic`'s output into, written directly: on
-    the AVX2 EPYC it serves as fast and is built in 0.7 s instead of 4-6 s (that quantizer
-    walks the weights' columns one by one in Python)."""
-    graph = onnx.load(source)
-    weights = {tensor.name: tensor for tensor in graph.graph.initializer}
-    uses = Counter(name for node in graph.graph.node for name in node.input)
-    nodes, quantized = [], {}
-    for node in graph.graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
-            nodes.append(node)
-            continue
-        if weight.name not in quantized:
-            quantized[weight.name] = _int8_tensors(weight)
-        uses[weight.name] -= 1
-        nodes.append(
-            helper.make_node(
-                "DynamicQuantizeMatMul",
-                [node.input[0], *(tensor.name for tensor in quantized[weight.name])],
-                list(node.output),
-                name=f"{node.name or node.output[0]}_int8",
-                domain="com.microsoft",
-            )
-        )
-    kept = [
-        tensor
-        for tensor in graph.graph.initializer
-        if tensor.name not in quantized or uses[tensor.name] > 0
-    ]
-    graph.graph.ClearField("node")
-    graph.graph.node.extend(nodes)
-    graph.graph.ClearField("initializer")
-    graph.graph.initializer.extend([*kept, *(t for group in quantized.values() for t in group)])
-    if all(opset.domain != "com.microsoft" for opset in graph.opset_import):
-        graph.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(graph, target)
-
-
-def _int8_tensors(weight: TensorProto) -> tuple[TensorProto, TensorProto, TensorProto]:
-    """An [in, out] weight as int8 in -127..127, each output column's scale and zero points,
-    named after it."""
-    values = numpy_helper.to_array(weight)
-    peak = np.abs(values).max(axis=0)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    return (
-        numpy_helper.from_array(
-            np.clip(np.rint(values / scale), -127, 127).astype(np.int8), f"{weight.name}_int8"
-        ),
-        numpy_helper.from_array(scale, f"{weight.name}_scale"),
-        numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{weight.name}_zero_point"),
-    )
 
 
 def torch_int8(model: PreTrainedModel) -> TorchRunner:

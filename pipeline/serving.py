@@ -28,8 +28,6 @@ from pipeline.runners import (
     OnnxRunner,
     Runner,
     TorchRunner,
-    export_onnx,
-    quantize_onnx,
     torch_int8,
 )
 from shared.registry import ModelRegistry
@@ -89,6 +87,9 @@ class Stopwatch:
 
 def _make_files(form: Form, predictor: Predictor, model_dir: Path) -> None:
     """The ONNX graphs, written into the version's folder: exported, then quantized."""
+    # Imported here: `onnx` costs a predict worker, which only loads graphs, a second to import.
+    from pipeline.export import export_onnx, quantize_onnx
+
     if form == "onnx-fp32":
         export_onnx(predictor.model, predictor.padding, model_dir / ONNX_FILES[form])
     elif form == "onnx-int8":

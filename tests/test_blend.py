@@ -1,10 +1,13 @@
 """The linear member: trained beside the transformer, blended by a weight fitted on validation
 rows only, stored without pickles, served by the same predictor, and optional."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from pipeline.ingest import read_archive
 from pipeline.linear import (
@@ -14,6 +17,7 @@ from pipeline.linear import (
     LinearMember,
     fit_linear,
     fit_weight,
+    word_terms,
 )
 from pipeline.predictor import Predictor
 from pipeline.stages import train_model
@@ -67,9 +71,45 @@ def test_the_member_serves_the_vectorizer_s_features_fitted_and_loaded(tmp_path:
     assert loaded is not None
     unseen = ["Zyxwv qwerty", "", "Stocks rally; stocks RALLY as oil falls", *texts[:50]]
     for served in (member, loaded):
-        features = served.vectorizer.transform(unseen)
-        expected = np.asarray(features @ served.coef.T) + served.bias
+        vectorizer = TfidfVectorizer(
+            ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32, vocabulary=served.terms
+        )
+        vectorizer.idf_ = served.idf
+        expected = np.asarray(vectorizer.transform(unseen) @ served.coef.T) + served.bias
         assert served.logits(unseen) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("ngram_max", [1, 2, 3])
+def test_the_member_counts_the_terms_scikit_learn_counts(tmp_path: Path, ngram_max: int) -> None:
+    rows = read_archive(MINI_ARCHIVE, Settings(data_dir=tmp_path / "data")).train.rows
+    texts = [
+        *(row.text for row in rows),
+        "Ünïcödé CAFÉ in São Paulo; ΑΘΗΝΑ 2004 — 東京 株価",
+        "a I x_y __init__ 3-2 #39;s &lt;b&gt; O'Neil's $1.5bn U.S. e-mail",
+        "one",
+        "",
+        " \t\n ",
+    ]
+    analyze = TfidfVectorizer(ngram_range=(1, ngram_max)).build_analyzer()
+    for text in texts:
+        assert word_terms(text, ngram_max) == analyze(text)
+
+
+def test_serving_a_member_does_not_import_scikit_learn(tmp_path: Path) -> None:
+    rows = read_archive(MINI_ARCHIVE, Settings(data_dir=tmp_path / "data")).train.rows
+    labels = np.array([row.label for row in rows])
+    fit_linear([row.text for row in rows], labels, LinearConfig()).save(tmp_path)
+    probe = (
+        "import sys; from pathlib import Path; import pipeline.predictor, pipeline.serving; "
+        "from pipeline.linear import LinearMember; "
+        f"member = LinearMember.load(Path({str(tmp_path)!r})); "
+        "print(member.probabilities(['Stocks rally as oil falls']).argmax()); "
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'sklearn', 'onnx'}))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert answer == ["2", "[]"]
 
 
 def test_the_blend_weight_is_fitted_on_the_validation_split(tmp_path: Path) -> None:

@@ -15,10 +15,11 @@ import redis
 import torch
 from onnx import TensorProto, numpy_helper
 
+from pipeline.export import export_onnx, quantize_onnx
 from pipeline.modeling import ArrayBatch, load_classifier, load_tokenizer, padding_of
 from pipeline.predictor import Predictor
 from pipeline.registry import publish, read_manifest, verify
-from pipeline.runners import ONNX_FILES, OnnxRunner, Runner, export_onnx, quantize_onnx
+from pipeline.runners import ONNX_FILES, OnnxRunner, Runner
 from pipeline.serving import (
     RUNNERS,
     SAMPLE,
