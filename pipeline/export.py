@@ -69,9 +69,10 @@ def export_onnx(model: PreTrainedModel, padding: Padding, path: Path) -> None:
 
 
 def quantize_onnx(source: Path, target: Path) -> None:
-    """The graph with every product by a weight matrix in int8: ONNX Runtime's
-    DynamicQuantizeMatMul, weights symmetric with a scale per output column, activations
-    quantized on the fly. The rest, embeddings included, stays fp32.
+    """The graph with its weights in int8, each symmetric in -127..127 with a scale per output:
+    every product by a weight matrix is ONNX Runtime's DynamicQuantizeMatMul (a scale per
+    column, activations quantized on the fly), and every lookup in an embedding table gathers
+    int8 rows and multiplies each by its scale. A graph a quarter the size of the fp32 one.
 
     This is the node ONNX Runtime fuses `quantize_dynamic`'s output into, written directly: on
     the AVX2 EPYC it serves as fast and is built in 0.7 s instead of 4-6 s (that quantizer
@@ -79,28 +80,28 @@ def quantize_onnx(source: Path, target: Path) -> None:
     graph = onnx.load(source)
     weights = {tensor.name: tensor for tensor in graph.graph.initializer}
     uses = Counter(name for node in graph.graph.node for name in node.input)
-    nodes, quantized = [], {}
+    nodes: list[onnx.NodeProto] = []
+    quantized: dict[tuple[str, int], tuple[TensorProto, ...]] = {}
     for node in graph.graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "MatMul" else None
-        if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+        if _is_product(node, weights):
+            weight = weights[node.input[1]]
+            if (weight.name, 0) not in quantized:
+                quantized[weight.name, 0] = _int8_tensors(weight, axis=0)
+            nodes.append(_product(node, *quantized[weight.name, 0]))
+            uses[weight.name] -= 1
+        elif _is_lookup(node, weights):
+            table = weights[node.input[0]]
+            if (table.name, 1) not in quantized:
+                values, scale, _ = _int8_tensors(table, axis=1)
+                quantized[table.name, 1] = (values, scale)
+            nodes += _lookup(node, *quantized[table.name, 1])
+            uses[table.name] -= 1
+        else:
             nodes.append(node)
-            continue
-        if weight.name not in quantized:
-            quantized[weight.name] = _int8_tensors(weight)
-        uses[weight.name] -= 1
-        nodes.append(
-            helper.make_node(
-                "DynamicQuantizeMatMul",
-                [node.input[0], *(tensor.name for tensor in quantized[weight.name])],
-                list(node.output),
-                name=f"{node.name or node.output[0]}_int8",
-                domain="com.microsoft",
-            )
-        )
     kept = [
         tensor
         for tensor in graph.graph.initializer
-        if tensor.name not in quantized or uses[tensor.name] > 0
+        if uses[tensor.name] > 0 or all(name != tensor.name for name, _ in quantized)
     ]
     graph.graph.ClearField("node")
     graph.graph.node.extend(nodes)
@@ -112,16 +113,55 @@ def quantize_onnx(source: Path, target: Path) -> None:
     onnx.save(graph, target)
 
 
-def _int8_tensors(weight: TensorProto) -> tuple[TensorProto, TensorProto, TensorProto]:
-    """An [in, out] weight as int8 in -127..127, each output column's scale and zero points,
-    named after it."""
+def _is_matrix(name: str, weights: dict[str, TensorProto]) -> bool:
+    weight = weights.get(name)
+    return weight is not None and len(weight.dims) == 2 and weight.data_type == TensorProto.FLOAT
+
+
+def _is_product(node: onnx.NodeProto, weights: dict[str, TensorProto]) -> bool:
+    return node.op_type == "MatMul" and _is_matrix(node.input[1], weights)
+
+
+def _is_lookup(node: onnx.NodeProto, weights: dict[str, TensorProto]) -> bool:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    return node.op_type == "Gather" and axis == 0 and _is_matrix(node.input[0], weights)
+
+
+def _product(node: onnx.NodeProto, *weight: TensorProto) -> onnx.NodeProto:
+    return helper.make_node(
+        "DynamicQuantizeMatMul",
+        [node.input[0], *(tensor.name for tensor in weight)],
+        list(node.output),
+        name=f"{node.name or node.output[0]}_int8",
+        domain="com.microsoft",
+    )
+
+
+def _lookup(node: onnx.NodeProto, values: TensorProto, scale: TensorProto) -> list[onnx.NodeProto]:
+    """Gather the int8 rows and their scales, and multiply: the lookup's output, in fp32."""
+    ids, out, name = node.input[1], node.output[0], node.name or node.output[0]
+    return [
+        helper.make_node("Gather", [values.name, ids], [f"{out}_int8"], name=f"{name}_int8"),
+        helper.make_node("Gather", [scale.name, ids], [f"{out}_scale"], name=f"{name}_scale"),
+        helper.make_node(
+            "Cast", [f"{out}_int8"], [f"{out}_cast"], name=f"{name}_cast", to=TensorProto.FLOAT
+        ),
+        helper.make_node("Mul", [f"{out}_cast", f"{out}_scale"], [out], name=f"{name}_dequantize"),
+    ]
+
+
+def _int8_tensors(weight: TensorProto, axis: int) -> tuple[TensorProto, TensorProto, TensorProto]:
+    """A weight matrix as int8 in -127..127, the scale of each slice along the other axis (each
+    column for axis 0, each row, kept as a column, for axis 1), and zero points, named after
+    it (rows' as NAME_rows_*)."""
+    name = weight.name if axis == 0 else f"{weight.name}_rows"
     values = numpy_helper.to_array(weight)
-    peak = np.abs(values).max(axis=0)
+    peak = np.abs(values).max(axis=axis, keepdims=axis == 1)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
     return (
         numpy_helper.from_array(
-            np.clip(np.rint(values / scale), -127, 127).astype(np.int8), f"{weight.name}_int8"
+            np.clip(np.rint(values / scale), -127, 127).astype(np.int8), f"{name}_int8"
         ),
-        numpy_helper.from_array(scale, f"{weight.name}_scale"),
-        numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{weight.name}_zero_point"),
+        numpy_helper.from_array(scale, f"{name}_scale"),
+        numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{name}_zero_point"),
     )

@@ -220,14 +220,17 @@ def initializers(graph: onnx_graph.ModelProto) -> dict[str, np.ndarray]:
     return {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.graph.initializer}
 
 
-def test_the_int8_graph_multiplies_every_weight_matrix_in_int8_by_column(
+def test_the_int8_graph_holds_every_weight_matrix_and_embedding_table_in_int8(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    source = onnx_graph.load(model_dir / ONNX_FILES["onnx-fp32"])
+    fp32 = model_dir / ONNX_FILES["onnx-fp32"]
+    source = onnx_graph.load(fp32)
     weights = initializers(source)
     products = [n for n in source.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert len(products) >= 36  # six layers of six products
-    quantize_onnx(model_dir / ONNX_FILES["onnx-fp32"], tmp_path / "int8.onnx")
+    lookups = [n for n in source.graph.node if n.op_type == "Gather" and n.input[0] in weights]
+    assert len(lookups) == 3  # words, positions, token types
+    quantize_onnx(fp32, tmp_path / "int8.onnx")
     graph = onnx_graph.load(tmp_path / "int8.onnx")
     stored = initializers(graph)
     assert not [n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in stored]
@@ -242,6 +245,20 @@ def test_the_int8_graph_multiplies_every_weight_matrix_in_int8_by_column(
         assert not zero_point.any()
         assert (np.abs(values * scale - weight) <= scale / 2 + 1e-6).all()
         assert product.input[1] not in stored  # no fp32 copy kept beside it
+    producers = {output: node for node in graph.graph.node for output in node.output}
+    for lookup in lookups:
+        table = weights[lookup.input[0]]
+        dequantize = producers[lookup.output[0]]
+        assert dequantize.op_type == "Mul"
+        rows, scale = (producers[name] for name in dequantize.input)
+        assert producers[rows.input[0]].op_type == "Gather"
+        values, row_scale = stored[producers[rows.input[0]].input[0]], stored[scale.input[0]]
+        assert values.dtype == np.int8
+        assert values.shape == table.shape
+        assert row_scale.shape == (table.shape[0], 1)
+        assert (np.abs(values * row_scale - table) <= row_scale / 2 + 1e-6).all()
+        assert lookup.input[0] not in stored
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.3 * fp32.stat().st_size
 
 
 def product_graph(weight: np.ndarray, inputs: str) -> onnx_graph.ModelProto:
@@ -275,6 +292,50 @@ def test_a_weight_shared_by_two_products_is_quantized_once(tmp_path: Path) -> No
     alone = [sessions["x"].run(None, {"x": rows})[0] for rows in (x, y)]
     for got, expected in zip(shared, alone, strict=True):
         assert np.array_equal(got, expected)
+
+
+def test_a_table_both_looked_up_and_multiplied_is_quantized_for_each_use(
+    tmp_path: Path,
+) -> None:
+    make = onnx_graph.helper
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(8, 4)).astype(np.float32)
+    graph = make.make_graph(
+        [
+            make.make_node("MatMul", ["x", "w"], ["xw"]),
+            make.make_node("Gather", ["w", "ids"], ["e"]),
+        ],
+        "tied",
+        [
+            make.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]),
+            make.make_tensor_value_info("ids", TensorProto.INT64, [3]),
+        ],
+        [
+            make.make_tensor_value_info("xw", TensorProto.FLOAT, [2, 4]),
+            make.make_tensor_value_info("e", TensorProto.FLOAT, [3, 4]),
+        ],
+        [numpy_helper.from_array(table, "w")],
+    )
+    onnx_graph.save(
+        make.make_model(graph, opset_imports=[make.make_opsetid("", 17)]), tmp_path / "t.onnx"
+    )
+    quantize_onnx(tmp_path / "t.onnx", tmp_path / "t-int8.onnx")
+    quantized = onnx_graph.load(tmp_path / "t-int8.onnx")
+    onnx_graph.checker.check_model(quantized)
+    stored = initializers(quantized)
+    assert sorted(stored) == ["w_int8", "w_rows_int8", "w_rows_scale", "w_scale", "w_zero_point"]
+    x, ids = rng.normal(size=(2, 8)).astype(np.float32), np.array([7, 0, 7])
+    session = onnxruntime.InferenceSession(
+        tmp_path / "t-int8.onnx", providers=["CPUExecutionProvider"]
+    )
+    product, rows = session.run(None, {"x": x, "ids": ids})
+    assert np.abs(rows - table[ids]).max() <= stored["w_rows_scale"].max() / 2 + 1e-6
+    onnx_graph.save(product_graph(table, "x"), tmp_path / "x.onnx")
+    quantize_onnx(tmp_path / "x.onnx", tmp_path / "x-int8.onnx")
+    alone = onnxruntime.InferenceSession(
+        tmp_path / "x-int8.onnx", providers=["CPUExecutionProvider"]
+    )
+    assert np.array_equal(product, alone.run(None, {"x": x})[0])
 
 
 def test_a_slow_form_is_not_chosen(
