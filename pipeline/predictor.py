@@ -64,8 +64,10 @@ class Predictor:
         self.batch_size = batch_size
         self.device = device
         self.runner: Runner = runner or TorchRunner(self.model, device, REFERENCE_FORM)
-        # texts/s of each form timed on this CPU when the serving form was chosen, if it was
+        # texts/s of each form timed on this CPU when the serving form was chosen, if it was,
+        # and of each forward batch size when that was
         self.timings: dict[str, float] = {}
+        self.batch_timings: dict[int, float] = {}
         # A fast tokenizer is not reentrant; the model is the hot resource.
         self._tokenizer_lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -112,14 +114,15 @@ class Predictor:
     def form(self) -> Form:
         return self.runner.form
 
-    def with_runner(self, runner: Runner) -> "Predictor":
-        """This model, tokenizer and linear member, serving through another runner."""
+    def with_runner(self, runner: Runner, batch_size: int | None = None) -> "Predictor":
+        """This model, tokenizer and linear member, serving through another runner (and in
+        slices of another size)."""
         return Predictor(
             self.model,
             self.tokenizer,
             version=self.version,
             max_length=self.max_length,
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             device=self.device,
             linear=self.linear,
             runner=runner,

@@ -36,6 +36,11 @@ from shared.settings import FORMS, REFERENCE_FORM, Form, Settings
 
 log = logging.getLogger(__name__)
 
+# The slice sizes a predict worker times at load, on its kept texts taken GATHERED at a time:
+# what a busy worker has gathered for one pass, sorted by length, then cut into slices.
+FORWARD_BATCHES = (1, 2, 4, 8, 16)
+GATHERED = 16
+
 SAMPLE = "serving-sample.json"
 
 
@@ -278,25 +283,84 @@ def _registered_speed(metrics: Metrics, form: Form) -> float:
 def fastest(
     predictor: Predictor, model_dir: Path, metrics: Metrics, settings: Settings
 ) -> Predictor:
-    """The loaded model in the fastest of its candidate forms on this CPU."""
+    """The loaded model in the fastest of its candidate forms on this CPU, run in the fastest
+    slices (settings.serving_forward_batch)."""
     forms = candidate_forms(settings, metrics, model_dir)
     threads = settings.torch_threads
     predictors = [with_form(predictor, form, model_dir, threads) for form in forms]
-    if len(predictors) == 1:
-        return predictors[0]
     sample = model_dir / SAMPLE
-    if not sample.is_file():
+    texts = ServingSample.model_validate_json(sample.read_bytes()).texts if sample.is_file() else []
+    if len(predictors) == 1:
+        chosen = predictors[0]
+    elif not texts:
         speeds = [_registered_speed(metrics, form) for form in forms]
-        source = "at registration"
+        chosen = _choose(predictors, forms, speeds, "at registration")
     else:
-        texts = ServingSample.model_validate_json(sample.read_bytes()).texts
         speeds = time_forms(predictors, texts, settings.serving_timing_s)
-        source = f"timed here ({len(texts)} texts, {threads} threads)"
+        chosen = _choose(
+            predictors, forms, speeds, f"timed here ({len(texts)} texts, {threads} threads)"
+        )
+    return fastest_batch(chosen, texts, settings)
+
+
+def _choose(
+    predictors: Sequence[Predictor], forms: Sequence[Form], speeds: Sequence[float], source: str
+) -> Predictor:
     chosen = predictors[int(np.argmax(speeds))]
     chosen.timings = {form: round(speed, 1) for form, speed in zip(forms, speeds, strict=True)}
     table = "; ".join(f"{form} {speed}" for form, speed in chosen.timings.items())
     log.info("model %s serves in %s: texts/s %s: %s", chosen.version, chosen.form, source, table)
     return chosen
+
+
+def fastest_batch(predictor: Predictor, texts: Sequence[str], settings: Settings) -> Predictor:
+    """The predictor run in slices of the size that serves these texts fastest here, as a busy
+    worker gathers them (settings.serving_forward_batch "auto"), or of the size it forces."""
+    forced = settings.serving_forward_batch
+    if forced != "auto" or not texts:
+        size = settings.forward_batch if forced == "auto" else forced
+        return (
+            predictor.with_runner(predictor.runner, size)
+            if size != predictor.batch_size
+            else predictor
+        )
+    speeds = time_forward_batches(predictor, texts, FORWARD_BATCHES, settings.serving_timing_s)
+    size = FORWARD_BATCHES[int(np.argmax(speeds))]
+    chosen = predictor.with_runner(predictor.runner, size)
+    chosen.timings = predictor.timings
+    chosen.batch_timings = {
+        batch: round(speed, 1) for batch, speed in zip(FORWARD_BATCHES, speeds, strict=True)
+    }
+    table = "; ".join(f"{batch} {speed}" for batch, speed in chosen.batch_timings.items())
+    log.info(
+        "model %s runs slices of %d texts: texts/s by slice size %s", chosen.version, size, table
+    )
+    return chosen
+
+
+def time_forward_batches(
+    predictor: Predictor, texts: Sequence[str], sizes: Sequence[int], budget_s: float
+) -> list[float]:
+    """Texts/s of the predictor with each slice size, on these texts taken GATHERED at a time in
+    their order, each group sorted by length and cut into slices as a worker cuts a batch: the
+    best of as many interleaved rounds as fit in budget_s (at least one)."""
+    ids = predictor.encode(texts).ids
+    groups = [ids[start : start + GATHERED] for start in range(0, len(ids), GATHERED)]
+
+    def seconds(size: int) -> float:
+        started = time.perf_counter()
+        for group in groups:
+            probabilities_together(
+                [predictor.runner.logits], group, padding=predictor.padding, batch_size=size
+            )
+        return time.perf_counter() - started
+
+    seconds(max(sizes))
+    best = [math.inf] * len(sizes)
+    deadline = time.perf_counter() + budget_s
+    while math.inf in best or time.perf_counter() < deadline:
+        best = [min(old, seconds(size)) for old, size in zip(best, sizes, strict=True)]
+    return [len(ids) / spent if spent else math.inf for spent in best]
 
 
 def serving_note(settings: Settings, metrics: Metrics) -> str:

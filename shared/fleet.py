@@ -21,6 +21,10 @@ class ServingWorker(BaseModel):
     texts_per_s: dict[str, float] = Field(
         default_factory=dict, description="each allowed form timed at load, on this worker's CPU"
     )
+    forward_batch: int | None = Field(default=None, description="texts per forward call")
+    texts_per_s_by_batch: dict[int, float] = Field(
+        default_factory=dict, description="each forward batch size timed at load, in its form"
+    )
     seen_at: datetime = Field(default_factory=utcnow)
 
 

@@ -213,12 +213,17 @@ class Settings(BaseSettings):
     # Texts per forward call: a batch is sorted by length and run in slices this big, each padded
     # only to its own longest text (on 2 CPU cores 8 beats 64 by 2x on random AG News texts).
     forward_batch: int = Field(default=8, ge=1)
+    # ... in a predict worker: "auto" times slices of 1 to 16 texts in its serving form at load,
+    # on its own CPU, and keeps the fastest (one-thread ONNX int8 on the AVX2 EPYC gains nothing
+    # from batching, and loses a quarter to padding at 8); a number forces one.
+    serving_forward_batch: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     # Requests a predict worker holds unacknowledged; beyond it they wait in Redis for any worker.
     predict_prefetch: int = Field(default=128, ge=1)
     # "auto": each predict worker times, on its own CPU, the forms that the check at
     # registration allowed (at most serving_max_accuracy_drop_pts below torch fp32) and serves
     # the fastest; a form's name forces it. Timing takes serving_timing_s over
-    # serving_sample_texts test texts kept with the version.
+    # serving_sample_texts test texts kept with the version, and as long again for the sizes of
+    # serving_forward_batch.
     serving_form: Literal["auto", Form] = "auto"
     serving_max_accuracy_drop_pts: float = Field(default=0.3, ge=0)
     serving_timing_s: float = Field(default=3.0, gt=0)

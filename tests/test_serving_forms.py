@@ -21,10 +21,13 @@ from pipeline.predictor import Predictor
 from pipeline.registry import publish, read_manifest, verify
 from pipeline.runners import ONNX_FILES, OnnxRunner, Runner
 from pipeline.serving import (
+    FORWARD_BATCHES,
+    GATHERED,
     RUNNERS,
     SAMPLE,
     candidate_forms,
     fastest,
+    fastest_batch,
     serving_check,
     serving_note,
     with_form,
@@ -84,18 +87,24 @@ Builder = Callable[[Predictor, Path, int], Runner]
 
 
 class SlowRunner:
-    """A form's runner that takes `factor` times as long, and `delay_s` more, per batch."""
+    """A form's runner that takes `factor` times as long, `delay_s` more per batch and
+    `per_token_s` more per padded token: a slow form, or a CPU where batching pays or where
+    padding costs."""
 
-    def __init__(self, runner: Runner, factor: float, delay_s: float) -> None:
+    def __init__(
+        self, runner: Runner, factor: float, delay_s: float, per_token_s: float = 0.0
+    ) -> None:
         self.form = runner.form
         self.runner = runner
         self.factor = factor
         self.delay_s = delay_s
+        self.per_token_s = per_token_s
 
     def logits(self, arrays: ArrayBatch) -> np.ndarray:
         started = time.perf_counter()
         logits = self.runner.logits(arrays)
-        time.sleep((self.factor - 1) * (time.perf_counter() - started) + self.delay_s)
+        padded = self.per_token_s * arrays["input_ids"].size
+        time.sleep((self.factor - 1) * (time.perf_counter() - started) + self.delay_s + padded)
         return logits
 
 
@@ -348,6 +357,32 @@ def test_a_slow_form_is_not_chosen(
     assert fastest(predictor, model_dir, allowed, settings).form != first
 
 
+@pytest.mark.parametrize(
+    ("per_call_s", "per_token_s"), [(0.04, 0.0), (0.0, 0.002)], ids=["calls", "padding"]
+)
+def test_a_worker_runs_the_slices_it_measured_fastest(
+    predictor: Predictor, per_call_s: float, per_token_s: float
+) -> None:
+    costed = predictor.with_runner(SlowRunner(predictor.runner, 1.0, per_call_s, per_token_s))
+    texts = (TEXTS * GATHERED)[:GATHERED]  # 1 to 19 words
+    chosen = fastest_batch(costed, texts, Settings(serving_timing_s=0.01))
+    speeds = chosen.batch_timings
+    assert list(speeds) == list(FORWARD_BATCHES)
+    assert chosen.batch_size == max(speeds, key=speeds.__getitem__)
+    if per_call_s:  # 16 calls of one text against one call of sixteen
+        assert chosen.batch_size == max(FORWARD_BATCHES)
+    else:  # sixteen texts of many lengths, each padded to the longest
+        assert speeds[1] > 1.1 * speeds[16]
+        assert chosen.batch_size < 16
+    assert chosen.probabilities(TEXTS)[0] == pytest.approx(predictor.probabilities(TEXTS)[0])
+
+
+def test_a_forced_slice_size_is_not_timed(predictor: Predictor) -> None:
+    chosen = fastest_batch(predictor, TEXTS, Settings(serving_forward_batch=3))
+    assert (chosen.batch_size, chosen.batch_timings) == (3, {})
+    assert fastest_batch(predictor, [], Settings()).batch_size == Settings().forward_batch
+
+
 def test_the_worker_at_load_serves_the_fastest_allowed_form(
     settings: Settings, model_dir: Path, slow_forms: Callable[..., None]
 ) -> None:
@@ -364,6 +399,8 @@ def test_the_worker_at_load_serves_the_fastest_allowed_form(
     slow_forms(*[form for form in allowed if form != quick], delay_s=0.2)
     model = ServingModel(settings.model_copy(update={"serving_timing_s": 0.1}))
     assert model.current().form == quick
+    assert model.current().batch_size in FORWARD_BATCHES
+    assert list(model.current().batch_timings) == list(FORWARD_BATCHES)
     forced = ServingModel(settings.model_copy(update={"serving_form": allowed[0]}))
     assert forced.current().form == allowed[0]
 

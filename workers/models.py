@@ -103,9 +103,10 @@ class ServingModel:
             self._problem = None
             self._failed_at.pop(version, None)
             log.info(
-                "now serving model %s in %s (was %s)",
+                "now serving model %s in %s, %d texts per forward call (was %s)",
                 version,
                 predictor.form,
+                predictor.batch_size,
                 serving.version if serving else "none",
             )
 
@@ -121,6 +122,8 @@ class ServingModel:
             version=predictor.version,
             form=predictor.form,
             texts_per_s=predictor.timings,
+            forward_batch=predictor.batch_size,
+            texts_per_s_by_batch=predictor.batch_timings,
         )
         try:
             if self._redis is None:
