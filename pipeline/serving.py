@@ -317,24 +317,19 @@ def fastest_batch(predictor: Predictor, texts: Sequence[str], settings: Settings
     """The predictor run in slices of the size that serves these texts fastest here, as a busy
     worker gathers them (settings.serving_forward_batch "auto"), or of the size it forces."""
     forced = settings.serving_forward_batch
-    if forced != "auto" or not texts:
-        size = settings.forward_batch if forced == "auto" else forced
-        return (
-            predictor.with_runner(predictor.runner, size)
-            if size != predictor.batch_size
-            else predictor
+    speeds: dict[int, float] = {}
+    if forced == "auto" and texts:
+        timed = time_forward_batches(predictor, texts, FORWARD_BATCHES, settings.serving_timing_s)
+        speeds = {size: round(speed, 1) for size, speed in zip(FORWARD_BATCHES, timed, strict=True)}
+        size = max(speeds, key=speeds.__getitem__)
+        table = "; ".join(f"{batch} {speed}" for batch, speed in speeds.items())
+        log.info(
+            "model %s runs slices of %d texts: texts/s by size %s", predictor.version, size, table
         )
-    speeds = time_forward_batches(predictor, texts, FORWARD_BATCHES, settings.serving_timing_s)
-    size = FORWARD_BATCHES[int(np.argmax(speeds))]
+    else:
+        size = settings.forward_batch if forced == "auto" else forced
     chosen = predictor.with_runner(predictor.runner, size)
-    chosen.timings = predictor.timings
-    chosen.batch_timings = {
-        batch: round(speed, 1) for batch, speed in zip(FORWARD_BATCHES, speeds, strict=True)
-    }
-    table = "; ".join(f"{batch} {speed}" for batch, speed in chosen.batch_timings.items())
-    log.info(
-        "model %s runs slices of %d texts: texts/s by slice size %s", chosen.version, size, table
-    )
+    chosen.timings, chosen.batch_timings = predictor.timings, speeds
     return chosen
 
 

@@ -378,8 +378,10 @@ def test_a_worker_runs_the_slices_it_measured_fastest(
 
 
 def test_a_forced_slice_size_is_not_timed(predictor: Predictor) -> None:
+    predictor.timings = {"torch-fp32": 50.0}
     chosen = fastest_batch(predictor, TEXTS, Settings(serving_forward_batch=3))
     assert (chosen.batch_size, chosen.batch_timings) == (3, {})
+    assert chosen.timings == {"torch-fp32": 50.0}
     assert fastest_batch(predictor, [], Settings()).batch_size == Settings().forward_batch
 
 
