@@ -117,11 +117,14 @@ def main() -> None:
         served = [with_form(one_thread, form, forms_dir, 1) for form in allowed]
         timed = time_forms(served, sample, 5.0)
         as_served = {
-            form: dict(zip(FORWARD_BATCHES, speeds, strict=True))
-            for form, speeds in (
-                (one.form, time_forward_batches(one, sample, FORWARD_BATCHES, 3.0))
-                for one in served
+            one.form: dict(
+                zip(
+                    FORWARD_BATCHES,
+                    time_forward_batches(one, sample, FORWARD_BATCHES, 3.0),
+                    strict=True,
+                )
             )
+            for one in served
         }
         linear = linear_cost_ms(one_thread, [row.text for row in rows[:1000]])
     report(

@@ -98,11 +98,8 @@ def quantize_onnx(source: Path, target: Path) -> None:
             uses[table.name] -= 1
         else:
             nodes.append(node)
-    kept = [
-        tensor
-        for tensor in graph.graph.initializer
-        if uses[tensor.name] > 0 or all(name != tensor.name for name, _ in quantized)
-    ]
+    replaced = {name for name, _ in quantized}
+    kept = [t for t in graph.graph.initializer if t.name not in replaced or uses[t.name] > 0]
     graph.graph.ClearField("node")
     graph.graph.node.extend(nodes)
     graph.graph.ClearField("initializer")

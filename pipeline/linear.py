@@ -6,6 +6,7 @@ as data only (vocabulary as JSON, arrays as safetensors), never as a pickle."""
 import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,9 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
 
 def word_terms(text: str, ngram_max: int) -> list[str]:
-    """The terms TfidfVectorizer(ngram_range=(1, ngram_max)) counts in a text, in its order."""
+    """The terms of a text, in its order: its words and word n-grams up to ngram_max, as
+    TfidfVectorizer(ngram_range=(1, ngram_max)) counts them. Training and serving both count
+    with this."""
     tokens = _TOKEN.findall(text.lower())
     terms = list(tokens)
     for n in range(2, min(ngram_max, len(tokens)) + 1):
@@ -130,7 +133,7 @@ def fit_linear(texts: Sequence[str], labels: np.ndarray, config: LinearConfig) -
     from sklearn.linear_model import LogisticRegression
 
     vectorizer = TfidfVectorizer(
-        ngram_range=(1, config.ngram_max),
+        analyzer=partial(word_terms, ngram_max=config.ngram_max),
         sublinear_tf=True,
         min_df=config.min_df,
         dtype=np.float32,
