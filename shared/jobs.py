@@ -44,7 +44,10 @@ class EventType(StrEnum):
 
 
 def new_job_id() -> str:
-    return secrets.token_urlsafe(16)
+    """22 URL-safe characters, never a leading "-": a command line reads that as an option."""
+    while (job_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return job_id
 
 
 def utcnow() -> datetime:

@@ -79,6 +79,12 @@ def test_follow_survives_a_dropped_connection_without_losing_or_repeating_events
     ]
 
 
+def test_no_job_id_reads_as_an_option_on_the_command_line() -> None:
+    ids = [new_job_id() for _ in range(5000)]  # about 80 would start with "-" by chance
+    assert not [job_id for job_id in ids if job_id.startswith("-")]
+    assert {len(job_id) for job_id in ids} == {22}
+
+
 def test_submit_list_show_and_cancel_print_json_and_exit_codes(
     gateway: Gateway, settings: Settings, store: JobStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
