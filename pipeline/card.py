@@ -53,10 +53,11 @@ def _members(metrics: Metrics, training: TrainingRecord) -> list[str]:
         if chosen
         else ""
     )
+    mean = "mean" if members.mixing == "arithmetic" else "geometric mean"
     return [
         "A blend of the transformer and a linear model (TF-IDF over word 1-2 grams, logistic "
-        f"regression) trained on the same rows; the linear member's share is {members.weight}"
-        f"{fitted}.",
+        f"regression) trained on the same rows: a weighted {mean} of their probabilities, the "
+        f"linear member's share {members.weight}{fitted}.",
         "",
         *_table(
             ["on test.csv", "accuracy"],

@@ -62,6 +62,7 @@ def _members(
     return MemberScores(
         n=len(truth),
         weight=predictor.linear.weight,
+        mixing=predictor.linear.config.mixing,
         transformer_accuracy=accuracy(transformer),
         linear_accuracy=accuracy(linear),
         blend_accuracy=accuracy(blended),

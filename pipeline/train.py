@@ -57,7 +57,7 @@ from shared.results import (
     ValidationScores,
 )
 from shared.settings import Settings
-from shared.training import TrainConfig, TrainingParams, TrainingPlan
+from shared.training import BlendMixing, TrainConfig, TrainingParams, TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -598,6 +598,7 @@ def fit(
             [rows[i].text for i in val_index],
             val.labels,
             transformer,
+            config.blend_mixing,
             reporter,
         )
     rows_trained = len(train_index)
@@ -636,13 +637,14 @@ def blend_linear(
     val_texts: Sequence[str],
     val_labels: np.ndarray,
     transformer: np.ndarray,
+    mixing: BlendMixing,
     reporter: Reporter,
 ) -> tuple[LinearMember, MemberScores]:
     """The linear member, trained on the transformer's rows, and its blend weight, fitted on the
     validation split (test.csv is never seen here)."""
-    member = fit_linear(train_texts, train_labels, LinearConfig())
+    member = fit_linear(train_texts, train_labels, LinearConfig(mixing=mixing))
     linear = member.probabilities(val_texts)
-    weight = fit_weight(transformer, linear, val_labels)
+    weight = fit_weight(transformer, linear, val_labels, mixing)
     member.config.weight = weight
     blended = member.blend(transformer, val_texts)
 
@@ -652,6 +654,7 @@ def blend_linear(
     scores = MemberScores(
         n=len(val_labels),
         weight=weight,
+        mixing=mixing,
         transformer_accuracy=accuracy(transformer),
         linear_accuracy=accuracy(linear),
         blend_accuracy=accuracy(blended),

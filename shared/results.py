@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from shared.settings import REFERENCE_FORM, Form, serving_form_name
-from shared.training import TrainingParams
+from shared.training import BlendMixing, TrainingParams
 
 
 class ClassScores(BaseModel):
@@ -48,6 +48,11 @@ class MemberScores(BaseModel):
 
     n: int
     weight: float = Field(description="the linear member's share, fitted on validation rows")
+    mixing: BlendMixing = Field(
+        default="arithmetic",
+        description="how the shares blend (versions registered before geometric blending hold "
+        "no field and blended arithmetically)",
+    )
     transformer_accuracy: float
     linear_accuracy: float
     blend_accuracy: float

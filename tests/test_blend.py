@@ -1,6 +1,7 @@
 """The linear member: trained beside the transformer, blended by a weight fitted on validation
 rows only, stored without pickles, served by the same predictor, and optional."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,16 @@ from pipeline.linear import (
     LinearMember,
     fit_linear,
     fit_weight,
+    mix,
     word_terms,
 )
 from pipeline.predictor import Predictor
 from pipeline.stages import train_model
 from pipeline.train import split_rows
 from shared.registry import ModelInfo
+from shared.results import MemberScores
 from shared.settings import Settings
-from shared.training import TrainConfig
+from shared.training import BlendMixing, TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.model_families import tiny_family_model
 from tests.pipeline_support import Recorder
@@ -44,12 +47,61 @@ def trained(tmp_path: Path, **changes: object) -> tuple[ModelInfo, Settings, Tra
     return info, settings, config
 
 
-def test_the_weight_favours_the_member_that_is_right() -> None:
+@pytest.mark.parametrize("mixing", ["arithmetic", "geometric"])
+def test_the_weight_favours_the_member_that_is_right(mixing: BlendMixing) -> None:
     labels = np.array([0, 1, 2, 3] * 5)
     right = np.eye(4, dtype=np.float32)[labels] * 0.7 + 0.075
     wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4] * 0.7 + 0.075
-    assert fit_weight(right, wrong, labels) == 0.0
-    assert fit_weight(wrong, right, labels) == 1.0
+    assert fit_weight(right, wrong, labels, mixing) == 0.0
+    assert fit_weight(wrong, right, labels, mixing) == 1.0
+
+
+def test_a_geometric_blend_is_the_weighted_product_made_to_sum_to_one() -> None:
+    transformer = np.array([[0.8, 0.15, 0.03, 0.02], [0.25, 0.25, 0.25, 0.25]], dtype=np.float32)
+    linear = np.array([[0.01, 0.5, 0.3, 0.19], [0.0, 0.5, 0.5, 0.0]], dtype=np.float32)
+    product = transformer**0.6 * linear**0.4
+    expected = product / product.sum(axis=1, keepdims=True)
+    assert mix(transformer, linear, 0.4, "geometric") == pytest.approx(expected, abs=1e-6)
+    assert mix(transformer, linear, 0.4, "arithmetic") == pytest.approx(
+        0.6 * transformer + 0.4 * linear
+    )
+    # The first row's members disagree: their mean follows the surer transformer, their
+    # geometric mean turns from the class the linear member all but rules out.
+    assert mix(transformer, linear, 0.4, "arithmetic")[0].argmax() == 0
+    assert mix(transformer, linear, 0.4, "geometric")[0].argmax() == 1
+    assert mix(transformer, linear, 0.0, "geometric") == pytest.approx(transformer)
+    assert mix(transformer, linear, 1.0, "geometric") == pytest.approx(linear, abs=1e-6)
+    # A class one member gives no chance keeps none, without NaN.
+    assert np.isfinite(mix(transformer, linear, 0.4, "geometric")).all()
+    assert mix(transformer, linear, 0.4, "geometric")[1, [0, 3]] == pytest.approx([0, 0], abs=1e-9)
+
+
+def test_a_member_saved_before_geometric_blending_still_blends_by_the_mean(
+    tmp_path: Path,
+) -> None:
+    rows = read_archive(MINI_ARCHIVE, Settings(data_dir=tmp_path / "data")).train.rows
+    labels = np.array([row.label for row in rows])
+    config = LinearConfig(mixing="geometric", weight=0.3)
+    fit_linear([row.text for row in rows], labels, config).save(tmp_path)
+    saved = json.loads((tmp_path / LINEAR_CONFIG).read_text())
+    del saved["mixing"]
+    (tmp_path / LINEAR_CONFIG).write_text(json.dumps(saved))
+    old = LinearMember.load(tmp_path)
+    assert old is not None
+    assert old.config.mixing == "arithmetic"
+    transformer = np.tile(np.array([0.7, 0.1, 0.1, 0.1], dtype=np.float32), (2, 1))
+    linear = np.tile(np.array([0.1, 0.6, 0.2, 0.1], dtype=np.float32), (2, 1))
+    assert old.mix(transformer, linear) == pytest.approx(0.7 * transformer + 0.3 * linear)
+    scores = MemberScores.model_validate(
+        {
+            "n": 2,
+            "weight": 0.3,
+            "transformer_accuracy": 1,
+            "linear_accuracy": 1,
+            "blend_accuracy": 1,
+        }
+    )
+    assert scores.mixing == "arithmetic"
 
 
 def test_the_blend_weight_is_the_one_of_least_log_loss_not_of_best_accuracy() -> None:
@@ -59,7 +111,7 @@ def test_the_blend_weight_is_the_one_of_least_log_loss_not_of_best_accuracy() ->
     sure = np.array([0.97, 0.01, 0.01, 0.01], dtype=np.float32)
     transformer = np.stack([sure, sure, sure, np.roll(sure, 1)])
     linear = np.tile(np.array([0.4, 0.2, 0.2, 0.2], dtype=np.float32), (4, 1))
-    assert fit_weight(transformer, linear, labels) == 0.4
+    assert fit_weight(transformer, linear, labels, "arithmetic") == 0.4
 
 
 def test_the_member_serves_the_vectorizer_s_features_fitted_and_loaded(tmp_path: Path) -> None:
@@ -129,7 +181,8 @@ def test_the_blend_weight_is_fitted_on_the_validation_split(tmp_path: Path) -> N
     transformer = predictor.forward(predictor.encode(texts).ids)
     linear = predictor.linear_probabilities(texts)
     assert linear is not None
-    assert blend.weight == fit_weight(transformer, linear, labels[val_index])
+    assert blend.mixing == config.blend_mixing == "geometric"
+    assert blend.weight == fit_weight(transformer, linear, labels[val_index], "geometric")
     assert info.params.rows_validated == len(val_index)
     assert info.metrics.accuracy == blend.blend_accuracy
     card = (tmp_path / "model" / "README.md").read_text()

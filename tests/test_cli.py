@@ -111,6 +111,7 @@ def test_evaluate_prints_metrics_json_last(
     members = metrics["members"]
     assert members["blend_accuracy"] == metrics["accuracy"]
     assert {"transformer_accuracy", "linear_accuracy", "weight"} <= set(members)
+    assert members["mixing"] == "geometric"
     assert "macro-F1" in done.stdout
 
     test_csv = tmp_path / "test.csv"

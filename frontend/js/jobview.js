@@ -463,7 +463,8 @@ export class JobView {
       ),
       !metrics && h("p", { class: "muted small" }, "The per-class figures arrive with the result."),
       metrics?.members && h("p", { class: "muted small members" },
-        `A blend of two members (the linear one's share ${metrics.members.weight}, fitted on validation rows): `
+        `A blend of two members (a weighted ${metrics.members.mixing === "geometric" ? "geometric mean" : "mean"} of their probabilities, `
+        + `the linear one's share ${metrics.members.weight}, fitted on validation rows): `
         + `transformer alone ${percent(metrics.members.transformer_accuracy)}, `
         + `TF-IDF linear alone ${percent(metrics.members.linear_accuracy)}, `
         + `blend ${percent(metrics.members.blend_accuracy)}.`),
