@@ -2,12 +2,19 @@
 
     .venv/bin/python bench/recipes.py --rows 10000 --epochs 1
     .venv/bin/python bench/recipes.py --recipe base --recipe no-ema --rows 0 --epochs 2
+    .venv/bin/python bench/recipes.py --recipe base --recipe smoothing --seed 1 --seed 2 --seed 3
 
 Each recipe is the `full` profile with some fields changed, trained on one stratified subset of
 train.csv (`--rows`; 0: every row) and validated on the same split. Prints one JSON line per
-recipe as it ends (also appended to bench/out/recipes.jsonl) and a Markdown table at the end:
-wall time, validation accuracy, and test.csv accuracy and macro-F1 of the transformer alone and,
-where the recipe trains it, blended with the linear member.
+recipe and seed as it ends (also appended to bench/out/recipes.jsonl) and Markdown tables at the
+end: per run, wall time, validation accuracy, and test.csv accuracy and macro-F1 of the
+transformer alone and, where the recipe trains it, blended with the linear member; per recipe,
+the mean and spread over seeds and the difference from the first recipe paired by seed.
+
+A seed draws the validation split, the initial head and the batch order. Runs of one seed share
+their split and test rows, so two recipes are compared row by row: of the rows exactly one of
+them gets right, how many each gets (the counts McNemar's test weighs); a difference smaller
+than about twice the square root of their sum is noise.
 """
 
 import argparse
@@ -20,7 +27,7 @@ import numpy as np
 
 from bench.machine import cpu_line
 from pipeline.evaluate import classification_metrics
-from pipeline.ingest import read_archive
+from pipeline.ingest import RawDataset, read_archive
 from pipeline.modeling import class_probabilities, encode, padding_of
 from pipeline.report import TqdmReporter
 from pipeline.train import FitResult, fit
@@ -39,11 +46,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "no-dropout": {"dropout": 0.0},
     "llrd": {"layer_decay": 0.85, "lr": 1.5e-4},
     "lr-1.2e-4": {"lr": 1.2e-4},
+    "mean-blend": {"blend_mixing": "arithmetic"},  # with --linear
     "all": {"ema_decay": 0.998, "label_smoothing": 0.1, "layer_decay": 0.85, "lr": 1.5e-4},
 }
 
 
-def test_scores(result: FitResult, texts: list[str], truth: np.ndarray) -> dict[str, Any]:
+def test_scores(
+    result: FitResult, texts: list[str], truth: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Scores on test.csv, and which rows the transformer alone got right."""
     encoded = encode(result.tokenizer, texts, result.config.max_length)
     transformer = class_probabilities(
         result.model,
@@ -63,20 +74,62 @@ def test_scores(result: FitResult, texts: list[str], truth: np.ndarray) -> dict[
             mixed.accuracy,
             mixed.macro_f1,
         )
-    return scores
+    return scores, transformer.argmax(axis=1) == truth
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def row(summary: dict[str, Any]) -> str:
     def pct(key: str) -> str:
-        value = summary.get(key)
-        return "-" if value is None else f"{100 * value:.2f}%"
+        return _pct(summary.get(key))
 
     return (
-        f"| {summary['recipe']} | {summary['changes'] or '(full)'} | {summary['steps']} "
+        f"| {summary['recipe']} | {summary['seed']} | {summary['changes'] or '(full)'} "
+        f"| {summary['steps']} "
         f"| {summary['train_s'] / 60:.1f} min | {pct('validation_accuracy')} "
         f"| {pct('test_accuracy')} | {summary['test_macro_f1']:.4f} "
         f"| {pct('blend_test_accuracy')} |"
     )
+
+
+def _spread(values: list[float]) -> str:
+    mean = 100 * float(np.mean(values))
+    if len(values) < 2:
+        return f"{mean:.2f}%"
+    return f"{mean:.2f} ± {100 * float(np.std(values, ddof=1)):.2f}%"
+
+
+def paired(right: np.ndarray, reference: np.ndarray) -> str:
+    """Rows only this recipe gets right against rows only the reference gets right."""
+    only_this = int(np.sum(right & ~reference))
+    only_reference = int(np.sum(reference & ~right))
+    return f"+{only_this} / -{only_reference}"
+
+
+def aggregate(
+    recipes: list[str],
+    summaries: dict[tuple[str, int], dict[str, Any]],
+    right: dict[tuple[str, int], np.ndarray],
+    seeds: list[int],
+) -> list[str]:
+    """A row per recipe: means and spreads over seeds, and test.csv rows won and lost against
+    the first recipe, seed by seed."""
+    reference = recipes[0]
+    lines = []
+    for name in recipes:
+        runs = [summaries[name, seed] for seed in seeds]
+        against = (
+            "-"
+            if name == reference
+            else ", ".join(paired(right[name, seed], right[reference, seed]) for seed in seeds)
+        )
+        lines.append(
+            f"| {name} | {len(seeds)} | {_spread([r['validation_accuracy'] for r in runs])} "
+            f"| {_spread([r['test_accuracy'] for r in runs])} | {against} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -87,6 +140,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-length", type=int, default=PROFILES["full"].max_length)
     parser.add_argument("--linear", action="store_true", help="train and blend the linear member")
+    parser.add_argument(
+        "--seed", type=int, action="append", help=f"repeat; default {PROFILES['full'].seed}"
+    )
     args = parser.parse_args()
 
     print(f"CPU: {cpu_line()}", flush=True)
@@ -102,36 +158,68 @@ def main() -> None:
         "patience": 0,
         "budget_s": None,  # the same epochs for every recipe, not what a budget buys
     }
+    recipes: list[str] = args.recipe or list(RECIPES)
+    seeds: list[int] = args.seed or [PROFILES["full"].seed]
     lines = []
-    for name in args.recipe or list(RECIPES):
-        changes = RECIPES[name]
-        config = TrainConfig.model_validate({**PROFILES["full"].model_dump(), **common, **changes})
-        reporter = TqdmReporter()
-        started = time.monotonic()
-        result = fit(config, dataset.train.rows, settings, reporter)
-        reporter.close()
-        summary = {
-            "recipe": name,
-            "changes": changes,
-            "cpu": cpu_line(),
-            "date": time.strftime("%Y-%m-%d"),
-            "rows_trained": result.rows_trained,
-            "steps": result.state.step,
-            "train_s": round(result.state.seconds, 1),
-            "fit_wall_s": round(time.monotonic() - started, 1),
-            "validation_accuracy": result.validation.accuracy,
-            "best_step": result.validation.step,
-            **test_scores(result, texts, truth),
-            **{key: value for key, value in common.items()},
-        }
-        print(json.dumps(summary), flush=True)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        with OUT.open("a") as out:
-            out.write(json.dumps(summary) + "\n")
-        lines.append(row(summary))
-    print("| recipe | changes | steps | training | validation | test.csv | macro-F1 | blend test |")
-    print("|---|---|---|---|---|---|---|---|")
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    right: dict[tuple[str, int], np.ndarray] = {}
+    for seed in seeds:
+        for name in recipes:
+            summaries[name, seed], right[name, seed] = run(
+                name, seed, common, dataset, settings, texts, truth
+            )
+            lines.append(row(summaries[name, seed]))
+    print(
+        "| recipe | seed | changes | steps | training | validation | test.csv | macro-F1 "
+        "| blend test |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
+    print()
+    print(f"| recipe | seeds | validation | test.csv | test rows won / lost against {recipes[0]} |")
+    print("|---|---|---|---|---|")
+    print("\n".join(aggregate(recipes, summaries, right, seeds)))
+
+
+def run(
+    name: str,
+    seed: int,
+    common: dict[str, Any],
+    dataset: RawDataset,
+    settings: Settings,
+    texts: list[str],
+    truth: np.ndarray,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One recipe trained with one seed: its summary, and which test rows it got right."""
+    changes = RECIPES[name]
+    config = TrainConfig.model_validate(
+        {**PROFILES["full"].model_dump(), **common, **changes, "seed": seed}
+    )
+    reporter = TqdmReporter()
+    started = time.monotonic()
+    result = fit(config, dataset.train.rows, settings, reporter)
+    reporter.close()
+    scores, right = test_scores(result, texts, truth)
+    summary = {
+        "recipe": name,
+        "seed": seed,
+        "changes": changes,
+        "cpu": cpu_line(),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows_trained": result.rows_trained,
+        "steps": result.state.step,
+        "train_s": round(result.state.seconds, 1),
+        "fit_wall_s": round(time.monotonic() - started, 1),
+        "validation_accuracy": result.validation.accuracy,
+        "best_step": result.validation.step,
+        **scores,
+        **common,
+    }
+    print(json.dumps(summary), flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    with OUT.open("a") as out:
+        out.write(json.dumps(summary) + "\n")
+    return summary, right
 
 
 if __name__ == "__main__":
