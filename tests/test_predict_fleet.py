@@ -53,6 +53,16 @@ def promote(stack: LiveStack, model_dir: Path) -> str:
     return version
 
 
+def serving_workers(stack: LiveStack, version: str) -> float:
+    """How many predict workers the gateway's /metrics says serve `version`."""
+    text = httpx.get(f"{stack.url}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agnews_serving_workers{") and f'version="{version}"' in line
+    )
+
+
 class Client(threading.Thread):
     """Sends its own text, one request at a time, until told to stop."""
 
@@ -83,6 +93,11 @@ def test_a_model_swap_under_steady_load_loses_and_fails_nothing(
     stack: LiveStack, model_dir: Path, tmp_path: Path
 ) -> None:
     first = promote(stack, model_dir)
+    # Both workers serve the first version before the clients start. A worker's first load
+    # (download, then its forms and slice sizes timed: about 10 s on two busy cores) holds
+    # requests past predict_wait_s, which answers 202 with the job; the swap below is what is
+    # under load.
+    _wait(lambda: serving_workers(stack, first) == 2)
     stop = threading.Event()
     clients = [Client(stack.url, text, stop) for text in CLIENT_TEXTS]
     for client in clients:
