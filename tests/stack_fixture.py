@@ -47,7 +47,11 @@ def live_stack(
     gateway_port = free_port()
     # A worker times its model's forms for serving_timing_s at each load: kept short here, where
     # a test's requests wait on the first load and two workers share the cores with the rest.
+    # Its slice sizes are not timed (test_serving_forms times them): one round of five sizes over
+    # the kept texts took about 3 s on two busy cores, and brought a first load to about 10 s,
+    # past predict_wait_s, so a test's first request after promotion could get 202.
     overrides.setdefault("serving_timing_s", 0.3)
+    overrides.setdefault("serving_forward_batch", 8)
     settings = Settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         s3_endpoint_url=f"http://127.0.0.1:{free_port_block(8)}",
