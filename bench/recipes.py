@@ -82,15 +82,12 @@ def _pct(value: float | None) -> str:
 
 
 def row(summary: dict[str, Any]) -> str:
-    def pct(key: str) -> str:
-        return _pct(summary.get(key))
-
     return (
         f"| {summary['recipe']} | {summary['seed']} | {summary['changes'] or '(full)'} "
         f"| {summary['steps']} "
-        f"| {summary['train_s'] / 60:.1f} min | {pct('validation_accuracy')} "
-        f"| {pct('test_accuracy')} | {summary['test_macro_f1']:.4f} "
-        f"| {pct('blend_test_accuracy')} |"
+        f"| {summary['train_s'] / 60:.1f} min | {_pct(summary['validation_accuracy'])} "
+        f"| {_pct(summary['test_accuracy'])} | {summary['test_macro_f1']:.4f} "
+        f"| {_pct(summary.get('blend_test_accuracy'))} |"
     )
 
 

@@ -42,9 +42,13 @@ def mix(
     logs = (1 - weight) * np.log(np.maximum(transformer, _FLOOR)) + weight * np.log(
         np.maximum(linear, _FLOOR)
     )
-    exp = np.exp(logs - logs.max(axis=1, keepdims=True))
-    geometric: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    return geometric
+    return _softmax(logs)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    result: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return result
 
 
 # scikit-learn's default word tokens: runs of two or more word characters, lowercased.
@@ -103,11 +107,7 @@ class LinearMember:
         return logits
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        logits = self.logits(texts)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        result: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-        return result
+        return _softmax(self.logits(texts))
 
     def blend(self, transformer: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         if self.weight == 0.0:
