@@ -18,7 +18,7 @@ import numpy as np
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
-from pipeline.linear import fit_weight, mix
+from pipeline.linear import fit_weight, log_loss, mix
 from pipeline.predictor import Predictor
 from pipeline.registry import read_manifest
 from pipeline.train import split_rows
@@ -33,11 +33,6 @@ def members(predictor: Predictor, texts: list[str]) -> tuple[np.ndarray, np.ndar
     if linear is None:
         raise SystemExit(f"model {predictor.version} has no linear member")
     return predictor.forward(predictor.encode(texts).ids), linear
-
-
-def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    chosen = probabilities[np.arange(len(labels)), labels]
-    return float(-np.log(np.maximum(chosen, 1e-12)).mean())
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pipeline.checkpoints import CheckpointStore
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
-from pipeline.linear import LinearConfig, LinearMember, fit_linear, fit_weight
+from pipeline.linear import LinearConfig, LinearMember, fit_linear, fit_weight, log_loss
 from pipeline.modeling import (
     Batch,
     Padding,
@@ -271,10 +271,9 @@ def validate(
     probabilities = class_probabilities(
         model, val.ids, padding=padding, batch_size=config.eval_batch_size, device=device, bf16=bf16
     )
-    picked = probabilities[np.arange(len(val.labels)), val.labels]
     return {
         "accuracy": float((probabilities.argmax(axis=1) == val.labels).mean()),
-        "loss": float(-np.log(np.maximum(picked, 1e-12)).mean()),
+        "loss": log_loss(probabilities, val.labels),
     }
 
 
