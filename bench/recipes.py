@@ -39,6 +39,7 @@ OUT = Path(__file__).parent / "out" / "recipes.jsonl"
 
 RECIPES: dict[str, dict[str, Any]] = {
     "base": {},
+    "no-adapt": {"adapt_epochs": 0.0},
     "length-64": {"max_length": 64, "ema_decay": 0.0},
     "no-ema": {"ema_decay": 0.0},
     "smoothing": {"label_smoothing": 0.1},

@@ -5,7 +5,9 @@
 
 Runs the real trainer on the archive's train.csv until it announces its plan (after its timed
 first steps), then stops: prints the CPU, the samples/s and tokens/s measured, and the epochs,
-max_length and minutes the plan chose within the profile's budget. With --samples-per-s (at the
+max_length and minutes the plan chose within the profile's budget. Where the profile adapts the
+encoder to the texts first and the plan holds the whole fine-tuning, it stops once adaptation's
+first steps are timed too, and prints whether the budget holds both. With --samples-per-s (at the
 profile's max_length, over the epoch's average batch), trains nothing and prints the plan made
 from that rate instead: another machine's, or this one's when it is not shared.
 """
@@ -27,13 +29,13 @@ from pipeline.report import NullReporter
 from pipeline.train import Splits, fit, split_rows
 from shared.jobs import EventType
 from shared.settings import Settings
-from shared.training import TrainConfig, TrainingPlan, config_for
+from shared.training import AdaptationPlan, TrainConfig, TrainingPlan, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 
 
 class Planned(Exception):
-    def __init__(self, plan: TrainingPlan) -> None:
+    def __init__(self, plan: TrainingPlan | AdaptationPlan) -> None:
         super().__init__(plan.describe())
         self.plan = plan
 
@@ -42,9 +44,14 @@ class StopAtPlan(NullReporter):
     def event(self, type_: EventType, data: Mapping[str, Any]) -> None:
         if "plan" in data:
             raise Planned(TrainingPlan.model_validate(data["plan"]))
+        if "adaptation" in data:
+            raise Planned(AdaptationPlan.model_validate(data["adaptation"]))
 
 
-def measured(config: TrainConfig, rows: Sequence[Row], settings: Settings) -> TrainingPlan:
+def measured(
+    config: TrainConfig, rows: Sequence[Row], settings: Settings
+) -> TrainingPlan | AdaptationPlan:
+    """The plan, or where the run adapts first, the adaptation it chose."""
     try:
         fit(config, rows, settings, StopAtPlan())
     except Planned as planned:
@@ -86,7 +93,14 @@ def main() -> None:
         if args.samples_per_s is None
         else from_rate(config, rows, args.samples_per_s)
     )
-    print(plan.describe())
+    if isinstance(plan, AdaptationPlan):
+        print(
+            f"adapts to the texts first: {plan.steps} steps of masked-LM at {plan.tokens_per_s} "
+            f"tokens/s, {plan.predicted_s} s predicted, then the whole fine-tuning afresh in "
+            f"{plan.fine_tuning_s} s"
+        )
+    else:
+        print(plan.describe())
     result = {
         "cpu": cpu_line(),
         "profile": args.profile,

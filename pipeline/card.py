@@ -132,7 +132,10 @@ def model_card(
     params = training.params
     history = training.history
     best = training.validation
-    minutes = training.train_seconds / 60
+    minutes = f"{training.train_seconds / 60:.1f} minutes"
+    adaptation = params.plan.adaptation if params.plan is not None else None
+    if adaptation is not None and adaptation.seconds is not None:
+        minutes += f" ({adaptation.seconds / 60:.1f} of them adapting the encoder first)"
     lines = [
         f"# AG News topic classifier {version}",
         "",
@@ -149,7 +152,7 @@ def model_card(
         "",
         f"{params.steps} steps of batch {params.batch_size} at learning rate {params.lr} "
         f"(warm-up {params.warmup:.0%}, weight decay {params.weight_decay}), texts cut to "
-        f"{params.max_length} tokens, {minutes:.1f} minutes. The best validation score, "
+        f"{params.max_length} tokens, {minutes}. The best validation score, "
         f"{best.accuracy:.4f} accuracy at step {best.step} of {best.steps}, chose the weights"
         f"{' (stopped early)' if best.stopped_early else ''}. "
         f"{len(history.train)} training-loss and {len(history.validation)} validation points "

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.modeling import bucketed_batches, sorted_batches
 from pipeline.report import Reporter
 from shared.jobs import EventType
-from shared.training import TrainConfig, TrainingPlan
+from shared.training import AdaptationPlan, TrainConfig, TrainingPlan
 
 UNTIMED_STEPS = 2  # trained, not timed: the first steps pay for allocations and warm caches
 PLAN_SHARE = 0.95
@@ -84,6 +84,10 @@ class Workload:
     def steps_for(self, epochs: float) -> int:
         steps = math.ceil(epochs * self.steps_per_epoch)
         return min(steps, self.config.max_steps or steps)
+
+    def step_tokens(self, max_length: int) -> float:
+        """A training step's mean padded tokens."""
+        return self.epoch_tokens(max_length) / self.steps_per_epoch
 
 
 @dataclass
@@ -308,6 +312,67 @@ class Planner:
             tokens_per_s=round(tokens_per_s, 1),
             timed_steps=probe.timed,
             measured_length=config.max_length,
+        )
+
+    def adaptation(self, **fields: object) -> AdaptationPlan:
+        """Adaptation as the config asks for it (`adapt_epochs` over the training rows)."""
+        config, workload = self.config, self.workload
+        steps = math.ceil(config.adapt_epochs * workload.steps_per_epoch)
+        return AdaptationPlan.model_validate(
+            {
+                "steps": steps,
+                "epochs": round(steps / workload.steps_per_epoch, 3),
+                "rows": len(workload.train_lengths),
+                "mask": config.adapt_mask,
+                "lr": config.adapt_lr,
+                "chosen": True,
+                **fields,
+            }
+        )
+
+    def adapts(self, plan: TrainingPlan) -> bool:
+        """Whether adaptation is worth timing: asked for, and the plan holds the whole
+        fine-tuning (adaptation never takes fine-tuning's steps)."""
+        return self.config.adapt_epochs > 0 and plan.steps >= self.upper_bound()
+
+    def adapt_or_not(
+        self, fine_tuning: Probe, adapting: Probe, *, done: int, spent_s: float
+    ) -> AdaptationPlan:
+        """Adaptation, chosen when its steps left at the timed masked-LM rate, then the whole
+        fine-tuning from its first step at the timed fine-tuning rate, end within PLAN_SHARE of
+        the budget (the fine-tuning's timed steps are spent and start over)."""
+        config, workload = self.config, self.workload
+        if config.budget_s is None:
+            raise ValueError("only a run with a time budget weighs adaptation against it")
+        budget_s = config.budget_s * PLAN_SHARE
+        step_tokens = workload.step_tokens(config.max_length)
+        adapting_rate = adapting.tokens / adapting.seconds
+        fine_rate = fine_tuning.tokens / fine_tuning.seconds
+        plan = self.adaptation()
+        fine_tuning_s = Cost(
+            step_s=step_tokens / fine_rate,
+            eval_s=workload.validation_tokens(config.max_length) * FORWARD_SHARE / fine_rate,
+            eval_every=workload.eval_every,
+            spent_s=0.0,
+            done=0,
+        ).seconds(self.upper_bound())
+        ends_s = spent_s + (plan.steps - done) * step_tokens / adapting_rate + fine_tuning_s
+        chosen = ends_s <= budget_s
+        reason = (
+            None
+            if chosen
+            else f"with {config.max_epochs:g} epochs of fine-tuning it would end at "
+            f"{ends_s / 60:.1f} minutes, past {budget_s / 60:.1f} of the "
+            f"{config.budget_s / 60:.1f}-minute budget"
+        )
+        return plan.model_copy(
+            update={
+                "chosen": chosen,
+                "predicted_s": round(plan.steps * step_tokens / adapting_rate, 1),
+                "tokens_per_s": round(adapting_rate, 1),
+                "fine_tuning_s": round(fine_tuning_s, 1),
+                "reason": reason,
+            }
         )
 
     def pace(self, plan: TrainingPlan, probe: Probe | None = None) -> Pace:

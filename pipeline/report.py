@@ -13,7 +13,7 @@ from shared.progress import ProgressBars
 class Reporter(Protocol):
     def progress(self, data: Mapping[str, Any]) -> None:
         """{"stage", "step", "total", "fraction", "eta_s"}, and in training also "loss", "lr",
-        "samples_per_s", "epoch"."""
+        "samples_per_s", "epoch", and "phase": "adapt" while it adapts the encoder first."""
 
     def event(self, type_: EventType, data: Mapping[str, Any]) -> None:
         """A `metric` or `log` event."""

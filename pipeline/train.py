@@ -11,7 +11,7 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pipeline.adapt import ADAPT_TRAINER, Adapter, unadaptable
 from pipeline.checkpoints import CheckpointStore
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
@@ -44,7 +45,7 @@ from pipeline.modeling import (
     resolve_base_model,
     to_device,
 )
-from pipeline.plan import Planner, Probe, Workload, announce
+from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Workload, announce
 from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
@@ -57,7 +58,13 @@ from shared.results import (
     ValidationScores,
 )
 from shared.settings import Settings
-from shared.training import BlendMixing, TrainConfig, TrainingParams, TrainingPlan
+from shared.training import (
+    AdaptationPlan,
+    BlendMixing,
+    TrainConfig,
+    TrainingParams,
+    TrainingPlan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +75,7 @@ _TRAINER = "trainer.pt"
 _EMA_WEIGHTS = "ema.safetensors"
 # About this many points of training loss make a model's curve, however long it trained.
 CURVE_POINTS = 200
+ADAPT_CURVE_POINTS = 100
 
 
 @dataclass
@@ -380,28 +388,7 @@ class Trainer:
             )
             checkpoints.save(self.state.step, folder)
 
-    def resume(self, checkpoints: CheckpointStore, reporter: Reporter) -> int | None:
-        """Continue from the latest checkpoint if it trained the same config, keeping its plan;
-        the step it was at."""
-        latest = checkpoints.latest()
-        if latest is None:
-            return None
-        resumed_from: int | None = None
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = checkpoints.fetch(latest, Path(scratch))
-            saved = torch.load(folder / _TRAINER, map_location="cpu", weights_only=True)
-            if saved["state"].get("config") == self.state.config:
-                self._load(folder, saved)
-                resumed_from = self.state.step
-        message = (
-            f"resumed from the checkpoint at step {resumed_from} of {self.state.total}"
-            if resumed_from is not None
-            else f"ignored the checkpoint at step {latest}: it trained another config"
-        )
-        reporter.event(EventType.log, {"message": message})
-        return resumed_from
-
-    def _load(self, folder: Path, saved: dict[str, Any]) -> None:
+    def load(self, folder: Path, saved: dict[str, Any]) -> None:
         load_model(self.model, folder / _WEIGHTS, device=str(self.device))
         if self.ema is not None:
             load_model(self.ema.model, folder / _EMA_WEIGHTS, device=str(self.device))
@@ -443,6 +430,226 @@ class LossWindow:
         return means
 
 
+@dataclass
+class Clock:
+    """The training loop's seconds: those spent before a resume, and those since `started`."""
+
+    before: float
+    started: float = field(default_factory=time.monotonic)
+
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a fit works with once its base model is loaded: `config` is the one asked for (at a
+    max_length the model reads), which a checkpoint must match to be resumed."""
+
+    config: TrainConfig
+    settings: Settings
+    reporter: Reporter
+    checkpoints: CheckpointStore | None
+    base: str
+    splits: Splits
+    padding: Padding
+    device: torch.device
+    bf16: bool
+    planner: Planner
+
+    def classifier(self) -> PreTrainedModel:
+        """The base model with a new head, seeded: the same head however often it is built."""
+        torch.manual_seed(self.config.seed)
+        model = to_device(load_classifier(self.base, self.padding.pad_id), self.device)
+        if self.config.dropout is not None:
+            set_dropout(model, self.config.dropout)
+        return model
+
+    def trainer(self, model: PreTrainedModel) -> Trainer:
+        return Trainer(model, self.config, self.planner, self.device, self.bf16)
+
+    def adapter(self) -> Adapter:
+        steps = self.planner.adaptation().steps
+        return Adapter(
+            self.base,
+            self.splits.tokenizer,
+            self.config,
+            self.padding,
+            self.device,
+            self.bf16,
+            steps,
+        )
+
+    def save(self, saver: Callable[[CheckpointStore], None], step: int) -> None:
+        if self.checkpoints is None:
+            return
+        try:
+            saver(self.checkpoints)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            # One lost checkpoint costs at most one interval if the worker dies; failing here
+            # would cost the whole training. The next one is tried as usual.
+            log.warning("checkpoint at step %d not saved (%s); training goes on", step, exc)
+
+
+def resume(run: Run, trainer: Trainer) -> tuple[int | None, Adapter | None]:
+    """Continue from the latest checkpoint if it trained the same config: fine-tuning at the step
+    it was at, keeping its plan (the step is returned), or adaptation (its Adapter is)."""
+    checkpoints = run.checkpoints
+    latest = None if checkpoints is None else checkpoints.latest()
+    if checkpoints is None or latest is None:
+        return None, None
+    resumed_from: int | None = None
+    adapter: Adapter | None = None
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = checkpoints.fetch(latest, Path(scratch))
+        adapting = (folder / ADAPT_TRAINER).exists()
+        name = ADAPT_TRAINER if adapting else _TRAINER
+        saved = torch.load(folder / name, map_location="cpu", weights_only=True)
+        if saved["state"].get("config") == trainer.state.config:
+            if adapting:
+                adapter = run.adapter()
+                adapter.load(folder, saved)
+            else:
+                trainer.load(folder, saved)
+                resumed_from = trainer.state.step
+    if adapter is not None:
+        step, total = adapter.state.step, adapter.state.total
+        message = f"resumed adapting to the texts from the checkpoint at step {step} of {total}"
+    elif resumed_from is not None:
+        message = f"resumed from the checkpoint at step {resumed_from} of {trainer.state.total}"
+    else:
+        message = f"ignored the checkpoint at step {latest}: it trained another config"
+    run.reporter.event(EventType.log, {"message": message})
+    return resumed_from, adapter
+
+
+def adapt(
+    run: Run,
+    adapter: Adapter,
+    train: Examples,
+    clock: Clock,
+    *,
+    until: int,
+    probe: Probe | None = None,
+) -> None:
+    """Masked-LM steps up to `until`: progress as the train stage's "adapt" phase, a loss curve,
+    and once adaptation is chosen, checkpoints."""
+    state, settings, device = adapter.state, run.settings, run.device
+    steps_per_epoch = run.planner.workload.steps_per_epoch
+    lengths = train.lengths.tolist()
+    ticker = Ticker(
+        run.reporter, "train", state.total, settings.progress_interval_s, start=state.step
+    )
+    window, curve_window = LossWindow(device), LossWindow(device)
+    curve_every = max(1, state.total // ADAPT_CURVE_POINTS)
+    started, own_before = time.monotonic(), state.seconds
+    last_checkpoint = started
+    batches: list[np.ndarray] = []
+    batches_epoch = -1
+    while state.step < until:
+        check_cancelled(run.reporter, "train")
+        epoch, index = divmod(state.step, steps_per_epoch)
+        if epoch != batches_epoch:
+            batches, batches_epoch = adapter.batches(lengths, epoch), epoch
+        batch = batches[index]
+        began = time.monotonic()
+        loss, tokens = adapter.step([train.ids[i] for i in batch])
+        if probe is not None:
+            probe.add(len(batch), tokens, _finished(device) - began)
+        window.add(loss, len(batch))
+        curve_window.add(loss, len(batch))
+        if state.step % curve_every == 0 or state.step == state.total:
+            state.loss_curve.append({"step": state.step, "loss": curve_window.take()[0]})
+        if ticker.due(state.step):
+            mean_loss, samples_per_s = window.take()
+            ticker.send(
+                state.step,
+                phase="adapt",
+                loss=mean_loss,
+                lr=adapter.scheduler.get_last_lr()[0],
+                samples_per_s=samples_per_s,
+                epoch=round(state.step / steps_per_epoch, 3),
+            )
+        now = time.monotonic()
+        state.seconds = own_before + now - started
+        due = state.step % settings.checkpoint_every_steps == 0 or (
+            now - last_checkpoint >= settings.checkpoint_interval_s
+        )
+        if state.plan is not None and due and state.step < state.total:
+            state.loop_seconds, last_checkpoint = clock.spent(), now
+            run.save(adapter.save, state.step)
+
+
+def fine_tuning_after(run: Run, adapter: Adapter, train: Examples, clock: Clock) -> Trainer:
+    """Adaptation to its end, then a trainer of a new classifier over the adapted encoder, its
+    plan set (from the fine-tuning probe that chose adaptation, where there was one) and
+    checkpointed at step 0, so that a lost worker does not adapt again."""
+    adapt(run, adapter, train, clock, until=adapter.state.total)
+    state = adapter.state
+    losses = [point["loss"] for point in state.loss_curve]
+    adaptation = AdaptationPlan.model_validate(state.plan).model_copy(
+        update={
+            "seconds": round(state.seconds, 1),
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+        }
+    )
+    model = run.classifier()
+    adapter.into(model)
+    trainer = run.trainer(model)
+    trainer.state.seconds = clock.spent()
+    probe = None if state.probe is None else Probe(**state.probe)
+    plan = (
+        run.planner.fixed()
+        if probe is None
+        else run.planner.plan(probe, spent_s=trainer.state.seconds, done=0)
+    )
+    trainer.adopt(plan.model_copy(update={"adaptation": adaptation}))
+    run.reporter.event(EventType.log, {"message": adaptation.describe()})
+    run.save(trainer.save, 0)
+    model.train()
+    return trainer
+
+
+def adapt_if_it_fits(
+    run: Run, model_type: str, plan: TrainingPlan, probe: Probe, train: Examples, clock: Clock
+) -> Trainer | AdaptationPlan:
+    """With a budget, after fine-tuning's probe: time adaptation's first steps, and where it and
+    the whole fine-tuning fit the budget, adapt and return the trainer to fine-tune with; else
+    why not."""
+    planner, config = run.planner, run.config
+    reason = unadaptable(model_type, run.splits.tokenizer)
+    if reason is None and not planner.adapts(plan):
+        reason = f"the budget does not hold {config.max_epochs:g} epochs of fine-tuning alone"
+    if reason is not None:
+        return planner.adaptation(chosen=False, reason=reason)
+    adapter = run.adapter()
+    timing = Probe(config.probe_steps)
+    until = min(adapter.state.total, UNTIMED_STEPS + timing.steps)
+    adapt(run, adapter, train, clock, until=until, probe=timing)
+    if timing.done:
+        decision = planner.adapt_or_not(
+            probe, timing, done=adapter.state.step, spent_s=clock.spent()
+        )
+    else:
+        decision = planner.adaptation()
+    if not decision.chosen:
+        return decision
+    if decision.predicted_s is not None and decision.fine_tuning_s is not None:
+        run.reporter.event(
+            EventType.log,
+            {
+                "message": f"adapting to the texts first: {decision.steps} steps of masked-LM "
+                f"({decision.predicted_s / 60:.1f} minutes predicted), then fine-tuning afresh "
+                f"({decision.fine_tuning_s / 60:.1f} minutes) within the budget",
+                "adaptation": decision.model_dump(mode="json"),
+            },
+        )
+    adapter.state.plan = decision.model_dump(mode="json")
+    adapter.state.probe = dataclasses.asdict(probe)
+    return fine_tuning_after(run, adapter, train, clock)
+
+
 def fit(
     config: TrainConfig,
     rows: Sequence[Row],
@@ -470,9 +677,10 @@ def fit(
     workload = Workload.of(config, train.lengths, val.lengths)
     steps_per_epoch, eval_every = workload.steps_per_epoch, workload.eval_every
     planner = Planner(workload, device.type, bf16)
-    trainer = Trainer(model, config, planner, device, bf16)
-    resumed_from = trainer.resume(checkpoints, reporter) if checkpoints is not None else None
-    state = trainer.state
+    run = Run(config, settings, reporter, checkpoints, base, splits, padding, device, bf16, planner)
+    model_type = str(model.config.model_type)
+    trainer = run.trainer(model)
+    resumed_from, adapter = resume(run, trainer)
 
     reporter.event(
         EventType.log,
@@ -481,6 +689,21 @@ def fit(
             f"({len(val_index)} held out for validation) in batches of {config.batch_size}",
         },
     )
+    clock = Clock(trainer.state.seconds if adapter is None else adapter.state.loop_seconds)
+    unbudgeted = not planner.measures()
+    if adapter is None and resumed_from is None and config.adapt_epochs > 0 and unbudgeted:
+        # Without a budget to weigh it against, adaptation runs as the config asks.
+        reason = unadaptable(model_type, tokenizer)
+        if reason is None:
+            adapter = run.adapter()
+            adapter.state.plan = planner.adaptation().model_dump(mode="json")
+        else:
+            not_adapted = planner.adaptation(chosen=False, reason=reason)
+            trainer.adopt(planner.fixed().model_copy(update={"adaptation": not_adapted}))
+    if adapter is not None:
+        trainer = fine_tuning_after(run, adapter, train, clock)
+        clock, adapter = Clock(trainer.state.seconds), None
+    state = trainer.state
     plan = trainer.plan
     probe = Probe(config.probe_steps) if plan is None and planner.measures() else None
     pace = None
@@ -492,11 +715,10 @@ def fit(
         if plan.budget_s is not None and plan.predicted_s is not None:
             pace = planner.pace(plan)
     ticker = Ticker(reporter, "train", state.total, settings.progress_interval_s, start=state.step)
-    started = last_checkpoint = time.monotonic()
-    seconds_before = state.seconds
+    last_checkpoint = time.monotonic()
     window, curve_window = LossWindow(device), LossWindow(device)
     batches, batches_epoch = [], -1
-    model.train()
+    trainer.model.train()
     while state.step < state.total and not state.stopped_early:
         check_cancelled(reporter, "train")
         epoch, index = divmod(state.step, steps_per_epoch)
@@ -509,16 +731,33 @@ def fit(
         if probe is not None:
             probe.add(len(batch), _tokens(inputs), _finished(device) - began)
             if probe.done:
-                spent_s = seconds_before + time.monotonic() - started
-                trainer.adopt(plan := planner.plan(probe, spent_s=spent_s, done=state.step))
+                plan = planner.plan(probe, spent_s=clock.spent(), done=state.step)
+                adapted = (
+                    adapt_if_it_fits(run, model_type, plan, probe, train, clock)
+                    if config.adapt_epochs > 0
+                    else None
+                )
+                if isinstance(adapted, Trainer):
+                    # The probe's steps trained the unadapted model: fine-tuning starts over.
+                    trainer, state, plan = adapted, adapted.state, adapted.plan or plan
+                    clock = Clock(state.seconds)
+                    window, curve_window = LossWindow(device), LossWindow(device)
+                    ticker = Ticker(reporter, "train", plan.steps, settings.progress_interval_s)
+                else:
+                    if adapted is not None:
+                        # Timing adaptation took time of the budget too.
+                        plan = planner.plan(probe, spent_s=clock.spent(), done=state.step)
+                        plan = plan.model_copy(update={"adaptation": adapted})
+                    trainer.adopt(plan)
                 announce(reporter, plan)
                 config, train, val = _follow(plan, config, splits, train, val)
                 pace = planner.pace(plan, probe)
                 ticker.total, probe, batches_epoch = plan.steps, None, -1
+                if isinstance(adapted, Trainer):
+                    continue
         elif pace is not None and plan is not None:
             pace.add(_tokens(inputs), time.monotonic() - began)
-            spent_s = seconds_before + time.monotonic() - started
-            if new := planner.kept_to_budget(plan, pace, spent_s=spent_s, done=state.step):
+            if new := planner.kept_to_budget(plan, pace, spent_s=clock.spent(), done=state.step):
                 trainer.adopt(plan := new)
                 pace.replanned()
                 announce(reporter, plan)
@@ -563,19 +802,12 @@ def fit(
         due = state.step % settings.checkpoint_every_steps == 0 or (
             now - last_checkpoint >= settings.checkpoint_interval_s
         )
-        if checkpoints is not None and due and state.step < state.total and not state.stopped_early:
-            state.seconds = seconds_before + now - started
+        if due and state.step < state.total and not state.stopped_early:
+            state.seconds = clock.spent()
             last_checkpoint = time.monotonic()
-            try:
-                trainer.save(checkpoints)
-            except (BotoCoreError, ClientError, OSError) as exc:
-                # One lost checkpoint costs at most one interval if the worker dies; failing
-                # here would cost the whole training. The next one is tried as usual.
-                log.warning(
-                    "checkpoint at step %d not saved (%s); training goes on", state.step, exc
-                )
+            run.save(trainer.save, state.step)
 
-    state.seconds = seconds_before + time.monotonic() - started
+    state.seconds = clock.spent()
     trainer.keep_best(reporter)
     model = trainer.evaluated
     validation = ValidationScores(

@@ -20,6 +20,8 @@ class ProgressBars:
 
     def progress(self, data: Mapping[str, Any]) -> None:
         stage, total = str(data.get("stage", "")), data.get("total")
+        if phase := data.get("phase"):
+            stage = f"{stage} ({phase})"  # a bar of its own: training's adaptation first
         if self._bar is None or stage != self._stage:
             self.close()
             self._bar = tqdm(total=total, desc=stage, unit="step", file=sys.stderr, leave=True)

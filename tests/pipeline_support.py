@@ -27,22 +27,30 @@ _CACHE: dict[str, Path] = {}
 
 
 class Recorder:
-    """Remembers every progress and event; can fail at a given training step, or say the job is
-    cancelled from the start or once asked `cancel_after` times (a loop asks once per step)."""
+    """Remembers every progress and event; can fail at a given training step (of fine-tuning, or
+    of `fail_phase`), or say the job is cancelled from the start or once asked `cancel_after`
+    times (a loop asks once per step)."""
 
     def __init__(
-        self, *, fail_at: int | None = None, cancel: bool = False, cancel_after: int | None = None
+        self,
+        *,
+        fail_at: int | None = None,
+        fail_phase: str | None = None,
+        cancel: bool = False,
+        cancel_after: int | None = None,
     ) -> None:
         self.progresses: list[dict[str, Any]] = []
         self.events: list[tuple[EventType, dict[str, Any]]] = []
         self.fail_at = fail_at
+        self.fail_phase = fail_phase
         self.cancel = cancel
         self.cancel_after = cancel_after
         self.asked = 0
 
     def progress(self, data: Mapping[str, Any]) -> None:
         self.progresses.append(dict(data))
-        if self.fail_at is not None and data["stage"] == "train" and data["step"] >= self.fail_at:
+        failing = data["stage"] == "train" and data.get("phase") == self.fail_phase
+        if self.fail_at is not None and failing and data["step"] >= self.fail_at:
             raise RuntimeError(f"worker lost at step {data['step']}")
 
     def event(self, type_: EventType, data: Mapping[str, Any]) -> None:

@@ -16,6 +16,11 @@ export const STAGE_NAMES = {
   promote: "Promote",
 };
 
+// A stage's phases, where it has some: training adapts the encoder to the texts first.
+export const PHASE_NAMES = {
+  adapt: ": adapting to the texts (masked language model)",
+};
+
 export const CONFIG = {
   predictChunk: 64, // texts per POST /v1/predict
   maxTexts: 5000, // texts one classification may hold

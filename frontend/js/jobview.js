@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { confusionMatrix, legend, lineChart } from "./charts.js";
-import { CONFIG, LABELS, STAGE_NAMES, STAGES } from "./config.js";
+import { CONFIG, LABELS, PHASE_NAMES, STAGE_NAMES, STAGES } from "./config.js";
 import {
   clear, dateTime, decimal, duration, eventTime, h, integer, messageOf, percent, plural, shortHash, timeOfDay,
 } from "./dom.js";
@@ -143,7 +143,8 @@ export class JobView {
       const stage = this.stage(data.stage);
       if (stage.state === "pending") stage.state = "running";
     }
-    if (data.stage === "train") {
+    // Adaptation's masked-LM steps come first with a loss of their own: not the chart's.
+    if (data.stage === "train" && data.phase !== "adapt") {
       s.trainTotal = data.total ?? s.trainTotal;
       if (typeof data.loss === "number" && s.loss.length < CONFIG.chartMaxPoints) s.loss.push([data.step, data.loss]);
       this.touch("chart");
@@ -324,7 +325,7 @@ export class JobView {
     const value = fraction == null ? null : Math.round(fraction * 100);
     clear(el,
       h("div", { class: "row-between" },
-        h("strong", {}, STAGE_NAMES[progress.stage] ?? progress.stage),
+        h("strong", {}, (STAGE_NAMES[progress.stage] ?? progress.stage) + (PHASE_NAMES[progress.phase] ?? "")),
         h("span", { class: "muted" }, value == null ? "working…" : `${value}%`),
       ),
       h("div", {

@@ -1,0 +1,232 @@
+"""Task-adaptive pretraining: masked-language-model training of the encoder on the run's own
+training texts before it is fine-tuned, so that it has read news like the news it will classify.
+
+Only the training split's texts are read, never the validation split's or test.csv's. A base
+model without a masked-LM head of its own (the packaged MiniLM ships none) gets a new one; its
+output layer stays tied to the input embeddings. Each step scores the masked positions only:
+a vocabulary-wide output at every position would cost half as much again as the step.
+"""
+
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from pipeline.checkpoints import CheckpointStore
+from pipeline.modeling import (
+    Batch,
+    Padding,
+    autocast,
+    bucketed_batches,
+    collate,
+    quiet_transformers,
+    to_device,
+)
+from pipeline.plan import Schedule
+from shared.training import TrainConfig
+
+# A checkpoint taken during adaptation holds these instead of the fine-tuning trainer's files.
+ADAPT_WEIGHTS = "adapt.safetensors"
+ADAPT_TRAINER = "adapt.pt"
+IGNORED = -100  # the label of a position that is not scored
+SCORED_ROWS = 64
+# Of the positions chosen, these shares are masked, replaced by a random token, or left as they
+# are (BERT's recipe: the model cannot tell which unmasked tokens it is asked about).
+MASKED, RANDOM = 0.8, 0.1
+# The module that turns hidden states into vocabulary scores, per family: with it, only the
+# masked positions are scored. Other families score every position.
+_HEADS = {
+    "bert": "cls",
+    "albert": "predictions",
+    "roberta": "lm_head",
+    "xlm-roberta": "lm_head",
+    "camembert": "lm_head",
+    "mpnet": "lm_head",
+}
+
+
+def unadaptable(model_type: str, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Why a base model cannot be adapted here, or None when it can."""
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return f"{model_type} models have no masked-language-model form"
+    if tokenizer.mask_token_id is None:
+        return "the tokenizer has no mask token"
+    return None
+
+
+def mask_tokens(
+    batch: Batch,
+    specials: torch.Tensor,
+    mask_id: int,
+    vocab_size: int,
+    rate: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels): `rate` of each row's real tokens chosen (at least one), labels holding
+    their ids and IGNORED elsewhere; of the chosen, MASKED become the mask token, RANDOM a random
+    token, the rest stay."""
+    ids = batch["input_ids"]
+    candidates = batch["attention_mask"].bool() & ~torch.isin(ids, specials)
+    draw = torch.rand(ids.shape, generator=generator)
+    chosen = candidates & (draw < rate)
+    lowest = torch.where(candidates, draw, 2.0).argmin(dim=1, keepdim=True)
+    unchosen = ~chosen.any(dim=1, keepdim=True) & candidates.any(dim=1, keepdim=True)
+    chosen |= torch.zeros_like(chosen).scatter(1, lowest, unchosen)
+    labels = torch.where(chosen, ids, IGNORED)
+    how = torch.rand(ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator)
+    inputs = torch.where(chosen & (how < MASKED), mask_id, ids)
+    inputs = torch.where(chosen & (how >= MASKED) & (how < MASKED + RANDOM), random_ids, inputs)
+    return inputs, labels
+
+
+def scored_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat positions to score and their labels, padded to a multiple of SCORED_ROWS with
+    the first position, labelled IGNORED. The head's shapes then repeat from batch to batch:
+    with one shape per count of masked tokens, the CPU's kernels were built afresh at most
+    steps, and on the AMX Xeon a worker's memory grew by 5 MB a second to 9 GB in an epoch while
+    its steps slowed by a quarter (bench/RESULTS.md)."""
+    flat = labels.flatten()
+    picked = (flat != IGNORED).nonzero().squeeze(1)
+    padding = -len(picked) % SCORED_ROWS
+    picked = torch.cat([picked, picked.new_zeros(padding)])
+    targets = torch.cat([flat[picked[: len(picked) - padding]], flat.new_full((padding,), IGNORED)])
+    return picked, targets
+
+
+@dataclass
+class AdaptState:
+    """Where adaptation is, and what fine-tuning needs once it ends: a checkpoint saves it."""
+
+    step: int = 0
+    total: int = 0
+    seconds: float = 0.0  # adaptation's own
+    loop_seconds: float = 0.0  # the training loop's at the last checkpoint, timed steps included
+    loss_curve: list[dict[str, float]] = field(default_factory=list)
+    # The AdaptationPlan, and the fine-tuning Probe's fields that chose it: fine-tuning is planned
+    # from them once adaptation ends, however often the job was restarted in between.
+    plan: dict[str, Any] | None = None
+    probe: dict[str, Any] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter:
+    """A masked-LM over the base model's encoder, its optimizer and schedule, and its place."""
+
+    def __init__(
+        self,
+        base: str,
+        tokenizer: PreTrainedTokenizerBase,
+        config: TrainConfig,
+        padding: Padding,
+        device: torch.device,
+        bf16: bool,
+        total: int,
+    ) -> None:
+        quiet_transformers()
+        model: PreTrainedModel = AutoModelForMaskedLM.from_pretrained(
+            base, local_files_only=Path(base).is_dir(), use_safetensors=True
+        )
+        self.model = to_device(model, device)
+        self.config = config
+        self.padding = padding
+        self.device = device
+        self.bf16 = bf16
+        self.mask_id = int(tokenizer.mask_token_id)
+        self.vocab_size = int(model.config.vocab_size)
+        self.specials = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.head_name = _HEADS.get(model.config.model_type)
+        decays = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+        rest = [p for n, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decays, "weight_decay": config.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=config.adapt_lr,
+            fused=True,
+        )
+        self.schedule = Schedule.over(total, config.warmup, total=total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.state = AdaptState(total=total, config=config.model_dump(mode="json"))
+
+    def batches(self, lengths: Sequence[int], epoch: int) -> list[np.ndarray]:
+        """One epoch's batches: the fine-tuning's bucketing, in an order of their own."""
+        config = self.config
+        return bucketed_batches(
+            lengths, config.batch_size, config.bucket_pool, config.seed + 1_000 + epoch
+        )
+
+    def step(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+        """One optimizer step on one batch: its loss, still on the device, and padded tokens."""
+        batch = collate(rows, self.padding, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.state.step)
+        inputs, labels = mask_tokens(
+            batch, self.specials, self.mask_id, self.vocab_size, self.config.adapt_mask, generator
+        )
+        attention = batch["attention_mask"].to(self.device)
+        self.model.train()
+        with autocast(self.device, self.bf16):
+            loss = self.loss(inputs.to(self.device), attention, labels.to(self.device))
+        torch.autograd.backward(loss)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return loss.detach(), int(inputs.numel())
+
+    def loss(
+        self, inputs: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy over the labelled positions, scoring only them where the family's
+        head is known."""
+        if self.head_name is None:
+            logits = self.model(input_ids=inputs, attention_mask=attention).logits
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        hidden = self.model.base_model(input_ids=inputs, attention_mask=attention)[0]
+        picked, targets = scored_rows(labels)
+        logits = getattr(self.model, self.head_name)(hidden.flatten(0, 1)[picked])
+        return F.cross_entropy(logits.float(), targets)
+
+    def into(self, classifier: PreTrainedModel) -> None:
+        """Put the adapted encoder into a classifier of the same base; what the masked-LM has no
+        part of (BERT's pooler) stays as the base model has it."""
+        source = self.model.base_model.state_dict()
+        result = classifier.base_model.load_state_dict(source, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"the classifier has no place for {result.unexpected_keys}")
+        strays = [key for key in result.missing_keys if not key.startswith("pooler.")]
+        if strays:
+            raise ValueError(f"the adapted encoder lacks {strays}")
+
+    def save(self, checkpoints: CheckpointStore) -> None:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            save_model(self.model, str(folder / ADAPT_WEIGHTS))
+            torch.save(
+                {
+                    "state": dataclasses.asdict(self.state),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                },
+                folder / ADAPT_TRAINER,
+            )
+            checkpoints.save(self.state.step, folder)
+
+    def load(self, folder: Path, saved: dict[str, Any]) -> None:
+        load_model(self.model, folder / ADAPT_WEIGHTS, device=str(self.device))
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        self.state = AdaptState(**saved["state"])
