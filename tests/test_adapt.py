@@ -15,6 +15,7 @@ from pipeline.ingest import Row
 from pipeline.modeling import load_classifier, load_tokenizer, padding_of
 from pipeline.plan import PLAN_SHARE, Planner, Probe, Workload
 from pipeline.train import FitResult, fit
+from shared.progress import ProgressBars
 from shared.settings import Settings
 from shared.training import PROFILES, TrainConfig
 from tests.model_families import CONFIGS, tiny_family_model
@@ -272,3 +273,13 @@ def assert_same_training(resumed: FitResult, whole: FitResult) -> None:
     assert adapted_whole is not None
     assert adapted.last_loss == pytest.approx(adapted_whole.last_loss, abs=1e-3)
     assert resumed.validation.loss == pytest.approx(whole.validation.loss, abs=1e-3)
+
+
+def test_the_cli_shows_adaptation_in_a_bar_of_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    bars = ProgressBars()
+    bars.progress({"stage": "train", "phase": "adapt", "step": 984, "total": 984})
+    bars.progress({"stage": "train", "step": 5, "total": 1968})
+    bars.close()
+    drawn = capsys.readouterr().err
+    assert "train (adapt): 100%" in drawn
+    assert "5/1968" in drawn.split("\r")[-1]
