@@ -66,7 +66,7 @@ def from_rate(config: TrainConfig, rows: Sequence[Row], samples_per_s: float) ->
     splits = Splits(tokenizer, rows, labels, *split_rows(labels, config))
     train, val = splits.tokenized(config.max_length)
     workload = Workload.of(config, train.lengths, val.lengths)
-    tokens = workload.epoch_tokens(config.max_length) / workload.steps_per_epoch
+    tokens = workload.step_tokens(config.max_length)
     tokens_per_s = samples_per_s * tokens / config.batch_size
     probe = Probe(config.probe_steps)
     steps = UNTIMED_STEPS + config.probe_steps

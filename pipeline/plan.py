@@ -89,6 +89,22 @@ class Workload:
         """A training step's mean padded tokens."""
         return self.epoch_tokens(max_length) / self.steps_per_epoch
 
+    def eval_tokens(self, max_length: int) -> float:
+        """A validation pass, in training-step tokens."""
+        return self.validation_tokens(max_length) * FORWARD_SHARE
+
+    def cost(
+        self, max_length: int, tokens_per_s: float, *, spent_s: float = 0.0, done: int = 0
+    ) -> "Cost":
+        """Training at max_length and this rate, going on from `done` steps in spent_s."""
+        return Cost(
+            step_s=self.step_tokens(max_length) / tokens_per_s,
+            eval_s=self.eval_tokens(max_length) / tokens_per_s,
+            eval_every=self.eval_every,
+            spent_s=spent_s,
+            done=done,
+        )
+
 
 @dataclass
 class Probe:
@@ -290,13 +306,7 @@ class Planner:
         one_epoch = min(cap, workload.steps_per_epoch)
         lengths = candidate_lengths(config.max_length)
         for max_length in lengths:
-            cost = Cost(
-                step_s=workload.epoch_tokens(max_length) / workload.steps_per_epoch / tokens_per_s,
-                eval_s=workload.validation_tokens(max_length) * FORWARD_SHARE / tokens_per_s,
-                eval_every=workload.eval_every,
-                spent_s=spent_s,
-                done=done,
-            )
+            cost = workload.cost(max_length, tokens_per_s, spent_s=spent_s, done=done)
             if cost.seconds(one_epoch) <= budget_s:
                 break
         steps = cost.most_steps(cap, budget_s)
@@ -349,13 +359,7 @@ class Planner:
         adapting_rate = adapting.tokens / adapting.seconds
         fine_rate = fine_tuning.tokens / fine_tuning.seconds
         plan = self.adaptation()
-        fine_tuning_s = Cost(
-            step_s=step_tokens / fine_rate,
-            eval_s=workload.validation_tokens(config.max_length) * FORWARD_SHARE / fine_rate,
-            eval_every=workload.eval_every,
-            spent_s=0.0,
-            done=0,
-        ).seconds(self.upper_bound())
+        fine_tuning_s = workload.cost(config.max_length, fine_rate).seconds(self.upper_bound())
         ends_s = spent_s + (plan.steps - done) * step_tokens / adapting_rate + fine_tuning_s
         chosen = ends_s <= budget_s
         reason = (
@@ -380,8 +384,8 @@ class Planner:
         run, from none (it checks once it has timed as many steps as a probe would)."""
         workload = self.workload
         pace = Pace(
-            step_tokens=workload.epoch_tokens(plan.max_length) / workload.steps_per_epoch,
-            eval_tokens=workload.validation_tokens(plan.max_length) * FORWARD_SHARE,
+            step_tokens=workload.step_tokens(plan.max_length),
+            eval_tokens=workload.eval_tokens(plan.max_length),
             eval_every=workload.eval_every,
             min_steps=max(1, self.config.probe_steps),
         )
