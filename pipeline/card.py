@@ -155,8 +155,8 @@ def model_card(
         f"{params.max_length} tokens, {minutes}. The best validation score, "
         f"{best.accuracy:.4f} accuracy at step {best.step} of {best.steps}, chose the weights"
         f"{' (stopped early)' if best.stopped_early else ''}. "
-        f"{len(history.train)} training-loss and {len(history.validation)} validation points "
-        f"are in {HISTORY}.",
+        f"{len(history.train)} training-loss and {len(history.validation)} validation points"
+        f"{f' and {len(history.adapt)} of adaptation' if history.adapt else ''} are in {HISTORY}.",
         "",
         _plan(training),
         "",

@@ -71,6 +71,7 @@ def _log_run(info: ModelInfo, training: TrainingRecord, card: str, settings: Set
         *(("learning_rate", point.lr, point.step) for point in history.train),
         *(("validation_accuracy", point.accuracy, point.step) for point in history.validation),
         *(("validation_loss", point.loss, point.step) for point in history.validation),
+        *(("adapt_loss", point.loss, point.step) for point in history.adapt),
         ("test_accuracy", scores.accuracy, 0),
         ("test_macro_f1", scores.macro_f1, 0),
         ("train_seconds", training.train_seconds, 0),

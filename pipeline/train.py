@@ -50,6 +50,7 @@ from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
 from shared.results import (
+    AdaptPoint,
     MemberScores,
     TrainingHistory,
     TrainingRecord,
@@ -93,6 +94,7 @@ class TrainState:
     # The curves so far, as TrainPoint and ValidationPoint fields: a resumed run keeps them.
     train_curve: list[dict[str, float]] = field(default_factory=list)
     validation_curve: list[dict[str, float]] = field(default_factory=list)
+    adapt_curve: list[dict[str, float]] = field(default_factory=list)  # AdaptPoint fields
     # The TrainingPlan once chosen, and the TrainConfig it was chosen for: a run resumes only
     # from a checkpoint of the same config, and keeps its plan.
     plan: dict[str, Any] | None = None
@@ -126,6 +128,7 @@ class FitResult:
             validation=[
                 ValidationPoint.model_validate(point) for point in self.state.validation_curve
             ],
+            adapt=[AdaptPoint.model_validate(point) for point in self.state.adapt_curve],
         )
         return TrainingRecord(
             params=params,
@@ -598,6 +601,7 @@ def fine_tuning_after(run: Run, adapter: Adapter, train: Examples, clock: Clock)
     adapter.into(model)
     trainer = run.trainer(model)
     trainer.state.seconds = clock.spent()
+    trainer.state.adapt_curve = state.loss_curve
     probe = None if state.probe is None else Probe(**state.probe)
     plan = (
         run.planner.fixed()

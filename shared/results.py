@@ -179,11 +179,21 @@ class ValidationPoint(BaseModel):
     loss: float
 
 
+class AdaptPoint(BaseModel):
+    """The mean masked-LM loss over the adaptation steps since the previous point."""
+
+    step: int
+    loss: float
+
+
 class TrainingHistory(BaseModel):
     """A training run's curves, kept with the model it made (history.json)."""
 
     train: list[TrainPoint] = Field(default_factory=list)
     validation: list[ValidationPoint] = Field(default_factory=list)
+    adapt: list[AdaptPoint] = Field(
+        default_factory=list, description="adaptation to the texts, where the run adapted"
+    )
 
 
 class TrainingRecord(BaseModel):

@@ -224,6 +224,9 @@ def test_a_run_adapts_to_its_training_texts_then_fine_tunes_afresh(tmp_path: Pat
     assert adaptation.last_loss is not None
     assert adaptation.last_loss < adaptation.first_loss - 1.0, "it learned the texts' words"
     assert "adapted to the texts first: 1 epochs (12 steps) of masked-LM" in plan.describe()
+    curve = result.record().history.adapt
+    assert [point.step for point in curve] == steps
+    assert (curve[0].loss, curve[-1].loss) == (adaptation.first_loss, adaptation.last_loss)
     assert result.state.seconds >= (adaptation.seconds or 0) > 0
     assert result.validation.accuracy > 0.25
 
@@ -272,6 +275,11 @@ def assert_same_training(resumed: FitResult, whole: FitResult) -> None:
     assert adapted is not None
     assert adapted_whole is not None
     assert adapted.last_loss == pytest.approx(adapted_whole.last_loss, abs=1e-3)
+    curve, curve_whole = (result.record().history.adapt for result in (resumed, whole))
+    assert [point.step for point in curve] == [point.step for point in curve_whole]
+    assert [point.loss for point in curve] == pytest.approx(
+        [point.loss for point in curve_whole], abs=1e-3
+    )
     assert resumed.validation.loss == pytest.approx(whole.validation.loss, abs=1e-3)
 
 

@@ -119,6 +119,14 @@ export class ModelsScreen {
     } else {
       charts.push(h("p", { class: "muted" }, "No training curves were kept for this version."));
     }
+    if (history && history.adapt && history.adapt.length) {
+      charts.push(
+        lineChart({
+          title: `Masked-LM loss of ${version} while it adapted to the texts`, xLabel: "step", yLabel: "loss", width: width > 0 ? width : undefined,
+          series: [{ name: "masked-LM loss", points: history.adapt.map((p) => [p.step, p.loss]), kind: "line", className: "loss-line" }],
+        }),
+      );
+    }
     clear(this.detail, h("article", { class: "card model-card", "data-version": version },
       h("div", { class: "row-between wrap" },
         h("h2", {}, "Version ", h("code", {}, version)),
