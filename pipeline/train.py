@@ -615,11 +615,11 @@ def fine_tuning_after(run: Run, adapter: Adapter, train: Examples, clock: Clock)
     return trainer
 
 
-def adapt_if_it_fits(
+def adapter_if_it_fits(
     run: Run, model_type: str, plan: TrainingPlan, probe: Probe, train: Examples, clock: Clock
-) -> Trainer | AdaptationPlan:
+) -> Adapter | AdaptationPlan:
     """With a budget, after fine-tuning's probe: time adaptation's first steps, and where it and
-    the whole fine-tuning fit the budget, adapt and return the trainer to fine-tune with; else
+    the whole fine-tuning fit the budget, the adapter to go on with (`fine_tuning_after`); else
     why not."""
     planner, config = run.planner, run.config
     reason = unadaptable(model_type, run.splits.tokenizer)
@@ -651,7 +651,7 @@ def adapt_if_it_fits(
         )
     adapter.state.plan = decision.model_dump(mode="json")
     adapter.state.probe = dataclasses.asdict(probe)
-    return fine_tuning_after(run, adapter, train, clock)
+    return adapter
 
 
 def fit(
@@ -684,6 +684,7 @@ def fit(
     run = Run(config, settings, reporter, checkpoints, base, splits, padding, device, bf16, planner)
     model_type = str(model.config.model_type)
     trainer = run.trainer(model)
+    del model  # the trainer's: an adapted run lets go of both before adapting
     resumed_from, adapter = resume(run, trainer)
 
     reporter.event(
@@ -705,6 +706,7 @@ def fit(
             not_adapted = planner.adaptation(chosen=False, reason=reason)
             trainer.adopt(planner.fixed().model_copy(update={"adaptation": not_adapted}))
     if adapter is not None:
+        del trainer
         trainer = fine_tuning_after(run, adapter, train, clock)
         clock, adapter = Clock(trainer.state.seconds), None
     state = trainer.state
@@ -737,13 +739,16 @@ def fit(
             if probe.done:
                 plan = planner.plan(probe, spent_s=clock.spent(), done=state.step)
                 adapted = (
-                    adapt_if_it_fits(run, model_type, plan, probe, train, clock)
+                    adapter_if_it_fits(run, model_type, plan, probe, train, clock)
                     if config.adapt_epochs > 0
                     else None
                 )
-                if isinstance(adapted, Trainer):
-                    # The probe's steps trained the unadapted model: fine-tuning starts over.
-                    trainer, state, plan = adapted, adapted.state, adapted.plan or plan
+                if isinstance(adapted, Adapter):
+                    # The probe's steps trained the unadapted classifier: it goes, with its
+                    # optimizer and weight average, and fine-tuning starts over once adapted.
+                    del trainer, inputs
+                    trainer = fine_tuning_after(run, adapted, train, clock)
+                    state, plan = trainer.state, trainer.plan or plan
                     clock = Clock(state.seconds)
                     window, curve_window = LossWindow(device), LossWindow(device)
                     ticker = Ticker(reporter, "train", plan.steps, settings.progress_interval_s)
@@ -757,7 +762,7 @@ def fit(
                 config, train, val = _follow(plan, config, splits, train, val)
                 pace = planner.pace(plan, probe)
                 ticker.total, probe, batches_epoch = plan.steps, None, -1
-                if isinstance(adapted, Trainer):
+                if isinstance(adapted, Adapter):
                     continue
         elif pace is not None and plan is not None:
             pace.add(_tokens(inputs), time.monotonic() - began)

@@ -2,6 +2,8 @@
 family's head, the move into the classifier, the budget's say, and a lost worker's resume."""
 
 import dataclasses
+import gc
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +231,47 @@ def test_a_run_adapts_to_its_training_texts_then_fine_tunes_afresh(tmp_path: Pat
     assert (curve[0].loss, curve[-1].loss) == (adaptation.first_loss, adaptation.last_loss)
     assert result.state.seconds >= (adaptation.seconds or 0) > 0
     assert result.validation.accuracy > 0.25
+
+
+class ClassifierCensus(Recorder):
+    """Counts the sequence classifiers alive at each step of adaptation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive: dict[int, int] = {}
+
+    def progress(self, data: Mapping[str, Any]) -> None:
+        super().progress(data)
+        if data.get("phase") == "adapt":
+            # type(), not isinstance: reading __class__ wakes deprecated module attributes.
+            self.alive[data["step"]] = sum(
+                type(thing).__name__.endswith("ForSequenceClassification")
+                for thing in gc.get_objects()
+            )
+
+
+def test_a_budgeted_run_times_adaptation_then_adapts_without_its_first_classifier(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(progress_interval_s=0.0, data_dir=tmp_path)
+    census = ClassifierCensus()
+    result = fit(adapting(budget_s=600.0, max_epochs=1.0, probe_steps=2), rows(), settings, census)
+
+    # Fine-tuning's probe (its fourth step, which chose to adapt, is not shown), adaptation
+    # (its first four steps timed), fine-tuning afresh.
+    steps = list(range(1, 13))
+    assert phases(census) == (
+        [(None, s) for s in (1, 2, 3)] + [("adapt", s) for s in steps] + [(None, s) for s in steps]
+    )
+    plan = result.record().params.plan
+    assert plan is not None
+    assert plan.adaptation is not None
+    assert plan.adaptation.chosen
+    assert plan.adaptation.predicted_s is not None
+    assert plan.adaptation.fine_tuning_s is not None
+    assert plan.steps == 12
+    assert [census.alive[s] for s in range(1, 5)] == [1] * 4, "timed beside the probe's classifier"
+    assert [census.alive[s] for s in steps[4:]] == [0] * 8, "then adapted without it"
 
 
 def test_a_run_whose_budget_holds_nothing_more_does_not_adapt(tmp_path: Path) -> None:
