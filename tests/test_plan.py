@@ -217,7 +217,8 @@ def test_a_run_that_slows_after_its_plan_is_cut_and_ends_within_budget(
     assert result.state.step == last.steps == result.record().params.steps
     assert result.state.seconds <= 1.5 * 4.0, "the first plan at this pace takes several times it"
     lrs = [p["lr"] for p in result.state.train_curve if p["step"] >= last.replanned_at_step]
-    assert lrs[-1] == 0.0, "the decay ends at the new last step"
+    if last.steps > last.replanned_at_step:  # else the plan ended the run where it was made
+        assert lrs[-1] == 0.0, "the decay ends at the new last step"
     assert all(later <= earlier for earlier, later in itertools.pairwise(lrs))
 
 
