@@ -43,6 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "length-64": {"max_length": 64, "ema_decay": 0.0},
     "no-ema": {"ema_decay": 0.0},
     "smoothing": {"label_smoothing": 0.1},
+    "r-drop": {"rdrop": 0.5},
     "dropout": {"dropout": 0.15},
     "no-dropout": {"dropout": 0.0},
     "llrd": {"layer_decay": 0.85, "lr": 1.5e-4},

@@ -332,12 +332,22 @@ class Trainer:
 
     def step(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step on one batch; the batch's loss, still on the device."""
+        config, labels = self.config, labels.to(self.device)
+        twice = config.rdrop > 0
+        if twice:
+            inputs = {name: torch.cat([tensor, tensor]) for name, tensor in inputs.items()}
+            labels = torch.cat([labels, labels])
         with autocast(self.device, self.bf16):
-            logits = self.model(**inputs).logits
-        loss = F.cross_entropy(
-            logits.float(), labels.to(self.device), label_smoothing=self.config.label_smoothing
-        )
-        torch.autograd.backward(loss)
+            logits = self.model(**inputs).logits.float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+        objective = loss
+        if twice:
+            first, second = F.log_softmax(logits, dim=-1).chunk(2)
+            kl = F.kl_div(first, second, log_target=True, reduction="batchmean") + F.kl_div(
+                second, first, log_target=True, reduction="batchmean"
+            )
+            objective = loss + config.rdrop * kl / 2
+        torch.autograd.backward(objective)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()

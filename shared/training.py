@@ -23,6 +23,9 @@ class TrainConfig(BaseModel):
     warmup: float = 0.06  # fraction of all steps, then linear decay to zero
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    # R-Drop: each batch runs twice, under two dropout masks, and this weighs the mean of the two
+    # KL divergences between their predictions against the mean of their cross-entropies; 0: off.
+    rdrop: float = 0.0
     dropout: float | None = None  # every dropout layer's rate; None: the base model's
     layer_decay: float = 1.0  # each layer below the top learns at this times the one above's rate
     ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0: off

@@ -219,3 +219,25 @@ def test_label_smoothing_and_dropout_reach_the_loss_and_the_model() -> None:
         trainer = trainer_for(tiny_bert(), TrainConfig(label_smoothing=smoothing))
         losses.append(float(trainer.step(inputs, labels)))
     assert losses[0] != pytest.approx(losses[1])
+
+
+def stepped(config: TrainConfig, dropout: float) -> tuple[float, dict[str, torch.Tensor]]:
+    model = tiny_bert()
+    set_dropout(model, dropout)
+    torch.manual_seed(1)
+    inputs = {"input_ids": torch.randint(1, 50, (4, 6))}
+    loss = float(trainer_for(model, config).step(inputs, torch.tensor([0, 1, 2, 3])))
+    return loss, {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_r_drop_pulls_two_dropout_passes_together_and_reports_their_cross_entropy() -> None:
+    plain_loss, plain = stepped(TrainConfig(lr=1e-2), dropout=0.0)
+    same_loss, same = stepped(TrainConfig(lr=1e-2, rdrop=1.0), dropout=0.0)
+    assert same_loss == pytest.approx(plain_loss, abs=1e-6), "without dropout the passes agree"
+    assert all(torch.allclose(same[name], plain[name], atol=1e-6) for name in plain)
+
+    # The same two dropout masks either way: only the divergence term differs.
+    faint_loss, faint = stepped(TrainConfig(lr=1e-2, rdrop=1e-9), dropout=0.3)
+    pulled_loss, pulled = stepped(TrainConfig(lr=1e-2, rdrop=5.0), dropout=0.3)
+    assert pulled_loss == pytest.approx(faint_loss, abs=1e-6), "the loss reported is the CE"
+    assert not all(torch.allclose(pulled[name], faint[name], atol=1e-5) for name in faint)
