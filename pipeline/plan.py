@@ -357,9 +357,8 @@ class Planner:
         budget_s = config.budget_s * PLAN_SHARE
         step_tokens = workload.step_tokens(config.max_length)
         adapting_rate = adapting.tokens / adapting.seconds
-        fine_rate = fine_tuning.tokens / fine_tuning.seconds
         plan = self.adaptation()
-        fine_tuning_s = workload.cost(config.max_length, fine_rate).seconds(self.upper_bound())
+        fine_tuning_s = self.fine_tuning_s(fine_tuning)
         ends_s = spent_s + (plan.steps - done) * step_tokens / adapting_rate + fine_tuning_s
         chosen = ends_s <= budget_s
         reason = (
@@ -376,6 +375,39 @@ class Planner:
                 "tokens_per_s": round(adapting_rate, 1),
                 "fine_tuning_s": round(fine_tuning_s, 1),
                 "reason": reason,
+            }
+        )
+
+    def fine_tuning_s(self, probe: Probe) -> float:
+        """The whole fine-tuning, from its first step, at the probe's rate."""
+        rate = probe.tokens / probe.seconds
+        return self.workload.cost(self.config.max_length, rate).seconds(self.upper_bound())
+
+    def adaptation_kept_to_budget(
+        self, plan: AdaptationPlan, fine_tuning: Probe, pace: Rate, *, done: int, spent_s: float
+    ) -> AdaptationPlan | None:
+        """A shorter adaptation when, at its pace so far, its steps left and then the whole
+        fine-tuning would end past the budget: the most steps (at least those done) that leave
+        the whole fine-tuning within PLAN_SHARE of it. Fine-tuning is what the run is for, so
+        adaptation gives way. None while they fit, and until a probe's worth of steps is timed."""
+        config = self.config
+        rate = pace.tokens_per_s(max(1, config.probe_steps))
+        if config.budget_s is None or rate is None:
+            return None
+        step_s = self.workload.step_tokens(config.max_length) / rate
+        fine_tuning_s = self.fine_tuning_s(fine_tuning)
+        if spent_s + (plan.steps - done) * step_s + fine_tuning_s <= config.budget_s:
+            return None
+        room_s = config.budget_s * PLAN_SHARE - spent_s - fine_tuning_s
+        steps = min(plan.steps, done + max(0, math.floor(room_s / step_s)))
+        if steps == plan.steps:
+            return None
+        return plan.model_copy(
+            update={
+                "steps": steps,
+                "epochs": round(steps / self.workload.steps_per_epoch, 3),
+                "cut_at_step": done,
+                "first_steps": plan.first_steps or plan.steps,
             }
         )
 

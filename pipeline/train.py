@@ -45,7 +45,7 @@ from pipeline.modeling import (
     resolve_base_model,
     to_device,
 )
-from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Workload, announce
+from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Rate, Workload, announce
 from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.jobs import EventType
@@ -546,8 +546,10 @@ def adapt(
     probe: Probe | None = None,
 ) -> None:
     """Masked-LM steps up to `until`: progress as the train stage's "adapt" phase, a loss curve,
-    and once adaptation is chosen, checkpoints."""
+    and once adaptation is chosen, checkpoints and, with a budget, a pace that may cut it."""
     state, settings, device = adapter.state, run.settings, run.device
+    fine_tuning = None if state.probe is None or state.plan is None else Probe(**state.probe)
+    pace = Rate() if fine_tuning is not None and run.config.budget_s is not None else None
     steps_per_epoch = run.planner.workload.steps_per_epoch
     lengths = train.lengths.tolist()
     ticker = Ticker(
@@ -559,7 +561,7 @@ def adapt(
     last_checkpoint = started
     batches: list[np.ndarray] = []
     batches_epoch = -1
-    while state.step < until:
+    while state.step < min(until, state.total):
         check_cancelled(run.reporter, "train")
         epoch, index = divmod(state.step, steps_per_epoch)
         if epoch != batches_epoch:
@@ -567,8 +569,13 @@ def adapt(
         batch = batches[index]
         began = time.monotonic()
         loss, tokens = adapter.step([train.ids[i] for i in batch])
+        seconds = (time.monotonic() if probe is None else _finished(device)) - began
         if probe is not None:
-            probe.add(len(batch), tokens, _finished(device) - began)
+            probe.add(len(batch), tokens, seconds)
+        if pace is not None and fine_tuning is not None:
+            pace.add(tokens, seconds)
+            if pace.steps % max(1, run.config.probe_steps) == 0:
+                keep_adaptation_to_budget(run, adapter, fine_tuning, pace, clock, ticker)
         window.add(loss, len(batch))
         curve_window.add(loss, len(batch))
         if state.step % curve_every == 0 or state.step == state.total:
@@ -591,6 +598,28 @@ def adapt(
         if state.plan is not None and due and state.step < state.total:
             state.loop_seconds, last_checkpoint = clock.spent(), now
             run.save(adapter.save, state.step)
+
+
+def keep_adaptation_to_budget(
+    run: Run, adapter: Adapter, fine_tuning: Probe, pace: Rate, clock: Clock, ticker: Ticker
+) -> None:
+    """Cut adaptation short where its pace would leave the whole fine-tuning past the budget;
+    its learning rate then decays to zero at the new last step."""
+    state = adapter.state
+    plan = AdaptationPlan.model_validate(state.plan)
+    cut = run.planner.adaptation_kept_to_budget(
+        plan, fine_tuning, pace, done=state.step, spent_s=clock.spent()
+    )
+    if cut is None:
+        return
+    state.plan, state.total, ticker.total = cut.model_dump(mode="json"), cut.steps, cut.steps
+    adapter.schedule.plan(cut.steps, run.config.warmup, state.step)
+    message = (
+        f"adaptation cut to {cut.steps} of {cut.first_steps} steps at step {state.step}: at "
+        f"its pace, {pace.tokens_per_s(1) or 0:.0f} tokens/s, the whole fine-tuning after it "
+        "would end past the budget"
+    )
+    run.reporter.event(EventType.log, {"message": message, "adaptation": state.plan})
 
 
 def fine_tuning_after(run: Run, adapter: Adapter, train: Examples, clock: Clock) -> Trainer:

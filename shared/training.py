@@ -122,12 +122,18 @@ class AdaptationPlan(BaseModel):
         default=None, description="the whole fine-tuning after it, predicted"
     )
     reason: str | None = Field(default=None, description="why it was not chosen")
+    cut_at_step: int | None = Field(
+        default=None, description="where its pace cut it short, to keep fine-tuning whole"
+    )
+    first_steps: int | None = Field(default=None, description="the steps first planned")
     seconds: float | None = Field(default=None, description="what it took")
     first_loss: float | None = None
     last_loss: float | None = None
 
     def describe(self) -> str:
         work = f"{self.epochs:g} epochs ({self.steps} steps) of masked-LM on {self.rows} texts"
+        if self.cut_at_step is not None:
+            work += f", cut from {self.first_steps} at step {self.cut_at_step} (the pace slowed)"
         if not self.chosen:
             return f"no adaptation to the texts first ({work}): {self.reason}"
         took = "" if self.seconds is None else f", {self.seconds / 60:.1f} minutes"

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+import pipeline.train
 from pipeline.adapt import IGNORED, SCORED_ROWS, Adapter, mask_tokens, scored_rows, unadaptable
 from pipeline.checkpoints import LocalCheckpoints
 from pipeline.ingest import Row
 from pipeline.modeling import load_classifier, load_tokenizer, padding_of
-from pipeline.plan import PLAN_SHARE, Planner, Probe, Workload
+from pipeline.plan import PLAN_SHARE, UNTIMED_STEPS, Planner, Probe, Rate, Workload
 from pipeline.train import FitResult, fit
 from shared.progress import ProgressBars
 from shared.settings import Settings
@@ -272,6 +273,40 @@ def test_a_budgeted_run_times_adaptation_then_adapts_without_its_first_classifie
     assert plan.steps == 12
     assert [census.alive[s] for s in range(1, 5)] == [1] * 4, "timed beside the probe's classifier"
     assert [census.alive[s] for s in steps[4:]] == [0] * 8, "then adapted without it"
+
+
+class SlowedRate(Rate):
+    """Adaptation's pace, as if each step took a thousand times as long."""
+
+    def add(self, tokens: int, seconds: float) -> None:
+        super().add(tokens, seconds * 1000)
+
+
+def test_an_adaptation_that_slows_is_cut_short_and_fine_tuning_stays_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(progress_interval_s=0.0, data_dir=tmp_path)
+    config = adapting(budget_s=600.0, max_epochs=1.0, probe_steps=2)
+    timed = UNTIMED_STEPS + config.probe_steps
+    monkeypatch.setattr(pipeline.train, "Rate", SlowedRate)
+    recorder = Recorder()
+    result = fit(config, rows(), settings, recorder)
+
+    plan = result.record().params.plan
+    assert plan is not None
+    adaptation = plan.adaptation
+    assert adaptation is not None
+    assert adaptation.chosen, "timed before it slowed, it fitted"
+    assert adaptation.cut_at_step == adaptation.steps == timed + config.probe_steps
+    assert adaptation.first_steps == 12
+    assert adaptation.cut_at_step is not None
+    assert timed < adaptation.cut_at_step <= adaptation.steps < 12
+    assert f"cut from 12 at step {adaptation.cut_at_step}" in plan.describe()
+    adapted = [(phase, s) for phase, s in phases(recorder) if phase == "adapt"]
+    assert adapted == [("adapt", s) for s in range(1, adaptation.steps + 1)]
+    assert plan.steps == 12, "fine-tuning kept whole"
+    assert result.state.step == 12
+    assert any("adaptation cut to" in message for message in recorder.logs())
 
 
 def test_a_run_whose_budget_holds_nothing_more_does_not_adapt(tmp_path: Path) -> None:
