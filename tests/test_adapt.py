@@ -276,10 +276,10 @@ def test_a_budgeted_run_times_adaptation_then_adapts_without_its_first_classifie
 
 
 class SlowedRate(Rate):
-    """Adaptation's pace, as if each step took a thousand times as long."""
+    """Adaptation's pace, as if each step took an hour more: longer than the budget."""
 
     def add(self, tokens: int, seconds: float) -> None:
-        super().add(tokens, seconds * 1000)
+        super().add(tokens, seconds + 3600.0)
 
 
 def test_an_adaptation_that_slows_is_cut_short_and_fine_tuning_stays_whole(
