@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from shared.registry import HISTORY
-from shared.results import Metrics, TrainingRecord
+from shared.results import Metrics, TrainingHistory, TrainingRecord
 
 
 def model_family(model_dir: Path) -> str:
@@ -103,6 +103,13 @@ def _serving(metrics: Metrics) -> list[str]:
     ]
 
 
+def _curves(history: TrainingHistory) -> str:
+    counts = [f"{len(history.train)} training-loss", f"{len(history.validation)} validation"]
+    if history.adapt:
+        counts.append(f"{len(history.adapt)} masked-LM")
+    return f"{', '.join(counts[:-1])} and {counts[-1]} points"
+
+
 def _plan(training: TrainingRecord) -> str:
     plan = training.params.plan
     if plan is None:
@@ -155,8 +162,7 @@ def model_card(
         f"{params.max_length} tokens, {minutes}. The best validation score, "
         f"{best.accuracy:.4f} accuracy at step {best.step} of {best.steps}, chose the weights"
         f"{' (stopped early)' if best.stopped_early else ''}. "
-        f"{len(history.train)} training-loss and {len(history.validation)} validation points"
-        f"{f' and {len(history.adapt)} of adaptation' if history.adapt else ''} are in {HISTORY}.",
+        f"{_curves(history)} are in {HISTORY}.",
         "",
         _plan(training),
         "",

@@ -100,6 +100,8 @@ def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
         assert fact in record.card
     assert record.history is not None
     assert record.history.validation[-1].step == first_info.params.steps
+    curves = f"{len(record.history.train)} training-loss and {len(record.history.validation)} "
+    assert curves + "validation points are in history.json" in record.card
 
     recorder = Recorder()
     decision = stages.promote_if_better(first, settings, recorder)
