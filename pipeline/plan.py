@@ -384,7 +384,7 @@ class Planner:
         return self.workload.cost(self.config.max_length, rate).seconds(self.upper_bound())
 
     def adaptation_kept_to_budget(
-        self, plan: AdaptationPlan, fine_tuning: Probe, pace: Rate, *, done: int, spent_s: float
+        self, plan: AdaptationPlan, fine_tuning_s: float, pace: Rate, *, done: int, spent_s: float
     ) -> AdaptationPlan | None:
         """A shorter adaptation when, at its pace so far, its steps left and then the whole
         fine-tuning would end past the budget: the most steps (at least those done) that leave
@@ -395,7 +395,6 @@ class Planner:
         if config.budget_s is None or rate is None:
             return None
         step_s = self.workload.step_tokens(config.max_length) / rate
-        fine_tuning_s = self.fine_tuning_s(fine_tuning)
         if spent_s + (plan.steps - done) * step_s + fine_tuning_s <= config.budget_s:
             return None
         room_s = config.budget_s * PLAN_SHARE - spent_s - fine_tuning_s

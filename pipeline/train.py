@@ -548,8 +548,12 @@ def adapt(
     """Masked-LM steps up to `until`: progress as the train stage's "adapt" phase, a loss curve,
     and once adaptation is chosen, checkpoints and, with a budget, a pace that may cut it."""
     state, settings, device = adapter.state, run.settings, run.device
-    fine_tuning = None if state.probe is None or state.plan is None else Probe(**state.probe)
-    pace = Rate() if fine_tuning is not None and run.config.budget_s is not None else None
+    fine_tuning_s = (
+        None
+        if state.probe is None or state.plan is None or run.config.budget_s is None
+        else run.planner.fine_tuning_s(Probe(**state.probe))
+    )
+    pace = None if fine_tuning_s is None else Rate()
     steps_per_epoch = run.planner.workload.steps_per_epoch
     lengths = train.lengths.tolist()
     ticker = Ticker(
@@ -572,10 +576,10 @@ def adapt(
         seconds = (time.monotonic() if probe is None else _finished(device)) - began
         if probe is not None:
             probe.add(len(batch), tokens, seconds)
-        if pace is not None and fine_tuning is not None:
+        if pace is not None and fine_tuning_s is not None:
             pace.add(tokens, seconds)
             if pace.steps % max(1, run.config.probe_steps) == 0:
-                keep_adaptation_to_budget(run, adapter, fine_tuning, pace, clock, ticker)
+                keep_adaptation_to_budget(run, adapter, fine_tuning_s, pace, clock, ticker)
         window.add(loss, len(batch))
         curve_window.add(loss, len(batch))
         if state.step % curve_every == 0 or state.step == state.total:
@@ -601,14 +605,14 @@ def adapt(
 
 
 def keep_adaptation_to_budget(
-    run: Run, adapter: Adapter, fine_tuning: Probe, pace: Rate, clock: Clock, ticker: Ticker
+    run: Run, adapter: Adapter, fine_tuning_s: float, pace: Rate, clock: Clock, ticker: Ticker
 ) -> None:
     """Cut adaptation short where its pace would leave the whole fine-tuning past the budget;
     its learning rate then decays to zero at the new last step."""
     state = adapter.state
     plan = AdaptationPlan.model_validate(state.plan)
     cut = run.planner.adaptation_kept_to_budget(
-        plan, fine_tuning, pace, done=state.step, spent_s=clock.spent()
+        plan, fine_tuning_s, pace, done=state.step, spent_s=clock.spent()
     )
     if cut is None:
         return
