@@ -115,6 +115,13 @@ def test_a_predict_worker_killed_under_load_loses_no_request_and_is_restarted(
     assert victim.process.poll() is None
     assert "worker-predict-2 exited with code -9; restart 1" in caplog.text
     assert (Path(stack.settings.data_dir) / "logs" / "worker-predict-2.log.1").exists()
+    # It loaded its model before it took any request: Celery's " ready." follows the load.
+    log = Path(stack.settings.data_dir) / "logs" / "worker-predict-2.log"
+    deadline = time.monotonic() + 60
+    while " ready." not in (text := log.read_text()):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
+    assert "now serving model" in text.split(" ready.")[0], text
 
 
 def test_redis_killed_is_restarted_from_its_aof_and_every_process_reconnects(

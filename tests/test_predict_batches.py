@@ -199,3 +199,46 @@ def test_only_one_thread_loads_the_first_model_and_all_get_it(
         thread.join()
     assert seen == [version] * 4
     assert loads == [version]
+
+
+def test_a_starting_worker_waits_for_its_first_model_before_it_takes_requests(
+    settings: Settings, model_dir: Path
+) -> None:
+    version = production(settings, model_dir)
+    may_load = threading.Event()
+
+    def load(version: str, settings: Settings, cache: Path) -> Predictor:
+        may_load.wait(30)
+        return load_serving(version, settings, cache)
+
+    model = ServingModel(settings, load=load).start()
+    try:
+        assert model.first_look(0.5) is False  # still loading: no request taken yet
+        assert model.first_look(5, stopping=lambda: True) is False  # a stop ends the wait
+        may_load.set()
+        assert model.first_look(30) is True
+        assert model.current().version == version
+    finally:
+        model.stop()
+
+
+def test_without_a_model_or_with_a_broken_one_a_starting_worker_takes_requests_at_once(
+    settings: Settings, model_dir: Path
+) -> None:
+    missing = ServingModel(settings).start()
+    try:
+        assert missing.first_look(30) is True
+    finally:
+        missing.stop()
+    production(settings, model_dir)
+
+    def load(version: str, settings: Settings, cache: Path) -> Predictor:
+        raise ModelIntegrityError(f"model {version} is damaged")
+
+    broken = ServingModel(settings, load=load).start()
+    try:
+        assert broken.first_look(30) is True
+        with pytest.raises(ModelIntegrityError, match="damaged"):
+            broken.current()
+    finally:
+        broken.stop()

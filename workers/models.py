@@ -2,7 +2,9 @@
 
 A watcher thread reads models/production.json every `model_poll_s` and loads a new version beside
 the one serving; the swap is one reference assignment. A batch takes `current()` once and keeps
-that model to its end, so no batch is split or dropped, and every answer names its version.
+that model to its end, so no batch is split or dropped, and every answer names its version. A
+starting worker waits for the watcher's first look (`first_look`) before it takes any request,
+so it holds none while its first model loads.
 """
 
 import logging
@@ -25,6 +27,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str, Settings, Path], Predictor]
+_STOP_CHECK_S = 0.2
 
 
 class ServingModel:
@@ -40,6 +43,7 @@ class ServingModel:
         self._watcher: threading.Thread | None = None
         self._redis: redis.Redis | None = None
         self._announced_at = -math.inf
+        self._looked = threading.Event()
 
     def start(self) -> "ServingModel":
         """Load production, and then watch for a new one, in the background."""
@@ -57,6 +61,18 @@ class ServingModel:
             self._watcher.join()
         if self._redis is not None:
             self._redis.close()
+
+    def first_look(self, timeout_s: float, stopping: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until the watcher has looked at production once: its model loaded, or found
+        missing or broken. False if timeout_s passed first or `stopping` turned true."""
+        deadline = time.monotonic() + timeout_s
+        while not stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._looked.wait(min(left, _STOP_CHECK_S)):
+                return True
+        return False
 
     def current(self) -> Predictor:
         """The serving model; with none yet, production is looked up (and loaded) right now."""
@@ -139,6 +155,7 @@ class ServingModel:
     def _watch(self) -> None:
         while True:
             self.refresh()
+            self._looked.set()
             self.announce()
             if self._stop.wait(self.settings.model_poll_s):
                 return

@@ -4,12 +4,14 @@ A train or pipeline job runs as a chain of tasks across the queues, each sending
 ingest (evaluate queue) -> train (train queue) -> evaluate (evaluate queue) -> promote.
 """
 
+import logging
 import sys
 import time
 from functools import cache
 from typing import Any
 
 from celery.signals import worker_ready
+from celery.worker import state as worker_state
 from celery_batches import SimpleRequest
 
 from pipeline import stages
@@ -35,6 +37,7 @@ from workers.reporting import JobReporter, StepPolicy, run_step
 # redelivered to another, which resumes from the last checkpoint.
 LONG_TASK: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
 PREDICT_SWITCH_INTERVAL_S = 0.0005
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -98,12 +101,29 @@ def predict(requests: list[SimpleRequest]) -> None:
 
 @worker_ready.connect
 def _start_serving(sender: Any, **_: Any) -> None:
-    """A predict worker loads the production model as it starts, not on its first request."""
+    """A predict worker loads the production model as it starts, not on its first request, and
+    takes no request until it has: Celery sends worker_ready before its consumer's loop first
+    reads the queue, so a (re)starting worker cannot sit on requests that an idle one could
+    serve. With no production model, or one that fails to load, it takes them at once (each
+    then fails with the reason), and never waits past predict_first_load_wait_s."""
     if names.ROUTES[names.PREDICT] in {queue.name for queue in sender.task_consumer.queues}:
         # The model thread takes the GIL back after every torch op; with Python's default 5 ms
         # switch interval it waits that long whenever the consumer thread holds it.
         sys.setswitchinterval(PREDICT_SWITCH_INTERVAL_S)
-        serving_model().start()
+        model = serving_model().start()
+        if not model.first_look(settings.predict_first_load_wait_s, _worker_stopping):
+            log.warning(
+                "the production model is still loading after %.0f s; taking requests meanwhile",
+                settings.predict_first_load_wait_s,
+            )
+
+
+def _worker_stopping() -> bool:
+    """Whether a signal asked the worker to stop (a warm stop's exit code may be 0)."""
+    return any(
+        flag is not None and flag is not False
+        for flag in (worker_state.should_stop, worker_state.should_terminate)
+    )
 
 
 @app.task(name=names.INGEST, **LONG_TASK)
