@@ -5,7 +5,9 @@
 #   docker build -f deploy/docker/worker.Dockerfile --target worker-cuda -t agnews-worker-cuda .
 # `worker` has the CPU build of torch; `worker-cuda` the CUDA build, for the train queue on GPUs.
 # The container runs a worker for the queue WORKER_QUEUE names (python -m workers.listener for
-# the listener); its health is a `celery inspect ping` of that worker.
+# the listener); its health is a `celery inspect ping` of that worker. A predict worker answers
+# it once its first model is loaded (at most AGNEWS_PREDICT_FIRST_LOAD_WAIT_S, 120 s): inside
+# the start period.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 
