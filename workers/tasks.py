@@ -111,7 +111,8 @@ def _start_serving(sender: Any, **_: Any) -> None:
         # switch interval it waits that long whenever the consumer thread holds it.
         sys.setswitchinterval(PREDICT_SWITCH_INTERVAL_S)
         model = serving_model().start()
-        if not model.first_look(settings.predict_first_load_wait_s, _worker_stopping):
+        loaded = model.first_look(settings.predict_first_load_wait_s, _worker_stopping)
+        if not loaded and not _worker_stopping():
             log.warning(
                 "the production model is still loading after %.0f s; taking requests meanwhile",
                 settings.predict_first_load_wait_s,
