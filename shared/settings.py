@@ -230,10 +230,10 @@ class Settings(BaseSettings):
     serving_sample_texts: int = Field(default=32, ge=1)
     # How often predict workers look for a new production model, and retry one that failed.
     model_poll_s: float = Field(default=2.0, gt=0)
+    model_retry_s: float = Field(default=60.0, gt=0)
     # A starting predict worker takes requests only once its first model is loaded (or found
     # missing or broken), waiting at most this long.
     predict_first_load_wait_s: float = Field(default=120.0, gt=0)
-    model_retry_s: float = Field(default=60.0, gt=0)
     # Every task is acknowledged only once its work is written (kombu emulates acknowledgements
     # on Redis): a message held by a worker that vanished goes back to its queue once it has been
     # held this long, so each must exceed the longest task of its queue. Each queue keeps its
