@@ -138,7 +138,7 @@ def job_snapshot(page: Page) -> dict[str, Any]:
 
 def wait_for_job_end(page: Page) -> dict[str, Any]:
     wait_js(page, "window.__agnews.job() && window.__agnews.job().ended", timeout=JOB_TIMEOUT_MS)
-    wait_js(page, "window.__agnews.job().connection === 'ended'")
+    wait_js(page, "window.__agnews.job().connection === 'ended' && window.__agnews.job().rendered")
     return job_snapshot(page)
 
 

@@ -109,6 +109,7 @@ export class JobView {
       stages: Object.fromEntries([...s.stages].map(([name, stage]) => [name, stage.state])),
       lossPoints: s.loss.length,
       ended: Boolean(s.result || s.error),
+      rendered: this.dirty.size === 0,
     };
   }
 
