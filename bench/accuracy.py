@@ -16,8 +16,8 @@ from pathlib import Path
 from pipeline.ingest import read_archive
 from pipeline.report import TqdmReporter
 from pipeline.stages import train_model
-from shared.settings import Settings
-from shared.training import PROFILES, TrainConfig, config_for
+from shared.contracts.training import PROFILES, TrainConfig
+from shared.settings import Settings, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 
@@ -41,7 +41,7 @@ def main() -> None:
     started = time.monotonic()
     settings = Settings()
     config = config_for(
-        settings, args.profile, base_model=args.base_model, max_steps=args.max_steps
+        settings.training, args.profile, base_model=args.base_model, max_steps=args.max_steps
     )
     changes = dict(item.split("=", 1) for item in args.set)
     config = TrainConfig.model_validate(

@@ -25,8 +25,7 @@ from pipeline.modeling import (
     padding_of,
     resolve_base_model,
 )
-from shared.settings import Settings
-from shared.training import config_for
+from shared.settings import Settings, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 EVERY = 50
@@ -46,7 +45,7 @@ def main() -> None:
     pipeline.adapt.SCORED_ROWS = args.scored_rows
     print(cpu_line(), flush=True)
     settings = Settings()
-    config = config_for(settings, "full")
+    config = config_for(settings.training, "full")
     device = configure_torch(settings)
     bf16 = config.bf16 and bf16_supported(device)
     base = resolve_base_model(config.base_model)

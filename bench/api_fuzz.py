@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
-from shared.settings import Settings  # noqa: E402
+from shared.settings import Settings
 from shared.storage import s3_client  # noqa: E402
 from tests.api_fuzz_support import fuzz  # noqa: E402
 from tests.gateway_support import serve  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> int:
             rate_predict_burst=10**9,
             rate_jobs_burst=10**9,
         )
-        s3_client(settings).create_bucket(Bucket=settings.bucket)
+        s3_client(settings.storage).create_bucket(Bucket=settings.storage.bucket)
         with serve(settings) as gateway:
             started = time.perf_counter()
             report = fuzz(gateway.url, args.examples, seed=args.seed)

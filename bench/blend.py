@@ -22,8 +22,8 @@ from pipeline.linear import fit_weight, log_loss, mix
 from pipeline.predictor import Predictor
 from pipeline.registry import read_manifest
 from pipeline.train import split_rows
+from shared.contracts.training import BlendMixing
 from shared.settings import Settings
-from shared.training import BlendMixing
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 

@@ -238,7 +238,7 @@ def watched_stack(root: Path) -> Iterator[LiveStack]:
     with live_stack(
         root, queues=("predict",), predict_workers=2, model_poll_s=0.5, restart_backoff_s=0.5
     ) as stack:
-        registry = ModelRegistry.from_settings(stack.settings)
+        registry = ModelRegistry.from_settings(stack.settings.storage)
         registry.promote(publish(registry, tiny_model(root / "tiny")).version, "chaos")
         stop = threading.Event()
         watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
@@ -261,7 +261,9 @@ def signal_group(stack: LiveStack, name: str, signum: int) -> None:
 
 
 def upload(stack: LiveStack, key: str) -> None:
-    s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
+    s3_client(stack.settings.storage).upload_file(
+        str(MINI_ARCHIVE), stack.settings.storage.bucket, key
+    )
 
 
 def job(http: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -353,7 +355,7 @@ def listener_stop(stack: LiveStack, args: argparse.Namespace) -> Row:
 def weaker_production(stack: LiveStack, model_dir: Path) -> None:
     """Production becomes a model trained for one step on the same rows: a candidate that learned
     anything beats it on the holdout, so the scenario shows promotion after the fault."""
-    registry = ModelRegistry.from_settings(stack.settings)
+    registry = ModelRegistry.from_settings(stack.settings.storage)
     version = publish(registry, model_dir).version
     registry.promote(version, "chaos: a deliberately weak production for the candidate to beat")
     print(f"  production is now {version}, trained for one step", flush=True)

@@ -16,8 +16,8 @@ from bench.machine import cpu_line
 from pipeline.ingest import read_archive
 from pipeline.predictor import Predictor
 from pipeline.stages import train_model
+from shared.contracts.training import TrainConfig
 from shared.settings import Settings
-from shared.training import TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.model_families import CONFIGS, tiny_family_model
 from tests.pipeline_support import Recorder

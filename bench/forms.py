@@ -35,9 +35,10 @@ from pipeline.serving import (
     time_forward_batches,
     with_form,
 )
-from shared.registry import MANIFEST
-from shared.results import FormScore, ServingSample
-from shared.settings import Form, Settings
+from shared.contracts.models import MANIFEST
+from shared.contracts.results import FormScore, ServingSample
+from shared.contracts.serving import Form
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "out"
@@ -108,7 +109,7 @@ def main() -> None:
             for score in check.forms
             if score.error is None and all((forms_dir / name).is_file() for name in score.files)
         }
-        worker = settings.model_copy(update={"torch_threads": 1})
+        worker = settings.replace(torch_threads=1)
         allowed = candidate_forms(worker, metrics, forms_dir)
         one_thread = Predictor.from_files(
             args.model, worker, version=predictor.version, max_length=predictor.max_length

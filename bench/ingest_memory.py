@@ -122,7 +122,7 @@ def main() -> None:
             json.dumps(
                 {
                     "shape": args.shape,
-                    "budget_bytes": settings.ingest_memory_budget_bytes,
+                    "budget_bytes": settings.archive.ingest_memory_budget_bytes,
                     "max_csv_bytes": limit,
                     "csv_bytes": csv_bytes,
                     "archive_bytes": archive.stat().st_size,

@@ -31,8 +31,8 @@ from pipeline.ingest import RawDataset, read_archive
 from pipeline.modeling import class_probabilities, encode, padding_of
 from pipeline.report import TqdmReporter
 from pipeline.train import FitResult, fit
+from shared.contracts.training import PROFILES, TrainConfig
 from shared.settings import Settings
-from shared.training import PROFILES, TrainConfig
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 OUT = Path(__file__).parent / "out" / "recipes.jsonl"

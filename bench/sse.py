@@ -29,9 +29,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.jobs import Job, JobType, new_job_id  # noqa: E402
+from shared.contracts.jobs import Job, JobType, new_job_id
 from shared.jobstore import JobStore  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.settings import Settings
 from tests.servers import free_port, redis_server  # noqa: E402
 
 
@@ -121,7 +121,7 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
         settings = Settings(redis_url=redis_url, key_prefix="bench")
         port = free_port()
-        process, cold_start = start_gateway(redis_url, port, settings.key_prefix)
+        process, cold_start = start_gateway(redis_url, port, settings.redis.key_prefix)
         try:
             idle = memory_kb(process.pid)
             store = JobStore.from_settings(settings)
@@ -141,7 +141,7 @@ async def run(args: argparse.Namespace) -> None:
                 connected = memory_kb(process.pid)
                 publisher = multiprocessing.get_context("spawn").Process(
                     target=publish,
-                    args=(redis_url, settings.key_prefix, jobs, args.events, args.interval),
+                    args=(redis_url, settings.redis.key_prefix, jobs, args.events, args.interval),
                 )
                 publisher.start()
                 _, late = await asyncio.wait(tasks, timeout=args.timeout)

@@ -47,8 +47,9 @@ from pipeline.predictor import Predictor
 from pipeline.registry import publish
 from pipeline.report import NullReporter
 from pipeline.serving import evaluate_forms, with_form
-from shared.registry import MANIFEST, ModelRegistry
-from shared.results import ServingCheck
+from shared.contracts.models import MANIFEST
+from shared.contracts.results import ServingCheck
+from shared.registry import ModelRegistry
 from shared.settings import Settings
 from stack.processes import Supervisor
 from tests.pipeline_support import copy_as_new_version
@@ -85,7 +86,7 @@ def in_process(
     check = metrics.serving
     assert check is not None
     single = {}
-    for threads in (torch.get_num_threads(), settings.predict_threads):
+    for threads in (torch.get_num_threads(), settings.serving.threads):
         torch.set_num_threads(threads)
         for score in check.allowed():
             predictor = with_form(fp32, score.form, forms_dir, threads)
@@ -205,7 +206,7 @@ def end_to_end(
         tempfile.TemporaryDirectory() as work,
         live_stack(Path(work), queues=("predict",), **settings) as stack,
     ):
-        registry = ModelRegistry.from_settings(stack.settings)
+        registry = ModelRegistry.from_settings(stack.settings.storage)
         version = publish(registry, model_dir).version
         registry.promote(version, "benchmark")
         deadline = time.monotonic() + 120

@@ -27,9 +27,9 @@ from pipeline.modeling import load_tokenizer, resolve_base_model
 from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Workload
 from pipeline.report import NullReporter
 from pipeline.train import Splits, fit, split_rows
-from shared.jobs import EventType
-from shared.settings import Settings
-from shared.training import AdaptationPlan, TrainConfig, TrainingPlan, config_for
+from shared.contracts.jobs import EventType
+from shared.contracts.training import AdaptationPlan, TrainConfig, TrainingPlan
+from shared.settings import Settings, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 
@@ -85,7 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     print(cpu_line(), flush=True)
     settings = Settings()
-    config = config_for(settings, args.profile).model_copy(update={"bf16": not args.no_bf16})
+    config = config_for(settings.training, args.profile).model_copy(
+        update={"bf16": not args.no_bf16}
+    )
     rows = read_archive(args.data, settings).train.rows
     started = time.monotonic()
     plan = (

@@ -36,9 +36,9 @@ from pipeline.modeling import (
 )
 from pipeline.report import NullReporter
 from pipeline.train import fit, split_rows
-from shared.jobs import EventType
-from shared.settings import Settings
-from shared.training import TrainConfig, config_for
+from shared.contracts.jobs import EventType
+from shared.contracts.training import TrainConfig
+from shared.settings import Settings, config_for
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 WARMUP_STEPS = 5
@@ -77,7 +77,7 @@ def _rate(times: dict[int, float], sizes: list[int], steps: int) -> float:
 def trainer(config: TrainConfig, data: Path, settings: Settings) -> dict[str, Any]:
     rows, _, _, batches, _ = _batches(config, data, settings)
     clock = StepClock()
-    fit(config, rows, settings.model_copy(update={"progress_interval_s": 0.0}), clock)
+    fit(config, rows, settings.replace(progress_interval_s=0.0), clock)
     steps = int(config.max_steps or 0)
     return {"samples_per_s": _rate(clock.times, [len(b) for b in batches], steps)}
 
@@ -127,7 +127,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     changes = dict(item.split("=", 1) for item in args.set)
-    config = config_for(Settings(), args.profile, max_steps=args.steps).model_copy(
+    config = config_for(Settings().training, args.profile, max_steps=args.steps).model_copy(
         update={name: json.loads(value) for name, value in changes.items()}
     )
     context = multiprocessing.get_context("spawn")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.jobs import EventType, Job, JobType
+from shared.contracts.jobs import EventType, Job, JobType
 from shared.jobstore import JobStore
 from shared.storage import s3_client
 from tests.stack_fixture import live_stack
@@ -76,11 +76,11 @@ def main() -> None:
         print(f"stack up in {time.monotonic() - began:.1f}s", flush=True)
         settings = stack.settings
         store = JobStore.from_settings(settings)
-        s3 = s3_client(settings)
+        s3 = s3_client(settings.storage)
         body = ARCHIVE.read_bytes()
         for index in range(args.uploads):
-            key = f"{settings.incoming_prefix}bench-{index}/archive.zip"
-            s3.put_object(Bucket=settings.bucket, Key=key, Body=body)
+            key = f"{settings.storage.incoming_prefix}bench-{index}/archive.zip"
+            s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=body)
             uploaded = time.time()
             job = wait_for_job(store, key, args.timeout)
             created.append(job.created_at.timestamp() - uploaded)

@@ -47,7 +47,7 @@ def main() -> None:
             serving_forward_batch="auto",
         ) as stack,
     ):
-        registry = ModelRegistry.from_settings(stack.settings)
+        registry = ModelRegistry.from_settings(stack.settings.storage)
         version = publish(registry, tiny_model(Path(scratch) / "tiny")).version
         registry.promote(version, "bench")
         while httpx.post(f"{stack.url}/v1/predict", json={"text": "warm"}, timeout=60).is_error:
@@ -65,7 +65,7 @@ def main() -> None:
         clients = [threading.Thread(target=ask) for _ in range(args.requests)]
         for client in clients:
             client.start()
-        store = redis.Redis.from_url(stack.settings.redis_url)
+        store = redis.Redis.from_url(stack.settings.redis.url)
         time.sleep(2)  # the gateway has queued them (several jobs may share a message)
         held_before_ready = 0
         # What the killed worker held stays unacknowledged until the visibility timeout.
@@ -97,7 +97,7 @@ def main() -> None:
         print(
             f"\nmodel loaded {loaded_at} s after the start; the most requests held before it: "
             f"{held_before_ready}; HTTP answers {sorted(answers)} (202: served after the gateway's "
-            f"wait of {stack.settings.predict_wait_s:.0f} s)"
+            f"wait of {stack.settings.gateway.predict_wait_s:.0f} s)"
         )
 
 

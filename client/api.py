@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from shared.errors import ErrorInfo
-from shared.jobs import Event, EventType, Job, JobParams, JobStatus, JobType
-from shared.registry import ModelInfo, ModelRecord, ProductionPointer
-from shared.results import PredictResult
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import Event, EventType, Job, JobParams, JobStatus, JobType
+from shared.contracts.models import ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.results import PredictResult
 
 RETRYABLE = (httpx.TransportError, SSEError)
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from client.api import GatewayClient, GatewayError
-from shared.errors import ErrorInfo
-from shared.jobs import Job, JobParams, JobStatus, JobType
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import Job, JobParams, JobStatus, JobType
+from shared.contracts.results import PredictResult
 from shared.progress import ProgressBars
-from shared.results import PredictResult
 from shared.settings import Settings
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return local_main(argv)
     args = _parser().parse_args(argv)
     settings = Settings()
-    url, key = args.url or settings.gateway_url, args.key or settings.api_key
+    url, key = args.url or settings.client.gateway_url, args.key or settings.client.api_key
     with GatewayClient(url, key) as client:
         try:
             return COMMANDS[(args.command, getattr(args, "action", None))](args, client)

@@ -5,7 +5,7 @@ the tasks waiting in the queue and those delivered to a worker and not yet ackno
 training holds its message until it ends), over the group's instances in service. Target tracking
 scales in proportion to the instances there are, so it cannot start from none: `UnservedBacklog`,
 the tasks of a queue whose group wants no instance, raises an alarm that wakes the group.
-`Backlog` is the tasks alone, for dashboards. `settings.backlog_groups` maps each queue to its
+`Backlog` is the tasks alone, for dashboards. `settings.backlog.groups` maps each queue to its
 group. The exporter runs beside every gateway; its copies publish the same values.
 """
 
@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kombu.transport.redis import Channel
 
 from shared.logs import configure_logging
+from shared.redis_clients import sync_client
 from shared.settings import Settings, get_settings
 from shared.storage import client_options
 
@@ -117,25 +118,20 @@ def group_capacities(autoscaling: Any, groups: Iterable[str]) -> dict[str, Capac
 
 class BacklogExporter:
     def __init__(self, settings: Settings, broker: Any, autoscaling: Any, cloudwatch: Any) -> None:
-        if not settings.backlog_groups:
+        if not settings.backlog.groups:
             raise ValueError("the backlog exporter needs backlog_groups (queue -> group name)")
         self.settings = settings
-        self.groups: Mapping[str, str] = settings.backlog_groups
+        self.groups: Mapping[str, str] = settings.backlog.groups
         self.broker = broker
         self.autoscaling = autoscaling
         self.cloudwatch = cloudwatch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BacklogExporter":
-        options = client_options(settings)
+        options = client_options(settings.storage)
         return cls(
             settings,
-            redis.Redis.from_url(
-                settings.redis_url,
-                decode_responses=True,
-                socket_timeout=settings.redis_timeout_s,
-                socket_connect_timeout=settings.redis_timeout_s,
-            ),
+            sync_client(settings.redis),
             boto3.client("autoscaling", **options),
             boto3.client("cloudwatch", **options),
         )
@@ -151,7 +147,9 @@ class BacklogExporter:
     def publish_once(self) -> list[Backlog]:
         backlogs = self.measure()
         data = [datum for backlog in backlogs for datum in backlog.metric_data()]
-        self.cloudwatch.put_metric_data(Namespace=self.settings.metrics_namespace, MetricData=data)
+        self.cloudwatch.put_metric_data(
+            Namespace=self.settings.backlog.metrics_namespace, MetricData=data
+        )
         for backlog in backlogs:
             log.debug("%s: %d tasks, %s", backlog.queue, backlog.tasks, backlog.capacity)
         return backlogs
@@ -161,15 +159,15 @@ class BacklogExporter:
         log.info(
             "publishing the backlog of %s to %s every %ss",
             ", ".join(f"{queue} ({group})" for queue, group in self.groups.items()),
-            self.settings.metrics_namespace,
-            self.settings.backlog_interval_s,
+            self.settings.backlog.metrics_namespace,
+            self.settings.backlog.interval_s,
         )
         while True:
             try:
                 self.publish_once()
             except ROUND_ERRORS as exc:
                 log.warning("backlog not published: %s: %s", type(exc).__name__, exc)
-            if stop.wait(self.settings.backlog_interval_s):
+            if stop.wait(self.settings.backlog.interval_s):
                 return
 
 

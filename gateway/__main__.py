@@ -1,4 +1,4 @@
-"""`python -m gateway`: serve the gateway with uvicorn on settings.http_host:settings.http_port.
+"""`python -m gateway`: serve the gateway with uvicorn on AGNEWS_HTTP_HOST:AGNEWS_HTTP_PORT.
 
 With no API keys the gateway is open to whoever reaches it, so it serves loopback only, unless
 AGNEWS_ALLOW_OPEN=true says out loud that it should listen on another address anyway."""
@@ -24,10 +24,11 @@ def is_loopback(host: str) -> bool:
 
 def open_refusal(settings: Settings) -> str | None:
     """Why the gateway must not start with these settings; None when it may."""
-    if settings.api_keys or settings.allow_open or is_loopback(settings.http_host):
+    if settings.access.api_keys or settings.access.allow_open or is_loopback(settings.gateway.host):
         return None
     return (
-        f"refusing to serve {settings.http_host}:{settings.http_port} with no API keys: anyone "
+        f"refusing to serve {settings.gateway.host}:{settings.gateway.port} with no API keys: "
+        "anyone "
         "who reaches that address could classify, retrain and promote models. Set AGNEWS_API_KEYS "
         "(see `python -m gateway.keys new NAME`), or serve loopback only "
         "(AGNEWS_HTTP_HOST=127.0.0.1), or set AGNEWS_ALLOW_OPEN=true to serve it open anyway."
@@ -42,11 +43,11 @@ def main() -> None:
     configure_logging(settings, "gateway")
     uvicorn.run(
         create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level=settings.log_level.lower(),
+        host=settings.gateway.host,
+        port=settings.gateway.port,
+        log_level=settings.run.log_level.lower(),
         log_config=None,
-        timeout_graceful_shutdown=settings.http_shutdown_grace_s,
+        timeout_graceful_shutdown=settings.gateway.shutdown_grace_s,
     )
 
 

@@ -34,8 +34,8 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         *session.routes,
     ]
     routes: list[BaseRoute] = [*health.routes, *openapi.routes, Mount("/v1", routes=api)]
-    if settings.frontend_dir.is_dir():
-        static = StaticFiles(directory=settings.frontend_dir, html=True)
+    if settings.gateway.frontend_dir.is_dir():
+        static = StaticFiles(directory=settings.gateway.frontend_dir, html=True)
         routes.append(Mount("/", app=static, name="frontend"))
     return routes
 
@@ -47,22 +47,22 @@ def _middleware(settings: Settings, state: Services) -> list[Middleware]:
         Middleware(MetricsMiddleware, metrics=state.metrics),
         Middleware(SecurityHeadersMiddleware, settings=settings),
         Middleware(ErrorMiddleware),
-        Middleware(TrustedHostMiddleware, hosts=settings.trusted_hosts),
+        Middleware(TrustedHostMiddleware, hosts=settings.gateway.trusted_hosts),
     ]
-    if settings.cors_origins:
+    if settings.gateway.cors_origins:
         stack.append(
             Middleware(
                 CORSMiddleware,
-                allow_origins=settings.cors_origins,
+                allow_origins=settings.gateway.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
                 expose_headers=["Location", "Retry-After"],
             )
         )
     stack += [
-        Middleware(RequestHygieneMiddleware, cors_origins=settings.cors_origins),
+        Middleware(RequestHygieneMiddleware, cors_origins=settings.gateway.cors_origins),
         Middleware(AuthMiddleware, keyring=state.keyring, sessions=state.sessions),
-        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes),
     ]
     return stack
 

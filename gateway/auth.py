@@ -10,9 +10,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
 from gateway.sessions import COOKIE, SessionSigner
-from shared.errors import Forbidden, Unauthorized
-from shared.jobs import Job
-from shared.settings import ALL_SCOPES, ApiKey, KeyScope, key_digest
+from shared.contracts.errors import Forbidden, Unauthorized
+from shared.contracts.jobs import Job
+from shared.contracts.keys import ALL_SCOPES, ApiKey, KeyScope, key_digest
 
 PROTECTED_PREFIX = "/v1/"
 # Signing in and out needs no credentials of its own.

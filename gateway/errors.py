@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
-from shared import errors as shared_errors
-from shared.errors import (
+from shared.contracts import errors as shared_errors
+from shared.contracts.errors import (
     HTTP_ERRORS,
     AgNewsError,
     ErrorInfo,

@@ -12,8 +12,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.jobs import visible_job
 from gateway.services import Services, services
-from shared.errors import InvalidRequest
-from shared.jobs import Event, Job
+from shared.contracts.errors import InvalidRequest
+from shared.contracts.jobs import Event, Job
 
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
@@ -78,7 +78,7 @@ async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, N
                 after = events[-1].id
         async with state.hub.subscribe(job.id, after) as subscription:
             while True:
-                live = await subscription.next(state.settings.sse_heartbeat_s)
+                live = await subscription.next(state.settings.gateway.sse_heartbeat_s)
                 if live is None:
                     yield HEARTBEAT
                     continue

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from gateway.metrics import update_serving
 from gateway.services import Services, services
-from shared.errors import ServiceUnavailable
+from shared.contracts.errors import ServiceUnavailable
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -29,12 +29,12 @@ async def _check(probe: Awaitable[object], timeout_s: float) -> str:
 
 
 async def _head_bucket(state: Services) -> None:
-    await asyncio.to_thread(state.s3_probe.head_bucket, Bucket=state.settings.bucket)
+    await asyncio.to_thread(state.s3_probe.head_bucket, Bucket=state.settings.storage.bucket)
 
 
 async def readyz(request: Request) -> JSONResponse:
     state = services(request)
-    timeout = state.settings.probe_timeout_s
+    timeout = state.settings.gateway.probe_timeout_s
     redis_state, s3_state = await asyncio.gather(
         _check(state.store.redis.ping(), timeout), _check(_head_bucket(state), timeout)
     )

@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
-from shared.jobs import Event
+from shared.contracts.jobs import Event
 from shared.jobstore import AsyncJobStore, decode_event
 
 log = logging.getLogger("gateway.hub")

@@ -7,7 +7,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
-from shared.errors import BadRequest, Forbidden, UnsupportedMediaType
+from shared.contracts.errors import BadRequest, Forbidden, UnsupportedMediaType
 from shared.settings import Settings
 
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -19,7 +19,7 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 def content_security_policy(settings: Settings) -> str:
     """`default-src 'self'`; the page's only other destinations are the object store it uploads
     to (connect-src) and its data: favicon."""
-    store = settings.s3_public_endpoint_url or settings.s3_endpoint_url
+    store = settings.storage.public_endpoint_url or settings.storage.endpoint_url
     if store:
         parts = urlsplit(store)
         uploads = f"{parts.scheme}://{parts.netloc}"
@@ -69,7 +69,7 @@ def host_name(host: str) -> str:
 
 
 class TrustedHostMiddleware(HttpMiddleware):
-    """A Host header outside settings.trusted_hosts gets a 400: no DNS rebinding."""
+    """A Host header outside settings.gateway.trusted_hosts gets a 400: no DNS rebinding."""
 
     def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
         super().__init__(app)
@@ -96,7 +96,7 @@ def _same_origin(origin: str, headers: Headers) -> bool:
 
 class RequestHygieneMiddleware(HttpMiddleware):
     """/v1 mutations: JSON bodies only (415), and no cross-origin requests save from
-    settings.cors_origins (403)."""
+    settings.gateway.cors_origins (403)."""
 
     def __init__(self, app: ASGIApp, cors_origins: list[str]) -> None:
         super().__init__(app)

@@ -17,8 +17,9 @@ from gateway.auth import Principal, principal, require
 from gateway.parsing import parse_body, parse_query
 from gateway.schemas import JobQuery
 from gateway.services import Services, services
-from shared.errors import ErrorInfo, InvalidRequest, NotFound, ServiceUnavailable
-from shared.jobs import (
+from shared.broker import dispatch
+from shared.contracts.errors import ErrorInfo, InvalidRequest, NotFound, ServiceUnavailable
+from shared.contracts.jobs import (
     DatasetParams,
     EvaluateParams,
     Job,
@@ -29,10 +30,9 @@ from shared.jobs import (
     TrainParams,
     new_job_id,
 )
-from shared.jobstore import redis_backoff
+from shared.redis_clients import backoff
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset, api_model_version
-from shared.tasks import dispatch
 
 log = logging.getLogger("gateway")
 
@@ -43,19 +43,20 @@ BROKER_AWAY = (OperationalError, redis.exceptions.ConnectionError, redis.excepti
 
 
 def check_predict_limits(params: PredictParams, settings: Settings) -> None:
-    if len(params.texts) > settings.max_texts:
+    if len(params.texts) > settings.limits.max_texts:
         raise InvalidRequest(
-            f"texts: {len(params.texts)} texts given; the limit is {settings.max_texts}",
-            details={"fields": ["texts"], "limit": settings.max_texts},
+            f"texts: {len(params.texts)} texts given; the limit is {settings.limits.max_texts}",
+            details={"fields": ["texts"], "limit": settings.limits.max_texts},
         )
     for index, text in enumerate(params.texts):
-        if len(text) > settings.max_text_chars:
+        if len(text) > settings.limits.max_text_chars:
             raise InvalidRequest(
-                f"texts[{index}]: {len(text)} characters; the limit is {settings.max_text_chars}",
+                f"texts[{index}]: {len(text)} characters; the limit is "
+                f"{settings.limits.max_text_chars}",
                 details={
                     "fields": [f"texts[{index}]"],
                     "index": index,
-                    "limit": settings.max_text_chars,
+                    "limit": settings.limits.max_text_chars,
                 },
             )
 
@@ -83,15 +84,15 @@ def api_params(params: JobParams, settings: Settings) -> JobParams:
 async def send_first_task(celery: Celery, settings: Settings, job: Job) -> None:
     """Each try fails fast; while the broker is away (Redis restarting), the next comes after
     the Redis clients' backoff, as many times as they retry, and no thread waits meanwhile."""
-    for failures in range(settings.redis_retries + 1):
+    for failures in range(settings.redis.retries + 1):
         try:
             await asyncio.to_thread(dispatch, celery, job)
             return
         except BROKER_AWAY as exc:
-            if failures == settings.redis_retries:
+            if failures == settings.redis.retries:
                 raise
             log.info("job %s not sent, the task broker is away (%s); trying again", job.id, exc)
-            await asyncio.sleep(redis_backoff().compute(failures + 1))
+            await asyncio.sleep(backoff().compute(failures + 1))
 
 
 async def submit(state: Services, params: JobParams, owner: Principal) -> Job:

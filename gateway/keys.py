@@ -7,7 +7,7 @@ import secrets
 import sys
 from typing import get_args
 
-from shared.settings import ApiKey, KeyScope, key_digest
+from shared.contracts.keys import ApiKey, KeyScope, key_digest
 
 
 def new_key(name: str, scopes: list[str]) -> tuple[str, ApiKey]:

@@ -1,11 +1,11 @@
-"""Request bodies larger than settings.max_body_bytes are refused with 413."""
+"""Request bodies larger than settings.limits.max_body_bytes are refused with 413."""
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
 from gateway.errors import error_response
-from shared.errors import BadRequest, PayloadTooLarge
+from shared.contracts.errors import BadRequest, PayloadTooLarge
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

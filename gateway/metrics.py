@@ -13,9 +13,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
+from shared.broker import queue_depths
+from shared.contracts.stages import QUEUES
 from shared.fleet import serving_workers
 from shared.settings import Settings
-from shared.tasks import QUEUES, queue_depths
 
 log = logging.getLogger("gateway")
 

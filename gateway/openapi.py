@@ -26,8 +26,8 @@ from gateway.schemas import (
     UploadTicket,
 )
 from gateway.sessions import COOKIE
-from shared.jobs import JobParams, PredictParams
-from shared.registry import ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.jobs import JobParams, PredictParams
+from shared.contracts.models import ModelInfo, ModelRecord, ProductionPointer
 
 REF = "#/components/schemas/{model}"
 

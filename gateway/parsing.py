@@ -7,7 +7,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
 from gateway.errors import invalid
-from shared.errors import InvalidRequest
+from shared.contracts.errors import InvalidRequest
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from gateway.hub import Subscription
 from gateway.jobs import accepted, submit
 from gateway.parsing import parse_body
 from gateway.services import services
-from shared.errors import ErrorInfo
-from shared.jobs import Event, EventType, PredictParams
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import Event, EventType, PredictParams
 
 PREDICT_REQUEST = TypeAdapter(PredictParams)
 
@@ -39,7 +39,7 @@ async def predict(request: Request) -> JSONResponse:
     params = await parse_body(request, PREDICT_REQUEST)
     job = await submit(state, params, caller)
     async with state.hub.subscribe(job.id) as subscription:
-        end = await wait_for_end(subscription, state.settings.predict_wait_s)
+        end = await wait_for_end(subscription, state.settings.gateway.predict_wait_s)
     if end is None:
         return accepted(job)
     if end.type is EventType.error:

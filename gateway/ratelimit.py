@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from gateway.auth import principal
-from shared.errors import RateLimited
+from shared.contracts.errors import RateLimited
 from shared.settings import Settings
 
 MAX_CALLERS = 100_000
@@ -49,9 +49,11 @@ class TokenBuckets:
 class RateLimits:
     def __init__(self, settings: Settings) -> None:
         self.predict = TokenBuckets(
-            "predict", settings.rate_predict_per_s, settings.rate_predict_burst
+            "predict", settings.access.rate_predict_per_s, settings.access.rate_predict_burst
         )
-        self.jobs = TokenBuckets("jobs", settings.rate_jobs_per_s, settings.rate_jobs_burst)
+        self.jobs = TokenBuckets(
+            "jobs", settings.access.rate_jobs_per_s, settings.access.rate_jobs_burst
+        )
 
 
 def caller_id(connection: HTTPConnection) -> str:

@@ -4,11 +4,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.errors import ErrorInfo
-from shared.jobs import Job, JobStatus, JobType
-from shared.registry import ModelInfo, ProductionPointer
-from shared.results import PredictResult
-from shared.settings import KeyScope
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import Job, JobStatus, JobType
+from shared.contracts.keys import KeyScope
+from shared.contracts.models import ModelInfo, ProductionPointer
+from shared.contracts.results import PredictResult
 
 
 class _Strict(BaseModel):

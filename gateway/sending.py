@@ -11,7 +11,7 @@ of the event loop, time enough for the requests read in the same turn to join it
 import asyncio
 from collections.abc import Callable
 
-from shared.jobs import Job
+from shared.contracts.jobs import Job
 from shared.jobstore import AsyncJobStore, Message
 
 # Event-loop turns a transaction waits before it takes what is pending: the requests whose bytes

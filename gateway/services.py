@@ -3,8 +3,6 @@
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-import redis
-import redis.asyncio
 from botocore.config import Config
 from celery import Celery
 from starlette.requests import Request
@@ -15,19 +13,15 @@ from gateway.metrics import Metrics, QueueProbe
 from gateway.ratelimit import RateLimits
 from gateway.sending import PredictSender
 from gateway.sessions import SessionSigner
-from shared.jobs import TaskCall
-from shared.jobstore import (
-    AsyncJobStore,
-    JobStore,
-    Message,
-    async_redis_options,
-    redis_options,
-)
+from shared.broker import make_celery, predict_message, send_call
+from shared.contracts.jobs import TaskCall
+from shared.contracts.stages import PREDICT, ROUTES
+from shared.jobstore import AsyncJobStore, JobStore, Message
 from shared.reaper import Reaper
+from shared.redis_clients import async_client, async_pooled_client
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.tasks import PREDICT, ROUTES, make_celery, predict_message, send_call
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -56,31 +50,20 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
         """Builds every client without connecting: the gateway starts while Redis or S3 are down."""
-        timeout = settings.redis_timeout_s
-        # Requests beyond the pool's size wait for a connection rather than fail.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            max_connections=settings.redis_max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            **async_redis_options(settings),
+        store = AsyncJobStore(
+            async_pooled_client(settings.redis), settings.redis.key_prefix, settings.jobs
         )
-        store = AsyncJobStore(redis.asyncio.Redis.from_pool(pool), settings)
         tuning = HubTuning()
-        reader = redis.asyncio.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
+        reader = async_client(
+            settings.redis,
+            socket_timeout_s=tuning.block_ms / 1000 + settings.redis.timeout_s,
             max_connections=tuning.readers + 1,
-            socket_timeout=tuning.block_ms / 1000 + timeout,
-            socket_connect_timeout=timeout,
         )
         celery = gateway_celery(settings)
-        s3 = s3_client(settings)
+        s3 = s3_client(settings.storage)
         probe = Config(
-            connect_timeout=settings.probe_timeout_s,
-            read_timeout=settings.probe_timeout_s,
+            connect_timeout=settings.gateway.probe_timeout_s,
+            read_timeout=settings.gateway.probe_timeout_s,
             retries={"max_attempts": 1, "mode": "standard"},
         )
         return cls(
@@ -89,19 +72,19 @@ class Services:
             hub=EventHub(reader, store, tuning),
             celery=celery,
             s3=s3,
-            s3_public=s3_client(settings, public=True),
-            s3_probe=s3_client(settings, overrides=probe),
-            registry=ModelRegistry(s3, settings),
+            s3_public=s3_client(settings.storage, public=True),
+            s3_probe=s3_client(settings.storage, overrides=probe),
+            registry=ModelRegistry(s3, settings.storage),
             metrics=Metrics(),
-            queues=QueueProbe(celery, settings.probe_timeout_s),
-            keyring=Keyring(settings.api_keys),
+            queues=QueueProbe(celery, settings.gateway.probe_timeout_s),
+            keyring=Keyring(settings.access.api_keys),
             sessions=SessionSigner.from_settings(settings),
             limits=RateLimits(settings),
             reaper=_reaper(settings, celery),
             predicts=PredictSender(
                 store,
                 lambda job_ids: Message(ROUTES[PREDICT], predict_message(celery, job_ids)),
-                settings.predict_jobs_per_message,
+                settings.gateway.predict_jobs_per_message,
             ),
         )
 
@@ -122,18 +105,11 @@ def gateway_celery(settings: Settings) -> Celery:
 
 def _reaper(settings: Settings, celery: Celery) -> Reaper:
     """The reaper runs in a thread of its own, with a synchronous client of its own."""
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        **redis_options(settings),
-    )
 
     def send(job_id: str, call: TaskCall) -> None:
         send_call(celery, job_id, call)
 
-    return Reaper(JobStore(client, settings), send, settings)
+    return Reaper(JobStore.from_settings(settings), send, settings.reaper)
 
 
 def services(request: Request) -> Services:

@@ -12,14 +12,15 @@ from gateway.parsing import parse_body
 from gateway.schemas import SessionInfo, SessionRequest
 from gateway.services import services
 from gateway.sessions import COOKIE
-from shared.errors import Unauthorized
-from shared.settings import ALL_SCOPES, Settings
+from shared.contracts.errors import Unauthorized
+from shared.contracts.keys import ALL_SCOPES
+from shared.settings import Settings
 
 SESSION_REQUEST = TypeAdapter(SessionRequest)
 
 
 def _secure(request: Request, settings: Settings) -> bool:
-    return settings.cookie_secure or request.url.scheme == "https"
+    return settings.access.cookie_secure or request.url.scheme == "https"
 
 
 def _info(who: Principal, expires_at: int | None = None) -> SessionInfo:

@@ -1,7 +1,7 @@
 """Browser sessions: a key is exchanged once for a signed, expiring cookie.
 
 The cookie holds the key's name, its expiry and a prefix of the key's hash, signed with HMAC-SHA256
-under settings.session_secret: replacing or removing a key ends its sessions."""
+under settings.access.session_secret: replacing or removing a key ends its sessions."""
 
 import hashlib
 import hmac
@@ -9,7 +9,8 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from shared.settings import ApiKey, Settings
+from shared.contracts.keys import ApiKey
+from shared.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.auth import Keyring
@@ -25,9 +26,9 @@ class SessionSigner:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SessionSigner":
-        given = settings.session_secret
+        given = settings.access.session_secret
         secret = given.get_secret_value().encode() if given else secrets.token_bytes(32)
-        return cls(secret, settings.session_ttl_s)
+        return cls(secret, settings.access.session_ttl_s)
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self.secret, payload.encode(), hashlib.sha256).hexdigest()

@@ -12,7 +12,7 @@ from gateway.auth import require
 from gateway.parsing import parse_body
 from gateway.schemas import UploadRequest, UploadTicket
 from gateway.services import Services, services
-from shared.errors import PayloadTooLarge
+from shared.contracts.errors import PayloadTooLarge
 from shared.storage import ticket_key
 
 UPLOAD_REQUEST = TypeAdapter(UploadRequest)
@@ -23,23 +23,23 @@ def presign(state: Services, key: str, size: int) -> UploadTicket:
     that signs Content-Length: the store takes exactly the declared size (at most the limit)."""
     settings = state.settings
     post: dict[str, Any] = state.s3_public.generate_presigned_post(
-        Bucket=settings.bucket,
+        Bucket=settings.storage.bucket,
         Key=key,
-        Conditions=[["content-length-range", 1, settings.upload_max_bytes]],
-        ExpiresIn=settings.presign_expiry_s,
+        Conditions=[["content-length-range", 1, settings.limits.upload_max_bytes]],
+        ExpiresIn=settings.gateway.presign_expiry_s,
     )
     put_url = state.s3_public.generate_presigned_url(
         "put_object",
-        Params={"Bucket": settings.bucket, "Key": key, "ContentLength": size},
-        ExpiresIn=settings.presign_expiry_s,
+        Params={"Bucket": settings.storage.bucket, "Key": key, "ContentLength": size},
+        ExpiresIn=settings.gateway.presign_expiry_s,
     )
     return UploadTicket(
         key=key,
         url=post["url"],
         fields=post["fields"],
         put_url=put_url,
-        expires_in=settings.presign_expiry_s,
-        max_bytes=settings.upload_max_bytes,
+        expires_in=settings.gateway.presign_expiry_s,
+        max_bytes=settings.limits.upload_max_bytes,
     )
 
 
@@ -47,14 +47,14 @@ async def create_upload(request: Request) -> JSONResponse:
     require(request, "admin")
     state = services(request)
     body = await parse_body(request, UPLOAD_REQUEST)
-    limit = state.settings.upload_max_bytes
+    limit = state.settings.limits.upload_max_bytes
     if body.size > limit:
         raise PayloadTooLarge(
             f"size: the archive is {body.size} bytes; the limit is {limit}",
             details={"fields": ["size"], "max_bytes": limit},
         )
     # boto3 adds the exact-key condition itself for a key without ${filename}.
-    key = ticket_key(state.settings)
+    key = ticket_key(state.settings.storage)
     ticket = await asyncio.to_thread(presign, state, key, body.size)
     return JSONResponse(ticket.model_dump(mode="json"))
 

@@ -32,7 +32,7 @@ from pipeline.modeling import (
     to_device,
 )
 from pipeline.plan import Schedule
-from shared.training import TrainConfig
+from shared.contracts.training import TrainConfig
 
 # A checkpoint taken during adaptation holds these instead of the fine-tuning trainer's files.
 ADAPT_WEIGHTS = "adapt.safetensors"

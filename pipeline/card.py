@@ -4,8 +4,8 @@ how it scored and where it should not be trusted. It outlives the job that made 
 import json
 from pathlib import Path
 
-from shared.registry import HISTORY
-from shared.results import Metrics, TrainingHistory, TrainingRecord
+from shared.contracts.models import HISTORY
+from shared.contracts.results import Metrics, TrainingHistory, TrainingRecord
 
 
 def model_family(model_dir: Path) -> str:

@@ -26,13 +26,13 @@ from pipeline.ingest import BAD_ROW_RULES, Row, Split, fetch_archive, read_archi
 from pipeline.labels import LABELS
 from pipeline.report import TqdmReporter
 from pipeline.validate import check, validate
+from shared.contracts.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
+from shared.contracts.models import MANIFEST
+from shared.contracts.results import Metrics, PredictResult, StageSeconds, seconds_since
+from shared.contracts.training import PROFILES
 from shared.digests import file_sha256
-from shared.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
 from shared.logs import configure_logging
-from shared.registry import MANIFEST
-from shared.results import Metrics, PredictResult, StageSeconds, seconds_since
-from shared.settings import Settings
-from shared.training import PROFILES, config_for
+from shared.settings import Settings, config_for
 
 if TYPE_CHECKING:
     from pipeline.predictor import Predictor
@@ -93,7 +93,7 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
     out: Path = args.out
     _prepare_out(out)
     config = config_for(
-        settings, args.profile, base_model=args.base_model, max_steps=args.max_steps
+        settings.training, args.profile, base_model=args.base_model, max_steps=args.max_steps
     )
     checkpoints = LocalCheckpoints(out.with_name(out.name + ".checkpoints"))
     with tempfile.TemporaryDirectory() as scratch:

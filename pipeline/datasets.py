@@ -7,8 +7,8 @@ from botocore.exceptions import ClientError
 
 from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.validate import ValidationReport, check
+from shared.contracts.errors import DatasetIntegrityError, DatasetNotFound
 from shared.digests import file_sha256
-from shared.errors import DatasetIntegrityError, DatasetNotFound
 from shared.registry import read_object
 from shared.settings import Settings
 from shared.storage import ARCHIVE_NAME, is_missing, s3_client, s3_retry, s3_url
@@ -20,11 +20,11 @@ REPORT_NAME = "report.json"
 
 
 def dataset_key(sha256: str, settings: Settings) -> str:
-    return f"{settings.datasets_prefix}{sha256}/{ARCHIVE_NAME}"
+    return f"{settings.storage.datasets_prefix}{sha256}/{ARCHIVE_NAME}"
 
 
 def report_key(sha256: str, settings: Settings) -> str:
-    return f"{settings.datasets_prefix}{sha256}/{REPORT_NAME}"
+    return f"{settings.storage.datasets_prefix}{sha256}/{REPORT_NAME}"
 
 
 @s3_retry
@@ -40,17 +40,17 @@ def store_dataset(archive: Path, report: ValidationReport, settings: Settings) -
             f"{archive} does not have the sha256 its report names ({sha256})",
             details={"sha256": sha256},
         )
-    client = s3_client(settings)
+    client = s3_client(settings.storage)
     key = dataset_key(sha256, settings)
-    if not _exists(client, settings.bucket, key):
+    if not _exists(client, settings.storage.bucket, key):
         client.upload_file(
             str(archive),
-            settings.bucket,
+            settings.storage.bucket,
             key,
             ExtraArgs={"ContentType": "application/zip", "Metadata": {"sha256": sha256}},
         )
     client.put_object(
-        Bucket=settings.bucket,
+        Bucket=settings.storage.bucket,
         Key=report_key(sha256, settings),
         Body=report.model_dump_json(indent=2).encode(),
         ContentType="application/json",
@@ -62,7 +62,7 @@ def load_dataset(sha256: str, settings: Settings, dest_dir: Path) -> RawDataset:
     """Read a stored dataset, downloading it into dest_dir/{sha256}/ unless it is there already."""
     path = dest_dir / sha256 / ARCHIVE_NAME
     if not (path.is_file() and file_sha256(path) == sha256):
-        url = s3_url(settings.bucket, dataset_key(sha256, settings))
+        url = s3_url(settings.storage.bucket, dataset_key(sha256, settings))
         fetch_archive(url, settings, path.parent)
         if file_sha256(path) != sha256:
             path.unlink()
@@ -74,9 +74,9 @@ def load_dataset(sha256: str, settings: Settings, dest_dir: Path) -> RawDataset:
 
 def load_report(sha256: str, settings: Settings) -> ValidationReport:
     key = report_key(sha256, settings)
-    body = read_object(s3_client(settings), settings.bucket, key)
+    body = read_object(s3_client(settings.storage), settings.storage.bucket, key)
     if body is None:
-        url = s3_url(settings.bucket, key)
+        url = s3_url(settings.storage.bucket, key)
         raise DatasetNotFound(f"{url} does not exist", details={"url": url})
     return ValidationReport.model_validate_json(body)
 

@@ -10,8 +10,8 @@ from pipeline.ingest import Row
 from pipeline.labels import LABELS
 from pipeline.predictor import Encoded, Predictor
 from pipeline.report import Reporter, Ticker, check_cancelled
-from shared.jobs import EventType
-from shared.results import ClassScores, MemberScores, Metrics
+from shared.contracts.jobs import EventType
+from shared.contracts.results import ClassScores, MemberScores, Metrics
 from shared.settings import Settings
 
 
@@ -71,7 +71,7 @@ def _members(
 
 def progress(reporter: Reporter, total: int, settings: Settings) -> Callable[[int], None]:
     """Evaluation's progress per batch, which also stops a cancelled job."""
-    ticker = Ticker(reporter, "evaluate", total, settings.progress_interval_s)
+    ticker = Ticker(reporter, "evaluate", total, settings.training.progress_interval_s)
     ticker.send(0)
     check_cancelled(reporter, "evaluate")
 

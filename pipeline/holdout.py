@@ -22,11 +22,11 @@ from pipeline.ingest import Row, extract_member, fetch_archive, read_csv
 from pipeline.predictor import load_version
 from pipeline.report import Reporter
 from pipeline.validate import HoldoutTexts
+from shared.contracts.errors import Conflict, DatasetIntegrityError, DatasetInvalid
+from shared.contracts.jobs import EventType
+from shared.contracts.results import Holdout, Metrics
 from shared.digests import file_sha256
-from shared.errors import Conflict, DatasetIntegrityError, DatasetInvalid
-from shared.jobs import EventType
 from shared.registry import put_if, read_object, read_with_etag
-from shared.results import Holdout, Metrics
 from shared.settings import Settings
 from shared.storage import s3_client, s3_retry, s3_url
 
@@ -41,19 +41,19 @@ log = logging.getLogger(__name__)
 
 
 def record_key(settings: Settings) -> str:
-    return f"{settings.holdout_prefix}{HOLDOUT_RECORD}"
+    return f"{settings.storage.holdout_prefix}{HOLDOUT_RECORD}"
 
 
 def copy_key(sha256: str, settings: Settings) -> str:
-    return f"{settings.holdout_prefix}{sha256}/{HOLDOUT_NAME}"
+    return f"{settings.storage.holdout_prefix}{sha256}/{HOLDOUT_NAME}"
 
 
 def score_key(sha256: str, version: str, settings: Settings) -> str:
-    return f"{settings.holdout_prefix}{sha256}/scores/{version}.json"
+    return f"{settings.storage.holdout_prefix}{sha256}/scores/{version}.json"
 
 
 def holdout_dir(settings: Settings) -> Path:
-    return settings.data_dir / "holdout"
+    return settings.run.data_dir / "holdout"
 
 
 def _scratch(settings: Settings) -> tempfile.TemporaryDirectory[str]:
@@ -65,12 +65,12 @@ def _scratch(settings: Settings) -> tempfile.TemporaryDirectory[str]:
 def current_holdout(settings: Settings) -> Holdout | None:
     """The pinned holdout, or None before the first dataset; a configured key not yet pinned is
     pinned first."""
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
     for _ in range(_ATTEMPTS):
         record, etag = _read(s3, settings)
-        if settings.holdout_key is None:
+        if settings.archive.holdout_key is None:
             return record
-        source = s3_url(settings.bucket, settings.holdout_key)
+        source = s3_url(settings.storage.bucket, settings.archive.holdout_key)
         if record is not None and record.source == source:
             return record
         with _scratch(settings) as scratch:
@@ -83,7 +83,7 @@ def current_holdout(settings: Settings) -> Holdout | None:
 
 def pin_dataset_test(archive: Path, dataset_sha256: str, settings: Settings) -> Holdout:
     """Pin this dataset's test.csv unless a holdout is pinned already; the holdout in force."""
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
     record, etag = _read(s3, settings)
     if record is not None:
         return record
@@ -101,7 +101,9 @@ def pin_dataset_test(archive: Path, dataset_sha256: str, settings: Settings) -> 
 
 def dataset_test_source(dataset_sha256: str, settings: Settings) -> str:
     """How a holdout taken from a stored dataset's test.csv names its source."""
-    return f"{s3_url(settings.bucket, dataset_key(dataset_sha256, settings))}#{HOLDOUT_NAME}"
+    return (
+        f"{s3_url(settings.storage.bucket, dataset_key(dataset_sha256, settings))}#{HOLDOUT_NAME}"
+    )
 
 
 def ensure_holdout(settings: Settings, dataset_sha256: str) -> Holdout:
@@ -110,7 +112,7 @@ def ensure_holdout(settings: Settings, dataset_sha256: str) -> Holdout:
     holdout = current_holdout(settings)
     if holdout is not None:
         return holdout
-    url = s3_url(settings.bucket, dataset_key(dataset_sha256, settings))
+    url = s3_url(settings.storage.bucket, dataset_key(dataset_sha256, settings))
     with _scratch(settings) as scratch:
         archive = fetch_archive(url, settings, Path(scratch))
         return pin_dataset_test(archive, dataset_sha256, settings)
@@ -120,7 +122,7 @@ def holdout_rows(holdout: Holdout, settings: Settings) -> list[Row]:
     """The holdout's rows, from its pinned copy, checked against its sha256 and row count."""
     path = holdout_dir(settings) / holdout.sha256 / HOLDOUT_NAME
     if not (path.is_file() and file_sha256(path) == holdout.sha256):
-        fetch_archive(s3_url(settings.bucket, holdout.key), settings, path.parent)
+        fetch_archive(s3_url(settings.storage.bucket, holdout.key), settings, path.parent)
         if file_sha256(path) != holdout.sha256:
             path.unlink()
             raise DatasetIntegrityError(
@@ -158,9 +160,9 @@ class HoldoutScores:
     def of(self, version: str, own: Metrics | None = None) -> Metrics:
         """`own`: the version's metrics.json, which are its holdout score when its dataset is the
         one the holdout was taken from (the same rows)."""
-        s3 = s3_client(self.settings)
+        s3 = s3_client(self.settings.storage)
         key = score_key(self.holdout.sha256, version, self.settings)
-        cached = read_object(s3, self.settings.bucket, key)
+        cached = read_object(s3, self.settings.storage.bucket, key)
         if cached is not None:
             return Metrics.model_validate_json(cached)
         if (
@@ -192,7 +194,7 @@ class HoldoutScores:
     @s3_retry
     def _keep(self, s3: "S3Client", key: str, metrics: Metrics) -> None:
         s3.put_object(
-            Bucket=self.settings.bucket,
+            Bucket=self.settings.storage.bucket,
             Key=key,
             Body=metrics.model_dump_json(indent=2).encode(),
             ContentType="application/json",
@@ -200,7 +202,7 @@ class HoldoutScores:
 
 
 def _read(s3: "S3Client", settings: Settings) -> tuple[Holdout | None, str | None]:
-    body, etag = read_with_etag(s3, settings.bucket, record_key(settings))
+    body, etag = read_with_etag(s3, settings.storage.bucket, record_key(settings))
     return (None, None) if body is None else (Holdout.model_validate_json(body), etag)
 
 
@@ -228,9 +230,9 @@ def _pin(
         source=source,
         pinned_at=datetime.now(UTC),
     )
-    _upload_copy(s3, settings.bucket, local, holdout.key)
+    _upload_copy(s3, settings.storage.bucket, local, holdout.key)
     body = holdout.model_dump_json(indent=2).encode()
-    if not put_if(s3, settings.bucket, record_key(settings), body, etag):
+    if not put_if(s3, settings.storage.bucket, record_key(settings), body, etag):
         return None
     log.info("pinned %s from %s", holdout.describe(), source)
     return holdout

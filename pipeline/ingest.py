@@ -28,8 +28,8 @@ from botocore.exceptions import ClientError
 
 from pipeline.labels import LABELS
 from pipeline.text import clean_text
+from shared.contracts.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.digests import file_sha256
-from shared.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.settings import Settings
 from shared.storage import is_missing, parse_s3_url, s3_client, s3_url
 
@@ -150,9 +150,9 @@ def fetch_archive(
             raise DatasetNotFound(f"{local} does not exist", details={"path": str(local)})
         _check_size(local.stat().st_size, str(local), settings)
         return local
-    bucket, key = parse_s3_url(str(source), settings)
+    bucket, key = parse_s3_url(str(source), settings.storage)
     url = s3_url(bucket, key)
-    client = s3_client(settings)
+    client = s3_client(settings.storage)
     try:
         response = (
             client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
@@ -183,8 +183,8 @@ def fetch_archive(
 def max_csv_bytes(settings: Settings) -> int:
     """The most uncompressed CSV bytes an archive may hold: its unpacking limit, and what fits
     the ingest memory budget with the shortest rows."""
-    fits = settings.ingest_memory_budget_bytes * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW
-    return min(settings.archive_max_uncompressed_bytes, fits)
+    fits = settings.archive.ingest_memory_budget_bytes * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW
+    return min(settings.archive.max_uncompressed_bytes, fits)
 
 
 def read_archive(path: Path, settings: Settings) -> RawDataset:
@@ -262,11 +262,11 @@ def _local_path(source: str | Path) -> Path | None:
 
 
 def _check_size(size: int, where: str, settings: Settings) -> None:
-    if size > settings.upload_max_bytes:
+    if size > settings.limits.upload_max_bytes:
         raise PayloadTooLarge(
             f"{where} is {size:,} bytes or more; archives may be at most "
-            f"{settings.upload_max_bytes:,} bytes",
-            details={"limit_bytes": settings.upload_max_bytes},
+            f"{settings.limits.upload_max_bytes:,} bytes",
+            details={"limit_bytes": settings.limits.upload_max_bytes},
         )
 
 
@@ -274,7 +274,7 @@ def _check_memory(csv_bytes: int, where: str, settings: Settings) -> None:
     limit = max_csv_bytes(settings)
     if csv_bytes <= limit:
         return
-    budget = settings.ingest_memory_budget_bytes
+    budget = settings.archive.ingest_memory_budget_bytes
     raise PayloadTooLarge(
         f"{where} holds {csv_bytes:,} bytes of CSV; at most {limit:,} may be ingested (rows of "
         f"{MIN_ROW_BYTES} bytes or more, up to {SCAN_BYTES_PER_ROW} bytes of memory each, "
@@ -310,9 +310,9 @@ def _find_members(
     archive: zipfile.ZipFile, archive_name: str, settings: Settings
 ) -> dict[str, zipfile.ZipInfo]:
     infos = archive.infolist()
-    if len(infos) > settings.archive_max_members:
+    if len(infos) > settings.archive.max_members:
         raise _invalid(
-            f"{archive_name} has {len(infos)} entries; at most {settings.archive_max_members} "
+            f"{archive_name} has {len(infos)} entries; at most {settings.archive.max_members} "
             "are allowed",
             "too_many_members",
         )
@@ -325,17 +325,17 @@ def _find_members(
                 "unsafe_path",
             )
         declared += info.file_size
-        if info.file_size > settings.archive_max_ratio * max(info.compress_size, 1):
+        if info.file_size > settings.archive.max_ratio * max(info.compress_size, 1):
             raise _invalid(
                 f"{info.filename} in {archive_name} unpacks {info.file_size:,} bytes from "
-                f"{info.compress_size:,}, a ratio above {settings.archive_max_ratio:g}:1 "
+                f"{info.compress_size:,}, a ratio above {settings.archive.max_ratio:g}:1 "
                 "(a zip bomb?)",
                 "zip_bomb",
             )
-    if declared > settings.archive_max_uncompressed_bytes:
+    if declared > settings.archive.max_uncompressed_bytes:
         raise _invalid(
             f"{archive_name} unpacks to {declared:,} bytes, more than the "
-            f"{settings.archive_max_uncompressed_bytes:,} allowed",
+            f"{settings.archive.max_uncompressed_bytes:,} allowed",
             "zip_bomb",
         )
     files = [
@@ -412,11 +412,11 @@ def _read_member(
     sink: RowSink,
 ) -> int:
     where = f"{info.filename} in {archive_name}"
-    ratio_limit = int(settings.archive_max_ratio * max(info.compress_size, 1))
+    ratio_limit = int(settings.archive.max_ratio * max(info.compress_size, 1))
     limit = min(budget, ratio_limit)
     message = (
         f"{where} unpacks to more than {ratio_limit:,} bytes, a ratio above "
-        f"{settings.archive_max_ratio:g}:1 (a zip bomb?)"
+        f"{settings.archive.max_ratio:g}:1 (a zip bomb?)"
         if limit == ratio_limit
         else f"{archive_name} unpacks to more than the {max_csv_bytes(settings):,} bytes of "
         "CSV allowed"

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from safetensors.numpy import load_file, save_file
 
 from pipeline.labels import LABELS
-from shared.training import BlendMixing
+from shared.contracts.training import BlendMixing
 
 LINEAR_WEIGHTS = "linear.safetensors"
 LINEAR_CONFIG = "linear.json"

@@ -20,7 +20,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
-from shared.settings import PACKAGED_BASE_MODEL, Settings
+from shared.contracts.training import PACKAGED_BASE_MODEL
+from shared.settings import Settings
 
 Batch = dict[str, torch.Tensor]
 ArrayBatch = dict[str, np.ndarray]
@@ -63,7 +64,7 @@ def quiet_transformers() -> None:
 
 
 def configure_torch(settings: Settings) -> torch.device:
-    torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+    torch.set_num_threads(settings.training.torch_threads or os.cpu_count() or 1)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from pipeline.modeling import bucketed_batches, sorted_batches
 from pipeline.report import Reporter
-from shared.jobs import EventType
-from shared.training import AdaptationPlan, TrainConfig, TrainingPlan
+from shared.contracts.jobs import EventType
+from shared.contracts.training import AdaptationPlan, TrainConfig, TrainingPlan
 
 UNTIMED_STEPS = 2  # trained, not timed: the first steps pay for allocations and warm caches
 PLAN_SHARE = 0.95

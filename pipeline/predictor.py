@@ -23,10 +23,12 @@ from pipeline.modeling import (
 from pipeline.registry import download, read_manifest, verify
 from pipeline.runners import Runner, TorchRunner
 from pipeline.text import clean_text
-from shared.errors import ModelIntegrityError
-from shared.registry import ModelInfo, ModelRegistry
-from shared.results import Prediction
-from shared.settings import REFERENCE_FORM, Form, Settings
+from shared.contracts.errors import ModelIntegrityError
+from shared.contracts.models import ModelInfo
+from shared.contracts.results import Prediction
+from shared.contracts.serving import REFERENCE_FORM, Form
+from shared.registry import ModelRegistry
+from shared.settings import Settings
 
 
 class Encoded(NamedTuple):
@@ -105,9 +107,9 @@ class Predictor:
             load_tokenizer(str(model_dir)),
             version=version,
             max_length=max_length,
-            batch_size=settings.forward_batch,
+            batch_size=settings.serving.forward_batch,
             device=device,
-            linear=LinearMember.load(model_dir) if settings.serve_blend else None,
+            linear=LinearMember.load(model_dir) if settings.serving.blend else None,
         )
 
     @property
@@ -191,12 +193,12 @@ def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[Predic
 
 
 def load_version(version: str, settings: Settings, cache_dir: Path | None = None) -> Predictor:
-    registry = ModelRegistry.from_settings(settings)
-    model_dir = download(registry, version, cache_dir or settings.data_dir / "models")
+    registry = ModelRegistry.from_settings(settings.storage)
+    model_dir = download(registry, version, cache_dir or settings.run.data_dir / "models")
     return Predictor.from_manifest(model_dir, read_manifest(model_dir), settings)
 
 
 def load_production(settings: Settings, cache_dir: Path | None = None) -> Predictor:
     """The production version, downloaded and verified (NoProductionModel where there is none)."""
-    version = ModelRegistry.from_settings(settings).production_version()
+    version = ModelRegistry.from_settings(settings.storage).production_version()
     return load_version(version, settings, cache_dir)

@@ -17,19 +17,13 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from shared.contracts.errors import Conflict, ModelIntegrityError
+from shared.contracts.models import MANIFEST, METRICS, ModelInfo, checked_version
+from shared.contracts.results import Metrics
+from shared.contracts.training import TrainingParams
 from shared.digests import file_sha256
-from shared.errors import Conflict, ModelIntegrityError
-from shared.registry import (
-    MANIFEST,
-    METRICS,
-    ModelInfo,
-    ModelRegistry,
-    checked_version,
-    read_object,
-)
-from shared.results import Metrics
+from shared.registry import ModelRegistry, read_object
 from shared.storage import s3_retry
-from shared.training import TrainingParams
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

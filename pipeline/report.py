@@ -5,8 +5,8 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from shared.errors import JobCancelled
-from shared.jobs import EventType
+from shared.contracts.errors import JobCancelled
+from shared.contracts.jobs import EventType
 from shared.progress import ProgressBars
 
 

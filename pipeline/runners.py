@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from pipeline.modeling import ArrayBatch, quantize_int8, torch_logits
-from shared.settings import Form
+from shared.contracts.serving import Form
 
 ONNX_DIR = "onnx"
 ONNX_FILES: dict[Form, str] = {

@@ -30,9 +30,10 @@ from pipeline.runners import (
     TorchRunner,
     torch_int8,
 )
+from shared.contracts.results import FormScore, Metrics, ServingCheck, ServingSample
+from shared.contracts.serving import FORMS, REFERENCE_FORM, Form
 from shared.registry import ModelRegistry
-from shared.results import FormScore, Metrics, ServingCheck, ServingSample
-from shared.settings import FORMS, REFERENCE_FORM, Form, Settings
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def serving_check(
     settings: Settings,
 ) -> ServingCheck:
     """Each form beside the first (torch fp32), and whether it may serve."""
-    limit = settings.serving_max_accuracy_drop_pts
+    limit = settings.serving.max_accuracy_drop_pts
     reference = _score(forms[0], accuracies[0], speeds[0], None, limit)
     scores = [reference] + [
         _score(form, accuracy, speed, reference, limit)
@@ -192,7 +193,7 @@ def evaluate_forms(
     texts = [row.text for row in rows]
     with watch("tokenize"):
         encoded = predictor.encode(texts)
-    built, failed = _build_forms(predictor, model_dir, settings.torch_threads, watch)
+    built, failed = _build_forms(predictor, model_dir, settings.training.torch_threads, watch)
     with watch("forward"):
         transformers, seconds = probabilities_together(
             [form.runner.logits for form in built],
@@ -222,7 +223,7 @@ def evaluate_forms(
     speeds = [len(rows) / spent if spent else 0.0 for spent in seconds]
     metrics.serving = serving_check(forms, accuracies, speeds, failed, len(rows), settings)
     _drop_refused(metrics.serving, model_dir)
-    _keep_sample(rows, model_dir, settings.serving_sample_texts)
+    _keep_sample(rows, model_dir, settings.serving.sample_texts)
     forward = {
         f"forward {form}": round(spent, 3) for form, spent in zip(forms, seconds, strict=True)
     }
@@ -244,7 +245,7 @@ def candidate_forms(settings: Settings, metrics: Metrics, model_dir: Path) -> li
             if all((model_dir / name).is_file() for name in score.files)
         ]
     )
-    forced = settings.serving_form
+    forced = settings.serving.form
     if forced == "auto":
         return allowed
     if forced in ONNX_FILES and not (model_dir / ONNX_FILES[forced]).is_file():
@@ -292,9 +293,9 @@ def fastest(
     predictor: Predictor, model_dir: Path, metrics: Metrics, settings: Settings
 ) -> Predictor:
     """The loaded model in the fastest of its candidate forms on this CPU, run in the fastest
-    slices (settings.serving_forward_batch)."""
+    slices (settings.serving.worker_forward_batch)."""
     forms = candidate_forms(settings, metrics, model_dir)
-    threads = settings.torch_threads
+    threads = settings.training.torch_threads
     predictors = [with_form(predictor, form, model_dir, threads) for form in forms]
     sample = model_dir / SAMPLE
     texts = ServingSample.model_validate_json(sample.read_bytes()).texts if sample.is_file() else []
@@ -304,7 +305,7 @@ def fastest(
         speeds = [_registered_speed(metrics, form) for form in forms]
         chosen = _choose(predictors, forms, speeds, "at registration")
     else:
-        speeds = time_forms(predictors, texts, settings.serving_timing_s)
+        speeds = time_forms(predictors, texts, settings.serving.timing_s)
         chosen = _choose(
             predictors, forms, speeds, f"timed here ({len(texts)} texts, {threads} threads)"
         )
@@ -323,11 +324,11 @@ def _choose(
 
 def fastest_batch(predictor: Predictor, texts: Sequence[str], settings: Settings) -> Predictor:
     """The predictor run in slices of the size that serves these texts fastest here, as a busy
-    worker gathers them (settings.serving_forward_batch "auto"), or of the size it forces."""
-    forced = settings.serving_forward_batch
+    worker gathers them (settings.serving.worker_forward_batch "auto"), or of the size it forces."""
+    forced = settings.serving.worker_forward_batch
     speeds: dict[int, float] = {}
     if forced == "auto" and texts:
-        timed = time_forward_batches(predictor, texts, FORWARD_BATCHES, settings.serving_timing_s)
+        timed = time_forward_batches(predictor, texts, FORWARD_BATCHES, settings.serving.timing_s)
         speeds = {size: round(speed, 1) for size, speed in zip(FORWARD_BATCHES, timed, strict=True)}
         size = max(speeds, key=speeds.__getitem__)
         table = "; ".join(f"{batch} {speed}" for batch, speed in speeds.items())
@@ -335,7 +336,7 @@ def fastest_batch(predictor: Predictor, texts: Sequence[str], settings: Settings
             "model %s runs slices of %d texts: texts/s by size %s", predictor.version, size, table
         )
     else:
-        size = settings.forward_batch if forced == "auto" else forced
+        size = settings.serving.forward_batch if forced == "auto" else forced
     chosen = predictor.with_runner(predictor.runner, size)
     chosen.timings, chosen.batch_timings = predictor.timings, speeds
     return chosen
@@ -365,8 +366,8 @@ def time_forward_batches(
 def serving_note(settings: Settings, metrics: Metrics) -> str:
     """One sentence on the forms a model may serve in, and why."""
     check = metrics.serving
-    if settings.serving_form != "auto":
-        return f"It serves in {settings.serving_form} (set)."
+    if settings.serving.form != "auto":
+        return f"It serves in {settings.serving.form} (set)."
     if check is None:
         return f"It serves in {REFERENCE_FORM}."
     allowed = ", ".join(
@@ -390,8 +391,8 @@ def serving_note(settings: Settings, metrics: Metrics) -> str:
 
 def load_serving(version: str, settings: Settings, cache_dir: Path) -> Predictor:
     """A registered version, downloaded, verified and in the fastest form allowed here."""
-    model_dir = download(ModelRegistry.from_settings(settings), version, cache_dir)
+    model_dir = download(ModelRegistry.from_settings(settings.storage), version, cache_dir)
     info = read_manifest(model_dir)
-    serving = settings.model_copy(update={"torch_threads": settings.predict_threads})
+    serving = settings.replace(torch_threads=settings.serving.threads)
     predictor = Predictor.from_manifest(model_dir, info, serving)
     return fastest(predictor, model_dir, info.metrics, serving)

@@ -30,13 +30,20 @@ from pipeline.serving import evaluate_forms, serving_note
 from pipeline.tracking import track_training
 from pipeline.train import fit
 from pipeline.validate import ValidationReport, check, validate, validate_archive
-from shared.errors import Conflict
-from shared.jobs import EventType
-from shared.registry import CARD, HISTORY, ModelInfo, ModelRegistry, new_version, read_object
-from shared.results import Metrics, PromotionDecision, StageSeconds, TrainingRecord, seconds_since
-from shared.settings import Settings
+from shared.contracts.errors import Conflict
+from shared.contracts.jobs import EventType
+from shared.contracts.models import CARD, HISTORY, ModelInfo, new_version
+from shared.contracts.results import (
+    Metrics,
+    PromotionDecision,
+    StageSeconds,
+    TrainingRecord,
+    seconds_since,
+)
+from shared.contracts.training import TrainConfig
+from shared.registry import ModelRegistry, read_object
+from shared.settings import Settings, config_for
 from shared.storage import s3_client
-from shared.training import TrainConfig, config_for
 
 TRAINING = "training.json"
 
@@ -48,7 +55,7 @@ class IngestOutput(BaseModel):
 
 
 def checkpoint_prefix(job_id: str, settings: Settings) -> str:
-    return f"{settings.checkpoints_prefix}{job_id}/"
+    return f"{settings.storage.checkpoints_prefix}{job_id}/"
 
 
 def trained_model_prefix(job_id: str, settings: Settings) -> str:
@@ -57,13 +64,13 @@ def trained_model_prefix(job_id: str, settings: Settings) -> str:
 
 
 def scratch_dir(settings: Settings) -> tempfile.TemporaryDirectory[str]:
-    root = settings.data_dir / "work"
+    root = settings.run.data_dir / "work"
     root.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryDirectory(dir=root)
 
 
 def datasets_dir(settings: Settings) -> Path:
-    return settings.data_dir / "datasets"
+    return settings.run.data_dir / "datasets"
 
 
 def _step(reporter: Reporter, stage: str, step: int, total: int) -> None:
@@ -112,15 +119,15 @@ def train(
     max_steps: int | None = None,
 ) -> TrainingRecord:
     """Fine-tune on the dataset's train.csv; the model lands under trained_model_prefix."""
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
     final = trained_model_prefix(job_id, settings)
-    done = read_object(s3, settings.bucket, final + TRAINING)
-    checkpoints = S3Checkpoints(s3, settings.bucket, checkpoint_prefix(job_id, settings))
+    done = read_object(s3, settings.storage.bucket, final + TRAINING)
+    checkpoints = S3Checkpoints(s3, settings.storage.bucket, checkpoint_prefix(job_id, settings))
     if done is not None:
         checkpoints.clear()
         reporter.event(EventType.log, {"message": f"job {job_id} has already trained its model"})
         return TrainingRecord.model_validate_json(done)
-    config = config_for(settings, profile, base_model=base_model, max_steps=max_steps)
+    config = config_for(settings.training, profile, base_model=base_model, max_steps=max_steps)
     dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
     result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
     record = result.record()
@@ -129,7 +136,7 @@ def train(
         result.save(model_dir)
         (model_dir / TRAINING).write_text(record.model_dump_json(indent=2))
         names = sorted(path.name for path in model_dir.iterdir() if path.name != TRAINING)
-        upload_dir(s3, settings.bucket, final, model_dir, [*names, TRAINING])
+        upload_dir(s3, settings.storage.bucket, final, model_dir, [*names, TRAINING])
     checkpoints.clear()
     return record
 
@@ -212,14 +219,17 @@ def evaluate_and_register(
 ) -> ModelInfo:
     """Evaluate the job's trained model on test.csv and register it as a new version; its
     metrics keep `stages` with the evaluation's wall time added."""
-    s3 = s3_client(settings)
-    registry = ModelRegistry(s3, settings)
+    s3 = s3_client(settings.storage)
+    registry = ModelRegistry(s3, settings.storage)
     for known in registry.versions():
         if known.params.job_id == job_id:
             return known
     with scratch_dir(settings) as scratch:
         model_dir = download_prefix(
-            s3, settings.bucket, trained_model_prefix(job_id, settings), Path(scratch) / "model"
+            s3,
+            settings.storage.bucket,
+            trained_model_prefix(job_id, settings),
+            Path(scratch) / "model",
         )
         training = TrainingRecord.model_validate_json((model_dir / TRAINING).read_bytes())
         training.params.job_id = job_id
@@ -236,7 +246,7 @@ def evaluate_version(
 ) -> Metrics:
     """Metrics of a registered version (production when None) on an archive's test.csv."""
     if version is None:
-        version = ModelRegistry.from_settings(settings).production_version()
+        version = ModelRegistry.from_settings(settings.storage).production_version()
     predictor = load_version(version, settings)
     with scratch_dir(settings) as scratch:
         dataset = read_archive(fetch_archive(source, settings, Path(scratch)), settings)
@@ -247,7 +257,7 @@ def evaluate_version(
 def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> PromotionDecision:
     """Promote the version if it beats production on the promotion holdout (a tie keeps
     production); its own test.csv, its uploader's, is reported but decides nothing."""
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings.storage)
     candidate = registry.get(version)
     holdout = ensure_holdout(settings, candidate.dataset_sha256)
     scores = HoldoutScores(holdout, settings, reporter)

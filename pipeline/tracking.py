@@ -10,8 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from shared.registry import CARD, ModelInfo
-from shared.results import TrainingRecord
+from shared.contracts.models import CARD, ModelInfo
+from shared.contracts.results import TrainingRecord
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,10 +20,10 @@ log = logging.getLogger(__name__)
 def track_training(
     info: ModelInfo, training: TrainingRecord, card: str, settings: Settings
 ) -> None:
-    uri = settings.mlflow_tracking_uri
+    uri = settings.tracking.uri
     if not uri:
         return
-    if not answers(uri, settings.mlflow_probe_timeout_s):
+    if not answers(uri, settings.tracking.probe_timeout_s):
         log.warning("model %s: MLflow at %s does not answer; no run written", info.version, uri)
         return
     try:
@@ -32,7 +32,7 @@ def track_training(
         log.warning(
             "model %s: its MLflow run could not be written to %s",
             info.version,
-            settings.mlflow_tracking_uri,
+            settings.tracking.uri,
             exc_info=True,
         )
 
@@ -53,8 +53,8 @@ def _log_run(info: ModelInfo, training: TrainingRecord, card: str, settings: Set
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    name = settings.mlflow_experiment
+    client = MlflowClient(tracking_uri=settings.tracking.uri)
+    name = settings.tracking.experiment
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
     tags = {"model_version": info.version, "dataset_sha256": info.dataset_sha256}

@@ -48,8 +48,8 @@ from pipeline.modeling import (
 from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Rate, Workload, announce
 from pipeline.registry import UNSAFE_SUFFIXES
 from pipeline.report import Reporter, Ticker, check_cancelled
-from shared.jobs import EventType
-from shared.results import (
+from shared.contracts.jobs import EventType
+from shared.contracts.results import (
     AdaptPoint,
     MemberScores,
     TrainingHistory,
@@ -58,14 +58,14 @@ from shared.results import (
     ValidationPoint,
     ValidationScores,
 )
-from shared.settings import Settings
-from shared.training import (
+from shared.contracts.training import (
     AdaptationPlan,
     BlendMixing,
     TrainConfig,
     TrainingParams,
     TrainingPlan,
 )
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ def adapt(
     steps_per_epoch = run.planner.workload.steps_per_epoch
     lengths = train.lengths.tolist()
     ticker = Ticker(
-        run.reporter, "train", state.total, settings.progress_interval_s, start=state.step
+        run.reporter, "train", state.total, settings.training.progress_interval_s, start=state.step
     )
     window, curve_window = LossWindow(device), LossWindow(device)
     curve_every = max(1, state.total // ADAPT_CURVE_POINTS)
@@ -596,8 +596,8 @@ def adapt(
             )
         now = time.monotonic()
         state.seconds = own_before + now - started
-        due = state.step % settings.checkpoint_every_steps == 0 or (
-            now - last_checkpoint >= settings.checkpoint_interval_s
+        due = state.step % settings.training.checkpoint_every_steps == 0 or (
+            now - last_checkpoint >= settings.training.checkpoint_interval_s
         )
         if state.plan is not None and due and state.step < state.total:
             state.loop_seconds, last_checkpoint = clock.spent(), now
@@ -763,7 +763,9 @@ def fit(
         config, train, val = _follow(plan, config, splits, train, val)
         if plan.budget_s is not None and plan.predicted_s is not None:
             pace = planner.pace(plan)
-    ticker = Ticker(reporter, "train", state.total, settings.progress_interval_s, start=state.step)
+    ticker = Ticker(
+        reporter, "train", state.total, settings.training.progress_interval_s, start=state.step
+    )
     last_checkpoint = time.monotonic()
     window, curve_window = LossWindow(device), LossWindow(device)
     batches, batches_epoch = [], -1
@@ -794,7 +796,9 @@ def fit(
                     state, plan = trainer.state, trainer.plan or plan
                     clock = Clock(state.seconds)
                     window, curve_window = LossWindow(device), LossWindow(device)
-                    ticker = Ticker(reporter, "train", plan.steps, settings.progress_interval_s)
+                    ticker = Ticker(
+                        reporter, "train", plan.steps, settings.training.progress_interval_s
+                    )
                 else:
                     if adapted is not None:
                         # Timing adaptation took time of the budget too.
@@ -851,8 +855,8 @@ def fit(
             )
 
         now = time.monotonic()
-        due = state.step % settings.checkpoint_every_steps == 0 or (
-            now - last_checkpoint >= settings.checkpoint_interval_s
+        due = state.step % settings.training.checkpoint_every_steps == 0 or (
+            now - last_checkpoint >= settings.training.checkpoint_interval_s
         )
         if due and state.step < state.total and not state.stopped_early:
             state.seconds = clock.spent()

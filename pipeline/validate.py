@@ -29,7 +29,7 @@ from pipeline.ingest import (
     stream_archive,
 )
 from pipeline.labels import LABELS
-from shared.errors import DatasetInvalid
+from shared.contracts.errors import DatasetInvalid
 from shared.settings import Settings
 
 TextIds = NDArray[np.uint64]
@@ -100,8 +100,8 @@ class SplitFacts:
         self.conflicting = 0
         self.texts: TextIds = np.empty(0, dtype=np.uint64)
         self._keys = array("Q")
-        self._max_chars = settings.max_text_chars
-        self._keep = settings.report_max_problems
+        self._max_chars = settings.limits.max_text_chars
+        self._keep = settings.archive.report_max_problems
 
     def row(self, row: Row) -> None:
         self.rows += 1
@@ -210,19 +210,19 @@ def report(
         _check_rows(fact, settings, errors, warnings)
     for fact in facts:
         _check_classes(fact, settings, errors)
-    if train.rows < settings.min_train_rows:
+    if train.rows < settings.archive.min_train_rows:
         errors.append(
-            f"train.csv has {train.rows} usable rows; at least {settings.min_train_rows} are "
-            "needed to train"
+            f"train.csv has {train.rows} usable rows; at least "
+            f"{settings.archive.min_train_rows} are needed to train"
         )
     overlap = _shared(test.texts, train.texts)
     fraction = overlap / len(test.texts) if len(test.texts) else 0.0
-    if overlap and fraction >= settings.max_test_in_train_fraction:
+    if overlap and fraction >= settings.archive.max_test_in_train_fraction:
         errors.append(
             f"test.csv lies mostly inside train.csv: {overlap} of its {len(test.texts)} distinct "
             f"texts ({fraction:.1%}) also appear in train.csv, and at "
-            f"{settings.max_test_in_train_fraction:.0%} or more a test set measures memory, not "
-            "accuracy; keep test.csv's rows out of train.csv"
+            f"{settings.archive.max_test_in_train_fraction:.0%} or more a test set measures "
+            "memory, not accuracy; keep test.csv's rows out of train.csv"
         )
     elif overlap:
         warnings.append(
@@ -232,14 +232,14 @@ def report(
     holdout_overlap = None
     if holdout is not None:
         holdout_overlap = _shared(holdout.texts, train.texts)
-        allowed = floor(settings.holdout_max_overlap_fraction * holdout.rows)
+        allowed = floor(settings.archive.holdout_max_overlap_fraction * holdout.rows)
         if holdout_overlap > allowed:
             errors.append(
                 f"train.csv holds {holdout_overlap} of the {holdout.rows} texts of the promotion "
                 f"holdout (sha256 {holdout.sha256[:12]}, "
                 f"{holdout_overlap / max(holdout.rows, 1):.1%}); at most {allowed} "
-                f"({settings.holdout_max_overlap_fraction:.0%}) may be there, since models are "
-                "compared on the holdout: remove those rows from train.csv"
+                f"({settings.archive.holdout_max_overlap_fraction:.0%}) may be there, since models "
+                "are compared on the holdout: remove those rows from train.csv"
             )
     problems = [*train.problems, *test.problems]
     return ValidationReport(
@@ -259,7 +259,7 @@ def report(
         holdout_sha256=holdout.sha256 if holdout else None,
         holdout_rows=holdout.rows if holdout else None,
         holdout_overlap=holdout_overlap,
-        problems=[asdict(problem) for problem in problems[: settings.report_max_problems]],
+        problems=[asdict(problem) for problem in problems[: settings.archive.report_max_problems]],
         problems_total=train.problems_total + test.problems_total,
         errors=errors,
         warnings=warnings,
@@ -280,7 +280,9 @@ def _check_rows(
 ) -> None:
     name, bad = fact.name, fact.bad
     records = fact.records
-    allowed = min(settings.max_bad_rows, floor(settings.max_bad_row_fraction * records))
+    allowed = min(
+        settings.archive.max_bad_rows, floor(settings.archive.max_bad_row_fraction * records)
+    )
     if bad > allowed:
         errors.append(
             f"{fact.first_bad} ({name} has {_count(bad, 'unreadable row')}; at most {allowed} of "
@@ -303,25 +305,29 @@ def _check_rows(
         )
     if fact.over_long:
         warnings.append(
-            f"{name}: {_count(fact.over_long, 'text')} longer than {settings.max_text_chars:,} "
-            "characters; the model reads only their beginning"
+            f"{name}: {_count(fact.over_long, 'text')} longer than "
+            f"{settings.limits.max_text_chars:,} characters; the model reads only their beginning"
         )
     counts = fact.per_class
     smallest, largest = min(counts, key=counts.__getitem__), max(counts, key=counts.__getitem__)
-    if counts[smallest] and counts[largest] > settings.max_class_imbalance * counts[smallest]:
+    if (
+        counts[smallest]
+        and counts[largest] > settings.archive.max_class_imbalance * counts[smallest]
+    ):
         warnings.append(
             f"{name}: classes are imbalanced, {counts[largest]} rows of {largest} against "
-            f"{counts[smallest]} of {smallest} (more than {settings.max_class_imbalance:g}:1)"
+            f"{counts[smallest]} of {smallest} "
+            f"(more than {settings.archive.max_class_imbalance:g}:1)"
         )
 
 
 def _check_classes(fact: SplitFacts, settings: Settings, errors: list[str]) -> None:
     for index, (label, count) in enumerate(fact.per_class.items()):
-        if count < settings.min_class_rows:
+        if count < settings.archive.min_class_rows:
             has = "no rows" if count == 0 else f"only {count} rows"
             errors.append(
                 f"{fact.name} has {has} of class {index + 1} ({label}); every class needs "
-                f"at least {settings.min_class_rows}"
+                f"at least {settings.archive.min_class_rows}"
             )
 
 

@@ -4,28 +4,15 @@ rewritten within heartbeat_timeout_s are of workers that are gone."""
 
 import os
 import socket
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import redis
 import redis.asyncio
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from shared.jobs import utcnow
-from shared.settings import Form, Settings
-
-
-class ServingWorker(BaseModel):
-    worker: str = Field(description="host:pid")
-    version: str
-    form: Form
-    texts_per_s: dict[str, float] = Field(
-        default_factory=dict, description="each allowed form timed at load, on this worker's CPU"
-    )
-    forward_batch: int | None = Field(default=None, description="texts per forward call")
-    texts_per_s_by_batch: dict[int, float] = Field(
-        default_factory=dict, description="each forward batch size timed at load, in its form"
-    )
-    seen_at: datetime = Field(default_factory=utcnow)
+from shared.contracts.serving import ServingWorker
+from shared.contracts.times import utcnow
+from shared.settings import Settings
 
 
 def worker_name() -> str:
@@ -33,7 +20,7 @@ def worker_name() -> str:
 
 
 def _key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:serving-workers"
+    return f"{settings.redis.key_prefix}:serving-workers"
 
 
 def announce(client: "redis.Redis", settings: Settings, worker: ServingWorker) -> None:
@@ -44,7 +31,7 @@ async def serving_workers(client: "redis.asyncio.Redis", settings: Settings) -> 
     """The workers that announced themselves lately; entries of those gone are removed."""
     fresh: list[ServingWorker] = []
     stale: list[str | bytes] = []
-    oldest = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+    oldest = utcnow() - timedelta(seconds=settings.reaper.heartbeat_timeout_s)
     entries = await client.hgetall(_key(settings))
     for name, value in entries.items():
         try:

@@ -13,15 +13,14 @@ from typing import Any
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
 from pydantic import BaseModel
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
-from shared.errors import AgNewsError, ErrorInfo, JobCancelled, JobEnded, NotFound
-from shared.jobs import Event, EventType, Job, JobStatus, JobType, TaskCall, utcnow
-from shared.results import JobResult
-from shared.settings import Settings
+from shared.contracts.errors import AgNewsError, ErrorInfo, JobCancelled, JobEnded, NotFound
+from shared.contracts.jobs import Event, EventType, Job, JobStatus, JobType, TaskCall
+from shared.contracts.results import JobResult
+from shared.contracts.times import utcnow
+from shared.redis_clients import async_client, sync_client
+from shared.settings import JobSettings, Settings
 
 # KEYS: job hash, event stream, the set of active jobs (an ended job leaves it). ARGV: maxlen,
 # ttl, new status ("" keeps it), number of hash field pairs, the pairs, then (type, data) pairs
@@ -98,28 +97,6 @@ return 0
 DELIVERIES = "deliveries:"
 _JSON_FIELDS = ("params", "progress", "result", "error", "task")
 _TIME_FIELDS = ("created_at", "started_at", "finished_at", "updated_at", "heartbeat_at")
-
-
-def redis_backoff() -> ExponentialWithJitterBackoff:
-    """The wait between tries while Redis is away: doubling from 0.1 s up to 2 s, jittered."""
-    return ExponentialWithJitterBackoff(base=0.1, cap=2.0)
-
-
-def redis_options(settings: Settings) -> dict[str, Any]:
-    """Client options that ride out a Redis restart: retries with backoff, health checks."""
-    return {
-        "retry": Retry(redis_backoff(), settings.redis_retries),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-        "health_check_interval": settings.redis_health_check_s,
-    }
-
-
-def async_redis_options(settings: Settings) -> dict[str, Any]:
-    return {
-        "retry": redis.asyncio.retry.Retry(redis_backoff(), settings.redis_retries),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
-        "health_check_interval": settings.redis_health_check_s,
-    }
 
 
 class JobKeys:
@@ -232,10 +209,10 @@ class _Change:
         self.events.append((type_, encoded))
         return self
 
-    def argv(self, settings: Settings) -> list[str]:
+    def argv(self, settings: JobSettings) -> list[str]:
         args = [
             str(settings.event_stream_maxlen),
-            str(settings.job_ttl_s),
+            str(settings.ttl_s),
             self.status.value if self.status else "",
             str(len(self.fields)),
         ]
@@ -316,7 +293,7 @@ def _claim(job_id: str, deliveries: Any, params: Any, started: Any) -> Claim:
     return Claim(job_id, params=str(params), deliveries=int(deliveries))
 
 
-def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> None:
+def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: JobSettings) -> None:
     pipe.hset(keys.job(job.id), mapping=encode_job(job))
     pipe.zadd(keys.index, {job.id: job.created_at.timestamp()})
     if not job.status.terminal:
@@ -332,11 +309,13 @@ def _queue_create(pipe: Any, keys: JobKeys, job: Job, settings: Settings) -> Non
 class _Scripts:
     """A client, the keys and the store's scripts registered on it."""
 
-    def __init__(self, client: "redis.Redis | redis.asyncio.Redis", settings: Settings) -> None:
+    def __init__(
+        self, client: "redis.Redis | redis.asyncio.Redis", prefix: str, settings: JobSettings
+    ) -> None:
         # redis-py's annotations ignore decode_responses; every reply here is str.
         self.redis: Any = client
         self.settings = settings
-        self.keys = JobKeys(settings.key_prefix)
+        self.keys = JobKeys(prefix)
         self._emit: Any = client.register_script(_EMIT)
         self._recent: Any = client.register_script(_RECENT)
         self._touch: Any = client.register_script(_TOUCH)
@@ -347,10 +326,7 @@ class JobStore(_Scripts):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "JobStore":
-        client = redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, **redis_options(settings)
-        )
-        return cls(client, settings)
+        return cls(sync_client(settings.redis), settings.redis.key_prefix, settings.jobs)
 
     def create(self, job: Job) -> Job:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -487,13 +463,8 @@ class AsyncJobStore(_Scripts):
     """The same store for the gateway's event loop."""
 
     @classmethod
-    def from_settings(cls, settings: Settings, **options: Any) -> "AsyncJobStore":
-        client = redis.asyncio.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            **{**async_redis_options(settings), **options},
-        )
-        return cls(client, settings)
+    def from_settings(cls, settings: Settings) -> "AsyncJobStore":
+        return cls(async_client(settings.redis), settings.redis.key_prefix, settings.jobs)
 
     async def create(self, job: Job) -> Job:
         await self.create_together([job], [])

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from shared.jobs import Event, EventType
+from shared.contracts.jobs import Event, EventType
 
 _SHOWN = ("loss", "lr", "samples_per_s", "epoch")
 

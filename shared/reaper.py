@@ -24,11 +24,12 @@ from typing import Literal
 
 import redis
 
-from shared.errors import ErrorInfo, JobEnded, NotFound
-from shared.jobs import Job, JobStatus, JobType, TaskCall, utcnow
+from shared.contracts.errors import ErrorInfo, JobEnded, NotFound
+from shared.contracts.jobs import Job, JobStatus, JobType, TaskCall
+from shared.contracts.stages import PREDICT, first_task, queue_of
+from shared.contracts.times import utcnow
 from shared.jobstore import JobStore
-from shared.settings import Settings
-from shared.tasks import FIRST_TASK, PREDICT, ROUTES
+from shared.settings import ReaperSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _older(moment: datetime | None, now: datetime, seconds: float) -> bool:
     return moment is not None and now - moment > timedelta(seconds=seconds)
 
 
-def verdict(job: Job, now: datetime, settings: Settings) -> Verdict | None:
+def verdict(job: Job, now: datetime, settings: ReaperSettings) -> Verdict | None:
     if job.status.terminal:
         return None
     if job.type is JobType.predict:
@@ -82,10 +83,11 @@ def verdict(job: Job, now: datetime, settings: Settings) -> Verdict | None:
         # Waiting for a worker to take its first task (or the next stage's).
         waiting_since = job.heartbeat_at or job.created_at
         if _older(waiting_since, now, settings.queued_timeout_s):
-            name = task.name if task is not None else FIRST_TASK[job.type]
+            name = task.name if task is not None else first_task(job.type)
+            queue = queue_of(name)
             message = (
-                f"no worker took {name} from the {ROUTES[name]} queue within "
-                f"{settings.queued_timeout_s:.0f}s (are {ROUTES[name]} workers running?)"
+                f"no worker took {name} from the {queue} queue within "
+                f"{settings.queued_timeout_s:.0f}s (are {queue} workers running?)"
             )
             return Verdict(
                 job.id, "fail", message, error=ErrorInfo(code=JOB_TIMEOUT, message=message)
@@ -106,7 +108,7 @@ def verdict(job: Job, now: datetime, settings: Settings) -> Verdict | None:
     return Verdict(job.id, "resend", reason, task=again)
 
 
-def verdicts(jobs: Sequence[Job], now: datetime, settings: Settings) -> list[Verdict]:
+def verdicts(jobs: Sequence[Job], now: datetime, settings: ReaperSettings) -> list[Verdict]:
     found = (verdict(job, now, settings) for job in jobs)
     return [v for v in found if v is not None]
 
@@ -114,7 +116,7 @@ def verdicts(jobs: Sequence[Job], now: datetime, settings: Settings) -> list[Ver
 Send = Callable[[str, TaskCall], None]
 
 
-def reap_once(store: JobStore, send: Send, settings: Settings) -> list[Verdict]:
+def reap_once(store: JobStore, send: Send, settings: ReaperSettings) -> list[Verdict]:
     done = verdicts(store.active(SCAN_LIMIT), utcnow(), settings)
     for item in done:
         log.warning("reaper: job %s: %s", item.job_id, item.reason)
@@ -133,7 +135,7 @@ class Reaper:
     """`reap_once` every `reaper_interval_s` in a daemon thread; one reaper per round across
     processes (a Redis lock that expires with the round)."""
 
-    def __init__(self, store: JobStore, send: Send, settings: Settings) -> None:
+    def __init__(self, store: JobStore, send: Send, settings: ReaperSettings) -> None:
         self.store = store
         self.send = send
         self.settings = settings
@@ -150,8 +152,8 @@ class Reaper:
         self.store.redis.close()
 
     def _run(self) -> None:
-        interval = self.settings.reaper_interval_s
-        lock = f"{self.settings.key_prefix}:reaper"
+        interval = self.settings.interval_s
+        lock = f"{self.store.keys.prefix}:reaper"
         while not self._stop.wait(interval):
             try:
                 if self.store.redis.set(lock, "1", nx=True, px=int(interval * 900)):

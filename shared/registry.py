@@ -6,30 +6,31 @@ changes. models/production.json changes only through `promote`, by compare-and-s
 """
 
 import logging
-import re
-import secrets
 from datetime import UTC, datetime
 from types import EllipsisType
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, Field
 
-from shared.errors import Conflict, ModelNotFound, NoProductionModel
-from shared.results import Metrics, TrainingHistory
-from shared.settings import Settings
+from shared.contracts.errors import Conflict, NoProductionModel
+from shared.contracts.models import (
+    CARD,
+    HISTORY,
+    MANIFEST,
+    PRODUCTION,
+    VERSION_PATTERN,
+    ModelInfo,
+    ModelRecord,
+    ProductionPointer,
+    checked_version,
+    no_such_version,
+)
+from shared.contracts.results import TrainingHistory
+from shared.settings import StorageSettings
 from shared.storage import error_code, is_missing, s3_client, s3_retry
-from shared.training import TrainingParams
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-MANIFEST = "manifest.json"
-METRICS = "metrics.json"
-CARD = "README.md"
-HISTORY = "history.json"
-PRODUCTION = "production.json"
-VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{4}")
 
 _CAS_ATTEMPTS = 5
 _JSON = "application/json"
@@ -39,60 +40,16 @@ _NO_CONDITIONAL_WRITES = {"NotImplemented", "501"}
 log = logging.getLogger(__name__)
 
 
-class ModelInfo(BaseModel):
-    """A version's manifest: what it was trained from, how it scored, the sha256 of every file."""
-
-    version: str
-    created_at: datetime
-    base_model: str
-    dataset_sha256: str
-    metrics: Metrics
-    params: TrainingParams
-    files: dict[str, str] = Field(default_factory=dict)
-
-
-class ModelRecord(BaseModel):
-    """Everything kept of a version: its manifest, its card and its training curves (versions
-    registered before cards existed have neither)."""
-
-    info: ModelInfo
-    card: str | None = None
-    history: TrainingHistory | None = None
-
-
-class ProductionPointer(BaseModel):
-    version: str
-    promoted_at: datetime
-    reason: str
-    previous: str | None = None
-
-
-def _no_such_version(version: str) -> ModelNotFound:
-    return ModelNotFound(f"model version {version!r} does not exist", details={"version": version})
-
-
-def checked_version(version: str) -> str:
-    """The name, if it is one a version can have (it is then safe in paths and keys)."""
-    if not VERSION_PATTERN.fullmatch(version):
-        raise _no_such_version(version)
-    return version
-
-
-def new_version() -> str:
-    """A sortable, unique version name: UTC time and 4 random hex digits."""
-    return f"{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}-{secrets.token_hex(2)}"
-
-
 class ModelRegistry:
-    def __init__(self, s3: "S3Client", settings: Settings) -> None:
+    def __init__(self, s3: "S3Client", storage: StorageSettings) -> None:
         self.s3 = s3
-        self.bucket = settings.bucket
-        self.prefix = settings.models_prefix
-        self.incoming_prefix = settings.incoming_prefix
+        self.bucket = storage.bucket
+        self.prefix = storage.models_prefix
+        self.incoming_prefix = storage.incoming_prefix
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelRegistry":
-        return cls(s3_client(settings), settings)
+    def from_settings(cls, storage: StorageSettings) -> "ModelRegistry":
+        return cls(s3_client(storage), storage)
 
     def key(self, version: str, name: str) -> str:
         return f"{self.prefix}{version}/{name}"
@@ -115,7 +72,7 @@ class ModelRegistry:
     def get(self, version: str) -> ModelInfo:
         info = self._manifest(checked_version(version))
         if info is None:
-            raise _no_such_version(version)
+            raise no_such_version(version)
         return info
 
     def record(self, version: str) -> ModelRecord:

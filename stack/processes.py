@@ -17,6 +17,9 @@ from typing import IO
 
 import redis
 
+from shared.redis_clients import sync_client
+from shared.settings import RedisSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -136,7 +139,7 @@ def http_ok(url: str) -> Callable[[], bool]:
 def redis_ok(url: str) -> Callable[[], bool]:
     def probe() -> bool:
         try:
-            return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+            return bool(sync_client(RedisSettings(url=url, timeout_s=1, retries=0)).ping())
         except redis.RedisError:
             return False
 

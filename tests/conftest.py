@@ -44,12 +44,12 @@ def settings(redis_url: str, s3_endpoint: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         serving_timing_s=0.01,
     )
-    s3_client(config).create_bucket(Bucket=bucket)
+    s3_client(config.storage).create_bucket(Bucket=bucket)
     return config
 
 
 @pytest.fixture
 def redis_client(settings: Settings) -> Iterator["redis.Redis[str]"]:
-    client: redis.Redis[str] = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client: redis.Redis[str] = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     yield client
     client.close()

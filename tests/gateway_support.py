@@ -95,7 +95,7 @@ def events_only(frames: Iterator[Frame]) -> Iterator[Frame]:
 
 def broker_messages(settings: Settings, queue: str) -> list[tuple[str, list[object]]]:
     """(task name, args) of every message waiting in a Celery queue on the broker."""
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     try:
         raw = client.lrange(queue, 0, -1)
     finally:

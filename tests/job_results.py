@@ -1,6 +1,6 @@
 """Typed job results for tests that end jobs by hand."""
 
-from shared.results import ClassScores, Metrics, Prediction, PredictResult, TrainResult
+from shared.contracts.results import ClassScores, Metrics, Prediction, PredictResult, TrainResult
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 

@@ -15,11 +15,10 @@ from pipeline.runners import ONNX_DIR
 from pipeline.serving import SAMPLE
 from pipeline.stages import TRAINING, finish_model
 from pipeline.train import fit
-from shared.jobs import EventType
-from shared.registry import MANIFEST, ModelInfo, new_version
-from shared.settings import Settings
+from shared.contracts.jobs import EventType
+from shared.contracts.models import MANIFEST, ModelInfo, new_version
+from shared.settings import Settings, config_for
 from shared.storage import s3_client
-from shared.training import config_for
 from tests.archives import MINI_ARCHIVE
 
 TINY_STEPS = 4
@@ -75,7 +74,7 @@ class Recorder:
 
 
 def fast_settings(settings: Settings, **changes: Any) -> Settings:
-    return settings.model_copy(update={"progress_interval_s": 0.0, **changes})
+    return settings.replace(progress_interval_s=0.0, **changes)
 
 
 def mini_dataset(settings: Settings | None = None) -> RawDataset:
@@ -94,7 +93,10 @@ def trained_model(root: Path, steps: int) -> Path:
     settings = Settings(progress_interval_s=60.0, data_dir=root / "data")
     dataset = mini_dataset(settings)
     result = fit(
-        config_for(settings, "quick", max_steps=steps), dataset.train.rows, settings, Recorder()
+        config_for(settings.training, "quick", max_steps=steps),
+        dataset.train.rows,
+        settings,
+        Recorder(),
     )
     model_dir = root / "tiny"
     result.save(model_dir)
@@ -121,9 +123,9 @@ def copy_as_new_version(model_dir: Path, dest: Path, **metrics: Any) -> ModelInf
 
 def upload_candidate(settings: Settings, model_dir: Path, prefix: str) -> None:
     """Put a trained model where the train stage leaves it: checkpoints/{job}/final/."""
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
     training = model_dir.parent / TRAINING
     for path in sorted(model_dir.iterdir()):
         if path.name not in (MANIFEST, "metrics.json", SAMPLE, ONNX_DIR):
-            s3.upload_file(str(path), settings.bucket, prefix + path.name)
-    s3.upload_file(str(training), settings.bucket, prefix + TRAINING)
+            s3.upload_file(str(path), settings.storage.bucket, prefix + path.name)
+    s3.upload_file(str(training), settings.storage.bucket, prefix + TRAINING)

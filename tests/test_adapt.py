@@ -18,9 +18,9 @@ from pipeline.ingest import Row
 from pipeline.modeling import load_classifier, load_tokenizer, padding_of
 from pipeline.plan import PLAN_SHARE, UNTIMED_STEPS, Planner, Probe, Rate, Workload
 from pipeline.train import FitResult, fit
+from shared.contracts.training import PROFILES, TrainConfig
 from shared.progress import ProgressBars
 from shared.settings import Settings
-from shared.training import PROFILES, TrainConfig
 from tests.model_families import CONFIGS, tiny_family_model
 from tests.pipeline_support import Recorder, mini_dataset
 

@@ -24,10 +24,10 @@ from pipeline.linear import (
 from pipeline.predictor import Predictor
 from pipeline.stages import train_model
 from pipeline.train import split_rows
-from shared.registry import ModelInfo
-from shared.results import MemberScores
+from shared.contracts.models import ModelInfo
+from shared.contracts.results import MemberScores
+from shared.contracts.training import BlendMixing, TrainConfig
 from shared.settings import Settings
-from shared.training import BlendMixing, TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.model_families import tiny_family_model
 from tests.pipeline_support import Recorder
@@ -206,7 +206,7 @@ def test_a_model_without_a_linear_member_loads_and_serves_the_transformer(
 
 def test_the_blend_is_switched_off_by_setting(tmp_path: Path) -> None:
     _, settings, _ = trained(tmp_path)
-    off = Predictor.load(tmp_path / "model", settings.model_copy(update={"serve_blend": False}))
+    off = Predictor.load(tmp_path / "model", settings.replace(serve_blend=False))
     on = Predictor.load(tmp_path / "model", settings)
     assert off.linear is None
     assert on.linear is not None

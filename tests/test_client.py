@@ -17,8 +17,8 @@ from client.cli import (
     EXIT_UNAVAILABLE,
     main,
 )
-from shared.errors import ErrorInfo
-from shared.jobs import EventType, Job, JobStatus, JobType, TrainParams, new_job_id
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import EventType, Job, JobStatus, JobType, TrainParams, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from tests.flaky_proxy import flaky_proxy
@@ -29,7 +29,7 @@ from tests.servers import free_port
 
 @pytest.fixture
 def gateway(settings: Settings) -> Iterator[Gateway]:
-    fast = settings.model_copy(update={"predict_wait_s": 10.0})
+    fast = settings.replace(predict_wait_s=10.0)
     with serve(fast) as running:
         yield running
 
@@ -89,7 +89,7 @@ def test_submit_list_show_and_cancel_print_json_and_exit_codes(
     gateway: Gateway, settings: Settings, store: JobStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = ["--url", gateway.url, "--json"]
-    dataset = f"s3://{settings.bucket}/incoming/x/archive.zip"
+    dataset = f"s3://{settings.storage.bucket}/incoming/x/archive.zip"
     code, out, _ = run(capsys, "jobs", "submit", "train", dataset, "--max-steps", "3", *url)
     assert code == EXIT_OK
     submitted = Job.model_validate_json(out)

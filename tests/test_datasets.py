@@ -12,7 +12,7 @@ from pipeline.datasets import (
 )
 from pipeline.ingest import read_archive
 from pipeline.validate import ValidationReport, validate
-from shared.errors import DatasetIntegrityError, DatasetInvalid, DatasetNotFound
+from shared.contracts.errors import DatasetIntegrityError, DatasetInvalid, DatasetNotFound
 from shared.settings import Settings
 from shared.storage import s3_client
 from tests.archives import MINI_ARCHIVE, make_archive, mini_records
@@ -37,7 +37,7 @@ def test_store_and_load_round_trip(settings: Settings, tmp_path: Path) -> None:
     key = store_dataset(MINI_ARCHIVE, report, settings)
 
     assert key == f"datasets/{sha256}/archive.zip"
-    stored = s3_client(settings).get_object(Bucket=settings.bucket, Key=key)
+    stored = s3_client(settings.storage).get_object(Bucket=settings.storage.bucket, Key=key)
     assert stored["Body"].read() == MINI_ARCHIVE.read_bytes()
     assert stored["Metadata"] == {"sha256": sha256}
     assert load_report(sha256, settings) == report
@@ -53,7 +53,7 @@ def test_load_uses_its_cache(settings: Settings, tmp_path: Path) -> None:
     report = accepted_report(settings)
     key = store_dataset(MINI_ARCHIVE, report, settings)
     load_dataset(report.dataset_sha256, settings, tmp_path)
-    s3_client(settings).delete_object(Bucket=settings.bucket, Key=key)
+    s3_client(settings.storage).delete_object(Bucket=settings.storage.bucket, Key=key)
     assert len(load_dataset(report.dataset_sha256, settings, tmp_path).train.rows) == 400
 
 
@@ -62,11 +62,13 @@ def test_storing_again_keeps_the_archive_and_rewrites_the_report(
 ) -> None:
     report = accepted_report(settings)
     key = store_dataset(MINI_ARCHIVE, report, settings)
-    client = s3_client(settings)
-    client.put_object(Bucket=settings.bucket, Key=key, Body=b"already here")
+    client = s3_client(settings.storage)
+    client.put_object(Bucket=settings.storage.bucket, Key=key, Body=b"already here")
     changed = report.model_copy(update={"warnings": ["a new warning"]})
     assert store_dataset(MINI_ARCHIVE, changed, settings) == key
-    assert client.get_object(Bucket=settings.bucket, Key=key)["Body"].read() == b"already here"
+    assert (
+        client.get_object(Bucket=settings.storage.bucket, Key=key)["Body"].read() == b"already here"
+    )
     assert load_report(report.dataset_sha256, settings).warnings == ["a new warning"]
 
 
@@ -76,7 +78,7 @@ def test_refuses_to_store_a_rejected_dataset(settings: Settings, tmp_path: Path)
     report = validate(read_archive(archive, settings), settings)
     with pytest.raises(DatasetInvalid, match=r"test\.csv has no rows of class 2"):
         store_dataset(archive, report, settings)
-    listed = s3_client(settings).list_objects_v2(Bucket=settings.bucket)
+    listed = s3_client(settings.storage).list_objects_v2(Bucket=settings.storage.bucket)
     assert listed.get("KeyCount") == 0
 
 
@@ -100,7 +102,7 @@ def test_a_stored_archive_with_other_bytes_is_refused(settings: Settings, tmp_pa
     report = accepted_report(settings)
     key = store_dataset(MINI_ARCHIVE, report, settings)
     other = make_archive(tmp_path / "other.zip", dialect="snake_case")
-    s3_client(settings).upload_file(str(other), settings.bucket, key)
+    s3_client(settings.storage).upload_file(str(other), settings.storage.bucket, key)
     with pytest.raises(DatasetIntegrityError, match="does not have the sha256 it is stored under"):
         load_dataset(report.dataset_sha256, settings, tmp_path / "cache")
     assert not (tmp_path / "cache" / report.dataset_sha256 / "archive.zip").exists()

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.contracts.stages import QUEUES
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH
-from shared.tasks import QUEUES
 from stack.local import Webhook
 from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, TEMPLATES, run, tool
 

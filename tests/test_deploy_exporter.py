@@ -19,9 +19,10 @@ from deploy.backlog_exporter import (
     BacklogExporter,
     Capacity,
 )
+from shared.broker import make_celery
+from shared.contracts.stages import EVALUATE, PREDICT, TRAIN
 from shared.settings import Settings
 from shared.storage import client_options
-from shared.tasks import EVALUATE, PREDICT, TRAIN, make_celery
 from tests.servers import free_port, redis_server
 
 GROUPS = {"predict": "fleet-predict", "evaluate": "fleet-evaluate", "train": "fleet-train"}
@@ -31,11 +32,11 @@ GROUPS = {"predict": "fleet-predict", "evaluate": "fleet-evaluate", "train": "fl
 def exporter_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
     """A broker of its own (the suite's Redis carries other tests' queues) and groups in moto:
     two predict instances, none for evaluate and train."""
-    aws = client_options(settings)
+    aws = client_options(settings.storage)
     ec2: Any = boto3.client("ec2", **aws)
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     autoscaling: Any = boto3.client("autoscaling", **aws)
-    suffix = settings.key_prefix
+    suffix = settings.redis.key_prefix
     autoscaling.create_launch_configuration(
         LaunchConfigurationName=f"lc-{suffix}", ImageId=image, InstanceType="t3.micro"
     )
@@ -45,7 +46,7 @@ def exporter_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
         autoscaling.create_auto_scaling_group(
             AutoScalingGroupName=group,
             LaunchConfigurationName=f"lc-{suffix}",
-            AvailabilityZones=[f"{settings.s3_region}a"],
+            AvailabilityZones=[f"{settings.storage.region}a"],
             MinSize=0,
             MaxSize=4,
             DesiredCapacity=capacity,
@@ -64,16 +65,16 @@ def exporter_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
 
 
 def published(settings: Settings, metric: str, queue: str) -> float:
-    cloudwatch: Any = boto3.client("cloudwatch", **client_options(settings))
+    cloudwatch: Any = boto3.client("cloudwatch", **client_options(settings.storage))
     now = datetime.now(UTC)
-    dimensions = Backlog(queue, settings.backlog_groups[queue], 0, Capacity(0, 0)).dimensions()
+    dimensions = Backlog(queue, settings.backlog.groups[queue], 0, Capacity(0, 0)).dimensions()
     result = cloudwatch.get_metric_data(
         MetricDataQueries=[
             {
                 "Id": "m",
                 "MetricStat": {
                     "Metric": {
-                        "Namespace": settings.metrics_namespace,
+                        "Namespace": settings.backlog.metrics_namespace,
                         "MetricName": metric,
                         "Dimensions": dimensions,
                     },
@@ -130,7 +131,7 @@ def test_waiting_and_unacknowledged_tasks_are_published_per_instance(
 def test_run_publishes_until_stopped_and_outlives_a_broker_outage(
     exporter_settings: Settings,
 ) -> None:
-    away = exporter_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    away = exporter_settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     stop = threading.Event()
     failing = BacklogExporter.from_settings(away)
     rounds = 0

@@ -22,9 +22,9 @@ import boto3
 import pytest
 
 from deploy.backlog_exporter import BACKLOG_PER_INSTANCE, UNSERVED_BACKLOG
+from shared.contracts.stages import INGEST, QUEUES
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.tasks import INGEST, QUEUES
 from tests.deploy_support import REGION, ROOT, TEMPLATES, ministack_server, run
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
 from workers.listener.sqs import SqsListener
@@ -125,15 +125,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 def listening(cloud: Cloud, settings: Settings) -> Iterator[Settings]:
     """The test's Redis settings, pointed at the data stack's bucket and queue."""
     data = cloud.outputs["data"]
-    yield settings.model_copy(
-        update={
-            "s3_endpoint_url": cloud.endpoint,
-            "s3_access_key_id": "test",
-            "bucket": data["BucketName"],
-            "incoming_prefix": data["IncomingPrefix"],
-            "sqs_queue_url": data["QueueUrl"],
-            "sqs_wait_time_s": 1,
-        }
+    yield settings.replace(
+        s3_endpoint_url=cloud.endpoint,
+        s3_access_key_id="test",
+        bucket=data["BucketName"],
+        incoming_prefix=data["IncomingPrefix"],
+        sqs_queue_url=data["QueueUrl"],
+        sqs_wait_time_s=1,
     )
     drop_tasks(settings, {job.id for job in pipeline_jobs(settings)})
 
@@ -157,16 +155,18 @@ def _drain(settings: Settings) -> int:
 
 def test_an_upload_to_the_bucket_becomes_one_pipeline_job(listening: Settings) -> None:
     settings = listening
-    s3 = s3_client(settings)
-    s3.put_object(Bucket=settings.bucket, Key="incoming/mine/archive.zip", Body=b"PK\x05\x06")
+    s3 = s3_client(settings.storage)
+    s3.put_object(
+        Bucket=settings.storage.bucket, Key="incoming/mine/archive.zip", Body=b"PK\x05\x06"
+    )
     # Filtered out by the bucket's notification: other prefixes, other names.
-    s3.put_object(Bucket=settings.bucket, Key="models/v1/archive.zip", Body=b"PK\x05\x06")
-    s3.put_object(Bucket=settings.bucket, Key="incoming/mine/readme.txt", Body=b"hello")
+    s3.put_object(Bucket=settings.storage.bucket, Key="models/v1/archive.zip", Body=b"PK\x05\x06")
+    s3.put_object(Bucket=settings.storage.bucket, Key="incoming/mine/readme.txt", Body=b"hello")
 
     # The notification configuration's test event, and the one upload.
     assert _drain(settings) == 2
     [job] = pipeline_jobs(settings)
-    assert job.params.dataset == f"s3://{settings.bucket}/incoming/mine/archive.zip"
+    assert job.params.dataset == f"s3://{settings.storage.bucket}/incoming/mine/archive.zip"
     assert job.params.source.key == "incoming/mine/archive.zip"
     assert job.params.source.version_id  # the bucket is versioned
     assert sent_tasks(settings, job.id) == [INGEST]

@@ -12,8 +12,8 @@ from deploy.backlog_exporter import (
     Backlog,
     Capacity,
 )
+from shared.contracts.stages import QUEUES
 from shared.settings import Settings
-from shared.tasks import QUEUES
 from tests.deploy_support import TEMPLATES, resources, run, template, tool
 
 NAMES = sorted(path.name for path in TEMPLATES.glob("*.yaml"))
@@ -158,7 +158,7 @@ def test_the_bucket_is_private_versioned_encrypted_and_notifies_the_queue() -> N
     assert notification["Queue"] == {"Fn::GetAtt": ["EventQueue", "Arn"]}
     rules = {rule["Name"]: rule["Value"] for rule in notification["Filter"]["S3Key"]["Rules"]}
     assert rules == {"prefix": {"Ref": "IncomingPrefix"}, "suffix": "archive.zip"}
-    assert data["Parameters"]["IncomingPrefix"]["Default"] == Settings().incoming_prefix
+    assert data["Parameters"]["IncomingPrefix"]["Default"] == Settings().storage.incoming_prefix
     redrive = data["Resources"]["EventQueue"]["Properties"]["RedrivePolicy"]
     assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}

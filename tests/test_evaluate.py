@@ -6,7 +6,7 @@ import pytest
 from pipeline.evaluate import classification_metrics, evaluate
 from pipeline.labels import LABELS
 from pipeline.predictor import Predictor
-from shared.registry import ModelInfo
+from shared.contracts.models import ModelInfo
 from shared.settings import Settings
 from tests.pipeline_support import Recorder, fast_settings, mini_dataset, tiny_model
 

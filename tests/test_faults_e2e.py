@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     with live_stack(
         root, queues=("predict",), predict_workers=2, restart_backoff_s=0.5, model_poll_s=0.5
     ) as running:
-        registry = ModelRegistry.from_settings(running.settings)
+        registry = ModelRegistry.from_settings(running.settings.storage)
         version = publish(registry, tiny_model(root / "tiny")).version
         registry.promote(version, "test")
         stop = threading.Event()
@@ -114,9 +114,9 @@ def test_a_predict_worker_killed_under_load_loses_no_request_and_is_restarted(
     assert victim.process.pid != killed_pid
     assert victim.process.poll() is None
     assert "worker-predict-2 exited with code -9; restart 1" in caplog.text
-    assert (Path(stack.settings.data_dir) / "logs" / "worker-predict-2.log.1").exists()
+    assert (Path(stack.settings.run.data_dir) / "logs" / "worker-predict-2.log.1").exists()
     # It loaded its model before it took any request: Celery's " ready." follows the load.
-    log = Path(stack.settings.data_dir) / "logs" / "worker-predict-2.log"
+    log = Path(stack.settings.run.data_dir) / "logs" / "worker-predict-2.log"
     deadline = time.monotonic() + 60
     while " ready." not in (text := log.read_text()):
         assert time.monotonic() < deadline, text

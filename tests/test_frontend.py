@@ -177,8 +177,10 @@ def production(stack: LiveStack, client: httpx.Client) -> str:
     if answer.status_code == 200:
         version: str = answer.json()["version"]
         return version
-    key = f"{stack.settings.incoming_prefix}seed/archive.zip"
-    s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
+    key = f"{stack.settings.storage.incoming_prefix}seed/archive.zip"
+    s3_client(stack.settings.storage).upload_file(
+        str(MINI_ARCHIVE), stack.settings.storage.bucket, key
+    )
     job = wait_for_end(client, pipeline_for(client, key)["id"])
     assert job["status"] == "succeeded", job["error"]
     version = client.get("/v1/models/production").json()["version"]
@@ -378,8 +380,10 @@ def test_the_csv_reader_takes_quotes_newlines_and_a_bom(page: Page) -> None:
 def test_the_page_recovers_every_event_after_its_stream_is_cut(
     page: Page, stack: LiveStack, client: httpx.Client
 ) -> None:
-    key = f"{stack.settings.incoming_prefix}reconnect/archive.zip"
-    s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
+    key = f"{stack.settings.storage.incoming_prefix}reconnect/archive.zip"
+    s3_client(stack.settings.storage).upload_file(
+        str(MINI_ARCHIVE), stack.settings.storage.bucket, key
+    )
     job_id = pipeline_for(client, key)["id"]
     page.goto(f"/#/jobs/{job_id}")
     wait_js(
@@ -539,8 +543,10 @@ def test_models_screen_promotes_and_rolls_back(page: Page, client: httpx.Client)
 def test_a_running_job_can_be_cancelled_from_its_view(
     page: Page, stack: LiveStack, client: httpx.Client
 ) -> None:
-    key = f"{stack.settings.incoming_prefix}cancel/archive.zip"
-    s3_client(stack.settings).upload_file(str(MINI_ARCHIVE), stack.settings.bucket, key)
+    key = f"{stack.settings.storage.incoming_prefix}cancel/archive.zip"
+    s3_client(stack.settings.storage).upload_file(
+        str(MINI_ARCHIVE), stack.settings.storage.bucket, key
+    )
     job_id = pipeline_for(client, key)["id"]
     page.goto(f"/#/jobs/{job_id}")
     page.get_by_role("button", name="Cancel job").click()

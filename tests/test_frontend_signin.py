@@ -13,9 +13,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from shared.contracts.keys import ApiKey, key_digest
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
-from shared.settings import ApiKey, Settings, key_digest
+from shared.settings import Settings
 from shared.storage import s3_client
 from tests.gateway_support import FakeWorker, Gateway, serve
 from tests.job_results import predict_result, train_result
@@ -31,14 +32,14 @@ STEP_MS = 20_000
 
 @pytest.fixture
 def keyed(settings: Settings) -> Settings:
-    return settings.model_copy(update={"api_keys": KEYS, "predict_wait_s": 10})
+    return settings.replace(api_keys=KEYS, predict_wait_s=10)
 
 
 @pytest.fixture
 def gateway(keyed: Settings) -> Iterator[Gateway]:
     register(keyed, OLDER, timedelta(days=2))
     register(keyed, NEWER, timedelta(days=1))
-    ModelRegistry(s3_client(keyed), keyed).promote(NEWER, "first")
+    ModelRegistry(s3_client(keyed.storage), keyed.storage).promote(NEWER, "first")
     with serve(keyed) as running:
         yield running
 
@@ -129,7 +130,7 @@ def test_sign_in_classify_watch_promote_sign_out(
     page.fill("#promote-reason", "promoted by a signed-in browser")
     page.click("#promote-confirm")
     wait_js(page, f"document.querySelector('#serving').textContent.includes('{OLDER}')")
-    pointer = ModelRegistry(s3_client(keyed), keyed).production()
+    pointer = ModelRegistry(s3_client(keyed.storage), keyed.storage).production()
     assert pointer is not None
     assert pointer.version == OLDER
     assert pointer.reason == "promoted by a signed-in browser"

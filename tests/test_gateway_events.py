@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from gateway.hub import EventHub, HubTuning, Subscription
-from shared.errors import ErrorInfo
-from shared.jobs import Event, Job, JobType, new_job_id
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import Event, Job, JobType, new_job_id
 from shared.jobstore import AsyncJobStore, JobStore
 from shared.settings import Settings
 from tests.gateway_support import (
@@ -24,7 +24,7 @@ from tests.job_results import train_result
 
 @pytest.fixture
 def settings_fast(settings: Settings) -> Settings:
-    return settings.model_copy(update={"sse_heartbeat_s": 0.05})
+    return settings.replace(sse_heartbeat_s=0.05)
 
 
 @pytest.fixture

@@ -12,12 +12,8 @@ from tests.gateway_support import Gateway, serve
 
 @pytest.fixture
 def gateway(settings: Settings) -> Iterator[Gateway]:
-    generous = settings.model_copy(
-        update={
-            "predict_wait_s": 0.05,
-            "rate_predict_burst": 100_000,
-            "rate_jobs_burst": 100_000,
-        }
+    generous = settings.replace(
+        predict_wait_s=0.05, rate_predict_burst=100_000, rate_jobs_burst=100_000
     )
     with serve(generous) as running:
         yield running

@@ -32,7 +32,7 @@ def test_healthz_and_readyz(client: httpx.Client) -> None:
 
 
 def test_readyz_names_a_missing_bucket(settings: Settings) -> None:
-    elsewhere = settings.model_copy(update={"bucket": "no-such-bucket"})
+    elsewhere = settings.replace(bucket="no-such-bucket")
     with serve(elsewhere) as gateway:
         response = httpx.get(f"{gateway.url}/readyz")
     assert response.status_code == 503
@@ -65,9 +65,7 @@ def test_the_gateway_rides_out_a_redis_outage(settings: Settings, tmp_path: Path
         first_redis = contextlib.ExitStack()
         url = first_redis.enter_context(redis_server(tmp_path / "redis", port))
         # One retry, not six: each request made while Redis is away would wait out ~5 s of them.
-        own = settings.model_copy(
-            update={"redis_url": url, "probe_timeout_s": 0.5, "redis_retries": 1}
-        )
+        own = settings.replace(redis_url=url, probe_timeout_s=0.5, redis_retries=1)
         gateway = stack.enter_context(serve(own))
         client = stack.enter_context(httpx.Client(base_url=gateway.url, timeout=30))
         assert client.get("/readyz").status_code == 200
@@ -105,10 +103,10 @@ def test_python_m_gateway_serves_without_the_ml_stack(settings: Settings, tmp_pa
     port = free_port()
     env = {
         **os.environ,
-        "AGNEWS_REDIS_URL": settings.redis_url,
-        "AGNEWS_KEY_PREFIX": settings.key_prefix,
-        "AGNEWS_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
-        "AGNEWS_BUCKET": settings.bucket,
+        "AGNEWS_REDIS_URL": settings.redis.url,
+        "AGNEWS_KEY_PREFIX": settings.redis.key_prefix,
+        "AGNEWS_S3_ENDPOINT_URL": settings.storage.endpoint_url or "",
+        "AGNEWS_BUCKET": settings.storage.bucket,
         "AGNEWS_HTTP_HOST": "127.0.0.1",
         "AGNEWS_HTTP_PORT": str(port),
         "AGNEWS_PREDICT_WAIT_S": "0.1",

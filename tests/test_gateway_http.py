@@ -11,7 +11,8 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.app import create_app
-from shared.settings import Settings, api_keys_from
+from shared.contracts.keys import api_keys_from
+from shared.settings import Settings
 from tests.gateway_support import Gateway, serve
 
 
@@ -20,9 +21,7 @@ def gateway(settings: Settings, tmp_path: Path) -> Iterator[Gateway]:
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("<h1>front end</h1>")
-    with serve(
-        settings.model_copy(update={"max_body_bytes": 2000, "frontend_dir": site})
-    ) as running:
+    with serve(settings.replace(max_body_bytes=2000, frontend_dir=site)) as running:
         yield running
 
 
@@ -129,7 +128,7 @@ def test_a_bug_is_a_logged_500_in_the_error_shape(
 
 @pytest.fixture
 def guarded(settings: Settings) -> Iterator[httpx.Client]:
-    keys = settings.model_copy(update={"api_keys": api_keys_from("key-one,key-two")})
+    keys = settings.replace(api_keys=api_keys_from("key-one,key-two"))
     with serve(keys) as running, httpx.Client(base_url=running.url) as http:
         yield http
 
@@ -209,8 +208,8 @@ def test_the_openapi_document_covers_every_endpoint(
 
 
 def test_cors_preflights_pass_before_the_api_key_check(settings: Settings) -> None:
-    config = settings.model_copy(
-        update={"api_keys": api_keys_from("key-one"), "cors_origins": ["https://app.example"]}
+    config = settings.replace(
+        api_keys=api_keys_from("key-one"), cors_origins=["https://app.example"]
     )
     with serve(config) as running, httpx.Client(base_url=running.url) as http:
         preflight = http.options(

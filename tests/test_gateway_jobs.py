@@ -4,8 +4,8 @@ import httpx
 import pytest
 
 from gateway.services import gateway_celery
-from shared.errors import ErrorInfo
-from shared.jobs import JobStatus
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import JobStatus
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from tests.gateway_support import Gateway, broker_messages, serve
@@ -50,7 +50,7 @@ def test_create_answers_202_with_the_job_and_sends_its_first_task(
     assert job["status"] == "queued"
     assert job["params"] == {
         "type": "train",
-        "dataset": f"s3://{settings.bucket}/incoming/x/archive.zip",
+        "dataset": f"s3://{settings.storage.bucket}/incoming/x/archive.zip",
         "max_steps": 5,
         "promote": False,
     }
@@ -135,7 +135,7 @@ def test_cancel_then_409_once_ended(client: httpx.Client, store: JobStore) -> No
 def test_a_job_that_cannot_be_queued_fails_and_answers_503(
     gateway: Gateway, client: httpx.Client, settings: Settings, store: JobStore
 ) -> None:
-    nowhere = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    nowhere = settings.replace(redis_url="redis://127.0.0.1:1/0")
     gateway.services.celery = gateway_celery(nowhere)
 
     # tried again with the Redis clients' backoff (about 5 s in all), then failed

@@ -4,10 +4,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from shared.registry import MANIFEST, ModelInfo
+from shared.contracts.models import MANIFEST, ModelInfo
+from shared.contracts.training import TrainingParams
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.training import TrainingParams
 from tests.gateway_support import serve
 from tests.job_results import metrics
 
@@ -33,9 +33,9 @@ def register(settings: Settings, version: str, age: timedelta) -> None:
         metrics=metrics(0.9),
         params=TrainingParams(rows_trained=400, rows_validated=20, steps=5),
     )
-    s3_client(settings).put_object(
-        Bucket=settings.bucket,
-        Key=f"{settings.models_prefix}{version}/{MANIFEST}",
+    s3_client(settings.storage).put_object(
+        Bucket=settings.storage.bucket,
+        Key=f"{settings.storage.models_prefix}{version}/{MANIFEST}",
         Body=info.model_dump_json().encode(),
     )
 
@@ -89,9 +89,9 @@ def test_the_list_pages_and_a_version_reads_with_its_card(
         query["before"] = page["next"]
     assert seen == versions[::-1]
 
-    s3_client(settings).put_object(
-        Bucket=settings.bucket,
-        Key=f"{settings.models_prefix}{versions[0]}/README.md",
+    s3_client(settings.storage).put_object(
+        Bucket=settings.storage.bucket,
+        Key=f"{settings.storage.models_prefix}{versions[0]}/README.md",
         Body=b"# the card",
     )
     record = client.get(f"/v1/models/{versions[0]}").json()

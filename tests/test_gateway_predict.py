@@ -3,10 +3,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shared.errors import ErrorInfo
-from shared.jobs import JobStatus, JobType, PredictParams
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import JobStatus, JobType, PredictParams
+from shared.contracts.results import PredictResult
 from shared.jobstore import JobStore
-from shared.results import PredictResult
 from shared.settings import Settings
 from tests.gateway_support import FakeWorker, serve
 
@@ -26,7 +26,7 @@ RESULT_BODY = {
 
 @pytest.fixture
 def limited(settings: Settings) -> Settings:
-    return settings.model_copy(update={"predict_wait_s": 30, "max_texts": 3, "max_text_chars": 40})
+    return settings.replace(predict_wait_s=30, max_texts=3, max_text_chars=40)
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_a_finished_prediction_answers_200_with_the_result(
 
 
 def test_a_prediction_still_queued_falls_back_to_202(limited: Settings) -> None:
-    impatient = limited.model_copy(update={"predict_wait_s": 0.2})
+    impatient = limited.replace(predict_wait_s=0.2)
     with serve(impatient) as gateway:
         response = httpx.post(f"{gateway.url}/v1/predict", json={"texts": ["a", "b"]})
     assert response.status_code == 202

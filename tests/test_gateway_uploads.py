@@ -15,7 +15,7 @@ ARCHIVE = b"PK\x05\x06" + b"\x00" * 18  # an empty zip archive
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[httpx.Client]:
-    limited = settings.model_copy(update={"upload_max_bytes": 10_000, "presign_expiry_s": 60})
+    limited = settings.replace(upload_max_bytes=10_000, presign_expiry_s=60)
     with serve(limited) as gateway, httpx.Client(base_url=gateway.url) as http:
         yield http
 
@@ -41,21 +41,23 @@ def test_a_ticket_names_a_fresh_incoming_key_and_limits_the_size(client: httpx.C
 
 
 def test_the_browser_can_post_or_put_the_archive(client: httpx.Client, settings: Settings) -> None:
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
 
     posted = ticket(client)
     form = httpx.post(
         posted["url"], data=posted["fields"], files={"file": ("archive.zip", ARCHIVE)}
     )
     assert form.status_code in (200, 201, 204), form.text
-    assert s3.get_object(Bucket=settings.bucket, Key=posted["key"])["Body"].read() == ARCHIVE
+    assert (
+        s3.get_object(Bucket=settings.storage.bucket, Key=posted["key"])["Body"].read() == ARCHIVE
+    )
 
     put = ticket(client)
     # The URL signs Content-Length: S3 takes exactly the declared size, never more.
     signed = httpx.URL(put["put_url"]).params["X-Amz-SignedHeaders"].split(";")
     assert "content-length" in signed
     assert httpx.put(put["put_url"], content=ARCHIVE).status_code == 200
-    assert s3.get_object(Bucket=settings.bucket, Key=put["key"])["Body"].read() == ARCHIVE
+    assert s3.get_object(Bucket=settings.storage.bucket, Key=put["key"])["Body"].read() == ARCHIVE
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from pipeline.ingest import (
 from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
 from pipeline.text import clean_text
 from pipeline.validate import validate
-from shared.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
+from shared.contracts.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.settings import Settings
 from shared.storage import s3_client
 from tests.archives import (
@@ -211,7 +211,7 @@ def test_rejects_a_zip_bomb_by_its_ratio(tmp_path: Path, local: Settings) -> Non
 
 def test_rejects_an_archive_that_unpacks_too_large(tmp_path: Path, local: Settings) -> None:
     path = make_archive(tmp_path / "archive.zip")
-    small = local.model_copy(update={"archive_max_uncompressed_bytes": 50_000})
+    small = local.replace(archive_max_uncompressed_bytes=50_000)
     with pytest.raises(DatasetInvalid, match="more than the 50,000 allowed"):
         read_archive(path, small)
 
@@ -269,7 +269,7 @@ def test_rejects_too_many_members(tmp_path: Path, local: Settings) -> None:
         for index in range(3):
             archive.writestr(f"notes/{index}.txt", b"x")
     with pytest.raises(DatasetInvalid, match="has 5 entries; at most 4 are allowed"):
-        read_archive(path, local.model_copy(update={"archive_max_members": 4}))
+        read_archive(path, local.replace(archive_max_members=4))
 
 
 def test_rejects_utf16(tmp_path: Path, local: Settings) -> None:
@@ -358,9 +358,11 @@ def test_survives_a_field_too_large_for_csv(tmp_path: Path, local: Settings) -> 
 
 
 def test_fetches_from_s3_by_url_and_by_key(settings: Settings, tmp_path: Path) -> None:
-    s3_client(settings).upload_file(str(MINI_ARCHIVE), settings.bucket, "incoming/u1/archive.zip")
+    s3_client(settings.storage).upload_file(
+        str(MINI_ARCHIVE), settings.storage.bucket, "incoming/u1/archive.zip"
+    )
     by_url = fetch_archive(
-        f"s3://{settings.bucket}/incoming/u1/archive.zip", settings, tmp_path / "a"
+        f"s3://{settings.storage.bucket}/incoming/u1/archive.zip", settings, tmp_path / "a"
     )
     by_key = fetch_archive("incoming/u1/archive.zip", settings, tmp_path / "b")
     assert by_url == tmp_path / "a" / "archive.zip"
@@ -369,7 +371,7 @@ def test_fetches_from_s3_by_url_and_by_key(settings: Settings, tmp_path: Path) -
 
 
 def test_fetching_a_missing_object_names_it(settings: Settings, tmp_path: Path) -> None:
-    url = f"s3://{settings.bucket}/incoming/nothing.zip"
+    url = f"s3://{settings.storage.bucket}/incoming/nothing.zip"
     with pytest.raises(DatasetNotFound, match=f"^{url} does not exist$") as caught:
         fetch_archive(url, settings, tmp_path)
     assert caught.value.status_code == 404
@@ -378,8 +380,10 @@ def test_fetching_a_missing_object_names_it(settings: Settings, tmp_path: Path) 
 
 
 def test_refuses_an_object_over_the_upload_limit(settings: Settings, tmp_path: Path) -> None:
-    s3_client(settings).upload_file(str(MINI_ARCHIVE), settings.bucket, "incoming/archive.zip")
-    small = settings.model_copy(update={"upload_max_bytes": 10_000})
+    s3_client(settings.storage).upload_file(
+        str(MINI_ARCHIVE), settings.storage.bucket, "incoming/archive.zip"
+    )
+    small = settings.replace(upload_max_bytes=10_000)
     with pytest.raises(PayloadTooLarge, match="at most 10,000 bytes"):
         fetch_archive("incoming/archive.zip", small, tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -408,7 +412,7 @@ def test_undecodable_bytes_do_not_stop_the_stream(tmp_path: Path, local: Setting
 
 
 def test_the_memory_budget_bounds_the_csv_bytes(local: Settings) -> None:
-    budget = local.model_copy(update={"ingest_memory_budget_bytes": 64_000})
+    budget = local.replace(ingest_memory_budget_bytes=64_000)
     assert max_csv_bytes(budget) == 64_000 * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW == 10_000
     assert max_csv_bytes(local) == min(
         local.archive_max_uncompressed_bytes,
@@ -424,7 +428,7 @@ def test_an_archive_over_the_memory_budget_is_refused_before_parsing(
         csv_size = sum(info.file_size for info in archive.infolist())
     # just too small: the CSVs need one byte more than the budget allows
     budget = (csv_size - 1) * SCAN_BYTES_PER_ROW // MIN_ROW_BYTES
-    tight = local.model_copy(update={"ingest_memory_budget_bytes": budget})
+    tight = local.replace(ingest_memory_budget_bytes=budget)
     assert max_csv_bytes(tight) < csv_size
 
     def no_parsing(*args: object) -> None:
@@ -441,5 +445,5 @@ def test_an_archive_over_the_memory_budget_is_refused_before_parsing(
         "budget_bytes": budget,
     }
     monkeypatch.undo()
-    roomy = local.model_copy(update={"ingest_memory_budget_bytes": budget + 1000})
+    roomy = local.replace(ingest_memory_budget_bytes=budget + 1000)
     assert len(read_archive(path, roomy).train.rows) == 400

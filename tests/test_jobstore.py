@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from shared.errors import ErrorInfo, JobCancelled, NotFound
-from shared.jobs import EventType, Job, JobStatus, JobType, new_job_id
+from shared.contracts.errors import ErrorInfo, JobCancelled, NotFound
+from shared.contracts.jobs import EventType, Job, JobStatus, JobType, new_job_id
 from shared.jobstore import AsyncJobStore, JobStore
 from shared.settings import Settings
 from tests.job_results import train_result

@@ -26,10 +26,10 @@ def trigger(settings: Settings) -> Iterator[PipelineTrigger]:
 
 def put(settings: Settings, key: str) -> ObjectEvent:
     """Upload an object; the event the store would have sent for it."""
-    s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=BODY)
+    s3_client(settings.storage).put_object(Bucket=settings.storage.bucket, Key=key, Body=BODY)
     return ObjectEvent(
         name="ObjectCreated:Put",
-        bucket=settings.bucket,
+        bucket=settings.storage.bucket,
         key=key,
         size=len(BODY),
         etag=hashlib.md5(BODY).hexdigest(),
@@ -42,7 +42,7 @@ def test_an_upload_whose_event_was_missed_is_started_by_the_scan_once(
 ) -> None:
     put(settings, "incoming/missed/archive.zip")
     put(settings, "incoming/missed/notes.txt")
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
 
     first = scan_incoming(trigger, s3, WEEK)
     again = scan_incoming(trigger, s3, WEEK)
@@ -50,7 +50,7 @@ def test_an_upload_whose_event_was_missed_is_started_by_the_scan_once(
     assert [handled.outcome for handled in first] == [Outcome.started]
     assert again == []
     [job] = pipeline_jobs(settings)
-    assert job.params.dataset == f"s3://{settings.bucket}/incoming/missed/archive.zip"  # type: ignore[union-attr]
+    assert job.params.dataset == f"s3://{settings.storage.bucket}/incoming/missed/archive.zip"  # type: ignore[union-attr]
 
 
 def test_an_upload_its_event_started_is_left_alone_by_the_scan(
@@ -58,7 +58,7 @@ def test_an_upload_its_event_started_is_left_alone_by_the_scan(
 ) -> None:
     event = put(settings, "incoming/heard/archive.zip")
     assert trigger.handle(event).outcome is Outcome.started
-    assert scan_incoming(trigger, s3_client(settings), WEEK) == []
+    assert scan_incoming(trigger, s3_client(settings.storage), WEEK) == []
     assert len(pipeline_jobs(settings)) == 1
 
 
@@ -66,7 +66,7 @@ def test_an_event_that_comes_after_the_scan_started_its_upload_is_a_duplicate(
     settings: Settings, trigger: PipelineTrigger
 ) -> None:
     event = put(settings, "incoming/late/archive.zip")
-    [scanned] = scan_incoming(trigger, s3_client(settings), WEEK)
+    [scanned] = scan_incoming(trigger, s3_client(settings.storage), WEEK)
     late = trigger.handle(event)  # the store's webhook, retried until the listener is back
     assert late.outcome is Outcome.duplicate
     assert late.job_id == scanned.job_id
@@ -77,5 +77,5 @@ def test_objects_older_than_the_scan_window_are_left_alone(
     settings: Settings, trigger: PipelineTrigger
 ) -> None:
     put(settings, "incoming/old/archive.zip")
-    assert scan_incoming(trigger, s3_client(settings), max_age_s=-60) == []
+    assert scan_incoming(trigger, s3_client(settings.storage), max_age_s=-60) == []
     assert pipeline_jobs(settings) == []

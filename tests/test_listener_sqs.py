@@ -13,9 +13,9 @@ import pytest
 import redis
 from boto3.s3.transfer import TransferConfig
 
+from shared.contracts.stages import INGEST
 from shared.settings import Settings
 from shared.storage import client_options, s3_client
-from shared.tasks import INGEST
 from tests.servers import free_port
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
 from workers.listener.sqs import Poll, SqsListener
@@ -40,8 +40,8 @@ class Queues:
 @pytest.fixture
 def queues(settings: Settings) -> Iterator[Queues]:
     """A queue with a dead-letter queue (2 receives), notified of the bucket's new objects."""
-    sqs: Any = boto3.client("sqs", **client_options(settings))
-    name = settings.bucket
+    sqs: Any = boto3.client("sqs", **client_options(settings.storage))
+    name = settings.storage.bucket
     dead_letters = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dead_letters, AttributeNames=["QueueArn"])
     redrive = {"deadLetterTargetArn": dlq_arn["Attributes"]["QueueArn"], "maxReceiveCount": "2"}
@@ -50,13 +50,13 @@ def queues(settings: Settings) -> Iterator[Queues]:
         Attributes={"VisibilityTimeout": "1", "RedrivePolicy": json.dumps(redrive)},
     )["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
-    s3_client(settings).put_bucket_notification_configuration(
-        Bucket=settings.bucket,
+    s3_client(settings.storage).put_bucket_notification_configuration(
+        Bucket=settings.storage.bucket,
         NotificationConfiguration={
             "QueueConfigurations": [{"QueueArn": arn["QueueArn"], "Events": ["s3:ObjectCreated:*"]}]
         },
     )
-    configured = settings.model_copy(update={"sqs_queue_url": url, "sqs_wait_time_s": 1})
+    configured = settings.replace(sqs_queue_url=url, sqs_wait_time_s=1)
     yield Queues(configured, sqs, url, dead_letters)
     drop_tasks(settings, {job.id for job in pipeline_jobs(settings)})
     sqs.close()
@@ -80,7 +80,7 @@ def drain(queues: Queues) -> None:
 
 
 def put(settings: Settings, key: str, body: bytes = b"PK\x05\x06" + bytes(18)) -> None:
-    s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=body)
+    s3_client(settings.storage).put_object(Bucket=settings.storage.bucket, Key=key, Body=body)
 
 
 def test_an_upload_starts_one_job_and_its_message_is_deleted(queues: Queues) -> None:
@@ -92,7 +92,7 @@ def test_an_upload_starts_one_job_and_its_message_is_deleted(queues: Queues) -> 
     assert queues.depth() == 0
 
     [job] = pipeline_jobs(settings)
-    assert job.params.dataset == f"s3://{settings.bucket}/incoming/one/archive.zip"
+    assert job.params.dataset == f"s3://{settings.storage.bucket}/incoming/one/archive.zip"
     assert job.params.source.key == "incoming/one/archive.zip"
     assert job.params.source.etag
     assert sent_tasks(settings, job.id) == [INGEST]
@@ -117,8 +117,8 @@ def test_a_multipart_upload_starts_one_job(queues: Queues, tmp_path: Path) -> No
     archive = tmp_path / "archive.zip"
     archive.write_bytes(os.urandom(11 * 1024 * 1024))
     parts = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
-    s3_client(settings).upload_file(
-        str(archive), settings.bucket, "incoming/big/archive.zip", Config=parts
+    s3_client(settings.storage).upload_file(
+        str(archive), settings.storage.bucket, "incoming/big/archive.zip", Config=parts
     )
 
     drain(queues)

@@ -8,9 +8,9 @@ import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
+from shared.contracts.stages import INGEST
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH
-from shared.tasks import INGEST
 from tests.servers import free_port
 from tests.test_s3events import SEAWEEDFS_CREATE
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
@@ -23,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 def upload_hook(settings: Settings, key: str = "incoming/x/archive.zip") -> dict[str, Any]:
     body: dict[str, Any] = json.loads(json.dumps(SEAWEEDFS_CREATE))
-    body["key"] = f"/buckets/{settings.bucket}/{key}"
+    body["key"] = f"/buckets/{settings.storage.bucket}/{key}"
     return body
 
 
@@ -34,7 +34,7 @@ def client_for(settings: Settings) -> TestClient:
 
 @pytest.fixture
 def hooked(settings: Settings) -> Iterator[Settings]:
-    yield settings.model_copy(update={"listener_token": SecretStr(TOKEN)})
+    yield settings.replace(listener_token=SecretStr(TOKEN))
     drop_tasks(settings, {job.id for job in pipeline_jobs(settings)})
 
 

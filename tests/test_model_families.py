@@ -10,8 +10,8 @@ from pipeline.ingest import read_archive
 from pipeline.modeling import load_tokenizer, padding_of
 from pipeline.predictor import Predictor
 from pipeline.stages import train_model
+from shared.contracts.training import TrainConfig
 from shared.settings import Settings
-from shared.training import TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.model_families import CONFIGS, POSITIONS, tiny_family_model
 from tests.pipeline_support import Recorder

@@ -30,11 +30,11 @@ from pipeline.plan import (
 )
 from pipeline.stages import train_model
 from pipeline.train import Trainer, fit
+from shared.contracts.models import HISTORY
+from shared.contracts.results import Metrics, StageSeconds, TrainResult
+from shared.contracts.training import TrainConfig, TrainingPlan
 from shared.progress import ProgressBars
-from shared.registry import HISTORY
-from shared.results import Metrics, StageSeconds, TrainResult
 from shared.settings import Settings
-from shared.training import TrainConfig, TrainingPlan
 from tests.archives import MINI_ARCHIVE
 from tests.job_results import train_result
 from tests.model_families import tiny_family_model
@@ -313,7 +313,7 @@ def test_a_budgeted_run_announces_its_plan_and_runs_every_planned_step(tmp_path:
 
 def test_a_resumed_run_keeps_its_plan(tmp_path: Path) -> None:
     config, settings = budgeted(tmp_path)
-    settings = settings.model_copy(update={"checkpoint_every_steps": 2})
+    settings = settings.replace(checkpoint_every_steps=2)
     rows = read_archive(MINI_ARCHIVE, settings).train.rows
     checkpoints = LocalCheckpoints(tmp_path / "checkpoints")
     first = Recorder(fail_at=UNTIMED_STEPS + 3 + 3)

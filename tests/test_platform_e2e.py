@@ -29,8 +29,8 @@ def client(stack: LiveStack) -> Iterator[httpx.Client]:
 
 
 def upload(stack: LiveStack, source: Path, key: str) -> str:
-    s3_client(stack.settings).upload_file(str(source), stack.settings.bucket, key)
-    return f"s3://{stack.settings.bucket}/{key}"
+    s3_client(stack.settings.storage).upload_file(str(source), stack.settings.storage.bucket, key)
+    return f"s3://{stack.settings.storage.bucket}/{key}"
 
 
 def events_of(
@@ -115,7 +115,7 @@ def test_pipeline_job_travels_through_every_queue_and_serves_its_model(
 def test_a_failing_task_is_a_failed_job_with_its_message(
     stack: LiveStack, client: httpx.Client
 ) -> None:
-    missing = f"s3://{stack.settings.bucket}/incoming/nowhere/archive.zip"
+    missing = f"s3://{stack.settings.storage.bucket}/incoming/nowhere/archive.zip"
     job_id = client.post("/v1/jobs", json={"type": "pipeline", "dataset": missing}).json()["id"]
     job = wait_for_end(client, job_id, 120)
     assert job["status"] == "failed"

@@ -10,11 +10,11 @@ import pytest
 from pipeline.predictor import Predictor
 from pipeline.registry import publish
 from pipeline.serving import load_serving
-from shared.errors import ModelIntegrityError
-from shared.jobs import Job, JobStatus, JobType, new_job_id
+from shared.contracts.errors import ModelIntegrityError
+from shared.contracts.jobs import Job, JobStatus, JobType, new_job_id
+from shared.contracts.results import PredictResult
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
-from shared.results import PredictResult
 from shared.settings import Settings
 from tests.pipeline_support import copy_as_new_version, tiny_model
 from workers.models import ServingModel
@@ -39,7 +39,7 @@ def store(settings: Settings) -> JobStore:
 
 
 def production(settings: Settings, model_dir: Path) -> str:
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings.storage)
     version = publish(registry, model_dir).version
     registry.promote(version, "test")
     return version
@@ -58,7 +58,7 @@ def test_every_job_in_a_batch_gets_the_answers_to_its_own_texts(
     job_ids = [predict_job(store, texts) for texts in TEXTS]
     serve_batch(store, model, job_ids)
 
-    alone = load_serving(version, settings, settings.data_dir / "alone")
+    alone = load_serving(version, settings, settings.run.data_dir / "alone")
     for job_id, texts in zip(job_ids, TEXTS, strict=True):
         job = store.get(job_id)
         assert job.status is JobStatus.succeeded
@@ -133,14 +133,14 @@ def test_the_model_is_released_for_the_next_batch_even_when_serving_fails(
 def test_a_new_production_version_is_swapped_in_while_the_old_one_answers(
     settings: Settings, model_dir: Path, tmp_path: Path
 ) -> None:
-    fast = settings.model_copy(update={"model_poll_s": 0.1})
+    fast = settings.replace(model_poll_s=0.1)
     first = production(fast, model_dir)
     model = ServingModel(fast).start()
     try:
         serving = model.current()
         assert serving.version == first
         second = copy_as_new_version(model_dir, tmp_path / "second").version
-        registry = ModelRegistry.from_settings(fast)
+        registry = ModelRegistry.from_settings(fast.storage)
         publish(registry, tmp_path / "second")
         registry.promote(second, "test")
         # The model a batch holds keeps answering while the watcher loads the next one.
@@ -169,7 +169,7 @@ def test_a_new_version_that_will_not_load_leaves_the_old_one_serving(
     model = ServingModel(settings, load=load)
     assert model.current().version == first
     second = copy_as_new_version(model_dir, tmp_path / "second").version
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings.storage)
     publish(registry, tmp_path / "second")
     registry.promote(second, "test")
     model.refresh()

@@ -47,7 +47,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def promote(stack: LiveStack, model_dir: Path) -> str:
-    registry = ModelRegistry.from_settings(stack.settings)
+    registry = ModelRegistry.from_settings(stack.settings.storage)
     version = publish(registry, model_dir).version
     registry.promote(version, "test")
     return version

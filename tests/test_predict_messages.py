@@ -8,9 +8,10 @@ from typing import Any
 import redis
 from kombu import Connection
 
+from shared.broker import make_celery, predict_message
+from shared.contracts.stages import PREDICT
 from shared.settings import Settings
-from shared.tasks import PREDICT, make_celery, predict_message
-from workers.broker import Transport
+from workers.transport import Transport
 
 
 def _comparable(raw: str) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def test_the_gateways_predict_message_is_the_one_celery_sends(
     settings: Settings, redis_client: "redis.Redis[str]"
 ) -> None:
     app = make_celery(settings)
-    queue = f"{settings.key_prefix}:predict"
+    queue = f"{settings.redis.key_prefix}:predict"
     app.send_task(PREDICT, args=["job-1"], queue=queue)
     sent = redis_client.rpop(queue)
     assert isinstance(sent, str)
@@ -41,13 +42,13 @@ def test_the_gateways_predict_message_is_the_one_celery_sends(
 def test_settled_messages_leave_the_unacknowledged_record_at_once_and_ack_quietly(
     settings: Settings, redis_client: "redis.Redis[str]"
 ) -> None:
-    prefix = settings.key_prefix
+    prefix = settings.redis.key_prefix
     options = {
         "unacked_key": f"{prefix}:unacked",
         "unacked_index_key": f"{prefix}:unacked_index",
         "unacked_mutex_key": f"{prefix}:unacked_mutex",
     }
-    with Connection(settings.redis_url, transport=Transport, transport_options=options) as conn:
+    with Connection(settings.redis.url, transport=Transport, transport_options=options) as conn:
         queue = conn.SimpleQueue(f"{prefix}:q")
         for n in range(4):
             queue.put({"n": n})

@@ -10,10 +10,10 @@ import redis
 import redis.asyncio
 
 from gateway.sending import PredictSender
-from shared.jobs import Job, JobType, new_job_id
+from shared.broker import make_celery, predict_message
+from shared.contracts.jobs import Job, JobType, new_job_id
 from shared.jobstore import AsyncJobStore, Message
 from shared.settings import Settings
-from shared.tasks import make_celery, predict_message
 
 
 def predict_job() -> Job:
@@ -29,7 +29,7 @@ def named_jobs(raw: str) -> list[str]:
 async def submit_all(settings: Settings, url: str, bursts: list[int]) -> list[list[Job]]:
     client = redis.asyncio.Redis.from_url(url, decode_responses=True)
     celery = make_celery(settings)
-    queue = f"{settings.key_prefix}:predict"
+    queue = f"{settings.redis.key_prefix}:predict"
     sender = PredictSender(
         AsyncJobStore(client, settings),
         lambda job_ids: Message(queue, predict_message(celery, job_ids)),
@@ -48,18 +48,18 @@ async def submit_all(settings: Settings, url: str, bursts: list[int]) -> list[li
 def test_jobs_submitted_together_share_messages_each_job_named_once(
     settings: Settings, redis_client: "redis.Redis[str]"
 ) -> None:
-    burst, lone = asyncio.run(submit_all(settings, settings.redis_url, [20, 1]))
-    queue = f"{settings.key_prefix}:predict"
+    burst, lone = asyncio.run(submit_all(settings, settings.redis.url, [20, 1]))
+    queue = f"{settings.redis.key_prefix}:predict"
     messages = [named_jobs(raw) for raw in reversed(redis_client.lrange(queue, 0, -1))]
     # 20 jobs at once: three messages of at most 8; then a lone job in its own message.
     assert [len(named) for named in messages] == [8, 8, 4, 1]
     assert [job_id for named in messages[:3] for job_id in named] == [job.id for job in burst]
     assert messages[3] == [lone[0].id]
     for job in burst + lone:
-        assert redis_client.hget(f"{settings.key_prefix}:job:{job.id}", "status") == "queued"
+        assert redis_client.hget(f"{settings.redis.key_prefix}:job:{job.id}", "status") == "queued"
 
 
 def test_a_failed_transaction_fails_every_submit_it_took(settings: Settings) -> None:
-    unreachable = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    unreachable = settings.replace(redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(redis.exceptions.ConnectionError):
         asyncio.run(submit_all(unreachable, unreachable.redis_url, [5]))

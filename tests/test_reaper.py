@@ -5,16 +5,17 @@ from datetime import timedelta
 
 import pytest
 
-from shared.errors import ErrorInfo
-from shared.jobs import Job, JobStatus, JobType, TaskCall, new_job_id, utcnow
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import Job, JobStatus, JobType, TaskCall, new_job_id
+from shared.contracts.results import JobResult
+from shared.contracts.stages import INGEST, PREDICT, TRAIN
+from shared.contracts.times import utcnow
 from shared.jobstore import JobStore
 from shared.reaper import JOB_TIMEOUT, WORKER_LOST, reap_once, verdict
-from shared.results import JobResult
-from shared.settings import Settings
-from shared.tasks import INGEST, PREDICT, TRAIN
+from shared.settings import ReaperSettings, Settings
 from tests.job_results import train_result
 from workers.predict import serve_batch
-from workers.reporting import JobReporter, StepPolicy, run_step, stale_delivery
+from workers.reporting import JobReporter, run_step, stale_delivery
 
 RULES = Settings(
     heartbeat_timeout_s=60, max_deliveries=3, queued_timeout_s=3600, predict_job_timeout_s=300
@@ -101,7 +102,7 @@ def _create(store: JobStore, type_: JobType = JobType.pipeline) -> Job:
 
 def test_a_step_beats_while_it_runs_and_counts_its_deliveries(store: JobStore) -> None:
     job = _create(store)
-    policy = StepPolicy(max_deliveries=3, heartbeat_interval_s=0.05, heartbeat_timeout_s=60)
+    policy = ReaperSettings(max_deliveries=3, heartbeat_interval_s=0.05, heartbeat_timeout_s=60)
     call = TaskCall(name=INGEST)
     beats: list[object] = []
 
@@ -123,7 +124,7 @@ def test_a_task_that_keeps_killing_its_worker_ends_its_job_after_max_deliveries(
     store: JobStore,
 ) -> None:
     job = _create(store)
-    policy = StepPolicy(max_deliveries=3, heartbeat_interval_s=10, heartbeat_timeout_s=0.01)
+    policy = ReaperSettings(max_deliveries=3, heartbeat_interval_s=10, heartbeat_timeout_s=0.01)
     call = TaskCall(name=INGEST)
     runs = 0
 
@@ -157,7 +158,7 @@ def test_reap_once_resends_a_vanished_workers_task_and_fails_an_old_queued_job(
     reap_once(
         store,
         lambda job_id, call: sent.append((job_id, call)),
-        RULES.model_copy(update={"key_prefix": settings.key_prefix}),
+        RULES.replace(key_prefix=settings.redis.key_prefix),
     )
 
     assert [(job_id, call.name) for job_id, call in sent] == [(vanished.id, TRAIN)]
@@ -172,7 +173,7 @@ def test_reap_once_resends_a_vanished_workers_task_and_fails_an_old_queued_job(
         runs.append(job.id)
         return None
 
-    policy = StepPolicy(heartbeat_interval_s=10, heartbeat_timeout_s=60)
+    policy = ReaperSettings(heartbeat_interval_s=10, heartbeat_timeout_s=60)
     run_step(store, vanished.id, step, sent[0][1], policy, sent[0][1].id)
     run_step(store, vanished.id, step, TRAINING, policy, TRAINING.id)
     assert runs == [vanished.id]
@@ -211,7 +212,7 @@ def test_a_predict_job_delivered_too_often_fails_instead_of_killing_another_work
 
 
 def test_an_unanswered_predict_job_is_sent_again_after_the_redelivery_delay() -> None:
-    rules = RULES.model_copy(update={"predict_redeliver_s": 20})
+    rules = RULES.replace(predict_redeliver_s=20)
     fresh = _job(JobType.predict, created_at=_ago(5))
     late = _job(JobType.predict, created_at=_ago(21))
     resent = _job(JobType.predict, created_at=_ago(30), heartbeat_at=_ago(3))

@@ -8,18 +8,12 @@ from botocore.exceptions import ClientError
 from pipeline import registry as artifacts
 from pipeline.predictor import Predictor, load_production
 from pipeline.registry import download, publish, verify, write_manifest
-from shared.errors import Conflict, ModelIntegrityError, ModelNotFound, NoProductionModel
-from shared.registry import (
-    MANIFEST,
-    PRODUCTION,
-    ModelInfo,
-    ModelRegistry,
-    ProductionPointer,
-    new_version,
-)
+from shared.contracts.errors import Conflict, ModelIntegrityError, ModelNotFound, NoProductionModel
+from shared.contracts.models import MANIFEST, PRODUCTION, ModelInfo, ProductionPointer, new_version
+from shared.contracts.training import TrainingParams
+from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.training import TrainingParams
 from tests.job_results import metrics
 from tests.pipeline_support import copy_as_new_version, tiny_model
 
@@ -33,11 +27,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def registry(settings: Settings) -> ModelRegistry:
-    return ModelRegistry.from_settings(settings)
+    return ModelRegistry.from_settings(settings.storage)
 
 
 def keys(settings: Settings, prefix: str) -> list[str]:
-    listed = s3_client(settings).list_objects_v2(Bucket=settings.bucket, Prefix=prefix)
+    listed = s3_client(settings.storage).list_objects_v2(
+        Bucket=settings.storage.bucket, Prefix=prefix
+    )
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
@@ -83,7 +79,7 @@ def test_register_and_load_round_trip(
     model_dir: Path, registry: ModelRegistry, settings: Settings, tmp_path: Path
 ) -> None:
     info = publish(registry, model_dir)
-    prefix = f"{settings.models_prefix}{info.version}/"
+    prefix = f"{settings.storage.models_prefix}{info.version}/"
     assert keys(settings, prefix) == sorted(prefix + name for name in [*info.files, MANIFEST])
     assert [listed.version for listed in registry.versions()] == [info.version]
     assert registry.get(info.version) == info
@@ -109,8 +105,10 @@ def test_a_tampered_weight_file_is_refused(
     with pytest.raises(ModelIntegrityError, match=r"model\.safetensors .*sha256"):
         Predictor.load(local, settings)
 
-    s3_client(settings).put_object(
-        Bucket=settings.bucket, Key=registry.key(info.version, "model.safetensors"), Body=b"x"
+    s3_client(settings.storage).put_object(
+        Bucket=settings.storage.bucket,
+        Key=registry.key(info.version, "model.safetensors"),
+        Body=b"x",
     )
     with pytest.raises(ModelIntegrityError):
         download(registry, info.version, tmp_path / "other-cache")
@@ -167,7 +165,7 @@ def test_a_failed_upload_leaves_nothing_in_models(
     with pytest.raises(ClientError, match="AccessDenied"):
         publish(registry, model_dir)
     assert len(uploaded) == 2
-    assert keys(settings, settings.models_prefix) == []
+    assert keys(settings, settings.storage.models_prefix) == []
     assert registry.versions() == []
 
 
@@ -175,8 +173,10 @@ def test_a_version_without_manifest_is_not_listed(
     model_dir: Path, registry: ModelRegistry, settings: Settings
 ) -> None:
     version = new_version()
-    s3_client(settings).upload_file(
-        str(model_dir / "config.json"), settings.bucket, registry.key(version, "config.json")
+    s3_client(settings.storage).upload_file(
+        str(model_dir / "config.json"),
+        settings.storage.bucket,
+        registry.key(version, "config.json"),
     )
     assert registry.versions() == []
     with pytest.raises(ModelNotFound):
@@ -241,9 +241,9 @@ def test_promotion_is_compare_and_swap(
             current = registry.production()
             assert current is not None
             raced.append("moved")
-            s3_client(settings).put_object(
-                Bucket=settings.bucket,
-                Key=settings.models_prefix + PRODUCTION,
+            s3_client(settings.storage).put_object(
+                Bucket=settings.storage.bucket,
+                Key=settings.storage.models_prefix + PRODUCTION,
                 Body=current.model_copy(update={"reason": "touched"}).model_dump_json().encode(),
             )
         return real_put(pointer, etag)
@@ -261,5 +261,5 @@ def test_a_name_that_is_no_version_touches_no_folder(settings: Settings, tmp_pat
     precious.mkdir(parents=True)
     (precious / "keep.txt").write_text("mine")
     with pytest.raises(ModelNotFound):
-        download(ModelRegistry.from_settings(settings), "../precious", cache)
+        download(ModelRegistry.from_settings(settings.storage), "../precious", cache)
     assert (precious / "keep.txt").read_text() == "mine"

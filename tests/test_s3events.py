@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.errors import MalformedEvent
+from shared.contracts.errors import MalformedEvent
 from workers.listener.events import ObjectEvent, parse_notification, parse_seaweedfs
 
 

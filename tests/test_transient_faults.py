@@ -17,13 +17,14 @@ from gateway.jobs import send_first_task
 from gateway.services import gateway_celery
 from pipeline.checkpoints import S3Checkpoints
 from shared import registry as registry_module
-from shared.jobs import Job, JobType, new_job_id
+from shared.contracts.jobs import Job, JobType, new_job_id
+from shared.contracts.models import MANIFEST, PRODUCTION, ModelInfo, new_version
+from shared.contracts.stages import PREDICT, ROUTES
+from shared.contracts.training import TrainingParams
 from shared.jobstore import JobStore
-from shared.registry import MANIFEST, PRODUCTION, ModelInfo, ModelRegistry, new_version
+from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client, transient_s3_error
-from shared.tasks import PREDICT, ROUTES
-from shared.training import TrainingParams
 from tests.gateway_support import broker_messages, wait_until
 from tests.job_results import metrics
 from tests.servers import free_port, redis_server
@@ -100,7 +101,7 @@ def test_job_store_clients_retry_a_lost_connection(redis_url: str) -> None:
     pool: Any = store.redis.connection_pool
     options = pool.connection_kwargs
     assert options["retry"].get_retries() == 6
-    assert options["health_check_interval"] == Settings().redis_health_check_s
+    assert options["health_check_interval"] == Settings().redis.health_check_s
 
 
 def _client_error(status: int, code: str) -> ClientError:
@@ -120,7 +121,7 @@ def test_only_transient_s3_errors_are_retried() -> None:
 
 def _registered(settings: Settings) -> ModelRegistry:
     """A registry on the real S3 API holding one version (its manifest is what makes it one)."""
-    registry = ModelRegistry.from_settings(settings)
+    registry = ModelRegistry.from_settings(settings.storage)
     info = ModelInfo(
         version=new_version(),
         created_at=datetime.now(UTC),
@@ -130,7 +131,7 @@ def _registered(settings: Settings) -> ModelRegistry:
         params=TrainingParams(rows_trained=40, rows_validated=4, steps=1),
     )
     registry.s3.put_object(
-        Bucket=settings.bucket,
+        Bucket=settings.storage.bucket,
         Key=registry.key(info.version, MANIFEST),
         Body=info.model_dump_json().encode(),
     )
@@ -144,8 +145,8 @@ class _PointerWrites:
 
     def __init__(self, settings: Settings, fail: int, land_first: bool = False) -> None:
         self.fail, self.land_first = fail, land_first
-        self.direct = s3_client(settings)
-        self.bucket = settings.bucket
+        self.direct = s3_client(settings.storage)
+        self.bucket = settings.storage.bucket
         self.calls = 0
 
     def __call__(self, request: Any, **kwargs: Any) -> None:
@@ -153,7 +154,7 @@ class _PointerWrites:
             return
         self.calls += 1
         if self.land_first and self.calls == 1:
-            key = f"{Settings().models_prefix}{PRODUCTION}"
+            key = f"{Settings().storage.models_prefix}{PRODUCTION}"
             self.direct.put_object(Bucket=self.bucket, Key=key, Body=request.body)
             raise ReadTimeoutError(endpoint_url=request.url)
         if self.calls <= self.fail:

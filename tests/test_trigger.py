@@ -7,11 +7,12 @@ import pytest
 from celery import Celery
 
 import workers.listener.trigger
-from shared.jobs import EventType, Job, JobStatus
+from shared.broker import dispatch
+from shared.contracts.jobs import EventType, Job, JobStatus
+from shared.contracts.stages import INGEST
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.storage import is_ticket_key, ticket_key
-from shared.tasks import INGEST, dispatch
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
 from workers.listener.events import ObjectEvent
 from workers.listener.trigger import Outcome, PipelineTrigger
@@ -30,7 +31,7 @@ def upload(
 ) -> ObjectEvent:
     values: dict[str, object] = {
         "name": "ObjectCreated:Put",
-        "bucket": settings.bucket,
+        "bucket": settings.storage.bucket,
         "key": key,
         "size": 51153,
         "etag": "202b3840d24ff001061372ab171da160",
@@ -52,9 +53,9 @@ def test_an_upload_starts_one_pipeline_job_that_records_its_source(
     assert job.status is JobStatus.queued
     assert job.params.model_dump(mode="json", exclude_none=True) == {
         "type": "pipeline",
-        "dataset": f"s3://{settings.bucket}/incoming/u1/archive.zip",
+        "dataset": f"s3://{settings.storage.bucket}/incoming/u1/archive.zip",
         "source": {
-            "bucket": settings.bucket,
+            "bucket": settings.storage.bucket,
             "key": "incoming/u1/archive.zip",
             "version_id": "v1",
             "etag": "202b3840d24ff001061372ab171da160",
@@ -94,15 +95,15 @@ def test_each_new_version_of_the_object_starts_its_own_job(
 def test_an_upload_ticket_starts_one_job_however_often_it_is_used(
     settings: Settings, trigger: PipelineTrigger
 ) -> None:
-    key = ticket_key(settings)
-    assert is_ticket_key(key, settings)
+    key = ticket_key(settings.storage)
+    assert is_ticket_key(key, settings.storage)
     first = trigger.handle(upload(settings, key=key, sequencer="01"))
     again = trigger.handle(upload(settings, key=key, sequencer="02", etag="0" * 32))
     assert (first.outcome, again.outcome) == (Outcome.started, Outcome.duplicate)
     assert again.job_id == first.job_id
     assert len(pipeline_jobs(settings)) == 1
     for other in ("incoming/u1/archive.zip", key.replace("tickets/", "tickets/x/"), key + "x"):
-        assert not is_ticket_key(other, settings), other
+        assert not is_ticket_key(other, settings.storage), other
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ class Died(BaseException):
 def test_a_listener_that_died_half_way_leaves_the_version_to_the_next_delivery(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = settings.model_copy(update={"trigger_lease_s": 0.2})
+    settings = settings.replace(trigger_lease_s=0.2)
     monkeypatch.setattr(workers.listener.trigger, "dispatch", failing_once(Died()))
     dead, alive = PipelineTrigger.from_settings(settings), PipelineTrigger.from_settings(settings)
     event = upload(settings)

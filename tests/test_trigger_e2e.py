@@ -69,13 +69,15 @@ def test_an_uploaded_archive_trains_promotes_and_serves_its_model(
     stack: LiveStack, client: httpx.Client
 ) -> None:
     settings = stack.settings
-    key = f"{settings.incoming_prefix}e2e upload/archive.zip"
-    s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=MINI_ARCHIVE.read_bytes())
+    key = f"{settings.storage.incoming_prefix}e2e upload/archive.zip"
+    s3_client(settings.storage).put_object(
+        Bucket=settings.storage.bucket, Key=key, Body=MINI_ARCHIVE.read_bytes()
+    )
 
     job = wait_for_job(client, key)
-    assert job["params"]["dataset"] == f"s3://{settings.bucket}/{key}"
+    assert job["params"]["dataset"] == f"s3://{settings.storage.bucket}/{key}"
     source = job["params"]["source"]
-    assert (source["bucket"], source["key"]) == (settings.bucket, key)
+    assert (source["bucket"], source["key"]) == (settings.storage.bucket, key)
     assert source["size"] == MINI_ARCHIVE.stat().st_size
     assert source["etag"]
 
@@ -93,16 +95,16 @@ def test_an_uploaded_archive_trains_promotes_and_serves_its_model(
 
 def test_a_multipart_upload_starts_one_job(stack: LiveStack, client: httpx.Client) -> None:
     settings = stack.settings
-    s3 = s3_client(settings)
-    key = f"{settings.incoming_prefix}e2e-multipart/archive.zip"
+    s3 = s3_client(settings.storage)
+    key = f"{settings.storage.incoming_prefix}e2e-multipart/archive.zip"
     parts = TransferConfig(multipart_threshold=8 * 1024, multipart_chunksize=5 * 1024 * 1024)
-    s3.upload_file(str(MINI_ARCHIVE), settings.bucket, key, Config=parts)
+    s3.upload_file(str(MINI_ARCHIVE), settings.storage.bucket, key, Config=parts)
     job = wait_for_job(client, key)
     client.delete(f"/v1/jobs/{job['id']}")
 
     # Events arrive in order: once a later upload's job exists, any duplicate would have too.
-    later = f"{settings.incoming_prefix}e2e-after/archive.zip"
-    s3.put_object(Bucket=settings.bucket, Key=later, Body=MINI_ARCHIVE.read_bytes())
+    later = f"{settings.storage.incoming_prefix}e2e-after/archive.zip"
+    s3.put_object(Bucket=settings.storage.bucket, Key=later, Body=MINI_ARCHIVE.read_bytes())
     client.delete(f"/v1/jobs/{wait_for_job(client, later)['id']}")
 
     assert [found["id"] for found in jobs_for(client, key)] == [job["id"]]
@@ -123,7 +125,7 @@ def test_the_terminal_client_uploads_follows_and_classifies(stack: LiveStack) ->
     done = agnews(stack, "jobs", "submit", "pipeline", str(MINI_ARCHIVE), "--follow")
     assert done.returncode == 0, done.stderr
     job, *events = (json.loads(line) for line in done.stdout.splitlines())
-    assert job["params"]["source"]["key"].startswith(stack.settings.incoming_prefix)
+    assert job["params"]["source"]["key"].startswith(stack.settings.storage.incoming_prefix)
     assert events[-1]["type"] == "result"
     version = events[-1]["data"]["version"]
     assert [e["data"]["stage"] for e in events if e["data"].get("state") == "started"] == [

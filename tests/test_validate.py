@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.ingest import RawDataset, read_archive
 from pipeline.validate import HoldoutTexts, ValidationReport, check, validate, validate_archive
-from shared.errors import DatasetInvalid
+from shared.contracts.errors import DatasetInvalid
 from shared.settings import Settings
 from tests.archives import REAL_ARCHIVE, Record, make_archive, mini_records
 
@@ -85,7 +85,7 @@ def test_rejects_a_bad_row_beyond_the_tolerance_quoting_it(tmp_path: Path, local
 
 
 def test_drops_a_few_bad_rows_with_a_warning(tmp_path: Path, local: Settings) -> None:
-    tolerant = local.model_copy(update={"max_bad_row_fraction": 0.01})
+    tolerant = local.replace(max_bad_row_fraction=0.01)
     train = mini_records("train.csv")
     train[0][0] = "0"
     train[1][0] = "5"
@@ -122,7 +122,7 @@ def test_rejects_a_class_with_too_few_rows(tmp_path: Path, local: Settings) -> N
 
 
 def test_rejects_too_few_training_rows(tmp_path: Path, local: Settings) -> None:
-    demanding = local.model_copy(update={"min_train_rows": 1_000})
+    demanding = local.replace(min_train_rows=1_000)
     report = validate(dataset(tmp_path, demanding), demanding)
     assert report.errors == ["train.csv has 400 usable rows; at least 1000 are needed to train"]
 
@@ -141,7 +141,7 @@ def test_lists_every_error_and_counts_the_rest(tmp_path: Path, local: Settings) 
 def test_warns_about_duplicates_empty_long_texts_and_overlap(
     tmp_path: Path, local: Settings
 ) -> None:
-    settings = local.model_copy(update={"max_text_chars": 250})
+    settings = local.replace(max_text_chars=250)
     train = mini_records("train.csv")
     test = mini_records("test.csv")
     train += [train[0], train[1], [("2" if train[2][0] != "2" else "1"), *train[2][1:]]]
@@ -165,7 +165,7 @@ def test_warns_about_duplicates_empty_long_texts_and_overlap(
 
 
 def test_caps_the_problems_it_lists(tmp_path: Path, local: Settings) -> None:
-    settings = local.model_copy(update={"report_max_problems": 3})
+    settings = local.replace(report_max_problems=3)
     train = mini_records("train.csv")
     for record in train[:5]:
         record[0] = "9"
@@ -177,7 +177,7 @@ def test_caps_the_problems_it_lists(tmp_path: Path, local: Settings) -> None:
 def test_streaming_validation_reports_what_reading_every_row_does(
     tmp_path: Path, local: Settings
 ) -> None:
-    settings = local.model_copy(update={"max_text_chars": 250, "report_max_problems": 2})
+    settings = local.replace(max_text_chars=250, report_max_problems=2)
     train = mini_records("train.csv")
     test = mini_records("test.csv")
     train += [train[0], train[1], [("2" if train[2][0] != "2" else "1"), *train[2][1:]]]
@@ -222,7 +222,7 @@ def test_refuses_a_test_set_mostly_inside_train(
 
 
 def test_the_test_in_train_threshold_is_a_setting(tmp_path: Path, local: Settings) -> None:
-    strict = local.model_copy(update={"max_test_in_train_fraction": 0.1})
+    strict = local.replace(max_test_in_train_fraction=0.1)
     test = with_train_texts(mini_records("test.csv"), 8)
     assert not validate(dataset(tmp_path, strict, test=test), strict).accepted
     assert validate(dataset(tmp_path, local, test=test), local).accepted
@@ -232,7 +232,7 @@ def test_the_test_in_train_threshold_is_a_setting(tmp_path: Path, local: Setting
 def test_refuses_a_train_set_overlapping_the_holdout(
     tmp_path: Path, local: Settings, overlap: int, accepted: bool
 ) -> None:
-    settings = local.model_copy(update={"holdout_max_overlap_fraction": 0.05})
+    settings = local.replace(holdout_max_overlap_fraction=0.05)
     holdout_records = mini_records("test.csv")
     holdout_rows = read_archive(make_archive(tmp_path / "h.zip", test=holdout_records), settings)
     holdout = HoldoutTexts.of("ab" * 32, holdout_rows.test.rows)

@@ -1,7 +1,7 @@
 """`python -m workers QUEUE`: each queue's worker gets the pool it needs."""
 
+from shared.broker import transport_options
 from shared.settings import Settings
-from shared.tasks import transport_options
 from workers.__main__ import worker_argv, worker_env
 
 
@@ -49,4 +49,4 @@ def test_each_worker_names_its_queue_and_gets_that_queues_visibility_timeout_and
     assert len({predict["unacked_index_key"], evaluate["unacked_index_key"], "unacked_index"}) == 3
     assert "unacked_index_key" not in train
     assert "ack_emulation" not in predict  # kombu's default: emulated, so acks can be late
-    assert predict["visibility_timeout"] + settings.restore_interval_s <= 30
+    assert predict["visibility_timeout"] + settings.broker.restore_interval_s <= 30

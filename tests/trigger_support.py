@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from shared.jobs import Job, JobType
+from shared.contracts.jobs import Job, JobType
 from shared.jobstore import JobStore
 from shared.settings import Settings
 
@@ -21,7 +21,7 @@ def _messages(client: Any, queue: str) -> Iterator[tuple[str, str, list[Any]]]:
 
 def sent_tasks(settings: Settings, job_id: str, queue: str = "evaluate") -> list[str]:
     """The names of the tasks waiting on `queue` for one job, one entry per message."""
-    client: Any = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client: Any = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     try:
         return [task for _, task, args in _messages(client, queue) if args == [job_id]]
     finally:
@@ -30,7 +30,7 @@ def sent_tasks(settings: Settings, job_id: str, queue: str = "evaluate") -> list
 
 def drop_tasks(settings: Settings, job_ids: set[str], queue: str = "evaluate") -> None:
     """Take a test's messages off the shared broker, so that no other test counts them."""
-    client: Any = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client: Any = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     try:
         for raw, _, args in _messages(client, queue):
             if args and args[0] in job_ids:

@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from shared.contracts.stages import QUEUES
 from shared.settings import Settings, get_settings
-from shared.tasks import QUEUES
 
 PREDICT_THREADS = 2
 
@@ -28,7 +28,7 @@ def worker_argv(
             "--concurrency",
             str(PREDICT_THREADS),
             "--prefetch-multiplier",
-            str(math.ceil(settings.predict_prefetch / PREDICT_THREADS)),
+            str(math.ceil(settings.serving.prefetch / PREDICT_THREADS)),
         ]
     else:
         pool = ["--concurrency", str(concurrency), "--prefetch-multiplier", "1"]
@@ -41,7 +41,7 @@ def worker_argv(
         queue,
         *pool,
         "--loglevel",
-        settings.log_level,
+        settings.run.log_level,
         "--without-gossip",
         "--without-mingle",
         *(extra if "-n" in extra else ["-n", f"{queue}@%h", *extra]),

@@ -2,12 +2,12 @@
 
 import os
 
+from shared.broker import make_celery
 from shared.logs import configure_logging
 from shared.settings import get_settings
-from shared.tasks import make_celery
 
 settings = get_settings()
-if settings.hf_offline:
+if settings.training.hf_offline:
     os.environ["HF_HUB_OFFLINE"] = "1"
 configure_logging(settings, "worker")
 app = make_celery(settings, "agnews-workers")

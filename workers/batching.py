@@ -16,7 +16,7 @@ from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from workers.broker import acknowledge
+from workers.transport import acknowledge
 
 
 class ModelPacedBatches(Batches):  # type: ignore[misc]

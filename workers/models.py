@@ -18,9 +18,10 @@ import redis
 
 from pipeline.predictor import Predictor
 from pipeline.serving import load_serving
-from shared.errors import AgNewsError, ServiceUnavailable
-from shared.fleet import ServingWorker, announce, worker_name
-from shared.jobstore import redis_options
+from shared.contracts.errors import AgNewsError, ServiceUnavailable
+from shared.contracts.serving import ServingWorker
+from shared.fleet import announce, worker_name
+from shared.redis_clients import sync_client
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 
@@ -33,7 +34,7 @@ _STOP_CHECK_S = 0.2
 class ServingModel:
     def __init__(self, settings: Settings, load: Loader = load_serving) -> None:
         self.settings = settings
-        self.registry = ModelRegistry.from_settings(settings)
+        self.registry = ModelRegistry.from_settings(settings.storage)
         self._load = load
         self._predictor: Predictor | None = None
         self._problem: AgNewsError | None = None
@@ -101,10 +102,15 @@ class ServingModel:
             if serving is not None and serving.version == version:
                 return
             failed_at = self._failed_at.get(version)
-            if failed_at is not None and time.monotonic() - failed_at < self.settings.model_retry_s:
+            if (
+                failed_at is not None
+                and time.monotonic() - failed_at < self.settings.serving.model_retry_s
+            ):
                 return
             try:
-                predictor = self._load(version, self.settings, self.settings.data_dir / "models")
+                predictor = self._load(
+                    version, self.settings, self.settings.run.data_dir / "models"
+                )
             except Exception as exc:
                 log.exception("model %s could not be loaded; the serving model stays", version)
                 self._failed_at[version] = time.monotonic()
@@ -131,7 +137,7 @@ class ServingModel:
         heartbeat_interval_s after (a failure is logged; the next poll tries again)."""
         predictor = self._predictor
         since = time.monotonic() - self._announced_at
-        if predictor is None or since < self.settings.heartbeat_interval_s:
+        if predictor is None or since < self.settings.reaper.heartbeat_interval_s:
             return
         worker = ServingWorker(
             worker=worker_name(),
@@ -143,9 +149,7 @@ class ServingModel:
         )
         try:
             if self._redis is None:
-                self._redis = redis.Redis.from_url(
-                    self.settings.redis_url, decode_responses=True, **redis_options(self.settings)
-                )
+                self._redis = sync_client(self.settings.redis)
             announce(self._redis, self.settings, worker)
         except redis.RedisError as exc:
             log.warning("could not announce the serving model: %s", exc)
@@ -157,5 +161,5 @@ class ServingModel:
             self.refresh()
             self._looked.set()
             self.announce()
-            if self._stop.wait(self.settings.model_poll_s):
+            if self._stop.wait(self.settings.serving.model_poll_s):
                 return

@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from pipeline.predictor import answers
-from shared.errors import ErrorInfo, InvalidRequest, NotFound, error_info
-from shared.jobs import PredictParams
+from shared.contracts.errors import ErrorInfo, InvalidRequest, NotFound, error_info
+from shared.contracts.jobs import PredictParams
+from shared.contracts.results import PredictResult
+from shared.contracts.stages import PREDICT
 from shared.jobstore import JobStore
 from shared.reaper import worker_lost
-from shared.results import PredictResult
-from shared.tasks import PREDICT
 from workers.models import ServingModel
 
 log = logging.getLogger(__name__)

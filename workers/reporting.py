@@ -4,19 +4,21 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 
-from shared.errors import JobEnded, error_info
-from shared.jobs import EventType, Job, JobStatus, TaskCall, utcnow
+from shared.contracts.errors import JobEnded, error_info
+from shared.contracts.jobs import EventType, Job, JobStatus, TaskCall
+from shared.contracts.results import JobResult
+from shared.contracts.times import utcnow
 from shared.jobstore import JobStore
 from shared.reaper import worker_lost
-from shared.results import JobResult
+from shared.settings import ReaperSettings
 
 log = logging.getLogger(__name__)
+DEFAULT_POLICY = ReaperSettings()
 
 
 class JobReporter:
@@ -91,19 +93,12 @@ def heartbeat(store: JobStore, job_id: str, task: TaskCall, interval_s: float) -
         thread.join(timeout=5)
 
 
-@dataclass(frozen=True)
-class StepPolicy:
-    max_deliveries: int = 3
-    heartbeat_interval_s: float = 10.0
-    heartbeat_timeout_s: float = 60.0
-
-
 def run_step(
     store: JobStore,
     job_id: str,
     step: Callable[[Job, JobReporter], JobResult | None],
     task: TaskCall | None = None,
-    policy: StepPolicy = StepPolicy(),
+    policy: ReaperSettings = DEFAULT_POLICY,
     call_id: str | None = None,
 ) -> JobResult | None:
     """Run one step of a job; a failure ends the job with the error's message.

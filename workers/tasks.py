@@ -15,8 +15,8 @@ from celery.worker import state as worker_state
 from celery_batches import SimpleRequest
 
 from pipeline import stages
-from shared import tasks as names
-from shared.jobs import (
+from shared.broker import send_call
+from shared.contracts.jobs import (
     DatasetParams,
     EvaluateParams,
     Job,
@@ -25,13 +25,20 @@ from shared.jobs import (
     TrainParams,
     params_of,
 )
+from shared.contracts.results import (
+    EvaluateResult,
+    JobResult,
+    StageSeconds,
+    TrainResult,
+    seconds_since,
+)
+from shared.contracts.stages import EVALUATE, INGEST, PREDICT, PROMOTE, ROUTES, TRAIN, next_task
 from shared.jobstore import JobStore
-from shared.results import EvaluateResult, JobResult, StageSeconds, TrainResult, seconds_since
 from workers.app import app, settings
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
 from workers.predict import serve_batch
-from workers.reporting import JobReporter, StepPolicy, run_step
+from workers.reporting import JobReporter, run_step
 
 # Long tasks hold their message until they finish; a worker that dies mid-task leaves it to be
 # redelivered to another, which resumes from the last checkpoint.
@@ -50,19 +57,17 @@ def serving_model() -> ServingModel:
     return ServingModel(settings)
 
 
-POLICY = StepPolicy(
-    max_deliveries=settings.max_deliveries,
-    heartbeat_interval_s=settings.heartbeat_interval_s,
-    heartbeat_timeout_s=settings.heartbeat_timeout_s,
-)
-
-
-def _send(task: str, job_id: str, **kwargs: Any) -> None:
-    """Hand the job to its next task: the job names the call first, so that the reaper knows
-    what the job waits for and a stale copy of an earlier call knows it is stale."""
-    call = TaskCall(name=task, arguments=kwargs)
-    store().heartbeat(job_id, call)
-    names.send_call(app, job_id, call)
+def _hand_on(job: Job, task: str, **kwargs: Any) -> bool:
+    """Send the job's task after `task`, if its chain has one. The job names the call first, so
+    that the reaper knows what the job waits for and a stale copy of an earlier call knows it is
+    stale."""
+    following = next_task(job, task)
+    if following is None:
+        return False
+    call = TaskCall(name=following, arguments=kwargs)
+    store().heartbeat(job.id, call)
+    send_call(app, job.id, call)
+    return True
 
 
 def _step(
@@ -75,18 +80,18 @@ def _step(
     call = TaskCall(name=name, arguments=kwargs)
     if call_id is not None:
         call = call.model_copy(update={"id": call_id})
-    run_step(store(), job_id, step, call, POLICY, call_id)
+    run_step(store(), job_id, step, call, settings.reaper, call_id)
 
 
 # A batch is acknowledged once its answers are written (celery-batches acks a late task's
 # requests when the batch returns): the requests of a worker that dies go back to the queue after
 # the predict visibility timeout and another worker serves them; the first answer written wins.
 @app.task(
-    name=names.PREDICT,
+    name=PREDICT,
     base=ModelPacedBatches,
     acks_late=True,
-    flush_every=settings.predict_max_batch,
-    flush_interval=max(settings.predict_max_wait_ms, 1.0) / 1000,
+    flush_every=settings.serving.max_batch,
+    flush_interval=max(settings.serving.max_wait_ms, 1.0) / 1000,
 )
 def predict(requests: list[SimpleRequest]) -> None:
     """A batch of predict jobs, each message naming one or more (the gateway's sends together
@@ -94,7 +99,7 @@ def predict(requests: list[SimpleRequest]) -> None:
     release = predict.model_released()
     try:
         job_ids = [job_id for request in requests for job_id in request.args]
-        serve_batch(store(), serving_model(), job_ids, release, settings.max_deliveries)
+        serve_batch(store(), serving_model(), job_ids, release, settings.reaper.max_deliveries)
     finally:
         release()
 
@@ -106,16 +111,16 @@ def _start_serving(sender: Any, **_: Any) -> None:
     reads the queue, so a (re)starting worker cannot sit on requests that an idle one could
     serve. With no production model, or one that fails to load, it takes them at once (each
     then fails with the reason), and never waits past predict_first_load_wait_s."""
-    if names.ROUTES[names.PREDICT] in {queue.name for queue in sender.task_consumer.queues}:
+    if ROUTES[PREDICT] in {queue.name for queue in sender.task_consumer.queues}:
         # The model thread takes the GIL back after every torch op; with Python's default 5 ms
         # switch interval it waits that long whenever the consumer thread holds it.
         sys.setswitchinterval(PREDICT_SWITCH_INTERVAL_S)
         model = serving_model().start()
-        loaded = model.first_look(settings.predict_first_load_wait_s, _worker_stopping)
+        loaded = model.first_look(settings.serving.first_load_wait_s, _worker_stopping)
         if not loaded and not _worker_stopping():
             log.warning(
                 "the production model is still loading after %.0f s; taking requests meanwhile",
-                settings.predict_first_load_wait_s,
+                settings.serving.first_load_wait_s,
             )
 
 
@@ -127,7 +132,7 @@ def _worker_stopping() -> bool:
     )
 
 
-@app.task(name=names.INGEST, **LONG_TASK)
+@app.task(name=INGEST, **LONG_TASK)
 def ingest(job_id: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
         started = time.monotonic()
@@ -140,17 +145,17 @@ def ingest(job_id: str, call_id: str | None = None) -> None:
         reporter.stage(
             "ingest", "finished", dataset_sha256=output.dataset_sha256, seconds=timed.ingest
         )
-        _send(
-            names.TRAIN,
-            job.id,
+        _hand_on(
+            job,
+            INGEST,
             dataset_sha256=output.dataset_sha256,
             stage_seconds=timed.model_dump(),
         )
 
-    _step(job_id, names.INGEST, call_id, step)
+    _step(job_id, INGEST, call_id, step)
 
 
-@app.task(name=names.TRAIN, **LONG_TASK)
+@app.task(name=TRAIN, **LONG_TASK)
 def train(
     job_id: str,
     dataset_sha256: str,
@@ -178,16 +183,16 @@ def train(
             seconds=timed.train,
             plan=record.params.plan and record.params.plan.model_dump(mode="json"),
         )
-        _send(
-            names.EVALUATE,
-            job.id,
+        _hand_on(
+            job,
+            TRAIN,
             dataset_sha256=dataset_sha256,
             stage_seconds=timed.model_dump(),
         )
 
     _step(
         job_id,
-        names.TRAIN,
+        TRAIN,
         call_id,
         step,
         dataset_sha256=dataset_sha256,
@@ -195,7 +200,7 @@ def train(
     )
 
 
-@app.task(name=names.EVALUATE, **LONG_TASK)
+@app.task(name=EVALUATE, **LONG_TASK)
 def evaluate(
     job_id: str,
     dataset_sha256: str | None = None,
@@ -224,14 +229,13 @@ def evaluate(
             seconds=timed.evaluate,
             registration_seconds=timed.registration,
         )
-        if isinstance(job.params, PipelineParams) or params_of(job, TrainParams).promote:
-            _send(
-                names.PROMOTE,
-                job.id,
-                version=registered.version,
-                dataset_sha256=dataset_sha256,
-                stage_seconds=timed.model_dump(),
-            )
+        if _hand_on(
+            job,
+            EVALUATE,
+            version=registered.version,
+            dataset_sha256=dataset_sha256,
+            stage_seconds=timed.model_dump(),
+        ):
             return None
         return TrainResult(
             dataset_sha256=dataset_sha256,
@@ -243,10 +247,10 @@ def evaluate(
     kwargs: dict[str, Any] = {} if dataset_sha256 is None else {"dataset_sha256": dataset_sha256}
     if stage_seconds is not None:
         kwargs["stage_seconds"] = stage_seconds
-    _step(job_id, names.EVALUATE, call_id, step, **kwargs)
+    _step(job_id, EVALUATE, call_id, step, **kwargs)
 
 
-@app.task(name=names.PROMOTE, **LONG_TASK)
+@app.task(name=PROMOTE, **LONG_TASK)
 def promote(
     job_id: str,
     version: str,
@@ -277,7 +281,7 @@ def promote(
 
     _step(
         job_id,
-        names.PROMOTE,
+        PROMOTE,
         call_id,
         step,
         version=version,
@@ -302,6 +306,6 @@ def _registered(stage_seconds: StageSeconds | None, task_s: float) -> StageSecon
 def _training_params(job: Job) -> TrainParams | PipelineParams:
     if isinstance(job.params, PipelineParams):
         return job.params.model_copy(
-            update={"max_steps": job.params.max_steps or settings.pipeline_max_steps}
+            update={"max_steps": job.params.max_steps or settings.training.pipeline_max_steps}
         )
     return params_of(job, TrainParams)

@@ -14,8 +14,8 @@ from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.errors import MalformedEvent
-from shared.jobs import ObjectVersion
+from shared.contracts.errors import MalformedEvent
+from shared.contracts.jobs import ObjectVersion
 from shared.storage import s3_url
 
 # Where a SeaweedFS filer keeps the S3 gateway's buckets.

@@ -29,8 +29,8 @@ async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             webhook_app(settings, trigger),
-            host=settings.listener_host,
-            port=settings.listener_port,
+            host=settings.listener.host,
+            port=settings.listener.port,
             lifespan="off",
             log_config=None,
             access_log=False,
@@ -48,7 +48,7 @@ async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
         asyncio.create_task(server.serve()),
         asyncio.create_task(scan(settings, trigger, stop)),
     }
-    if settings.sqs_queue_url:
+    if settings.listener.sqs_queue_url:
         tasks.add(asyncio.create_task(SqsListener(settings, trigger).run(stop)))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -65,11 +65,11 @@ async def scan(settings: Settings, trigger: PipelineTrigger, stop: asyncio.Event
     """Look for uploads whose events were missed, at start and every listener_scan_interval_s;
     a failed scan (S3 or Redis away, as when the listener starts before the store) is logged
     and tried again within SCAN_RETRY_S."""
-    s3 = s3_client(settings)
+    s3 = s3_client(settings.storage)
     while not stop.is_set():
-        wait = settings.listener_scan_interval_s
+        wait = settings.listener.scan_interval_s
         try:
-            await asyncio.to_thread(scan_incoming, trigger, s3, settings.listener_scan_max_age_s)
+            await asyncio.to_thread(scan_incoming, trigger, s3, settings.listener.scan_max_age_s)
         except Exception as exc:
             wait = min(wait, SCAN_RETRY_S)
             log.warning("scan of incoming/ failed (%s); next in %.0fs", exc, wait)
@@ -83,8 +83,8 @@ def main() -> None:
     adapters = [
         name
         for name, configured in (
-            (f"SQS {settings.sqs_queue_url}", settings.sqs_queue_url),
-            ("the S3 store's webhook", settings.listener_token),
+            (f"SQS {settings.listener.sqs_queue_url}", settings.listener.sqs_queue_url),
+            ("the S3 store's webhook", settings.listener.token),
         )
         if configured
     ]

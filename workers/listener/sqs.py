@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from shared.errors import MalformedEvent
+from shared.contracts.errors import MalformedEvent
 from shared.settings import Settings
 from shared.storage import client_options
 from workers.listener.events import parse_notification
@@ -42,10 +42,10 @@ class SqsListener:
     """`async with SqsListener(settings, trigger) as sqs: await sqs.poll_once()`, or `run()`."""
 
     def __init__(self, settings: Settings, trigger: PipelineTrigger) -> None:
-        if not settings.sqs_queue_url:
+        if not settings.listener.sqs_queue_url:
             raise ValueError("the SQS listener needs sqs_queue_url")
         self.settings = settings
-        self.queue_url = settings.sqs_queue_url
+        self.queue_url = settings.listener.sqs_queue_url
         self.trigger = trigger
         self._stack = AsyncExitStack()
         self._sqs: Any = None
@@ -55,9 +55,11 @@ class SqsListener:
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
-            read_timeout=self.settings.sqs_wait_time_s + 10,
+            read_timeout=self.settings.listener.sqs_wait_time_s + 10,
         )
-        client = get_session().create_client("sqs", config=config, **client_options(self.settings))
+        client = get_session().create_client(
+            "sqs", config=config, **client_options(self.settings.storage)
+        )
         self._sqs = await self._stack.enter_async_context(client)
         return self
 
@@ -73,7 +75,7 @@ class SqsListener:
         """Poll until `stop` is set, backing off while SQS or Redis is away."""
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RETRIED),
-            wait=wait_exponential_jitter(multiplier=0.5, max=self.settings.listener_backoff_max_s),
+            wait=wait_exponential_jitter(multiplier=0.5, max=self.settings.listener.backoff_max_s),
             sleep=lambda seconds: _unless_stopped(asyncio.sleep(seconds), stop),
             before_sleep=_log_retry,
         )
@@ -89,8 +91,8 @@ class SqsListener:
     async def receive(self) -> list[dict[str, Any]]:
         response = await self._sqs.receive_message(
             QueueUrl=self.queue_url,
-            MaxNumberOfMessages=self.settings.sqs_batch_size,
-            WaitTimeSeconds=self.settings.sqs_wait_time_s,
+            MaxNumberOfMessages=self.settings.listener.sqs_batch_size,
+            WaitTimeSeconds=self.settings.listener.sqs_wait_time_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         messages: list[dict[str, Any]] = response.get("Messages", [])

@@ -23,12 +23,12 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from shared.errors import NotFound
-from shared.jobs import Job, JobType, PipelineParams, new_job_id
-from shared.jobstore import JobStore, redis_options
+from shared.broker import dispatch, make_celery
+from shared.contracts.errors import NotFound
+from shared.contracts.jobs import Job, JobType, PipelineParams, new_job_id
+from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.storage import ARCHIVE_NAME, is_ticket_key
-from shared.tasks import dispatch, make_celery
 from workers.listener.events import ObjectEvent
 
 log = logging.getLogger(__name__)
@@ -88,26 +88,20 @@ class PipelineTrigger:
         self._release = self.redis.register_script(_RELEASE)
         self._lock = threading.Lock()
         # Each incoming object's key -> the etag and size its job was started for, and the job.
-        self._objects = f"{settings.key_prefix}:trigger:objects"
+        self._objects = f"{settings.redis.key_prefix}:trigger:objects"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PipelineTrigger":
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            **redis_options(settings),
-        )
-        return cls(JobStore(client, settings), make_celery(settings, "agnews-listener"), settings)
+        store = JobStore.from_settings(settings)
+        return cls(store, make_celery(settings, "agnews-listener"), settings)
 
     def ignore_reason(self, event: ObjectEvent) -> str | None:
         if not event.created:
             return f"{event.name} is not an object creation"
-        if event.bucket != self.settings.bucket:
-            return f"bucket {event.bucket} is not {self.settings.bucket}"
-        if not event.key.startswith(self.settings.incoming_prefix):
-            return f"not under {self.settings.incoming_prefix}"
+        if event.bucket != self.settings.storage.bucket:
+            return f"bucket {event.bucket} is not {self.settings.storage.bucket}"
+        if not event.key.startswith(self.settings.storage.incoming_prefix):
+            return f"not under {self.settings.storage.incoming_prefix}"
         if PurePosixPath(event.key).name != ARCHIVE_NAME:
             return f"not an {ARCHIVE_NAME}"
         return None
@@ -117,7 +111,7 @@ class PipelineTrigger:
         reason = self.ignore_reason(event)
         if reason is not None:
             # The store reports every object written (models, checkpoints): only uploads matter.
-            uploaded = event.key.startswith(self.settings.incoming_prefix)
+            uploaded = event.key.startswith(self.settings.storage.incoming_prefix)
             level = logging.INFO if uploaded else logging.DEBUG
             log.log(level, "ignored %s %s: %s", event.name, event.url, reason)
             return Handled(Outcome.ignored)
@@ -144,9 +138,9 @@ class PipelineTrigger:
         keys = self._keys(event)
         owner = secrets.token_hex(8)
         candidate = new_job_id()
-        lease_ms = max(1, int(self.settings.trigger_lease_s * 1000))
+        lease_ms = max(1, int(self.settings.listener.lease_s * 1000))
         job_id, state = self._claim(
-            keys=keys, args=[candidate, self.settings.trigger_dedupe_ttl_s, lease_ms, owner]
+            keys=keys, args=[candidate, self.settings.listener.dedupe_ttl_s, lease_ms, owner]
         )
         if state == "dispatched":
             log.info("duplicate event for %s: job %s already started", event.identity(), job_id)
@@ -176,10 +170,10 @@ class PipelineTrigger:
 
     def _keys(self, event: ObjectEvent) -> list[str]:
         # An upload ticket's key starts one pipeline, whatever is written there again later.
-        ticket = is_ticket_key(event.key, self.settings)
+        ticket = is_ticket_key(event.key, self.settings.storage)
         identity = f"{event.bucket}/{event.key}" if ticket else event.identity()
         digest = hashlib.sha256(identity.encode()).hexdigest()
-        record = f"{self.settings.key_prefix}:trigger:{digest}"
+        record = f"{self.settings.redis.key_prefix}:trigger:{digest}"
         return [record, f"{record}:lease"]
 
 
@@ -210,7 +204,7 @@ def scan_incoming(trigger: PipelineTrigger, s3: Any, max_age_s: float) -> list[H
     newest = datetime.now(UTC) - timedelta(seconds=max_age_s)
     handled: list[Handled] = []
     pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=settings.incoming_prefix
+        Bucket=settings.storage.bucket, Prefix=settings.storage.incoming_prefix
     )
     for page in pages:
         for item in page.get("Contents", []):
@@ -219,7 +213,7 @@ def scan_incoming(trigger: PipelineTrigger, s3: Any, max_age_s: float) -> list[H
                 continue
             event = ObjectEvent(
                 name=SCANNED,
-                bucket=settings.bucket,
+                bucket=settings.storage.bucket,
                 key=key,
                 size=item.get("Size"),
                 etag=_etag(item.get("ETag")),

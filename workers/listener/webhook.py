@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ExceptionHandler
 
-from shared.errors import AgNewsError, ServiceUnavailable, Unauthorized
+from shared.contracts.errors import AgNewsError, ServiceUnavailable, Unauthorized
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH
 from workers.listener.events import parse_seaweedfs
@@ -25,8 +25,8 @@ from workers.listener.trigger import TRANSIENT_ERRORS, PipelineTrigger
 def webhook_app(settings: Settings, trigger: PipelineTrigger) -> Starlette:
     """/healthz always; the webhook only where a token is set, as nothing else may call it."""
     routes = [Route("/healthz", _healthz)]
-    if settings.listener_token is not None:
-        token = settings.listener_token.get_secret_value()
+    if settings.listener.token is not None:
+        token = settings.listener.token.get_secret_value()
         routes.append(Route(WEBHOOK_PATH, _webhook(token, trigger), methods=["POST"]))
     handlers: dict[Any, ExceptionHandler] = {AgNewsError: _error}
     handlers.update(dict.fromkeys(TRANSIENT_ERRORS, _unavailable))

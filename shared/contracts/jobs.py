@@ -1,14 +1,15 @@
 """Jobs and their events: the schemas the gateway, workers and clients agree on."""
 
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from shared.errors import ErrorInfo, InvalidRequest
-from shared.results import EvaluateResult, JobResult, PredictResult, TrainResult
+from shared.contracts.errors import ErrorInfo, InvalidRequest
+from shared.contracts.results import EvaluateResult, JobResult, PredictResult, TrainResult
+from shared.contracts.times import utcnow
 
 
 class JobType(StrEnum):
@@ -48,10 +49,6 @@ def new_job_id() -> str:
     while (job_id := secrets.token_urlsafe(16)).startswith("-"):
         pass
     return job_id
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Event(BaseModel):

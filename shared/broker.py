@@ -1,6 +1,7 @@
-"""Celery configuration and the names of tasks, shared by senders (gateway, listener) and workers.
+"""The Celery app's configuration and how a job's tasks are sent, for senders (gateway, listener)
+and workers alike.
 
-Senders never import the workers' code: they send tasks by name through `make_celery`.
+Senders never import the workers' code: they send tasks by name (`shared.contracts.stages`).
 """
 
 import base64
@@ -12,37 +13,13 @@ from typing import Any
 from celery import Celery
 from kombu.serialization import dumps
 
-from shared.jobs import Job, JobType, TaskCall
+from shared.contracts.jobs import Job, TaskCall
+from shared.contracts.stages import PREDICT, QUEUES, ROUTES, first_task
 from shared.settings import Settings
-
-PREDICT = "agnews.predict"
-TRAIN = "agnews.train"
-EVALUATE = "agnews.evaluate"
-INGEST = "agnews.ingest"
-PROMOTE = "agnews.promote"
-
-QUEUES = ("predict", "train", "evaluate")
-
-ROUTES: dict[str, str] = {
-    PREDICT: "predict",
-    TRAIN: "train",
-    EVALUATE: "evaluate",
-    INGEST: "evaluate",
-    PROMOTE: "evaluate",
-}
-
-# The first task of each job type. A pipeline job's stages send their successors themselves:
-# ingest -> train -> evaluate -> promote.
-FIRST_TASK: dict[JobType, str] = {
-    JobType.predict: PREDICT,
-    JobType.train: INGEST,
-    JobType.evaluate: EVALUATE,
-    JobType.pipeline: INGEST,
-}
 
 
 def make_celery(settings: Settings, name: str = "agnews") -> Celery:
-    app = Celery(name, broker=settings.redis_url)
+    app = Celery(name, broker=settings.redis.url)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -56,7 +33,7 @@ def make_celery(settings: Settings, name: str = "agnews") -> Celery:
         # supervisor would restart them).
         broker_connection_retry=True,
         broker_connection_max_retries=None,
-        broker_transport_options=transport_options(settings, settings.worker_queue),
+        broker_transport_options=transport_options(settings, settings.broker.worker_queue),
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
@@ -71,16 +48,11 @@ def transport_options(settings: Settings, queue: str | None) -> dict[str, Any]:
     keys: a predict worker's sweep after 15 s never restores a training that runs for hours.
     The train queue keeps kombu's default keys, so messages held before this split still return.
     """
-    timeouts = {
-        "predict": settings.predict_visibility_timeout_s,
-        "evaluate": settings.evaluate_visibility_timeout_s,
-        "train": settings.train_visibility_timeout_s,
-    }
     options: dict[str, Any] = {
-        "visibility_timeout": timeouts.get(queue or "train", settings.train_visibility_timeout_s),
+        "visibility_timeout": settings.broker.visibility_timeout_s(queue),
         # A dead connection (Redis restarted) is noticed and replaced within this long.
-        "health_check_interval": settings.redis_health_check_s,
-        "unacked_restore_interval": settings.restore_interval_s,
+        "health_check_interval": settings.redis.health_check_s,
+        "unacked_restore_interval": settings.broker.restore_interval_s,
         "unacked_restore_throttle": 1,
     }
     if queue in ("predict", "evaluate"):
@@ -94,7 +66,8 @@ def transport_options(settings: Settings, queue: str | None) -> dict[str, Any]:
 
 def dispatch(app: Celery, job: Job) -> None:
     """Send the first task of a job; its only argument is the job id, parameters live in Redis."""
-    app.send_task(FIRST_TASK[job.type], args=[job.id], queue=ROUTES[FIRST_TASK[job.type]])
+    task = first_task(job.type)
+    app.send_task(task, args=[job.id], queue=ROUTES[task])
 
 
 def send_call(app: Celery, job_id: str, call: TaskCall) -> None:
