@@ -173,7 +173,7 @@ class BacklogExporter:
 
 def main() -> None:
     settings = get_settings()
-    configure_logging(settings, "backlog-exporter")
+    configure_logging(settings.run, "backlog-exporter")
     stop = threading.Event()
 
     def stopping(signum: int, frame: FrameType | None) -> None:

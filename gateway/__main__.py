@@ -40,7 +40,7 @@ def main() -> None:
     refusal = open_refusal(settings)
     if refusal is not None:
         sys.exit(f"gateway: {refusal}")
-    configure_logging(settings, "gateway")
+    configure_logging(settings.run, "gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway.host,

@@ -1,7 +1,6 @@
 """Who is asking: an API key (`Authorization: Bearer KEY` or `X-API-Key`), a session cookie, or
 anyone at all when no keys are configured. Endpoints then ask for the scope they need."""
 
-import hmac
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
@@ -9,10 +8,11 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
-from gateway.sessions import COOKIE, SessionSigner
+from gateway.cookies import COOKIE, SessionSigner
+from gateway.keyring import Keyring
 from shared.contracts.errors import Forbidden, Unauthorized
 from shared.contracts.jobs import Job
-from shared.contracts.keys import ALL_SCOPES, ApiKey, KeyScope, key_digest
+from shared.contracts.keys import ALL_SCOPES, ApiKey, KeyScope
 
 PROTECTED_PREFIX = "/v1/"
 # Signing in and out needs no credentials of its own.
@@ -40,28 +40,6 @@ class Principal:
 
 
 OPEN = Principal(name=None, scopes=frozenset(ALL_SCOPES), via="open")
-
-
-class Keyring:
-    """The configured keys, by hash: a presented key is hashed and compared with every one."""
-
-    def __init__(self, keys: list[ApiKey]) -> None:
-        self.keys = keys
-
-    def __bool__(self) -> bool:
-        return bool(self.keys)
-
-    def find(self, presented: str) -> ApiKey | None:
-        digest = key_digest(presented).encode()
-        found = None
-        # Compare with every key, always: the time taken says nothing about which one matched.
-        for key in self.keys:
-            if hmac.compare_digest(key.sha256.encode(), digest):
-                found = key
-        return found
-
-    def named(self, name: str) -> ApiKey | None:
-        return next((key for key in self.keys if key.name == name), None)
 
 
 def presented_key(headers: Headers) -> str | None:

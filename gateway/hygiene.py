@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
 from shared.contracts.errors import BadRequest, Forbidden, UnsupportedMediaType
-from shared.settings import Settings
+from shared.settings import Settings, StorageSettings
 
 MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 # Methods whose requests must say they are JSON even when they carry no body: a cross-site page
@@ -16,10 +16,10 @@ MUTATIONS = {"POST", "PUT", "PATCH", "DELETE"}
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
-def content_security_policy(settings: Settings) -> str:
+def content_security_policy(storage: StorageSettings) -> str:
     """`default-src 'self'`; the page's only other destinations are the object store it uploads
     to (connect-src) and its data: favicon."""
-    store = settings.storage.public_endpoint_url or settings.storage.endpoint_url
+    store = storage.public_endpoint_url or storage.endpoint_url
     if store:
         parts = urlsplit(store)
         uploads = f"{parts.scheme}://{parts.netloc}"
@@ -42,7 +42,7 @@ class SecurityHeadersMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         super().__init__(app)
         self.headers = {
-            "Content-Security-Policy": content_security_policy(settings),
+            "Content-Security-Policy": content_security_policy(settings.storage),
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
             "X-Frame-Options": "DENY",
@@ -69,7 +69,7 @@ def host_name(host: str) -> str:
 
 
 class TrustedHostMiddleware(HttpMiddleware):
-    """A Host header outside settings.gateway.trusted_hosts gets a 400: no DNS rebinding."""
+    """A Host header outside AGNEWS_TRUSTED_HOSTS gets a 400: no DNS rebinding."""
 
     def __init__(self, app: ASGIApp, hosts: list[str]) -> None:
         super().__init__(app)
@@ -96,7 +96,7 @@ def _same_origin(origin: str, headers: Headers) -> bool:
 
 class RequestHygieneMiddleware(HttpMiddleware):
     """/v1 mutations: JSON bodies only (415), and no cross-origin requests save from
-    settings.gateway.cors_origins (403)."""
+    AGNEWS_CORS_ORIGINS (403)."""
 
     def __init__(self, app: ASGIApp, cors_origins: list[str]) -> None:
         super().__init__(app)

@@ -30,6 +30,8 @@ from shared.contracts.jobs import (
     TrainParams,
     new_job_id,
 )
+from shared.contracts.stages import first_task
+from shared.logs import bound
 from shared.redis_clients import backoff
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset, api_model_version
@@ -102,6 +104,11 @@ async def submit(state: Services, params: JobParams, owner: Principal) -> Job:
     job = Job(id=new_job_id(), type=JobType(params.type), params=params, owner=owner.name)
     if job.type is JobType.predict:
         return await state.predicts.submit(job)
+    with bound(job_id=job.id, task=first_task(job.type)):
+        return await _create_and_send(state, job)
+
+
+async def _create_and_send(state: Services, job: Job) -> Job:
     await state.store.create(job)
     try:
         await send_first_task(state.celery, state.settings, job)

@@ -1,4 +1,4 @@
-"""Request bodies larger than settings.limits.max_body_bytes are refused with 413."""
+"""Request bodies larger than AGNEWS_MAX_BODY_BYTES are refused with 413."""
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.cookies import COOKIE
 from gateway.schemas import (
     ErrorBody,
     Health,
@@ -25,7 +26,6 @@ from gateway.schemas import (
     UploadRequest,
     UploadTicket,
 )
-from gateway.sessions import COOKIE
 from shared.contracts.jobs import JobParams, PredictParams
 from shared.contracts.models import ModelInfo, ModelRecord, ProductionPointer
 

@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import principal
 from shared.contracts.errors import RateLimited
-from shared.settings import Settings
+from shared.settings import AccessSettings
 
 MAX_CALLERS = 100_000
 
@@ -47,13 +47,9 @@ class TokenBuckets:
 
 
 class RateLimits:
-    def __init__(self, settings: Settings) -> None:
-        self.predict = TokenBuckets(
-            "predict", settings.access.rate_predict_per_s, settings.access.rate_predict_burst
-        )
-        self.jobs = TokenBuckets(
-            "jobs", settings.access.rate_jobs_per_s, settings.access.rate_jobs_burst
-        )
+    def __init__(self, access: AccessSettings) -> None:
+        self.predict = TokenBuckets("predict", access.rate_predict_per_s, access.rate_predict_burst)
+        self.jobs = TokenBuckets("jobs", access.rate_jobs_per_s, access.rate_jobs_burst)
 
 
 def caller_id(connection: HTTPConnection) -> str:

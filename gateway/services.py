@@ -7,12 +7,12 @@ from botocore.config import Config
 from celery import Celery
 from starlette.requests import Request
 
-from gateway.auth import Keyring
+from gateway.cookies import SessionSigner
 from gateway.hub import EventHub, HubTuning
+from gateway.keyring import Keyring
 from gateway.metrics import Metrics, QueueProbe
 from gateway.ratelimit import RateLimits
 from gateway.sending import PredictSender
-from gateway.sessions import SessionSigner
 from shared.broker import make_celery, predict_message, send_call
 from shared.contracts.jobs import TaskCall
 from shared.contracts.stages import PREDICT, ROUTES
@@ -78,8 +78,8 @@ class Services:
             metrics=Metrics(),
             queues=QueueProbe(celery, settings.gateway.probe_timeout_s),
             keyring=Keyring(settings.access.api_keys),
-            sessions=SessionSigner.from_settings(settings),
-            limits=RateLimits(settings),
+            sessions=SessionSigner.from_settings(settings.access),
+            limits=RateLimits(settings.access),
             reaper=_reaper(settings, celery),
             predicts=PredictSender(
                 store,

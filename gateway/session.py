@@ -8,10 +8,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth import Principal, principal
+from gateway.cookies import COOKIE
 from gateway.parsing import parse_body
 from gateway.schemas import SessionInfo, SessionRequest
 from gateway.services import services
-from gateway.sessions import COOKIE
 from shared.contracts.errors import Unauthorized
 from shared.contracts.keys import ALL_SCOPES
 from shared.settings import Settings

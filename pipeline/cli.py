@@ -182,7 +182,7 @@ COMMANDS: dict[str, Command] = {"train": train, "evaluate": evaluate_command, "p
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings()
-    configure_logging(settings, "agnews")
+    configure_logging(settings.run, "agnews")
     reporter = TqdmReporter()
     try:
         result = COMMANDS[args.command](args, settings, reporter)

@@ -206,7 +206,7 @@ def finish_model(
         metrics=metrics,
         params=training.params,
     )
-    track_training(info, training, card, settings)
+    track_training(info, training, card, settings.tracking)
     return info
 
 

@@ -12,27 +12,27 @@ from pathlib import Path
 
 from shared.contracts.models import CARD, ModelInfo
 from shared.contracts.results import TrainingRecord
-from shared.settings import Settings
+from shared.settings import TrackingSettings
 
 log = logging.getLogger(__name__)
 
 
 def track_training(
-    info: ModelInfo, training: TrainingRecord, card: str, settings: Settings
+    info: ModelInfo, training: TrainingRecord, card: str, tracking: TrackingSettings
 ) -> None:
-    uri = settings.tracking.uri
+    uri = tracking.uri
     if not uri:
         return
-    if not answers(uri, settings.tracking.probe_timeout_s):
+    if not answers(uri, tracking.probe_timeout_s):
         log.warning("model %s: MLflow at %s does not answer; no run written", info.version, uri)
         return
     try:
-        _log_run(info, training, card, settings)
+        _log_run(info, training, card, tracking)
     except Exception:
         log.warning(
             "model %s: its MLflow run could not be written to %s",
             info.version,
-            settings.tracking.uri,
+            tracking.uri,
             exc_info=True,
         )
 
@@ -48,13 +48,15 @@ def answers(uri: str, timeout_s: float) -> bool:
         return False
 
 
-def _log_run(info: ModelInfo, training: TrainingRecord, card: str, settings: Settings) -> None:
+def _log_run(
+    info: ModelInfo, training: TrainingRecord, card: str, tracking: TrackingSettings
+) -> None:
     # mlflow is an optional extra, imported only when tracking is on
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    client = MlflowClient(tracking_uri=settings.tracking.uri)
-    name = settings.tracking.experiment
+    client = MlflowClient(tracking_uri=tracking.uri)
+    name = tracking.experiment
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
     tags = {"model_version": info.version, "dataset_sha256": info.dataset_sha256}

@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   # The CPU build of torch lies on this machine's disk; pin it so pip never fetches a CUDA build.
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[ml,local,dev,tracking]"
+  .venv/bin/pip install -q -e ".[server,ml,local,dev,tracking]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -1,4 +1,5 @@
-"""`python -m stack`: start the whole system locally; Ctrl-C stops it all."""
+"""`python -m stack`: start the whole system locally; Ctrl-C stops it all.
+`python -m stack logs`: read what its processes logged."""
 
 import argparse
 import os
@@ -8,6 +9,7 @@ from types import FrameType
 
 from shared.logs import configure_logging
 from shared.settings import Settings
+from stack import logs
 from stack.local import local_settings, start_stack
 from stack.processes import GaveUp
 
@@ -33,7 +35,14 @@ def _summary(settings: Settings, port: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    if sys.argv[1:2] == ["logs"]:
+        logs.main(sys.argv[2:], (local_settings().run.data_dir / "logs").resolve())
+        return
+    parser = argparse.ArgumentParser(
+        prog="python -m stack",
+        description=__doc__,
+        epilog="`python -m stack logs [NAME ...] [--job JOB_ID] [-f]` prints the processes' logs.",
+    )
     parser.add_argument("--port", type=int, default=None, help="gateway port (default 8080)")
     parser.add_argument(
         "--predict-workers",
@@ -52,7 +61,7 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    configure_logging(settings, "stack")
+    configure_logging(settings.run, "stack")
     supervisor = start_stack(settings, gateway_port=port, predict_workers=args.predict_workers)
     print(_summary(settings, port), flush=True)
     gave_up = False

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
+from pydantic_core import to_jsonable_python
 
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH, s3_client
@@ -210,7 +211,7 @@ def start_stack(
     predict_workers: int = 1,
 ) -> Supervisor:
     settings = with_listener_token(settings)
-    if "hf_offline" not in settings.model_fields_set:
+    if "hf_offline" not in settings.training.model_fields_set:
         # The local stack, like the machines it is built on, reaches no model hub by default.
         settings = settings.replace(hf_offline=True)
     log_dir = (settings.run.data_dir / "logs").resolve()
@@ -260,19 +261,16 @@ def with_listener_token(settings: Settings) -> Settings:
 
 def _settings_env(settings: Settings) -> dict[str, str]:
     """Every setting as the environment variable a child process reads it from."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
-            value = json.dumps(value)
-        elif isinstance(value, list):
-            value = ",".join(map(str, value))
-        elif isinstance(value, dict):
-            value = json.dumps(value)
-        elif isinstance(value, Path):
-            value = str(value.resolve())
-        env[name] = str(value)
-    return env
+    return {name: _env_value(value) for name, value in settings.flat().items() if value is not None}
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    if isinstance(value, list | dict):
+        return json.dumps(to_jsonable_python(value))
+    return str(value)

@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from gateway.__main__ import open_refusal
-from gateway.auth import Keyring
+from gateway.cookies import COOKIE, SessionSigner
+from gateway.keyring import Keyring
 from gateway.keys import main as keys_main
 from gateway.keys import new_key
-from gateway.sessions import COOKIE, SessionSigner
 from shared.contracts.errors import InvalidRequest
 from shared.contracts.keys import ApiKey, api_keys_from, key_digest
 from shared.settings import Settings

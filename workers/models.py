@@ -112,7 +112,11 @@ class ServingModel:
                     version, self.settings, self.settings.run.data_dir / "models"
                 )
             except Exception as exc:
-                log.exception("model %s could not be loaded; the serving model stays", version)
+                log.exception(
+                    "model %s could not be loaded; the serving model stays",
+                    version,
+                    extra={"version": version},
+                )
                 self._failed_at[version] = time.monotonic()
                 self._problem = (
                     exc
@@ -130,6 +134,7 @@ class ServingModel:
                 predictor.form,
                 predictor.batch_size,
                 serving.version if serving else "none",
+                extra={"version": version},
             )
 
     def announce(self) -> None:

@@ -12,6 +12,7 @@ from shared.contracts.jobs import PredictParams
 from shared.contracts.results import PredictResult
 from shared.contracts.stages import PREDICT
 from shared.jobstore import JobStore
+from shared.logs import bound
 from shared.reaper import worker_lost
 from workers.models import ServingModel
 
@@ -35,12 +36,27 @@ def serve_batch(
     mid-batch has its jobs served by another; with `max_deliveries`, a job delivered more often
     than that (its texts keep killing workers) fails with "worker lost N times" instead.
     """
+    with bound(task=PREDICT):
+        _serve(store, model, job_ids, on_forward_done, max_deliveries)
+
+
+def _serve(
+    store: JobStore,
+    model: ServingModel,
+    job_ids: Sequence[str],
+    on_forward_done: Callable[[], None],
+    max_deliveries: int | None,
+) -> None:
     ends: list[End] = []
     work: list[tuple[str, list[str]]] = []
     began = time.perf_counter()
     for claim in store.claim_many(job_ids, PREDICT):
         if isinstance(claim.refused, NotFound):
-            log.warning("predict job %s expired before it was served", claim.job_id)
+            log.warning(
+                "predict job %s expired before it was served",
+                claim.job_id,
+                extra={"job_id": claim.job_id},
+            )
         elif claim.refused is not None:
             continue
         elif max_deliveries is not None and claim.deliveries > max_deliveries:

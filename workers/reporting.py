@@ -1,6 +1,7 @@
 """Runs a job's work against the job store: status, progress, errors and the terminal event."""
 
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -14,6 +15,7 @@ from shared.contracts.jobs import EventType, Job, JobStatus, TaskCall
 from shared.contracts.results import JobResult
 from shared.contracts.times import utcnow
 from shared.jobstore import JobStore
+from shared.logs import bound
 from shared.reaper import worker_lost
 from shared.settings import ReaperSettings
 
@@ -84,7 +86,9 @@ def heartbeat(store: JobStore, job_id: str, task: TaskCall, interval_s: float) -
             except redis.RedisError as exc:
                 log.warning("heartbeat of job %s failed: %s", job_id, exc)
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(beat,), name=f"heartbeat-{job_id}", daemon=True
+    )
     thread.start()
     try:
         yield
@@ -109,6 +113,18 @@ def run_step(
     delivery is counted (the job fails once it lost its worker `max_deliveries` times) and the
     worker heartbeats for the job while the step runs.
     """
+    with bound(job_id=job_id, task=task.name if task is not None else None):
+        return _run_step(store, job_id, step, task, policy, call_id)
+
+
+def _run_step(
+    store: JobStore,
+    job_id: str,
+    step: Callable[[Job, JobReporter], JobResult | None],
+    task: TaskCall | None,
+    policy: ReaperSettings,
+    call_id: str | None,
+) -> JobResult | None:
     try:
         job = store.get(job_id)
         if job.status.terminal:

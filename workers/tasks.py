@@ -34,6 +34,7 @@ from shared.contracts.results import (
 )
 from shared.contracts.stages import EVALUATE, INGEST, PREDICT, PROMOTE, ROUTES, TRAIN, next_task
 from shared.jobstore import JobStore
+from shared.logs import bound
 from workers.app import app, settings
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
@@ -80,7 +81,8 @@ def _step(
     call = TaskCall(name=name, arguments=kwargs)
     if call_id is not None:
         call = call.model_copy(update={"id": call_id})
-    run_step(store(), job_id, step, call, settings.reaper, call_id)
+    with bound(version=kwargs.get("version")):
+        run_step(store(), job_id, step, call, settings.reaper, call_id)
 
 
 # A batch is acknowledged once its answers are written (celery-batches acks a late task's

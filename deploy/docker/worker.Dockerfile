@@ -24,12 +24,12 @@ COPY pyproject.toml README.md ./
 # rebuilt only when pyproject.toml changes.
 FROM venv AS deps-cpu
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install "./[ml,tracking]" && pip uninstall --yes agnews
+    && pip install "./[server,ml,tracking]" && pip uninstall --yes agnews
 
 FROM venv AS deps-cuda
 ARG TORCH_CUDA_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install --index-url "${TORCH_CUDA_INDEX_URL}" torch==2.13.0 \
-    && pip install "./[ml,tracking]" && pip uninstall --yes agnews
+    && pip install "./[server,ml,tracking]" && pip uninstall --yes agnews
 
 FROM deps-cpu AS build-cpu
 COPY shared shared

@@ -79,7 +79,7 @@ async def scan(settings: Settings, trigger: PipelineTrigger, stop: asyncio.Event
 
 def main() -> None:
     settings = get_settings()
-    log = configure_logging(settings, "listener")
+    log = configure_logging(settings.run, "listener")
     adapters = [
         name
         for name, configured in (

@@ -133,7 +133,12 @@ class PipelineTrigger:
     def _handle(self, event: ObjectEvent) -> Handled:
         started = self.started_for(event)
         if started is not None:
-            log.info("object %s already has pipeline job %s", event.identity(), started)
+            log.info(
+                "object %s already has pipeline job %s",
+                event.identity(),
+                started,
+                extra={"job_id": started},
+            )
             return Handled(Outcome.duplicate, started)
         keys = self._keys(event)
         owner = secrets.token_hex(8)
@@ -143,10 +148,20 @@ class PipelineTrigger:
             keys=keys, args=[candidate, self.settings.listener.dedupe_ttl_s, lease_ms, owner]
         )
         if state == "dispatched":
-            log.info("duplicate event for %s: job %s already started", event.identity(), job_id)
+            log.info(
+                "duplicate event for %s: job %s already started",
+                event.identity(),
+                job_id,
+                extra={"job_id": job_id},
+            )
             return Handled(Outcome.duplicate, job_id)
         if state == "busy":
-            log.info("event for %s is being handled elsewhere (job %s)", event.identity(), job_id)
+            log.info(
+                "event for %s is being handled elsewhere (job %s)",
+                event.identity(),
+                job_id,
+                extra={"job_id": job_id},
+            )
             return Handled(Outcome.busy, job_id)
         try:
             job = self._job(job_id, event)
@@ -157,7 +172,13 @@ class PipelineTrigger:
         self._release(keys=keys, args=[owner, "1"])
         self.redis.hset(self._objects, _where(event), _content(event, job_id))
         outcome = Outcome.started if job_id == candidate else Outcome.resumed
-        log.info("%s pipeline job %s for %s", outcome.value, job_id, event.identity())
+        log.info(
+            "%s pipeline job %s for %s",
+            outcome.value,
+            job_id,
+            event.identity(),
+            extra={"job_id": job_id},
+        )
         return Handled(outcome, job_id)
 
     def _job(self, job_id: str, event: ObjectEvent) -> Job:

@@ -1,19 +1,16 @@
 """Browser sessions: a key is exchanged once for a signed, expiring cookie.
 
 The cookie holds the key's name, its expiry and a prefix of the key's hash, signed with HMAC-SHA256
-under settings.access.session_secret: replacing or removing a key ends its sessions."""
+under AGNEWS_SESSION_SECRET: replacing or removing a key ends its sessions."""
 
 import hashlib
 import hmac
 import secrets
 import time
-from typing import TYPE_CHECKING
 
+from gateway.keyring import Keyring
 from shared.contracts.keys import ApiKey
-from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from gateway.auth import Keyring
+from shared.settings import AccessSettings
 
 COOKIE = "agnews_session"
 _KEY_ID_CHARS = 16
@@ -25,10 +22,10 @@ class SessionSigner:
         self.ttl_s = ttl_s
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SessionSigner":
-        given = settings.access.session_secret
+    def from_settings(cls, access: AccessSettings) -> "SessionSigner":
+        given = access.session_secret
         secret = given.get_secret_value().encode() if given else secrets.token_bytes(32)
-        return cls(secret, settings.access.session_ttl_s)
+        return cls(secret, access.session_ttl_s)
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self.secret, payload.encode(), hashlib.sha256).hexdigest()
@@ -39,7 +36,7 @@ class SessionSigner:
         payload = f"{key.name}:{expires}:{key.sha256[:_KEY_ID_CHARS]}"
         return f"{payload}:{self._sign(payload)}", expires
 
-    def verify(self, value: str, keyring: "Keyring", now: float | None = None) -> ApiKey | None:
+    def verify(self, value: str, keyring: Keyring, now: float | None = None) -> ApiKey | None:
         """The key a cookie stands for; None when it is forged, expired or its key is gone."""
         payload, _, signature = value.rpartition(":")
         if not hmac.compare_digest(self._sign(payload).encode(), signature.encode()):
