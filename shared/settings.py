@@ -47,73 +47,97 @@ class Group(BaseModel):
 class RedisSettings(Group):
     title = "Redis: job store, event streams and the Celery broker"
 
-    url: str = Field(default="redis://127.0.0.1:6379/0", alias="redis_url")
-    key_prefix: str = Field(default="agnews", description="prefix of every key the system owns")
-    timeout_s: float = Field(default=5.0, gt=0, alias="redis_timeout_s")
+    url: str = Field("redis://127.0.0.1:6379/0", alias="redis_url", description="the server")
+    key_prefix: str = Field("agnews", description="prefix of every key the system writes")
+    timeout_s: float = Field(5.0, gt=0, alias="redis_timeout_s", description="socket timeout")
     retries: int = Field(
-        default=6,
+        6,
         ge=0,
         alias="redis_retries",
-        description="tries of a command that lost its connection, backing off 0.1 s up to 2 s",
+        description="tries of a command whose connection was lost, with a doubling backoff "
+        "(0.1 s up to 2 s, about 5 s in all): a Redis restart costs no request",
     )
     health_check_s: int = Field(
-        default=10, ge=0, alias="redis_health_check_s", description="idle connections are checked"
+        10,
+        ge=0,
+        alias="redis_health_check_s",
+        description="a connection idle this long is checked before use",
     )
-    max_connections: int = Field(default=64, ge=1, alias="redis_max_connections")
+    max_connections: int = Field(
+        64, ge=1, alias="redis_max_connections", description="the gateway's pool; more wait"
+    )
 
 
 class StorageSettings(Group):
     title = "S3 or any S3-compatible store"
 
-    endpoint_url: str | None = Field(default=None, alias="s3_endpoint_url")
+    endpoint_url: str | None = Field(
+        None, alias="s3_endpoint_url", description="unset: AWS (the local stack: its store)"
+    )
     public_endpoint_url: str | None = Field(
-        default=None,
+        None,
         alias="s3_public_endpoint_url",
         description="the endpoint browsers reach for presigned uploads, where it differs",
     )
-    region: str = Field(default="us-east-1", alias="s3_region")
-    access_key_id: str | None = Field(default=None, alias="s3_access_key_id")
-    secret_access_key: SecretStr | None = Field(default=None, alias="s3_secret_access_key")
-    bucket: str = "agnews"
-    incoming_prefix: str = Field(default="incoming/", description="uploads here start pipelines")
-    datasets_prefix: str = "datasets/"
-    models_prefix: str = "models/"
-    checkpoints_prefix: str = "checkpoints/"
-    holdout_prefix: str = Field(default="holdout/", description="the pinned promotion holdout")
+    region: str = Field("us-east-1", alias="s3_region", description="the region of the bucket")
+    access_key_id: str | None = Field(
+        None, alias="s3_access_key_id", description="unset: the credentials boto3 finds"
+    )
+    secret_access_key: SecretStr | None = Field(None, alias="s3_secret_access_key")
+    bucket: str = Field("agnews", description="archives, datasets, models and checkpoints")
+    incoming_prefix: str = Field("incoming/", description="an archive.zip here starts a pipeline")
+    datasets_prefix: str = Field("datasets/", description="accepted datasets, by sha256")
+    models_prefix: str = Field("models/", description="registered versions and production.json")
+    checkpoints_prefix: str = Field("checkpoints/", description="training checkpoints, by job")
+    holdout_prefix: str = Field("holdout/", description="the pinned promotion holdout")
 
 
 class JobSettings(Group):
     title = "Jobs and their event streams"
 
     ttl_s: int = Field(
-        default=7 * 24 * 3600, ge=1, alias="job_ttl_s", description="an ended job is kept this long"
+        7 * 24 * 3600, ge=1, alias="job_ttl_s", description="an ended job and its events are kept"
     )
-    event_stream_maxlen: int = Field(default=10_000, ge=1)
+    event_stream_maxlen: int = Field(10_000, ge=1, description="events kept per job (about)")
 
 
 class ReaperSettings(Group):
     title = "No job stuck: heartbeats, redelivery and timeouts"
 
-    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(10.0, gt=0, description="a worker beats for its job")
     heartbeat_timeout_s: float = Field(
-        default=60.0, gt=0, description="a running job's task is sent again past this"
+        60.0, gt=0, description="a running job's task is sent again once its beat is this old"
     )
-    max_deliveries: int = Field(default=3, ge=1, description="then the job fails: worker lost")
-    interval_s: float = Field(default=5.0, gt=0, alias="reaper_interval_s")
-    predict_redeliver_s: float = Field(default=20.0, gt=0)
-    queued_timeout_s: float = Field(default=24 * 3600.0, gt=0)
-    predict_job_timeout_s: float = Field(default=300.0, gt=0)
+    max_deliveries: int = Field(
+        3, ge=1, description="then the job fails with 'worker lost N times'"
+    )
+    interval_s: float = Field(
+        5.0, gt=0, alias="reaper_interval_s", description="the reaper's round, in the gateway"
+    )
+    predict_redeliver_s: float = Field(
+        20.0, gt=0, description="an unanswered predict job is sent again"
+    )
+    queued_timeout_s: float = Field(
+        24 * 3600.0, gt=0, description="a job no worker took fails, naming its queue"
+    )
+    predict_job_timeout_s: float = Field(
+        300.0, gt=0, description="a predict job not answered by then fails"
+    )
 
 
 class BrokerSettings(Group):
-    title = "The Celery broker: acknowledgement and redelivery per queue"
+    title = "The Celery broker: redelivery of unacknowledged tasks, per queue"
 
-    train_visibility_timeout_s: int = Field(default=6 * 3600, ge=1)
-    evaluate_visibility_timeout_s: int = Field(default=3600, ge=1)
-    predict_visibility_timeout_s: int = Field(default=15, ge=1)
-    restore_interval_s: float = Field(default=2.0, gt=0)
+    train_visibility_timeout_s: int = Field(
+        6 * 3600, ge=1, description="a train task held by a vanished worker returns after this"
+    )
+    evaluate_visibility_timeout_s: int = Field(3600, ge=1, description="the same, evaluate")
+    predict_visibility_timeout_s: int = Field(15, ge=1, description="the same, predict")
+    restore_interval_s: float = Field(
+        2.0, gt=0, description="how often a worker sweeps for messages to restore"
+    )
     worker_queue: QueueName | None = Field(
-        default=None, description="the queue this worker consumes (`python -m workers QUEUE`)"
+        None, description="the queue this worker consumes (`python -m workers QUEUE` sets it)"
     )
 
     def visibility_timeout_s(self, queue: str | None) -> int:
@@ -127,38 +151,52 @@ class BrokerSettings(Group):
 class ListenerSettings(Group):
     title = "The S3-event listener"
 
-    sqs_queue_url: str | None = Field(default=None, description="the bucket's event queue on AWS")
-    sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
-    sqs_batch_size: int = Field(default=10, ge=1, le=10)
-    host: str = Field(default="127.0.0.1", alias="listener_host")
-    port: int = Field(default=8090, alias="listener_port")
+    sqs_queue_url: str | None = Field(None, description="the bucket's event queue on AWS")
+    sqs_wait_time_s: int = Field(20, ge=0, le=20, description="SQS long polling")
+    sqs_batch_size: int = Field(10, ge=1, le=10, description="messages per SQS receive")
+    host: str = Field("127.0.0.1", alias="listener_host", description="the webhook's address")
+    port: int = Field(8090, alias="listener_port", description="the webhook's port")
     token: SecretStr | None = Field(
-        default=None,
+        None,
         alias="listener_token",
         description="the bearer token the local store's webhook sends (the stack makes one)",
     )
-    backoff_max_s: float = Field(default=30.0, gt=0, alias="listener_backoff_max_s")
+    backoff_max_s: float = Field(
+        30.0, gt=0, alias="listener_backoff_max_s", description="longest wait between retries"
+    )
     dedupe_ttl_s: int = Field(
-        default=14 * 24 * 3600,
+        14 * 24 * 3600,
         ge=1,
         alias="trigger_dedupe_ttl_s",
-        description="deliveries of one object version are remembered this long",
+        description="deliveries of one object version are remembered this long (SQS: 14 days)",
     )
-    lease_s: float = Field(default=30.0, gt=0, alias="trigger_lease_s")
-    scan_interval_s: float = Field(default=300.0, gt=0, alias="listener_scan_interval_s")
-    scan_max_age_s: float = Field(default=6 * 24 * 3600.0, gt=0, alias="listener_scan_max_age_s")
+    lease_s: float = Field(
+        30.0, gt=0, alias="trigger_lease_s", description="a delivery being handled holds it"
+    )
+    scan_interval_s: float = Field(
+        300.0,
+        gt=0,
+        alias="listener_scan_interval_s",
+        description="incoming/ is scanned for archives no pipeline was started for",
+    )
+    scan_max_age_s: float = Field(
+        6 * 24 * 3600.0,
+        gt=0,
+        alias="listener_scan_max_age_s",
+        description="the scan starts pipelines for objects no older than this",
+    )
 
 
 class BacklogSettings(Group):
     title = "The queue-backlog exporter (AWS)"
 
-    metrics_namespace: str = "AGNEWS"
+    metrics_namespace: str = Field("AGNEWS", description="CloudWatch namespace")
     groups: dict[str, str] = Field(
         default_factory=dict,
         alias="backlog_groups",
-        description="a queue's Auto Scaling group, by queue (JSON)",
+        description="each queue's Auto Scaling group, as JSON: {queue: group}",
     )
-    interval_s: float = Field(default=60.0, gt=0, alias="backlog_interval_s")
+    interval_s: float = Field(60.0, gt=0, alias="backlog_interval_s", description="its round")
 
     @field_validator("groups", mode="before")
     @classmethod
@@ -167,26 +205,36 @@ class BacklogSettings(Group):
 
 
 class GatewaySettings(Group):
-    title = "The gateway's HTTP server"
+    title = "The gateway"
 
-    host: str = Field(default="127.0.0.1", alias="http_host")
-    port: int = Field(default=8080, alias="http_port")
-    shutdown_grace_s: int = Field(default=5, ge=0, alias="http_shutdown_grace_s")
-    frontend_dir: Path = Path(__file__).resolve().parent.parent / "frontend"
-    sse_heartbeat_s: float = Field(default=15.0, gt=0)
-    predict_wait_s: float = Field(
-        default=10.0, ge=0, description="POST /v1/predict waits this long, then answers 202"
+    host: str = Field(
+        "127.0.0.1",
+        alias="http_host",
+        description="where it listens; another address needs keys or AGNEWS_ALLOW_OPEN",
     )
-    predict_jobs_per_message: int = Field(default=8, ge=1)
-    presign_expiry_s: int = Field(default=900, ge=1)
+    port: int = Field(8080, alias="http_port", description="its port")
+    shutdown_grace_s: int = Field(
+        5, ge=0, alias="http_shutdown_grace_s", description="requests in flight get this long"
+    )
+    frontend_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "frontend", description="the web app's files"
+    )
+    sse_heartbeat_s: float = Field(15.0, gt=0, description="an idle event stream's heartbeat")
+    predict_wait_s: float = Field(
+        10.0, ge=0, description="POST /v1/predict waits this long, then answers 202 with the job"
+    )
+    predict_jobs_per_message: int = Field(
+        8, ge=1, description="most predict jobs named in one queue message"
+    )
+    presign_expiry_s: int = Field(900, ge=1, description="an upload ticket's lifetime")
     cors_origins: list[str] = Field(
         default_factory=list, description="other origins allowed to call the API from a browser"
     )
     trusted_hosts: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
-        description="Host headers answered; `*`: any",
+        description="Host headers answered (others: 400); `*`: any",
     )
-    probe_timeout_s: float = Field(default=2.0, gt=0)
+    probe_timeout_s: float = Field(2.0, gt=0, description="/readyz's probes of Redis and S3")
 
     @field_validator("cors_origins", "trusted_hosts", mode="before")
     @classmethod
@@ -197,10 +245,12 @@ class GatewaySettings(Group):
 class LimitSettings(Group):
     title = "What one request or upload may hold"
 
-    max_body_bytes: int = Field(default=1_000_000, ge=1)
-    max_texts: int = Field(default=256, ge=1)
-    max_text_chars: int = Field(default=20_000, ge=1)
-    upload_max_bytes: int = Field(default=1024**3, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies: 413")
+    max_texts: int = Field(256, ge=1, description="texts in one predict request")
+    max_text_chars: int = Field(
+        20_000, ge=1, description="a text's length, in requests and in datasets"
+    )
+    upload_max_bytes: int = Field(1024**3, ge=1, description="an archive's size")
 
 
 class AccessSettings(Group):
@@ -208,16 +258,23 @@ class AccessSettings(Group):
 
     api_keys: list[ApiKey] = Field(
         default_factory=list,
-        description="JSON list of {name, sha256, scopes}; empty: open on loopback only",
+        description="JSON list of {name, sha256, scopes}, or plain comma-separated keys (each an "
+        "admin key); empty: open, on loopback only",
     )
-    allow_open: bool = False
-    session_secret: SecretStr | None = None
-    session_ttl_s: int = Field(default=12 * 3600, ge=60)
-    cookie_secure: bool = False
-    rate_predict_per_s: float = Field(default=500.0, gt=0)
-    rate_predict_burst: int = Field(default=1000, ge=1)
-    rate_jobs_per_s: float = Field(default=0.5, gt=0)
-    rate_jobs_burst: int = Field(default=20, ge=1)
+    allow_open: bool = Field(False, description="serve with no keys beyond loopback anyway")
+    session_secret: SecretStr | None = Field(
+        None,
+        description="session cookies' HMAC key; unset: one per process (sessions end when it "
+        "restarts), and every gateway of a fleet needs the same one",
+    )
+    session_ttl_s: int = Field(12 * 3600, ge=60, description="a session cookie's lifetime")
+    cookie_secure: bool = Field(False, description="mark the cookie Secure even over http")
+    rate_predict_per_s: float = Field(
+        500.0, gt=0, description="POST /v1/predict per key (per address when open), steady"
+    )
+    rate_predict_burst: int = Field(1000, ge=1, description="... and in a burst")
+    rate_jobs_per_s: float = Field(0.5, gt=0, description="POST /v1/jobs per key, steady")
+    rate_jobs_burst: int = Field(20, ge=1, description="... and in a burst")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -226,40 +283,62 @@ class AccessSettings(Group):
 
 
 class ArchiveSettings(Group):
-    title = "Dataset archives: what is unpacked and the rules a dataset must pass"
+    title = "Dataset archives: what is unpacked, and the rules a dataset must pass"
 
     max_uncompressed_bytes: int = Field(
-        default=2 * 1024**3, ge=1, alias="archive_max_uncompressed_bytes"
+        2 * 1024**3, ge=1, alias="archive_max_uncompressed_bytes", description="unpacked, at most"
     )
-    max_ratio: float = Field(default=200.0, gt=0, alias="archive_max_ratio")
-    max_members: int = Field(default=100, ge=1, alias="archive_max_members")
-    max_bad_rows: int = Field(default=10, ge=0)
-    max_bad_row_fraction: float = Field(default=0.001, ge=0, le=1)
-    min_train_rows: int = Field(default=100, ge=1)
-    min_class_rows: int = Field(default=10, ge=1)
-    max_class_imbalance: float = Field(default=3.0, ge=1)
-    report_max_problems: int = Field(default=100, ge=1)
-    ingest_memory_budget_bytes: int = Field(default=512 * 1024**2, gt=0)
-    max_test_in_train_fraction: float = Field(default=0.5, gt=0, le=1)
+    max_ratio: float = Field(
+        200.0, gt=0, alias="archive_max_ratio", description="compression ratio, at most"
+    )
+    max_members: int = Field(100, ge=1, alias="archive_max_members", description="files in it")
+    max_bad_rows: int = Field(10, ge=0, description="malformed rows tolerated ...")
+    max_bad_row_fraction: float = Field(0.001, ge=0, le=1, description="... or this share")
+    min_train_rows: int = Field(100, ge=1, description="usable rows train.csv must hold")
+    min_class_rows: int = Field(10, ge=1, description="rows each class must have")
+    max_class_imbalance: float = Field(3.0, ge=1, description="largest class over smallest")
+    report_max_problems: int = Field(100, ge=1, description="problems a report lists")
+    ingest_memory_budget_bytes: int = Field(
+        512 * 1024**2, gt=0, description="what ingesting one archive may hold; larger: refused"
+    )
+    max_test_in_train_fraction: float = Field(
+        0.5, gt=0, le=1, description="a test.csv this much inside its train.csv is refused"
+    )
     holdout_key: str | None = Field(
-        default=None, description="the promotion holdout's CSV; unset: the first dataset's test"
+        None,
+        description="the promotion holdout, a CSV in the bucket; unset: the first accepted "
+        "dataset's test.csv",
     )
-    holdout_max_overlap_fraction: float = Field(default=0.01, ge=0, le=1)
+    holdout_max_overlap_fraction: float = Field(
+        0.01, ge=0, le=1, description="a train.csv holding more of the holdout is refused"
+    )
 
 
 class TrainingSettings(Group):
     title = "Training"
 
-    base_model: str = PACKAGED_BASE_MODEL
-    profile: ProfileName = Field(default="quick", alias="training_profile")
-    pipeline_max_steps: int | None = Field(default=None, ge=1)
-    seed: int = 42
-    torch_threads: int = Field(default=0, ge=0, description="0: one per CPU core")
-    base_model_allowlist: list[str] = Field(default_factory=list)
-    hf_offline: bool = Field(default=False, description="never reach the Hugging Face hub")
-    progress_interval_s: float = Field(default=2.0, ge=0)
-    checkpoint_every_steps: int = Field(default=500, ge=1)
-    checkpoint_interval_s: float = Field(default=300.0, gt=0)
+    base_model: str = Field(
+        PACKAGED_BASE_MODEL, description="the packaged all-MiniLM-L6-v2, a hub id or a folder"
+    )
+    profile: ProfileName = Field(
+        "quick", alias="training_profile", description="quick or full (docs/training.md)"
+    )
+    pipeline_max_steps: int | None = Field(
+        None, ge=1, description="the step limit of a pipeline job that names none"
+    )
+    seed: int = Field(42, description="of splits, batches and heads")
+    torch_threads: int = Field(0, ge=0, description="in training and evaluation; 0: one per core")
+    base_model_allowlist: list[str] = Field(
+        default_factory=list,
+        description="base models API jobs may name besides the packaged one and folders under "
+        "the data directory",
+    )
+    hf_offline: bool = Field(
+        False, description="never reach the Hugging Face hub (`make up`: true)"
+    )
+    progress_interval_s: float = Field(2.0, ge=0, description="progress events, at most this often")
+    checkpoint_every_steps: int = Field(500, ge=1, description="a checkpoint every N steps ...")
+    checkpoint_interval_s: float = Field(300.0, gt=0, description="... and this often at least")
 
     @field_validator("base_model_allowlist", mode="before")
     @classmethod
@@ -270,24 +349,57 @@ class TrainingSettings(Group):
 class ServingSettings(Group):
     title = "Serving: predict workers and inference"
 
-    threads: int = Field(default=1, ge=1, alias="predict_threads")
-    max_batch: int = Field(default=64, ge=1, alias="predict_max_batch")
-    max_wait_ms: float = Field(default=2.0, ge=0, alias="predict_max_wait_ms")
-    prefetch: int = Field(default=128, ge=1, alias="predict_prefetch")
+    threads: int = Field(
+        1, ge=1, alias="predict_threads", description="torch threads per predict worker process"
+    )
+    max_batch: int = Field(
+        64, ge=1, alias="predict_max_batch", description="messages in one forward pass, at most"
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        alias="predict_max_wait_ms",
+        description="waiting requests go this soon after the model comes free",
+    )
+    prefetch: int = Field(
+        128, ge=1, alias="predict_prefetch", description="requests a worker holds unacknowledged"
+    )
     forward_batch: int = Field(
-        default=8, ge=1, description="texts per forward call outside predict workers"
+        8, ge=1, description="texts per forward call outside predict workers"
     )
     worker_forward_batch: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
-        default="auto", alias="serving_forward_batch"
+        "auto",
+        alias="serving_forward_batch",
+        description="texts per forward call in a predict worker; auto: timed at load",
     )
-    form: Literal["auto"] | Form = Field(default="auto", alias="serving_form")
-    max_accuracy_drop_pts: float = Field(default=0.3, ge=0, alias="serving_max_accuracy_drop_pts")
-    timing_s: float = Field(default=3.0, gt=0, alias="serving_timing_s")
-    sample_texts: int = Field(default=32, ge=1, alias="serving_sample_texts")
-    model_poll_s: float = Field(default=2.0, gt=0)
-    model_retry_s: float = Field(default=60.0, gt=0)
-    first_load_wait_s: float = Field(default=120.0, gt=0, alias="predict_first_load_wait_s")
-    blend: bool = Field(default=True, alias="serve_blend")
+    form: Literal["auto"] | Form = Field(
+        "auto",
+        alias="serving_form",
+        description="auto: the fastest allowed form, timed at load; or one form's name",
+    )
+    max_accuracy_drop_pts: float = Field(
+        0.3,
+        ge=0,
+        alias="serving_max_accuracy_drop_pts",
+        description="a form may serve this far below torch fp32 on the test rows",
+    )
+    timing_s: float = Field(
+        3.0, gt=0, alias="serving_timing_s", description="a worker times the forms this long"
+    )
+    sample_texts: int = Field(
+        32, ge=1, alias="serving_sample_texts", description="test texts kept for the timing"
+    )
+    model_poll_s: float = Field(2.0, gt=0, description="how often workers look for a new model")
+    model_retry_s: float = Field(60.0, gt=0, description="a model that failed to load, again")
+    first_load_wait_s: float = Field(
+        120.0,
+        gt=0,
+        alias="predict_first_load_wait_s",
+        description="a starting worker takes requests once its model loads, or after this",
+    )
+    blend: bool = Field(
+        True, alias="serve_blend", description="blend the linear member in, where there is one"
+    )
 
     @field_validator("form", mode="before")
     @classmethod
@@ -298,34 +410,41 @@ class ServingSettings(Group):
 class StackSettings(Group):
     title = "The local supervisor (`make up`)"
 
-    restart_max: int = Field(default=5, ge=1)
-    restart_window_s: float = Field(default=60.0, gt=0)
-    restart_backoff_s: float = Field(default=1.0, ge=0)
-    restart_backoff_max_s: float = Field(default=30.0, ge=0)
+    restart_max: int = Field(5, ge=1, description="exits within the window before it gives up")
+    restart_window_s: float = Field(60.0, gt=0, description="the window")
+    restart_backoff_s: float = Field(1.0, ge=0, description="first wait before a restart")
+    restart_backoff_max_s: float = Field(30.0, ge=0, description="longest wait")
 
 
 class TrackingSettings(Group):
     title = "Experiment tracking (MLflow, optional)"
 
-    uri: str | None = Field(default=None, alias="mlflow_tracking_uri")
-    experiment: str = Field(default="agnews", alias="mlflow_experiment")
-    probe_timeout_s: float = Field(default=5.0, gt=0, alias="mlflow_probe_timeout_s")
+    uri: str | None = Field(
+        None, alias="mlflow_tracking_uri", description="each registered model becomes a run there"
+    )
+    experiment: str = Field("agnews", alias="mlflow_experiment", description="of those runs")
+    probe_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        alias="mlflow_probe_timeout_s",
+        description="a tracking server slower to answer is skipped with a warning",
+    )
 
 
 class ClientSettings(Group):
     title = "The terminal client (`agnews`)"
 
-    gateway_url: str = "http://127.0.0.1:8080"
-    api_key: str | None = None
+    gateway_url: str = Field("http://127.0.0.1:8080", description="the gateway it talks to")
+    api_key: str | None = Field(None, description="the key it sends")
 
 
 class RunSettings(Group):
     title = "Every process"
 
-    data_dir: Path = Field(default=Path(".agnews"), description="local state, caches and logs")
-    log_level: str = "INFO"
+    data_dir: Path = Field(Path(".agnews"), description="local state: data, caches and logs")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="auto: console on a terminal, else JSON lines"
+        "auto", description="auto: readable lines on a terminal, else JSON lines"
     )
 
 
