@@ -10,7 +10,13 @@ from pathlib import Path
 import shared.contracts
 
 ROOT = Path(__file__).resolve().parent.parent
-PYDANTIC = {"pydantic", "pydantic_core", "typing_extensions", "annotated_types", "typing_inspection"}
+PYDANTIC = {
+    "pydantic",
+    "pydantic_core",
+    "typing_extensions",
+    "annotated_types",
+    "typing_inspection",
+}
 
 
 def loaded_after(*imports: str) -> set[str]:

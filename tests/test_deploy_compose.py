@@ -20,7 +20,7 @@ from shared.storage import WEBHOOK_PATH
 from stack.local import Webhook
 from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, TEMPLATES, run, tool
 
-SETTINGS = {f"AGNEWS_{name.upper()}" for name in Settings.model_fields}
+SETTINGS = {f"AGNEWS_{name.upper()}" for name in Settings.flat_names()}
 GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
 GATEWAY = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 

@@ -52,13 +52,11 @@ def exporter_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
             DesiredCapacity=capacity,
         )
     with redis_server(tmp_path / "broker") as broker:
-        yield settings.model_copy(
-            update={
-                "redis_url": broker,
-                "backlog_groups": groups,
-                "metrics_namespace": f"AGNEWS-{suffix}",
-                "backlog_interval_s": 0.05,
-            }
+        yield settings.replace(
+            redis_url=broker,
+            backlog_groups=groups,
+            metrics_namespace=f"AGNEWS-{suffix}",
+            backlog_interval_s=0.05,
         )
     for group in groups.values():
         autoscaling.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)

@@ -260,7 +260,7 @@ def test_instances_take_settings_and_secrets_from_the_stacks_and_log_to_cloudwat
         settings = {
             line.partition("=")[0] for line in script.splitlines() if line.startswith("AGNEWS_")
         }
-        assert settings <= {f"AGNEWS_{field.upper()}" for field in Settings.model_fields}
+        assert settings <= {f"AGNEWS_{field.upper()}" for field in Settings.flat_names()}
         assert "aws secretsmanager get-secret-value" in script
         assert "--log-driver awslogs" in script
         data = fleet["Resources"][launch_template]["Properties"]["LaunchTemplateData"]

@@ -176,7 +176,7 @@ def test_keys_are_held_hashed_and_plain_keys_become_admin_keys() -> None:
     assert keyring.find("beta") == second
     assert keyring.find("gamma") is None
     entry = {"name": "ci", "sha256": key_digest("k"), "scopes": ["predict"]}
-    [parsed] = Settings(api_keys=json.dumps([entry])).api_keys  # type: ignore[arg-type]
+    [parsed] = Settings(api_keys=json.dumps([entry])).access.api_keys  # type: ignore[arg-type]
     assert parsed == ApiKey(name="ci", sha256=key_digest("k"), scopes=("predict",))
     with pytest.raises(ValueError, match="scopes"):
         Settings(api_keys=json.dumps([{**entry, "scopes": ["root"]}]))  # type: ignore[arg-type]

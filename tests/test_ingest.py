@@ -415,8 +415,8 @@ def test_the_memory_budget_bounds_the_csv_bytes(local: Settings) -> None:
     budget = local.replace(ingest_memory_budget_bytes=64_000)
     assert max_csv_bytes(budget) == 64_000 * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW == 10_000
     assert max_csv_bytes(local) == min(
-        local.archive_max_uncompressed_bytes,
-        local.ingest_memory_budget_bytes * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW,
+        local.archive.max_uncompressed_bytes,
+        local.archive.ingest_memory_budget_bytes * MIN_ROW_BYTES // SCAN_BYTES_PER_ROW,
     )
 
 

@@ -160,9 +160,7 @@ def test_while_redis_is_away_messages_stay_in_the_queue(queues: Queues) -> None:
     settings = queues.settings
     drain(queues)
     put(settings, "incoming/later/archive.zip")
-    away = settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "redis_timeout_s": 0.5}
-    )
+    away = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
     with pytest.raises(redis.ConnectionError):
         poll(away)
     assert queues.depth() == 1

@@ -47,7 +47,7 @@ def test_an_upload_hook_starts_one_job_however_often_it_comes(hooked: Settings) 
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert [answer.json()["outcome"] for answer in answers] == ["started", "duplicate", "duplicate"]
     [job] = pipeline_jobs(hooked)
-    assert job.params.dataset == f"s3://{hooked.bucket}/incoming/x/archive.zip"
+    assert job.params.dataset == f"s3://{hooked.storage.bucket}/incoming/x/archive.zip"
     assert job.params.source.etag == "202b3840d24ff001061372ab171da160"
     assert sent_tasks(hooked, job.id) == [INGEST]
 
@@ -55,7 +55,7 @@ def test_an_upload_hook_starts_one_job_however_often_it_comes(hooked: Settings) 
 def test_directories_and_other_files_are_answered_and_start_nothing(hooked: Settings) -> None:
     directory = {
         "event_type": "create",
-        "key": f"/buckets/{hooked.bucket}/incoming",
+        "key": f"/buckets/{hooked.storage.bucket}/incoming",
         "message": {"new_entry": {"name": "incoming", "is_directory": True}},
     }
     with client_for(hooked) as client:
@@ -85,9 +85,7 @@ def test_a_malformed_hook_is_a_422(hooked: Settings) -> None:
 
 
 def test_while_redis_is_away_the_store_is_told_to_retry(hooked: Settings) -> None:
-    away = hooked.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "redis_timeout_s": 0.5}
-    )
+    away = hooked.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
     with client_for(away) as client:
         answer = client.post(WEBHOOK_PATH, json=upload_hook(away), headers=AUTH)
     assert answer.status_code == 503

@@ -31,7 +31,7 @@ async def submit_all(settings: Settings, url: str, bursts: list[int]) -> list[li
     celery = make_celery(settings)
     queue = f"{settings.redis.key_prefix}:predict"
     sender = PredictSender(
-        AsyncJobStore(client, settings),
+        AsyncJobStore(client, settings.redis.key_prefix, settings.jobs),
         lambda job_ids: Message(queue, predict_message(celery, job_ids)),
         per_message=8,
     )
@@ -62,4 +62,4 @@ def test_jobs_submitted_together_share_messages_each_job_named_once(
 def test_a_failed_transaction_fails_every_submit_it_took(settings: Settings) -> None:
     unreachable = settings.replace(redis_url="redis://127.0.0.1:1/0")
     with pytest.raises(redis.exceptions.ConnectionError):
-        asyncio.run(submit_all(unreachable, unreachable.redis_url, [5]))
+        asyncio.run(submit_all(unreachable, unreachable.redis.url, [5]))

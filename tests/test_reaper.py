@@ -17,7 +17,7 @@ from tests.job_results import train_result
 from workers.predict import serve_batch
 from workers.reporting import JobReporter, run_step, stale_delivery
 
-RULES = Settings(
+RULES = ReaperSettings(
     heartbeat_timeout_s=60, max_deliveries=3, queued_timeout_s=3600, predict_job_timeout_s=300
 )
 NOW = utcnow()
@@ -158,7 +158,7 @@ def test_reap_once_resends_a_vanished_workers_task_and_fails_an_old_queued_job(
     reap_once(
         store,
         lambda job_id, call: sent.append((job_id, call)),
-        RULES.replace(key_prefix=settings.redis.key_prefix),
+        RULES,
     )
 
     assert [(job_id, call.name) for job_id, call in sent] == [(vanished.id, TRAIN)]
@@ -212,7 +212,7 @@ def test_a_predict_job_delivered_too_often_fails_instead_of_killing_another_work
 
 
 def test_an_unanswered_predict_job_is_sent_again_after_the_redelivery_delay() -> None:
-    rules = RULES.replace(predict_redeliver_s=20)
+    rules = RULES.model_copy(update={"predict_redeliver_s": 20})
     fresh = _job(JobType.predict, created_at=_ago(5))
     late = _job(JobType.predict, created_at=_ago(21))
     resent = _job(JobType.predict, created_at=_ago(30), heartbeat_at=_ago(3))

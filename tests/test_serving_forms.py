@@ -424,7 +424,7 @@ def test_metrics_of_versions_registered_with_the_int8_check_still_load(model_dir
     assert candidate_forms(Settings(), loaded, model_dir) == ["torch-fp32", "torch-int8"]
     refused = Metrics.model_validate({**old, "serving": {**OLD_CHECK, "int8_allowed": False}})
     assert candidate_forms(Settings(), refused, model_dir) == ["torch-fp32"]
-    assert Settings(serving_form="int8").serving_form == "torch-int8"
+    assert Settings(serving_form="int8").serving.form == "torch-int8"
     answer = PredictResult.model_validate(
         {"model_version": "v", "precision": "int8", "predictions": []}
     )

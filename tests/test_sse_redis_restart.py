@@ -24,9 +24,7 @@ from tests.test_gateway_events import assert_matches, finish, new_job
 
 @pytest.fixture
 def aof_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "sse_heartbeat_s": 0.05}
-    )
+    return settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", sse_heartbeat_s=0.05)
 
 
 @pytest.fixture

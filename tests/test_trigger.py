@@ -160,7 +160,7 @@ def test_a_delivery_that_failed_before_dispatch_is_finished_by_the_next(
     [job] = pipeline_jobs(settings)
     assert job.id == created.id
     assert sent_tasks(settings, job.id) == [INGEST]
-    store = JobStore(trigger.redis, settings)
+    store = JobStore(trigger.redis, settings.redis.key_prefix, settings.jobs)
     assert [event.type for event in store.events(job.id)] == [EventType.status]
 
 

@@ -14,7 +14,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 # The dependencies get a layer of their own, rebuilt only when pyproject.toml changes.
 COPY pyproject.toml README.md ./
-RUN pip install ".[server]" && pip uninstall --yes agnews
+RUN pip install "./[server]" && pip uninstall --yes agnews
 COPY shared shared
 COPY gateway gateway
 COPY stack stack

@@ -41,8 +41,6 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = 64
     seed: int = 42
     linear_member: bool = True  # train a TF-IDF linear model beside it and blend the two
-    # Geometric: on six full-profile models it blended to a lower validation log-loss than the
-    # mean in all six, and read 0.10-0.38 points higher on test.csv (bench/RESULTS.md).
     blend_mixing: BlendMixing = "geometric"
     # A wall-clock budget for the training loop (its steps and validation passes): the first
     # steps are timed and the plan picks epochs (up to max_epochs) and max_length to end within
@@ -58,6 +56,7 @@ class TrainConfig(BaseModel):
     adapt_mask: float = 0.15  # the share of each text's tokens masked and predicted
 
 
+# The profiles' measured reasons are in docs/decisions.md.
 PROFILES: dict[str, TrainConfig] = {
     # An epoch of 3,200 rows, or what fits in three minutes of training.
     "quick": TrainConfig(
@@ -70,13 +69,8 @@ PROFILES: dict[str, TrainConfig] = {
         max_epochs=1.0,
     ),
     # Up to two epochs of every row at 128 tokens, or what fits in 45 minutes of training, with
-    # an exponential moving average of the weights validated and kept: shorter training carried
-    # better to unseen news than three epochs (issue 15); length-bucketed batches make 128
-    # tokens cost 3 % more than 64 on AG News, and with the average it scored higher on
-    # validation than 64 tokens without (bench/RESULTS.md). A longer probe (still training) so
-    # that a moment of load weighs less in the plan. Where the budget holds both, an epoch of
-    # masked-LM on the training texts first: blended, +0.10 to +0.25 points on test.csv in three
-    # runs of three (bench/RESULTS.md).
+    # a weight average, and an epoch of masked-LM on the training texts first where the budget
+    # holds both. Why each: docs/decisions.md, "Training".
     "full": TrainConfig(
         max_length=128,
         ema_decay=0.998,

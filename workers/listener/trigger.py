@@ -27,6 +27,7 @@ from shared.broker import dispatch, make_celery
 from shared.contracts.errors import NotFound
 from shared.contracts.jobs import Job, JobType, PipelineParams, new_job_id
 from shared.jobstore import JobStore
+from shared.logs import bound
 from shared.settings import Settings
 from shared.storage import ARCHIVE_NAME, is_ticket_key
 from workers.listener.events import ObjectEvent
@@ -76,6 +77,14 @@ class Outcome(StrEnum):
 class Handled:
     outcome: Outcome
     job_id: str | None = None
+
+
+_SAID = {
+    Outcome.started: "%s: started pipeline job %s",
+    Outcome.resumed: "%s: resumed pipeline job %s, which an earlier delivery began",
+    Outcome.duplicate: "%s: pipeline job %s was already started for it",
+    Outcome.busy: "%s: being handled elsewhere (job %s); to be delivered again",
+}
 
 
 class PipelineTrigger:
@@ -131,14 +140,14 @@ class PipelineTrigger:
         return str(content["job"]) if same and scanned else None
 
     def _handle(self, event: ObjectEvent) -> Handled:
+        handled = self._start(event)
+        with bound(job_id=handled.job_id):
+            log.info(_SAID[handled.outcome], event.identity(), handled.job_id)
+        return handled
+
+    def _start(self, event: ObjectEvent) -> Handled:
         started = self.started_for(event)
         if started is not None:
-            log.info(
-                "object %s already has pipeline job %s",
-                event.identity(),
-                started,
-                extra={"job_id": started},
-            )
             return Handled(Outcome.duplicate, started)
         keys = self._keys(event)
         owner = secrets.token_hex(8)
@@ -148,20 +157,8 @@ class PipelineTrigger:
             keys=keys, args=[candidate, self.settings.listener.dedupe_ttl_s, lease_ms, owner]
         )
         if state == "dispatched":
-            log.info(
-                "duplicate event for %s: job %s already started",
-                event.identity(),
-                job_id,
-                extra={"job_id": job_id},
-            )
             return Handled(Outcome.duplicate, job_id)
         if state == "busy":
-            log.info(
-                "event for %s is being handled elsewhere (job %s)",
-                event.identity(),
-                job_id,
-                extra={"job_id": job_id},
-            )
             return Handled(Outcome.busy, job_id)
         try:
             job = self._job(job_id, event)
@@ -171,15 +168,7 @@ class PipelineTrigger:
             raise
         self._release(keys=keys, args=[owner, "1"])
         self.redis.hset(self._objects, _where(event), _content(event, job_id))
-        outcome = Outcome.started if job_id == candidate else Outcome.resumed
-        log.info(
-            "%s pipeline job %s for %s",
-            outcome.value,
-            job_id,
-            event.identity(),
-            extra={"job_id": job_id},
-        )
-        return Handled(outcome, job_id)
+        return Handled(Outcome.started if job_id == candidate else Outcome.resumed, job_id)
 
     def _job(self, job_id: str, event: ObjectEvent) -> Job:
         """The version's job, created now unless an earlier delivery created it."""
