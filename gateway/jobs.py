@@ -110,6 +110,7 @@ async def submit(state: Services, params: JobParams, owner: Principal) -> Job:
 
 async def _create_and_send(state: Services, job: Job) -> Job:
     await state.store.create(job)
+    log.info("created %s job %s", job.type, job.id)
     try:
         await send_first_task(state.celery, state.settings, job)
     except Exception as exc:

@@ -21,10 +21,8 @@ PYDANTIC = {
 
 def loaded_after(*imports: str) -> set[str]:
     """The modules a fresh interpreter holds after these imports."""
-    program = "; ".join(
-        ["import json, sys", *(f"import {module}" for module in imports)]
-        + ["print(json.dumps(sorted(sys.modules)))"]
-    )
+    statements = [f"import {module}" for module in imports]
+    program = "; ".join(["import json, sys", *statements, "print(json.dumps(sorted(sys.modules)))"])
     found = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=ROOT
     )

@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.contracts.stages import EVALUATE, INGEST, PROMOTE, TRAIN
 from shared.storage import s3_client
+from stack.logs import log_files, read_lines
 from tests.conftest import MINI_ARCHIVE
 from tests.sse import SseEvent, read_events
 from tests.stack_fixture import LiveStack, live_stack
@@ -110,6 +112,15 @@ def test_pipeline_job_travels_through_every_queue_and_serves_its_model(
     for prediction in body["predictions"]:
         assert set(prediction["scores"]) == {"World", "Sports", "Business", "Sci/Tech"}
         assert abs(sum(prediction["scores"].values()) - 1) < 1e-4
+
+    # One job, followed across the processes it crossed, by the job id on their log records.
+    log_dir = (stack.settings.run.data_dir / "logs").resolve()
+    records = [line for line in read_lines(log_files(log_dir, [])) if line.about(job_id)]
+    crossed = {line.process for line in records}
+    assert {"gateway", "worker-evaluate", "worker-train"} <= crossed, crossed
+    tasks = {str(line.record["task"]) for line in records if line.record and "task" in line.record}
+    assert {INGEST, TRAIN, EVALUATE, PROMOTE} <= tasks
+    assert any(line.record and line.record.get("version") == version for line in records)
 
 
 def test_a_failing_task_is_a_failed_job_with_its_message(

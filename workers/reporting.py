@@ -139,6 +139,8 @@ def _run_step(
                 return None
         if job.status is JobStatus.queued:
             store.start(job_id)
+        name = task.name if task is not None else "step"
+        log.info("job %s: %s running", job_id, name)
         with (
             heartbeat(store, job_id, task, policy.heartbeat_interval_s)
             if task is not None
@@ -147,6 +149,7 @@ def _run_step(
             result = step(job, JobReporter(store, job_id))
         if result is not None:
             store.succeed(job_id, result)
+        log.info("job %s: %s done%s", job_id, name, ", job succeeded" if result else "")
         return result
     except JobEnded:
         log.info("job %s ended or was cancelled; step stopped", job_id)
