@@ -17,16 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.settings import Settings
+from shared.storage import s3_client
+from testkit.fuzz import fuzz
+from testkit.gateway import serve
+from testkit.servers import moto_server, redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-
-from shared.settings import Settings
-from shared.storage import s3_client  # noqa: E402
-from tests.api_fuzz_support import fuzz  # noqa: E402
-from tests.gateway_support import serve  # noqa: E402
-from tests.servers import moto_server, redis_server  # noqa: E402
 
 
 def main() -> int:

@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -51,16 +50,14 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.machine import cpu_line
 from pipeline.registry import publish
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
 from shared.storage import s3_client
-from tests.conftest import MINI_ARCHIVE
+from testkit.archives import MINI_ARCHIVE
+from testkit.stack import LiveStack, live_stack
 from tests.pipeline_support import tiny_model, trained_model
-from tests.stack_fixture import LiveStack, live_stack
 
 TEXTS = [
     "Stocks rally as the central bank holds rates",

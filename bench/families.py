@@ -18,8 +18,8 @@ from pipeline.predictor import Predictor
 from pipeline.stages import train_model
 from shared.contracts.training import TrainConfig
 from shared.settings import Settings
-from tests.archives import MINI_ARCHIVE
-from tests.model_families import CONFIGS, tiny_family_model
+from testkit.archives import MINI_ARCHIVE
+from testkit.families import CONFIGS, tiny_family_model
 from tests.pipeline_support import Recorder
 
 TEXTS = ["Stocks rally as oil prices fall", "Federer wins in straight sets", "NASA"]

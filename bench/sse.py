@@ -26,13 +26,12 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from shared.contracts.jobs import Job, JobType, new_job_id
-from shared.jobstore import JobStore  # noqa: E402
+from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.servers import free_port, redis_server  # noqa: E402
+from testkit.servers import free_port, redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -38,8 +37,6 @@ from urllib.parse import urlparse
 
 import httpx
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
@@ -52,8 +49,8 @@ from shared.contracts.results import ServingCheck
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from stack.processes import Supervisor
+from testkit.stack import live_stack
 from tests.pipeline_support import copy_as_new_version
-from tests.stack_fixture import live_stack
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 OUT = Path(__file__).parent / "out"

@@ -13,18 +13,15 @@ reached the client.
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from shared.contracts.jobs import EventType, Job, JobType
 from shared.jobstore import JobStore
 from shared.storage import s3_client
-from tests.stack_fixture import live_stack
+from testkit.stack import live_stack
 
 ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive_mini.zip"
 

@@ -7,10 +7,7 @@ import redis
 
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.servers import moto_server, redis_server
-
-ROOT = Path(__file__).resolve().parent.parent
-MINI_ARCHIVE = ROOT / "data" / "archive_mini.zip"
+from testkit.servers import moto_server, redis_server
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

@@ -10,7 +10,7 @@ from typing import Any
 
 from cfnlint.decode import cfn_yaml
 
-from tests.servers import free_port, wait_for_port
+from testkit.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "deploy" / "cloudformation"

@@ -6,7 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from tests.servers import free_port
+from testkit.servers import free_port
 
 
 class FlakyProxy:

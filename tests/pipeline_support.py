@@ -19,7 +19,7 @@ from shared.contracts.jobs import EventType
 from shared.contracts.models import MANIFEST, ModelInfo, new_version
 from shared.settings import Settings, config_for
 from shared.storage import s3_client
-from tests.archives import MINI_ARCHIVE
+from testkit.archives import MINI_ARCHIVE
 
 TINY_STEPS = 4
 _CACHE: dict[str, Path] = {}

@@ -21,7 +21,7 @@ from pipeline.train import FitResult, fit
 from shared.contracts.training import PROFILES, TrainConfig
 from shared.progress import ProgressBars
 from shared.settings import Settings
-from tests.model_families import CONFIGS, tiny_family_model
+from testkit.families import CONFIGS, tiny_family_model
 from tests.pipeline_support import Recorder, mini_dataset
 
 SPECIALS = torch.tensor([0, 1, 2])  # pad, [CLS], [SEP] of the masking test's vocabulary

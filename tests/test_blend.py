@@ -28,8 +28,8 @@ from shared.contracts.models import ModelInfo
 from shared.contracts.results import MemberScores
 from shared.contracts.training import BlendMixing, TrainConfig
 from shared.settings import Settings
-from tests.archives import MINI_ARCHIVE
-from tests.model_families import tiny_family_model
+from testkit.archives import MINI_ARCHIVE
+from testkit.families import tiny_family_model
 from tests.pipeline_support import Recorder
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.registry import verify
-from tests.archives import MINI_ARCHIVE, csv_bytes, mini_records
+from testkit.archives import MINI_ARCHIVE, csv_bytes, mini_records
 from tests.pipeline_support import tiny_model
 
 AGNEWS = Path(sys.executable).parent / "agnews"

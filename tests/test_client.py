@@ -21,10 +21,10 @@ from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import EventType, Job, JobStatus, JobType, TrainParams, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
+from testkit.gateway import FakeWorker, Gateway, serve
+from testkit.servers import free_port
 from tests.flaky_proxy import flaky_proxy
-from tests.gateway_support import FakeWorker, Gateway, serve
 from tests.job_results import predict_result, train_result
-from tests.servers import free_port
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from shared.contracts.jobs import Job, JobType, TrainParams, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.gateway_support import serve
+from testkit.gateway import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "shared", "gateway", "workers", "pipeline", "stack")

@@ -15,7 +15,7 @@ from pipeline.validate import ValidationReport, validate
 from shared.contracts.errors import DatasetIntegrityError, DatasetInvalid, DatasetNotFound
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.archives import MINI_ARCHIVE, make_archive, mini_records
+from testkit.archives import MINI_ARCHIVE, make_archive, mini_records
 
 
 def accepted_report(settings: Settings, archive: Path = MINI_ARCHIVE) -> ValidationReport:

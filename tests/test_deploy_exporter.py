@@ -23,7 +23,7 @@ from shared.broker import make_celery
 from shared.contracts.stages import EVALUATE, PREDICT, TRAIN
 from shared.settings import Settings
 from shared.storage import client_options
-from tests.servers import free_port, redis_server
+from testkit.servers import free_port, redis_server
 
 GROUPS = {"predict": "fleet-predict", "evaluate": "fleet-evaluate", "train": "fleet-train"}
 

@@ -29,9 +29,9 @@ from playwright.sync_api import (
 )
 
 from shared.storage import s3_client
-from tests.conftest import MINI_ARCHIVE, ROOT
+from testkit.archives import MINI_ARCHIVE, ROOT
+from testkit.stack import LiveStack, live_stack
 from tests.sse import read_events
-from tests.stack_fixture import LiveStack, live_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.gateway_support import FakeWorker, Gateway, serve
+from testkit.gateway import FakeWorker, Gateway, serve
 from tests.job_results import predict_result, train_result
 from tests.test_frontend import CHROMIUM_ARGS, DESKTOP, _console, chromium_path, wait_js
 from tests.test_gateway_models import NEWER, OLDER, register

@@ -10,7 +10,7 @@ from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Event, Job, JobType, new_job_id
 from shared.jobstore import AsyncJobStore, JobStore
 from shared.settings import Settings
-from tests.gateway_support import (
+from testkit.gateway import (
     Frame,
     Gateway,
     events_only,

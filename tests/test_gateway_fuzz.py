@@ -6,8 +6,8 @@ from collections.abc import Iterator
 import pytest
 
 from shared.settings import Settings
-from tests.api_fuzz_support import fuzz
-from tests.gateway_support import Gateway, serve
+from testkit.fuzz import fuzz
+from testkit.gateway import Gateway, serve
 
 
 @pytest.fixture

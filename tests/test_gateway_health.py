@@ -13,9 +13,9 @@ import pytest
 
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.conftest import ROOT
-from tests.gateway_support import events_only, read_frames, serve, wait_until
-from tests.servers import free_port, redis_server, wait_for_port
+from testkit.archives import ROOT
+from testkit.gateway import events_only, read_frames, serve, wait_until
+from testkit.servers import free_port, redis_server, wait_for_port
 
 
 @pytest.fixture

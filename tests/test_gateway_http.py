@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from gateway.app import create_app
 from shared.contracts.keys import api_keys_from
 from shared.settings import Settings
-from tests.gateway_support import Gateway, serve
+from testkit.gateway import Gateway, serve
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import JobStatus
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.gateway_support import Gateway, broker_messages, serve
+from testkit.gateway import Gateway, broker_messages, serve
 from tests.job_results import train_result
 
 TRAIN = {"type": "train", "dataset": "incoming/x/archive.zip", "max_steps": 5}

@@ -8,7 +8,7 @@ from shared.contracts.models import MANIFEST, ModelInfo
 from shared.contracts.training import TrainingParams
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.gateway_support import serve
+from testkit.gateway import serve
 from tests.job_results import metrics
 
 JSON = {"content-type": "application/json"}

@@ -8,7 +8,7 @@ from shared.contracts.jobs import JobStatus, JobType, PredictParams
 from shared.contracts.results import PredictResult
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.gateway_support import FakeWorker, serve
+from testkit.gateway import FakeWorker, serve
 
 RESULT_BODY = {
     "model_version": "2026-11-26T10-31-07-3f9c",

@@ -22,7 +22,7 @@ from shared.contracts.errors import InvalidRequest
 from shared.contracts.keys import ApiKey, api_keys_from, key_digest
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset
-from tests.gateway_support import Gateway, serve
+from testkit.gateway import Gateway, serve
 from tests.test_gateway_models import NEWER
 
 JSON = {"content-type": "application/json"}

@@ -8,7 +8,7 @@ import pytest
 
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.gateway_support import serve
+from testkit.gateway import serve
 
 ARCHIVE = b"PK\x05\x06" + b"\x00" * 18  # an empty zip archive
 

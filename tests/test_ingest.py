@@ -24,7 +24,7 @@ from pipeline.validate import validate
 from shared.contracts.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.archives import (
+from testkit.archives import (
     MINI_ARCHIVE,
     REAL_ARCHIVE,
     csv_bytes,

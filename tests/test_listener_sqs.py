@@ -16,7 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from shared.contracts.stages import INGEST
 from shared.settings import Settings
 from shared.storage import client_options, s3_client
-from tests.servers import free_port
+from testkit.servers import free_port
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
 from workers.listener.sqs import Poll, SqsListener
 from workers.listener.trigger import PipelineTrigger

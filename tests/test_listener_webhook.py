@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from shared.contracts.stages import INGEST
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH
-from tests.servers import free_port
+from testkit.servers import free_port
 from tests.test_s3events import SEAWEEDFS_CREATE
 from tests.trigger_support import drop_tasks, pipeline_jobs, sent_tasks
 from workers.listener.trigger import PipelineTrigger

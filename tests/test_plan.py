@@ -35,9 +35,9 @@ from shared.contracts.results import Metrics, StageSeconds, TrainResult
 from shared.contracts.training import TrainConfig, TrainingPlan
 from shared.progress import ProgressBars
 from shared.settings import Settings
-from tests.archives import MINI_ARCHIVE
+from testkit.archives import MINI_ARCHIVE
+from testkit.families import tiny_family_model
 from tests.job_results import train_result
-from tests.model_families import tiny_family_model
 from tests.pipeline_support import Recorder
 
 TOKENS_PER_S = 4000.0

@@ -11,9 +11,9 @@ import pytest
 from shared.contracts.stages import EVALUATE, INGEST, PROMOTE, TRAIN
 from shared.storage import s3_client
 from stack.logs import log_files, read_lines
-from tests.conftest import MINI_ARCHIVE
+from testkit.archives import MINI_ARCHIVE
+from testkit.stack import LiveStack, live_stack
 from tests.sse import SseEvent, read_events
-from tests.stack_fixture import LiveStack, live_stack
 
 pytestmark = pytest.mark.slow
 

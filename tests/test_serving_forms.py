@@ -38,9 +38,9 @@ from shared.contracts.times import utcnow
 from shared.fleet import announce
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.gateway_support import serve
+from testkit.families import tiny_family_model
+from testkit.gateway import serve
 from tests.job_results import metrics
-from tests.model_families import tiny_family_model
 from tests.pipeline_support import tiny_model
 from workers.models import ServingModel
 

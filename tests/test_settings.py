@@ -17,7 +17,7 @@ from shared.contracts.stages import (
 )
 from shared.settings import Settings
 from shared.settings_reference import markdown
-from tests.conftest import ROOT
+from testkit.archives import ROOT
 
 
 def test_each_variable_sets_its_field_in_its_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,8 @@ from shared.jobstore import JobStore
 from shared.settings import Settings
 from stack.local import redis_service
 from stack.processes import Service
-from tests.gateway_support import Frame, events_only, read_frames, serve, wait_until
-from tests.servers import free_port
+from testkit.gateway import Frame, events_only, read_frames, serve, wait_until
+from testkit.servers import free_port
 from tests.test_gateway_events import assert_matches, finish, new_job
 
 

@@ -14,7 +14,7 @@ from shared.contracts.results import StageSeconds
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.archives import Record, csv_bytes, make_archive, make_zip, mini_records
+from testkit.archives import Record, csv_bytes, make_archive, make_zip, mini_records
 from tests.pipeline_support import Recorder, fast_settings, tiny_model, upload_candidate
 
 # archive_mini's test.csv as make_archive writes it: the holdout of the first dataset

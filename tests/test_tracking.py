@@ -19,10 +19,10 @@ from pipeline.tracking import answers
 from shared.contracts.models import CARD
 from shared.contracts.training import TrainConfig
 from shared.settings import Settings
-from tests.archives import MINI_ARCHIVE
-from tests.model_families import tiny_family_model
+from testkit.archives import MINI_ARCHIVE
+from testkit.families import tiny_family_model
+from testkit.servers import free_port
 from tests.pipeline_support import Recorder
-from tests.servers import free_port
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -19,7 +19,7 @@ from shared.contracts.errors import JobCancelled
 from shared.contracts.training import PROFILES, TrainConfig
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.archives import MINI_ARCHIVE
+from testkit.archives import MINI_ARCHIVE
 from tests.pipeline_support import Recorder, fast_settings
 
 

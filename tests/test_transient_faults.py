@@ -25,9 +25,9 @@ from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client, transient_s3_error
-from tests.gateway_support import broker_messages, wait_until
+from testkit.gateway import broker_messages, wait_until
+from testkit.servers import free_port, redis_server
 from tests.job_results import metrics
-from tests.servers import free_port, redis_server
 from workers.reporting import JobReporter
 
 

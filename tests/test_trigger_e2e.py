@@ -16,8 +16,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from shared.storage import s3_client
-from tests.conftest import MINI_ARCHIVE
-from tests.stack_fixture import LiveStack, live_stack
+from testkit.archives import MINI_ARCHIVE
+from testkit.stack import LiveStack, live_stack
 
 pytestmark = pytest.mark.slow
 

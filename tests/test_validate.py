@@ -7,7 +7,7 @@ from pipeline.ingest import RawDataset, read_archive
 from pipeline.validate import HoldoutTexts, ValidationReport, check, validate, validate_archive
 from shared.contracts.errors import DatasetInvalid
 from shared.settings import Settings
-from tests.archives import REAL_ARCHIVE, Record, make_archive, mini_records
+from testkit.archives import REAL_ARCHIVE, Record, make_archive, mini_records
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from pipeline.ingest import read_archive
 from shared.settings import Settings
-from tests.archives import MINI_ARCHIVE
+from testkit.archives import MINI_ARCHIVE
 
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 POSITIONS = 64

@@ -9,7 +9,7 @@ from pathlib import Path
 from shared.settings import Settings
 from stack.local import start_stack
 from stack.processes import Supervisor
-from tests.servers import free_port
+from testkit.servers import free_port
 
 
 @dataclass

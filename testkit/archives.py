@@ -1,11 +1,13 @@
-"""Build archive.zip files for tests: archive_mini's real rows, written in any dialect or layout."""
+"""The repository's sample archives, and archive.zip files built from archive_mini's real rows
+in any dialect or layout."""
 
 import csv
 import io
 import zipfile
 from pathlib import Path
 
-MINI_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive_mini.zip"
+ROOT = Path(__file__).resolve().parent.parent
+MINI_ARCHIVE = ROOT / "data" / "archive_mini.zip"
 REAL_ARCHIVE = MINI_ARCHIVE.parent / "archive.zip"
 Record = list[str]
 HEADERS = {

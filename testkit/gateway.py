@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.services import Services
 from shared.jobstore import JobStore
 from shared.settings import Settings
-from tests.servers import free_port
+from testkit.servers import free_port
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures; bench/RESULTS.md records them with the CPU."""
