@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.hub.start()
+        state.answers.start()
+        state.admission.start()
         state.reaper.start()
         try:
             yield

@@ -1,5 +1,6 @@
 """GET /v1/jobs/{id}/events: a job's events as server-sent events, resumable by Last-Event-ID."""
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncGenerator
@@ -10,10 +11,12 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.answers import PREDICT_END_ID, PREDICT_STATUS_ID, ended
+from gateway.hub import entry_order
 from gateway.jobs import visible_job
 from gateway.services import Services, services
 from shared.contracts.errors import InvalidRequest
-from shared.contracts.jobs import Event, Job
+from shared.contracts.jobs import Event, EventType, Job, JobType
 
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
@@ -66,6 +69,10 @@ class EventStreamResponse(StreamingResponse):
 async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, None]:
     state.metrics.sse_clients.inc()
     try:
+        if job.type is JobType.predict:
+            async for text in predict_frames(state, job, after):
+                yield text
+            return
         if job.status.terminal:
             # Everything the job will ever say is already in its stream.
             batch = state.hub.tuning.batch
@@ -87,6 +94,24 @@ async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, N
                     return
     finally:
         state.metrics.sse_clients.dec()
+
+
+async def predict_frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, None]:
+    """A predict job's two events, its status and its end (it has no stream of its own)."""
+    if entry_order(after) < entry_order(PREDICT_STATUS_ID):
+        yield frame(Event(id=PREDICT_STATUS_ID, type=EventType.status, data={"status": job.status}))
+    if entry_order(after) >= entry_order(PREDICT_END_ID):
+        return
+    async with state.answers.expect(job.id) as answer:
+        end = ended(await state.store.get(job.id))
+        while end is None:
+            try:
+                end = await asyncio.wait_for(
+                    asyncio.shield(answer), state.settings.gateway.sse_heartbeat_s
+                )
+            except TimeoutError:
+                yield HEARTBEAT
+    yield frame(end)
 
 
 async def job_events(request: Request) -> EventStreamResponse:

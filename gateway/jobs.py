@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway import ratelimit
+from gateway.admission import admit_training
 from gateway.auth import Principal, principal, require
 from gateway.parsing import parse_body, parse_query
 from gateway.schemas import JobQuery
@@ -97,11 +98,15 @@ async def send_first_task(celery: Celery, settings: Settings, job: Job) -> None:
             await asyncio.sleep(backoff().compute(failures + 1))
 
 
-async def submit(state: Services, params: JobParams, owner: Principal) -> Job:
+def new_job(state: Services, params: JobParams, owner: Principal) -> Job:
+    """The job a request asks for, its sources checked against what API jobs may read."""
+    params = api_params(params, state.settings)
+    return Job(id=new_job_id(), type=JobType(params.type), params=params, owner=owner.name)
+
+
+async def submit(state: Services, job: Job) -> Job:
     """Store a new job and send its first task; a job that cannot be sent is failed, not left.
     A predict job and its message are stored together, in one round trip (`PredictSender`)."""
-    params = api_params(params, state.settings)
-    job = Job(id=new_job_id(), type=JobType(params.type), params=params, owner=owner.name)
     if job.type is JobType.predict:
         return await state.predicts.submit(job)
     with bound(job_id=job.id, task=first_task(job.type)):
@@ -143,7 +148,12 @@ class Jobs(HTTPEndpoint):
         params = await parse_body(request, JOB_REQUEST, tags=JOB_TAGS)
         caller = require(request, "predict" if isinstance(params, PredictParams) else "admin")
         ratelimit.check(request, state.limits.jobs)
-        return accepted(await submit(state, params, caller))
+        job = new_job(state, params, caller)
+        if job.type is JobType.predict:
+            state.admission.admit(job.texts or 0)
+        elif job.type in (JobType.train, JobType.pipeline):
+            await admit_training(state.store, state.settings, state.metrics)
+        return accepted(await submit(state, job))
 
     async def get(self, request: Request) -> JSONResponse:
         """Admin keys list every job; other keys only their own."""

@@ -55,6 +55,22 @@ class Metrics:
             ["version", "form"],
             registry=self.registry,
         )
+        self.shed = Counter(
+            "agnews_gateway_shed",
+            "Requests refused at once because the fleet could not answer them in time, by kind",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.predict_pending = Gauge(
+            "agnews_predict_pending_texts",
+            "Texts of predict jobs not yet answered, as this gateway last read it",
+            registry=self.registry,
+        )
+        self.predict_rate = Gauge(
+            "agnews_predict_answer_rate",
+            "Texts per second the predict fleet answers, as this gateway estimates it",
+            registry=self.registry,
+        )
         self.queue_depth_up = Gauge(
             "agnews_queue_depth_up",
             "1 when the last queue depth probe reached the broker, else 0",

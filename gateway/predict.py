@@ -10,25 +10,13 @@ from starlette.routing import Route
 from gateway import ratelimit
 from gateway.auth import require
 from gateway.errors import JobFailed
-from gateway.hub import Subscription
-from gateway.jobs import accepted, submit
+from gateway.jobs import accepted, new_job, submit
 from gateway.parsing import parse_body
 from gateway.services import services
 from shared.contracts.errors import ErrorInfo
-from shared.contracts.jobs import Event, EventType, PredictParams
+from shared.contracts.jobs import EventType, PredictParams
 
 PREDICT_REQUEST = TypeAdapter(PredictParams)
-
-
-async def wait_for_end(subscription: Subscription, timeout_s: float) -> Event | None:
-    """The job's terminal event, or None if it has not ended within `timeout_s`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while (left := deadline - loop.time()) > 0:
-        event = await subscription.next(left)
-        if event is not None and event.type.terminal:
-            return event
-    return None
 
 
 async def predict(request: Request) -> JSONResponse:
@@ -37,11 +25,14 @@ async def predict(request: Request) -> JSONResponse:
     caller = require(request, "predict")
     ratelimit.check(request, state.limits.predict)
     params = await parse_body(request, PREDICT_REQUEST)
-    job = await submit(state, params, caller)
-    async with state.hub.subscribe(job.id) as subscription:
-        end = await wait_for_end(subscription, state.settings.gateway.predict_wait_s)
-    if end is None:
-        return accepted(job)
+    job = new_job(state, params, caller)
+    state.admission.admit(job.texts or 0)
+    async with state.answers.expect(job.id) as answer:
+        await submit(state, job)
+        try:
+            end = await asyncio.wait_for(answer, state.settings.gateway.predict_wait_s)
+        except TimeoutError:
+            return accepted(job)
     if end.type is EventType.error:
         raise JobFailed(ErrorInfo.model_validate(end.data), job.id)
     return JSONResponse({**end.data, "job_id": job.id})

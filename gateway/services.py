@@ -7,6 +7,8 @@ from botocore.config import Config
 from celery import Celery
 from starlette.requests import Request
 
+from gateway.admission import PredictAdmission
+from gateway.answers import PredictAnswers
 from gateway.cookies import SessionSigner
 from gateway.hub import EventHub, HubTuning
 from gateway.keyring import Keyring
@@ -34,6 +36,8 @@ class Services:
     settings: Settings
     store: AsyncJobStore
     hub: EventHub
+    answers: PredictAnswers
+    admission: PredictAdmission
     celery: Celery
     s3: S3Client
     s3_public: S3Client
@@ -57,7 +61,7 @@ class Services:
         reader = async_client(
             settings.redis,
             socket_timeout_s=tuning.block_ms / 1000 + settings.redis.timeout_s,
-            max_connections=tuning.readers + 1,
+            max_connections=tuning.readers + 2,
         )
         celery = gateway_celery(settings)
         s3 = s3_client(settings.storage)
@@ -66,16 +70,19 @@ class Services:
             read_timeout=settings.gateway.probe_timeout_s,
             retries={"max_attempts": 1, "mode": "standard"},
         )
+        metrics = Metrics()
         return cls(
             settings=settings,
             store=store,
+            admission=PredictAdmission(store, settings, metrics),
             hub=EventHub(reader, store, tuning),
+            answers=PredictAnswers(reader, store, tuning),
             celery=celery,
             s3=s3,
             s3_public=s3_client(settings.storage, public=True),
             s3_probe=s3_client(settings.storage, overrides=probe),
             registry=ModelRegistry(s3, settings.storage),
-            metrics=Metrics(),
+            metrics=metrics,
             queues=QueueProbe(celery, settings.gateway.probe_timeout_s),
             keyring=Keyring(settings.access.api_keys),
             sessions=SessionSigner.from_settings(settings.access),
@@ -90,6 +97,8 @@ class Services:
 
     async def close(self) -> None:
         await self.hub.stop()
+        await self.answers.stop()
+        await self.admission.stop()
         await self.store.redis.aclose()
         await self.hub.client.aclose()
 

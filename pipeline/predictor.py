@@ -177,9 +177,13 @@ class Predictor:
         return answers(*self.probabilities(texts))
 
 
+SCORE_DECIMALS = 6
+
+
 def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[Prediction]:
-    """One answer per text: the label, its id, every class's probability, whether it was cut."""
-    rows: list[list[float]] = probabilities.tolist()
+    """One answer per text: the label, its id, every class's probability (to 6 decimals: a
+    float32 model's outputs carry no more), whether it was cut."""
+    rows: list[list[float]] = probabilities.round(SCORE_DECIMALS).tolist()
     best = probabilities.argmax(axis=1).tolist()
     return [
         Prediction(
@@ -194,7 +198,8 @@ def answers(probabilities: np.ndarray, truncated: Sequence[bool]) -> list[Predic
 
 def load_version(version: str, settings: Settings, cache_dir: Path | None = None) -> Predictor:
     registry = ModelRegistry.from_settings(settings.storage)
-    model_dir = download(registry, version, cache_dir or settings.run.data_dir / "models")
+    cache = cache_dir or settings.run.data_dir / "models"
+    model_dir = download(registry, version, cache, keep=settings.serving.model_cache_versions)
     return Predictor.from_manifest(model_dir, read_manifest(model_dir), settings)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,13 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from shared.contracts.errors import Conflict, ModelIntegrityError
-from shared.contracts.models import MANIFEST, METRICS, ModelInfo, checked_version
+from shared.contracts.models import (
+    MANIFEST,
+    METRICS,
+    VERSION_PATTERN,
+    ModelInfo,
+    checked_version,
+)
 from shared.contracts.results import Metrics
 from shared.contracts.training import TrainingParams
 from shared.digests import file_sha256
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 WEIGHTS = "model.safetensors"
+# A copy being downloaded this long ago belongs to a process that died.
+PARTIAL_COPY_S = 3600.0
 # Formats that unpickle (run code) when loaded: never stored, never loaded.
 UNSAFE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack"})
 
@@ -157,12 +166,16 @@ def publish(registry: ModelRegistry, model_dir: Path) -> ModelInfo:
     return info
 
 
-def download(registry: ModelRegistry, version: str, cache_dir: Path) -> Path:
-    """A verified local copy of a registered version, under cache_dir/version."""
+def download(
+    registry: ModelRegistry, version: str, cache_dir: Path, keep: int | None = None
+) -> Path:
+    """A verified local copy of a registered version, under cache_dir/version; with `keep`,
+    the cache then holds at most that many versions (this one among them)."""
     target = cache_dir / checked_version(version)
     if target.is_dir():
         try:
             verify(target)
+            os.utime(target)  # used now: the cache keeps the versions used last
             return target
         except ModelIntegrityError:
             shutil.rmtree(target)
@@ -189,4 +202,23 @@ def download(registry: ModelRegistry, version: str, cache_dir: Path) -> Path:
             verify(target)
     finally:
         shutil.rmtree(part, ignore_errors=True)
+    if keep is not None:
+        prune_cache(cache_dir, keep, protect=version)
     return target
+
+
+def prune_cache(cache_dir: Path, keep: int, protect: str) -> list[str]:
+    """Delete all but the `keep` versions used last (`protect` always stays), and copies left
+    half written by a process that died; returns the versions deleted."""
+    versions = sorted(
+        (path for path in cache_dir.iterdir() if VERSION_PATTERN.fullmatch(path.name)),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    kept = {protect, *(path.name for path in versions[: max(keep - 1, 0)] if path.name != protect)}
+    gone = [path for path in versions if path.name not in kept]
+    stale = time.time() - PARTIAL_COPY_S
+    gone += [path for path in cache_dir.glob(".*.*") if path.stat().st_mtime < stale]
+    for path in gone:
+        shutil.rmtree(path, ignore_errors=True)
+    return [path.name for path in gone]

@@ -391,7 +391,8 @@ def serving_note(settings: Settings, metrics: Metrics) -> str:
 
 def load_serving(version: str, settings: Settings, cache_dir: Path) -> Predictor:
     """A registered version, downloaded, verified and in the fastest form allowed here."""
-    model_dir = download(ModelRegistry.from_settings(settings.storage), version, cache_dir)
+    registry = ModelRegistry.from_settings(settings.storage)
+    model_dir = download(registry, version, cache_dir, keep=settings.serving.model_cache_versions)
     info = read_manifest(model_dir)
     serving = settings.replace(torch_threads=settings.serving.threads)
     predictor = Predictor.from_manifest(model_dir, info, serving)

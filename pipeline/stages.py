@@ -24,7 +24,13 @@ from pipeline.holdout import (
 )
 from pipeline.ingest import RawDataset, fetch_archive, read_archive
 from pipeline.predictor import Predictor, load_version
-from pipeline.registry import download_prefix, publish, upload_dir, write_manifest
+from pipeline.registry import (
+    delete_prefix,
+    download_prefix,
+    publish,
+    upload_dir,
+    write_manifest,
+)
 from pipeline.report import Reporter
 from pipeline.serving import evaluate_forms, serving_note
 from pipeline.tracking import track_training
@@ -223,6 +229,7 @@ def evaluate_and_register(
     registry = ModelRegistry(s3, settings.storage)
     for known in registry.versions():
         if known.params.job_id == job_id:
+            discard_checkpoints(job_id, settings)
             return known
     with scratch_dir(settings) as scratch:
         model_dir = download_prefix(
@@ -237,8 +244,16 @@ def evaluate_and_register(
         dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
         info = finish_model(model_dir, dataset, training, settings, reporter, stages)
         publish(registry, model_dir)
+    discard_checkpoints(job_id, settings)
     reporter.event(EventType.log, {"message": f"registered model version {info.version}"})
     return info
+
+
+def discard_checkpoints(job_id: str, settings: Settings) -> None:
+    """A job's checkpoints and trained model, once its version is registered or it has failed
+    for good (a lifecycle rule on the prefix takes what a vanished job leaves)."""
+    storage = settings.storage
+    delete_prefix(s3_client(storage), storage.bucket, checkpoint_prefix(job_id, settings))
 
 
 def evaluate_version(

@@ -132,8 +132,9 @@ def reap_once(store: JobStore, send: Send, settings: ReaperSettings) -> list[Ver
 
 
 class Reaper:
-    """`reap_once` every `reaper_interval_s` in a daemon thread; one reaper per round across
-    processes (a Redis lock that expires with the round)."""
+    """`reap_once` every `reaper_interval_s` in a daemon thread, and a sweep of the job indexes
+    for jobs that have expired; one reaper per round across processes (a Redis lock that
+    expires with the round)."""
 
     def __init__(self, store: JobStore, send: Send, settings: ReaperSettings) -> None:
         self.store = store
@@ -158,6 +159,7 @@ class Reaper:
             try:
                 if self.store.redis.set(lock, "1", nx=True, px=int(interval * 900)):
                     reap_once(self.store, self.send, self.settings)
+                    self.store.sweep_indexes(self.store.settings.index_sweep)
             except redis.RedisError as exc:
                 log.warning("reaper: Redis unavailable (%s); next round in %.0fs", exc, interval)
             except Exception:

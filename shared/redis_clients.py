@@ -14,6 +14,16 @@ from shared.settings import RedisSettings
 
 _RETRIED = [redis.ConnectionError, redis.TimeoutError]
 
+# What every Redis server of the system is configured with: the local stack's, the tests', and
+# the AWS parameter group (deploy/cloudformation/platform.yaml). A job's hash with fields up to
+# 1 KiB (a prediction's answer) stays a listpack, half the memory of a hash table.
+SERVER_CONFIG = {"hash-max-listpack-value": "1024", "maxmemory-policy": "noeviction"}
+
+
+def server_arguments() -> list[str]:
+    """SERVER_CONFIG as redis-server's command-line options."""
+    return [part for name, value in SERVER_CONFIG.items() for part in (f"--{name}", value)]
+
 
 def backoff() -> ExponentialWithJitterBackoff:
     """The wait between tries while Redis is away: doubling from 0.1 s up to 2 s, jittered."""

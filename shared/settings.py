@@ -96,9 +96,34 @@ class JobSettings(Group):
     title = "Jobs and their event streams"
 
     ttl_s: int = Field(
-        7 * 24 * 3600, ge=1, alias="job_ttl_s", description="an ended job and its events are kept"
+        7 * 24 * 3600,
+        ge=1,
+        alias="job_ttl_s",
+        description="an ended train, evaluate or pipeline job and its events are kept this long",
     )
-    event_stream_maxlen: int = Field(10_000, ge=1, description="events kept per job (about)")
+    event_stream_maxlen: int = Field(
+        2_000, ge=1, description="events kept per job, the newest (about)"
+    )
+    predict_ttl_s: int = Field(
+        600,
+        ge=1,
+        alias="predict_job_ttl_s",
+        description="a predict job lives this long from its creation; answered, it keeps its "
+        "answer and lets go of its texts",
+    )
+    answers_maxlen: int = Field(
+        2_000,
+        ge=100,
+        alias="predict_answers_maxlen",
+        description="predict answers the gateways' shared stream keeps (about); waiting "
+        "requests are woken by it",
+    )
+    index_sweep: int = Field(
+        500,
+        ge=1,
+        alias="job_index_sweep",
+        description="index entries the reaper checks per round for jobs that have expired",
+    )
 
 
 class ReaperSettings(Group):
@@ -185,6 +210,29 @@ class ListenerSettings(Group):
         alias="listener_scan_max_age_s",
         description="the scan starts pipelines for objects no older than this",
     )
+    janitor_interval_s: float | None = Field(
+        None,
+        gt=0,
+        alias="janitor_interval_s",
+        description="where the store has no lifecycle rules (the local stack): how often "
+        "finished upload tickets, archives past incoming_retention_s and ended jobs' checkpoints "
+        "are deleted; unset: never (AWS: the bucket's rules do it)",
+    )
+    incoming_retention_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        alias="incoming_retention_s",
+        description="an upload under incoming/ is kept this long (its dataset is under datasets/)",
+    )
+
+    @model_validator(mode="after")
+    def _uploads_outlive_the_scan(self) -> "ListenerSettings":
+        if self.incoming_retention_s <= self.scan_max_age_s:
+            raise ValueError(
+                "incoming_retention_s must exceed listener_scan_max_age_s: the scan must never "
+                "look for uploads the janitor may have deleted"
+            )
+        return self
 
 
 class BacklogSettings(Group):
@@ -225,6 +273,14 @@ class GatewaySettings(Group):
     )
     predict_jobs_per_message: int = Field(
         8, ge=1, description="most predict jobs named in one queue message"
+    )
+    shed_predictions: bool = Field(
+        True,
+        description="refuse a prediction at once (503, Retry-After) when the fleet could not "
+        "answer it within predict_wait_s",
+    )
+    train_queue_max: int = Field(
+        10, ge=1, description="train and pipeline jobs get 503 while this many trainings wait"
     )
     presign_expiry_s: int = Field(900, ge=1, description="an upload ticket's lifetime")
     cors_origins: list[str] = Field(
@@ -390,6 +446,9 @@ class ServingSettings(Group):
         32, ge=1, alias="serving_sample_texts", description="test texts kept for the timing"
     )
     model_poll_s: float = Field(2.0, gt=0, description="how often workers look for a new model")
+    model_cache_versions: int = Field(
+        3, ge=1, description="versions a worker keeps on disk, the one it serves among them"
+    )
     model_retry_s: float = Field(60.0, gt=0, description="a model that failed to load, again")
     first_load_wait_s: float = Field(
         120.0,
@@ -414,6 +473,10 @@ class StackSettings(Group):
     restart_window_s: float = Field(60.0, gt=0, description="the window")
     restart_backoff_s: float = Field(1.0, ge=0, description="first wait before a restart")
     restart_backoff_max_s: float = Field(30.0, ge=0, description="longest wait")
+    log_max_bytes: int = Field(
+        10 * 1024**2, ge=1024, description="a process's log rolls over at this size ..."
+    )
+    log_backups: int = Field(3, ge=0, description="... keeping this many older files")
 
 
 class TrackingSettings(Group):
@@ -534,6 +597,15 @@ class Settings(BaseSettings):
             else:
                 grouped[key] = value
         return grouped
+
+    @model_validator(mode="after")
+    def _predict_jobs_end_before_they_expire(self) -> "Settings":
+        if self.reaper.predict_job_timeout_s >= self.jobs.predict_ttl_s:
+            raise ValueError(
+                "predict_job_timeout_s must be below predict_job_ttl_s: a predict job no worker "
+                "answered must fail before its record expires"
+            )
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Every setting by its flat name (secrets as SecretStr)."""

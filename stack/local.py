@@ -12,8 +12,10 @@ from botocore.exceptions import ClientError
 from pydantic import SecretStr
 from pydantic_core import to_jsonable_python
 
+from shared.redis_clients import server_arguments
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH, s3_client
+from stack.logfiles import LogLimits
 from stack.processes import (
     RestartPolicy,
     Service,
@@ -24,6 +26,7 @@ from stack.processes import (
     redis_ok,
 )
 
+LOCAL_JANITOR_INTERVAL_S = 3600.0
 LOCAL_ENV = {
     "AGNEWS_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
     "AGNEWS_S3_ACCESS_KEY_ID": "agnews",
@@ -62,6 +65,7 @@ def redis_service(settings: Settings) -> Service:
             "everysec",
             "--save",
             "",
+            *server_arguments(),
         ],
         ready=redis_ok(settings.redis.url),
     )
@@ -214,6 +218,9 @@ def start_stack(
     if "hf_offline" not in settings.training.model_fields_set:
         # The local stack, like the machines it is built on, reaches no model hub by default.
         settings = settings.replace(hf_offline=True)
+    if "janitor_interval_s" not in settings.listener.model_fields_set:
+        # Its store has no lifecycle rules: the listener keeps the bucket bounded instead.
+        settings = settings.replace(janitor_interval_s=LOCAL_JANITOR_INTERVAL_S)
     log_dir = (settings.run.data_dir / "logs").resolve()
     env = {
         **os.environ,
@@ -221,7 +228,8 @@ def start_stack(
         "TOKENIZERS_PARALLELISM": "false",
     }
     env.update({f"AGNEWS_{k.upper()}": v for k, v in _settings_env(settings).items()})
-    supervisor = Supervisor(log_dir, env, restart_policy(settings))
+    limits = LogLimits(settings.stack.log_max_bytes, settings.stack.log_backups)
+    supervisor = Supervisor(log_dir, env, restart_policy(settings), limits)
     try:
         supervisor.start(redis_service(settings))
         # The listener is ready before the store writes anything, so it misses no event.

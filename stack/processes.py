@@ -13,14 +13,15 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import redis
 
 from shared.redis_clients import sync_client
 from shared.settings import RedisSettings
+from stack.logfiles import LogLimits, RotatingLog, pump
 
 log = logging.getLogger(__name__)
+DEFAULT_LIMITS = LogLimits()
 
 
 @dataclass
@@ -35,26 +36,26 @@ class Service:
     start_timeout_s: float = 60.0
     stop_timeout_s: float = 15.0
     process: subprocess.Popen[bytes] | None = None
-    log: IO[bytes] | None = None
+    log: RotatingLog | None = None
+    _pump: threading.Thread | None = None
 
-    def start(self, log_dir: Path, base_env: dict[str, str]) -> None:
+    def start(
+        self, log_dir: Path, base_env: dict[str, str], limits: LogLimits = DEFAULT_LIMITS
+    ) -> None:
         """Start the process on a fresh log: the previous run's (or the instance that died) is
         kept as `NAME.log.1`, so that a readiness probe reading the log sees this run only."""
-        log_dir.mkdir(parents=True, exist_ok=True)
-        if self.log is not None:
-            self.log.close()
-        path = log_dir / f"{self.name}.log"
-        if path.exists():
-            path.replace(log_dir / f"{self.name}.log.1")
-        self.log = path.open("ab")
+        self._close_log()
+        self.log = RotatingLog(log_dir / f"{self.name}.log", limits).open()
         self.process = subprocess.Popen(
             list(self.argv),
-            stdout=self.log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**base_env, **self.env},
             cwd=self.cwd,
             start_new_session=True,
         )
+        assert self.process.stdout is not None
+        self._pump = pump(self.process.stdout, self.log, self.name)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -80,6 +81,13 @@ class Service:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        """The output copied to its end (a child the process left behind may hold it open)."""
+        if self._pump is not None:
+            self._pump.join(timeout=2)
+            self._pump = None
         if self.log is not None:
             self.log.close()
             self.log = None
@@ -169,11 +177,16 @@ class Supervisor:
     one that dies (see RestartPolicy); stops them all, the first last."""
 
     def __init__(
-        self, log_dir: Path, env: dict[str, str], policy: RestartPolicy | None = None
+        self,
+        log_dir: Path,
+        env: dict[str, str],
+        policy: RestartPolicy | None = None,
+        limits: LogLimits | None = None,
     ) -> None:
         self.log_dir = log_dir
         self.env = env
         self.policy = policy or RestartPolicy()
+        self.limits = limits or LogLimits()
         self.services: list[Service] = []
         self.restarts: dict[str, _Restart] = {}
         self._lock = threading.Lock()
@@ -186,7 +199,7 @@ class Supervisor:
         """Start services that do not need each other all at once, then wait until every one is
         ready: their start-up work (a worker's imports, a model's load) overlaps."""
         for service in services:
-            service.start(self.log_dir, self.env)
+            service.start(self.log_dir, self.env, self.limits)
             self.services.append(service)
         for service in services:
             service.wait_ready()
@@ -233,7 +246,7 @@ class Supervisor:
                     state.due = now + delay
                 if state.due is not None and now >= state.due:
                     state.due = None
-                    service.start(self.log_dir, self.env)
+                    service.start(self.log_dir, self.env, self.limits)
                     log.warning("%s restarted (pid %s)", service.name, _pid(service))
 
     def watch(self, stopping: Callable[[], bool], interval_s: float = 0.5) -> None:

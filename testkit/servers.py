@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from shared.redis_clients import server_arguments
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -47,6 +49,7 @@ def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
             "no",
             "--dir",
             str(workdir),
+            *server_arguments(),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from shared.contracts.stages import QUEUES
+from shared.redis_clients import SERVER_CONFIG
 from shared.settings import Settings
 from shared.storage import WEBHOOK_PATH
 from stack.local import Webhook
@@ -191,6 +192,8 @@ def test_compose_images_are_pinned_and_redis_keeps_an_append_only_file() -> None
         assert not image.endswith(":latest")
     command = services["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    for name, value in SERVER_CONFIG.items():
+        assert command[command.index(f"--{name}") + 1] == value
     assert any(volume["target"] == "/data" for volume in services["redis"]["volumes"])
     assert any(volume["target"] == "/data" for volume in services["s3"]["volumes"])
 

@@ -13,6 +13,7 @@ from deploy.backlog_exporter import (
     Capacity,
 )
 from shared.contracts.stages import QUEUES
+from shared.redis_clients import SERVER_CONFIG
 from shared.settings import Settings
 from tests.deploy_support import TEMPLATES, resources, run, template, tool
 
@@ -130,6 +131,8 @@ def test_redis_admits_the_fleet_only() -> None:
     for name in NAMES:
         assert not resources(template(name), "AWS::EC2::SecurityGroupIngress")
     assert "SecurityGroupIngress" not in platform["Resources"]["FleetSecurityGroup"]["Properties"]
+    parameters = platform["Resources"][redis["Properties"]["CacheParameterGroupName"]["Ref"]]
+    assert parameters["Properties"]["Properties"] == SERVER_CONFIG
     assert redis["Properties"]["TransitEncryptionEnabled"] is True
     assert redis["Properties"]["AtRestEncryptionEnabled"] is True
     assert platform["Outputs"]["FleetSecurityGroupId"]["Value"] == {"Ref": "FleetSecurityGroup"}

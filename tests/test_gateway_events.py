@@ -19,7 +19,7 @@ from testkit.gateway import (
     sse_clients,
     wait_until,
 )
-from tests.job_results import train_result
+from tests.job_results import predict_result, train_result
 
 
 @pytest.fixture
@@ -280,3 +280,40 @@ def test_the_hub_catches_up_a_late_subscriber_without_gaps_or_repeats(
     assert all_newcomer == events
     assert rest_first == events[2:]
     assert rest_resumer == events[4:]
+
+
+def new_prediction(store: JobStore) -> str:
+    return store.create(Job(id=new_job_id(), type=JobType.predict, params={"texts": ["t"]})).id
+
+
+def answer(store: JobStore, job_id: str) -> None:
+    store.claim_many([job_id], "agnews.predict")
+    store.finish_many([(job_id, predict_result())])
+
+
+def test_a_prediction_streams_its_status_then_its_answer_without_a_stream_of_its_own(
+    client: httpx.Client, store: JobStore
+) -> None:
+    job_id = new_prediction(store)
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        frames = events_only(read_frames(response.iter_lines()))
+        first = next(frames)
+        assert (first.id, first.event, first.json()) == ("0-1", "status", {"status": "queued"})
+        worker = threading.Thread(target=answer, args=(store, job_id))
+        worker.start()
+        rest = list(frames)
+        worker.join()
+    assert [(frame.id, frame.event) for frame in rest] == [("0-2", "result")]
+    assert rest[0].json() == predict_result().model_dump(mode="json")
+
+    # Late, or resumed after its status: the answer from the job's record.
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        late = list(events_only(read_frames(response.iter_lines())))
+    assert [(frame.event, frame.json()) for frame in late] == [
+        ("status", {"status": "succeeded"}),
+        ("result", predict_result().model_dump(mode="json")),
+    ]
+    headers = {"Last-Event-ID": "0-1"}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        resumed = list(events_only(read_frames(response.iter_lines())))
+    assert [frame.id for frame in resumed] == ["0-2"]

@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from shared.contracts.errors import ErrorInfo
-from shared.contracts.jobs import JobStatus, JobType, PredictParams
+from shared.contracts.jobs import JobStatus, JobType
 from shared.contracts.results import PredictResult
 from shared.jobstore import JobStore
 from shared.settings import Settings
@@ -53,9 +53,14 @@ def test_a_finished_prediction_answers_200_with_the_result(
     assert response.status_code == 200, response.text
     body = response.json()
     assert body == {**RESULT_BODY, "job_id": body["job_id"]}
-    job = JobStore.from_settings(limited).get(body["job_id"])
-    assert job.params == PredictParams(texts=["Stocks rally as rates fall"])
+    store = JobStore.from_settings(limited)
+    job = store.get(body["job_id"])
+    # Answered, it keeps its answer, not its text, and expires with the predict retention.
+    assert (job.params, job.texts) == (None, 1)
     assert job.status is JobStatus.succeeded
+    assert job.result == PredictResult.model_validate(RESULT_BODY)
+    ttl = store.redis.ttl(store.keys.job(job.id))
+    assert 0 < ttl <= limited.jobs.predict_ttl_s
 
 
 def test_a_prediction_still_queued_falls_back_to_202(limited: Settings) -> None:

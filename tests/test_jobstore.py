@@ -1,12 +1,17 @@
 import asyncio
+import json
+from datetime import timedelta
 
 import pytest
 
 from shared.contracts.errors import ErrorInfo, JobCancelled, NotFound
 from shared.contracts.jobs import EventType, Job, JobStatus, JobType, new_job_id
-from shared.jobstore import AsyncJobStore, JobStore
+from shared.contracts.times import utcnow
+from shared.jobstore import AsyncJobStore, JobStore, PredictLoad
 from shared.settings import Settings
-from tests.job_results import train_result
+from tests.job_results import predict_result, train_result
+
+TRAIN = {"dataset": "s3://b/a.zip"}
 
 
 @pytest.fixture
@@ -83,7 +88,7 @@ def test_list_filters_newest_first_and_forgets_expired(store: JobStore) -> None:
     store.redis.delete(store.keys.job(jobs[0].id))
     assert [job.id for job in store.recent()] == [jobs[2].id, jobs[1].id]
     assert [job.id for job in store.recent(type_=JobType.predict)] == [jobs[1].id]
-    assert store.redis.zscore(store.keys.index, jobs[0].id) is None
+    assert store.redis.zscore(store.keys.index(), jobs[0].id) is None
 
 
 def test_async_store_reads_what_the_sync_store_wrote(store: JobStore, settings: Settings) -> None:
@@ -103,3 +108,70 @@ def test_async_store_reads_what_the_sync_store_wrote(store: JobStore, settings: 
         await astore.redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_answered_prediction_keeps_its_answer_not_its_texts_and_expires(
+    store: JobStore, settings: Settings
+) -> None:
+    texts = ["first text", "second text"]
+    job = store.create(Job(id=new_job_id(), type=JobType.predict, params={"texts": texts}))
+    key = store.keys.job(job.id)
+    assert 0 < store.redis.ttl(key) <= settings.jobs.predict_ttl_s
+    assert not store.redis.exists(store.keys.events(job.id))
+    assert store.predict_load().pending == 2
+
+    [claim] = store.claim_many([job.id], "agnews.predict")
+    assert claim.refused is None
+    assert json.loads(claim.params)["texts"] == texts
+    store.finish_many([(job.id, predict_result(labels=("Sports", "World")))])
+
+    answered = store.get(job.id)
+    assert answered.status is JobStatus.succeeded
+    assert (answered.params, answered.texts) == (None, 2)
+    assert answered.result == predict_result(labels=("Sports", "World"))
+    assert "params" not in store.redis.hkeys(key)
+    assert 0 < store.redis.ttl(key) <= settings.jobs.predict_ttl_s  # not extended at the end
+    assert not store.redis.exists(store.keys.events(job.id))
+    [(_, fields)] = store.redis.xrange(store.keys.answers)
+    assert fields == {"job": job.id, "type": "result"}
+    assert store.predict_load() == PredictLoad(pending=0, answered=2)
+    assert not store.redis.zscore(store.keys.active, key)
+
+
+def test_predict_jobs_leave_their_index_once_their_retention_has_passed(
+    store: JobStore, settings: Settings
+) -> None:
+    old = Job(
+        id=new_job_id(),
+        type=JobType.predict,
+        params={"texts": ["old"]},
+        created_at=utcnow() - timedelta(seconds=settings.jobs.predict_ttl_s + 1),
+    )
+    store.create(old)
+    assert store.redis.zscore(store.keys.predict_index, old.id) is not None
+    fresh = make_job(store, JobType.predict)
+    assert store.redis.zscore(store.keys.predict_index, old.id) is None
+    assert [job.id for job in store.recent(type_=JobType.predict)] == [fresh.id]
+
+
+def test_owners_list_their_own_jobs_from_their_own_index(store: JobStore) -> None:
+    mine = store.create(Job(id=new_job_id(), type=JobType.train, params=TRAIN, owner="ci"))
+    theirs = store.create(Job(id=new_job_id(), type=JobType.train, params=TRAIN, owner="ops"))
+    guess = store.create(
+        Job(id=new_job_id(), type=JobType.predict, params={"texts": ["t"]}, owner="ci")
+    )
+    assert store.redis.zcard(store.keys.index("ci")) == 1
+    assert [job.id for job in store.recent(owner="ci")] == [guess.id, mine.id]
+    assert [job.id for job in store.recent(owner="ops")] == [theirs.id]
+    assert {job.id for job in store.recent()} == {mine.id, theirs.id, guess.id}
+
+
+def test_the_sweep_drops_index_entries_of_jobs_that_expired(store: JobStore) -> None:
+    jobs = [
+        store.create(Job(id=new_job_id(), type=JobType.train, params=TRAIN, owner="ci"))
+        for _ in range(3)
+    ]
+    store.redis.delete(store.keys.job(jobs[0].id), store.keys.job(jobs[2].id))
+    assert store.sweep_indexes(budget=10) == 4  # two jobs, each in two indexes
+    assert store.redis.zrange(store.keys.index(), 0, -1) == [jobs[1].id]
+    assert store.redis.zrange(store.keys.index("ci"), 0, -1) == [jobs[1].id]

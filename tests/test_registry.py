@@ -1,5 +1,7 @@
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from pipeline import registry as artifacts
 from pipeline.predictor import Predictor, load_production
-from pipeline.registry import download, publish, verify, write_manifest
+from pipeline.registry import PARTIAL_COPY_S, download, prune_cache, publish, verify, write_manifest
 from shared.contracts.errors import Conflict, ModelIntegrityError, ModelNotFound, NoProductionModel
 from shared.contracts.models import MANIFEST, PRODUCTION, ModelInfo, ProductionPointer, new_version
 from shared.contracts.training import TrainingParams
@@ -263,3 +265,29 @@ def test_a_name_that_is_no_version_touches_no_folder(settings: Settings, tmp_pat
     with pytest.raises(ModelNotFound):
         download(ModelRegistry.from_settings(settings.storage), "../precious", cache)
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_the_model_cache_keeps_the_versions_used_last_and_drops_half_written_copies(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "models"
+    names = [f"2026-12-0{day}T10-00-00-abcd" for day in range(1, 6)]
+    for age, name in enumerate(reversed(names)):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "model.safetensors").write_bytes(b"w")
+        os.utime(cache / name, (time.time() - 60 * age, time.time() - 60 * age))
+    stale = cache / f".{names[0]}.x1"
+    stale.mkdir()
+    os.utime(stale, (time.time() - 2 * PARTIAL_COPY_S, time.time() - 2 * PARTIAL_COPY_S))
+    fresh_part = cache / f".{names[1]}.x2"
+    fresh_part.mkdir()
+
+    gone = prune_cache(cache, keep=3, protect=names[0])
+    assert sorted(path.name for path in cache.iterdir() if not path.name.startswith(".")) == [
+        names[0],
+        names[3],
+        names[4],
+    ]
+    assert not stale.exists()
+    assert fresh_part.exists()  # another process may be writing it now
+    assert set(gone) == {names[1], names[2], stale.name}

@@ -1,6 +1,7 @@
 """The local supervisor: restarts with backoff, gives up on a process that keeps dying, and reads
 readiness from this run's log only."""
 
+import os
 import signal
 import sys
 import time
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stack.logfiles import LogLimits, RotatingLog
 from stack.processes import GaveUp, RestartPolicy, Service, Supervisor, log_says
 
 POLICY = RestartPolicy(max_restarts=3, window_s=60, backoff_s=0.1, backoff_max_s=0.4)
@@ -200,3 +202,32 @@ def test_a_service_that_ignores_sigterm_is_killed_after_its_stop_timeout(tmp_pat
     supervisor.stop()
     assert stubborn.process is not None
     assert stubborn.process.returncode == -signal.SIGKILL
+
+
+def test_a_process_log_rolls_over_at_its_size_and_keeps_a_few_old_files(tmp_path: Path) -> None:
+    log = RotatingLog(tmp_path / "gateway.log", LogLimits(max_bytes=100, backups=2)).open()
+    for number in range(30):
+        log.write(f"line {number:02d} of about twenty bytes\n".encode())
+    log.close()
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["gateway.log", "gateway.log.1", "gateway.log.2"]
+    assert all(path.stat().st_size <= 100 for path in tmp_path.iterdir())
+    assert (tmp_path / "gateway.log").read_text().splitlines()[-1].startswith("line 29")
+    assert (tmp_path / "gateway.log.1").read_text().splitlines()[-1].startswith("line 2")
+
+    again = RotatingLog(tmp_path / "gateway.log", LogLimits(max_bytes=100, backups=2)).open()
+    again.close()
+    assert (tmp_path / "gateway.log").read_text() == ""
+    assert "line 29" in (tmp_path / "gateway.log.1").read_text()
+
+
+def test_a_service_output_reaches_its_rotating_log(tmp_path: Path) -> None:
+    code = "import sys\nfor i in range(50): print('x' * 49, flush=True)"
+    service = Service(name="talker", argv=[sys.executable, "-c", code], ready=lambda: True)
+    service.start(tmp_path, dict(os.environ), LogLimits(max_bytes=1000, backups=1))
+    assert service.process is not None
+    service.process.wait(10)
+    service.wait_stopped()
+    sizes = {path.name: path.stat().st_size for path in tmp_path.iterdir()}
+    assert set(sizes) == {"talker.log", "talker.log.1"}
+    assert max(sizes.values()) <= 1000

@@ -41,11 +41,15 @@ def constant_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return dest
 
 
-def model_keys(settings: Settings) -> list[str]:
+def keys_under(settings: Settings, prefix: str) -> list[str]:
     listed = s3_client(settings.storage).list_objects_v2(
-        Bucket=settings.storage.bucket, Prefix=settings.storage.models_prefix
+        Bucket=settings.storage.bucket, Prefix=prefix
     )
     return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+def model_keys(settings: Settings) -> list[str]:
+    return keys_under(settings, settings.storage.models_prefix)
 
 
 def ingest(settings: Settings, archive: Path) -> str:
@@ -303,6 +307,8 @@ def test_registering_again_returns_the_same_version(
 ) -> None:
     sha = ingest(settings, make_archive(tmp_path / "a.zip"))
     version = register(settings, model_dir, "job-1", sha)
+    # Registered, the job's trained model and checkpoints are let go.
+    assert keys_under(settings, f"{settings.storage.checkpoints_prefix}job-1/") == []
     again = stages.evaluate_and_register("job-1", sha, settings, Recorder())
     assert again.version == version
     assert len(ModelRegistry.from_settings(settings.storage).versions()) == 1

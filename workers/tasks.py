@@ -16,10 +16,13 @@ from celery_batches import SimpleRequest
 
 from pipeline import stages
 from shared.broker import send_call
+from shared.contracts.errors import NotFound
 from shared.contracts.jobs import (
     DatasetParams,
     EvaluateParams,
     Job,
+    JobStatus,
+    JobType,
     PipelineParams,
     TaskCall,
     TrainParams,
@@ -83,6 +86,18 @@ def _step(
         call = call.model_copy(update={"id": call_id})
     with bound(version=kwargs.get("version")):
         run_step(store(), job_id, step, call, settings.reaper, call_id)
+        _discard_if_failed(job_id)
+
+
+def _discard_if_failed(job_id: str) -> None:
+    """A training job that failed for good, or was cancelled, leaves no checkpoints behind."""
+    try:
+        job = store().get(job_id)
+    except NotFound:
+        return
+    ended = job.status in (JobStatus.failed, JobStatus.cancelled)
+    if ended and job.type in (JobType.train, JobType.pipeline):
+        stages.discard_checkpoints(job_id, settings)
 
 
 # A batch is acknowledged once its answers are written (celery-batches acks a late task's

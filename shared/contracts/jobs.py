@@ -169,7 +169,11 @@ class Job(BaseModel):
     id: str
     type: JobType
     status: JobStatus = JobStatus.queued
-    params: JobParams
+    params: JobParams | None = Field(
+        description="what the job was asked; None for a predict job once answered: it keeps "
+        "its answer, not its texts"
+    )
+    texts: int | None = Field(default=None, description="a predict job's number of texts")
     owner: str | None = Field(default=None, description="the name of the API key that made it")
     progress: dict[str, Any] | None = None
     result: JobResult | None = None
@@ -204,13 +208,18 @@ class Job(BaseModel):
 
     @model_validator(mode="after")
     def _params_match_type(self) -> "Job":
-        if self.params.type != self.type.value:
+        if self.params is None and self.type is not JobType.predict:
+            raise ValueError(f"a {self.type} job keeps its parameters")
+        if self.params is not None and self.params.type != self.type.value:
             raise ValueError(f"a {self.type} job cannot hold {self.params.type} parameters")
+        if isinstance(self.params, PredictParams) and self.texts is None:
+            self.texts = len(self.params.texts)
         return self
 
     def public(self) -> dict[str, Any]:
         body = self.model_dump(mode="json", exclude={"task", "deliveries", "running_call"})
-        body["params"] = self.params.model_dump(mode="json", exclude_none=True)
+        if self.params is not None:
+            body["params"] = self.params.model_dump(mode="json", exclude_none=True)
         body["links"] = {"self": f"/v1/jobs/{self.id}", "events": f"/v1/jobs/{self.id}/events"}
         return body
 

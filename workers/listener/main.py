@@ -16,6 +16,7 @@ import uvicorn
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 from shared.storage import s3_client
+from workers.listener.janitor import sweep_bucket
 from workers.listener.sqs import SqsListener
 from workers.listener.trigger import PipelineTrigger, scan_incoming
 from workers.listener.webhook import webhook_app
@@ -50,6 +51,8 @@ async def serve(settings: Settings, trigger: PipelineTrigger) -> None:
     }
     if settings.listener.sqs_queue_url:
         tasks.add(asyncio.create_task(SqsListener(settings, trigger).run(stop)))
+    if settings.listener.janitor_interval_s is not None:
+        tasks.add(asyncio.create_task(sweep(settings, trigger, stop)))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -75,6 +78,21 @@ async def scan(settings: Settings, trigger: PipelineTrigger, stop: asyncio.Event
             log.warning("scan of incoming/ failed (%s); next in %.0fs", exc, wait)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait)
+
+
+async def sweep(settings: Settings, trigger: PipelineTrigger, stop: asyncio.Event) -> None:
+    """The bucket's lifecycle, every janitor_interval_s (the first after one interval)."""
+    interval = settings.listener.janitor_interval_s or 0.0
+    s3 = s3_client(settings.storage)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        try:
+            await asyncio.to_thread(sweep_bucket, trigger, s3)
+        except Exception as exc:
+            log.warning("janitor: the bucket's sweep failed (%s); next in %.0fs", exc, interval)
 
 
 def main() -> None:

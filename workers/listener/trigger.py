@@ -96,8 +96,9 @@ class PipelineTrigger:
         self._claim = self.redis.register_script(_CLAIM)
         self._release = self.redis.register_script(_RELEASE)
         self._lock = threading.Lock()
-        # Each incoming object's key -> the etag and size its job was started for, and the job.
-        self._objects = f"{settings.redis.key_prefix}:trigger:objects"
+        # Each incoming object's key: the etag and size its job was started for, and the job,
+        # remembered as long as its deliveries are.
+        self._objects = f"{settings.redis.key_prefix}:trigger:object:"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PipelineTrigger":
@@ -131,7 +132,7 @@ class PipelineTrigger:
         """The job already started for this object's content under its key, where one side is
         the scan: a listing names no version or sequencer, so the scan and the event of one
         upload are matched by key, etag and size. (Two events name their versions exactly.)"""
-        recorded = self.redis.hget(self._objects, _where(event))
+        recorded = self.redis.get(self._object(event))
         if recorded is None:
             return None
         content = json.loads(recorded)
@@ -167,7 +168,11 @@ class PipelineTrigger:
             self._release(keys=keys, args=[owner, ""])
             raise
         self._release(keys=keys, args=[owner, "1"])
-        self.redis.hset(self._objects, _where(event), _content(event, job_id))
+        self.redis.set(
+            self._object(event),
+            _content(event, job_id),
+            ex=self.settings.listener.dedupe_ttl_s,
+        )
         return Handled(Outcome.started if job_id == candidate else Outcome.resumed, job_id)
 
     def _job(self, job_id: str, event: ObjectEvent) -> Job:
@@ -177,6 +182,18 @@ class PipelineTrigger:
         except NotFound:
             params = PipelineParams(dataset=event.url, source=event.source())
             return self.store.create(Job(id=job_id, type=JobType.pipeline, params=params))
+
+    def _object(self, event: ObjectEvent) -> str:
+        return self._object_at(_where(event))
+
+    def _object_at(self, where: str) -> str:
+        return self._objects + hashlib.sha256(where.encode()).hexdigest()
+
+    def job_for(self, key: str) -> str | None:
+        """The pipeline job last started for an object under this key of the bucket, if any
+        is remembered."""
+        recorded = self.redis.get(self._object_at(f"{self.settings.storage.bucket}/{key}"))
+        return None if recorded is None else str(json.loads(recorded)["job"])
 
     def _keys(self, event: ObjectEvent) -> list[str]:
         # An upload ticket's key starts one pipeline, whatever is written there again later.

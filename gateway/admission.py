@@ -1,0 +1,117 @@
+"""Admission: a prediction the fleet could not answer within `predict_wait_s` is refused at once,
+503 with Retry-After, rather than joining a backlog that only grows; likewise a training job
+when the train queue is full.
+
+Every gateway process keeps an estimate, refreshed every `REFRESH_S` from two counters the job
+store keeps exact (texts pending, texts answered): the backlog, and the rate the fleet answers
+at. The rate is the answers counted over the last seconds, and never less than a share of what
+the predict workers timed at load (`ANNOUNCED_SHARE`), so that a burst after a quiet spell is
+not refused for want of recent answers. With neither (no worker has announced itself), nothing
+is refused: there is nothing to estimate from."""
+
+import asyncio
+import logging
+import math
+import time
+
+from gateway.metrics import Metrics
+from shared.contracts.errors import ServiceUnavailable
+from shared.contracts.stages import ROUTES, TRAIN
+from shared.fleet import serving_workers
+from shared.jobstore import AsyncJobStore
+from shared.settings import Settings
+
+log = logging.getLogger("gateway.admission")
+
+REFRESH_S = 0.25
+FLEET_REFRESH_S = 5.0
+RATE_HALF_LIFE_S = 2.0
+# Workers time their form alone at load; a fleet sharing cores answers less than their sum.
+ANNOUNCED_SHARE = 0.5
+
+
+class Overloaded(ServiceUnavailable, code="overloaded"):
+    """Details carry `retry_after_s`."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.details.get("retry_after_s", 1))}
+
+
+class PredictAdmission:
+    def __init__(self, store: AsyncJobStore, settings: Settings, metrics: Metrics) -> None:
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics
+        self.pending = 0
+        self.observed_per_s = 0.0
+        self.announced_per_s = 0.0
+        self._answered: int | None = None
+        self._read_at = time.monotonic()
+        self._fleet_at = -math.inf
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def rate(self) -> float:
+        """Texts per second the fleet answers, as far as can be told; 0 when it cannot."""
+        return max(self.observed_per_s, self.announced_per_s * ANNOUNCED_SHARE)
+
+    def admit(self, texts: int) -> None:
+        """Count a prediction in, or refuse it (Overloaded) when it would wait too long."""
+        wait_s = self.settings.gateway.predict_wait_s
+        rate = self.rate
+        if self.settings.gateway.shed_predictions and rate > 0:
+            excess = self.pending + texts - rate * wait_s
+            if excess > 0:
+                self.metrics.shed.labels("predict").inc()
+                retry_after = max(1, math.ceil(excess / rate))
+                raise Overloaded(
+                    f"the predict fleet is busy: {self.pending} texts wait, answered at about "
+                    f"{rate:.0f} texts/s, more than it answers in {wait_s:g}s; try again in "
+                    f"{retry_after}s",
+                    details={"retry_after_s": retry_after, "pending_texts": self.pending},
+                )
+        self.pending += texts
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.debug("admission estimate not refreshed: %s", exc)
+            await asyncio.sleep(REFRESH_S)
+
+    async def refresh(self) -> None:
+        load = await self.store.predict_load()
+        now = time.monotonic()
+        if self._answered is not None and now > self._read_at:
+            instant = max(0, load.answered - self._answered) / (now - self._read_at)
+            kept = 0.5 ** ((now - self._read_at) / RATE_HALF_LIFE_S)
+            self.observed_per_s = kept * self.observed_per_s + (1 - kept) * instant
+        self._answered, self._read_at, self.pending = load.answered, now, load.pending
+        if now - self._fleet_at >= FLEET_REFRESH_S:
+            self._fleet_at = now
+            workers = await serving_workers(self.store.redis, self.settings)
+            self.announced_per_s = sum(w.texts_per_s.get(w.form, 0.0) for w in workers)
+        self.metrics.predict_pending.set(self.pending)
+        self.metrics.predict_rate.set(self.rate)
+
+
+async def admit_training(store: AsyncJobStore, settings: Settings, metrics: Metrics) -> None:
+    """Refuse a train or pipeline job while `train_queue_max` trainings wait for a worker."""
+    limit = settings.gateway.train_queue_max
+    waiting = int(await store.redis.llen(ROUTES[TRAIN]))
+    if waiting >= limit:
+        metrics.shed.labels("jobs").inc()
+        raise Overloaded(
+            f"{waiting} trainings already wait for a train worker (at most {limit}); try again "
+            "once one has started",
+            details={"retry_after_s": 60, "waiting": waiting},
+        )

@@ -1,0 +1,93 @@
+"""A prediction the fleet could not answer in time is refused at once, 503 with Retry-After, and
+a training job while the train queue is full; /metrics counts what was refused."""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.admission import REFRESH_S
+from shared.contracts.serving import ServingWorker
+from shared.contracts.stages import ROUTES, TRAIN
+from shared.fleet import announce
+from shared.jobstore import JobStore
+from shared.settings import Settings
+from testkit.gateway import Gateway, serve, wait_until
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore.from_settings(settings)
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> Iterator[Gateway]:
+    with serve(settings.replace(predict_wait_s=0.5)) as running:
+        yield running
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        yield http
+
+
+def announce_fleet(store: JobStore, settings: Settings, texts_per_s: float) -> None:
+    worker = ServingWorker(
+        worker="host:1", version="v1", form="onnx-int8", texts_per_s={"onnx-int8": texts_per_s}
+    )
+    announce(store.redis, settings, worker)
+
+
+def shed_count(client: httpx.Client, kind: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'agnews_gateway_shed_total{{kind="{kind}"}}'):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_prediction_beyond_what_the_fleet_answers_in_time_is_refused_at_once(
+    client: httpx.Client, gateway: Gateway, store: JobStore, settings: Settings
+) -> None:
+    # A fleet that timed 40 texts/s (20 trusted) holds 10 texts of backlog within 0.5 s.
+    announce_fleet(store, settings, 40.0)
+    store.redis.set(store.keys.pending, 30)
+    admission = gateway.services.admission
+    wait_until(lambda: admission.pending == 30 and admission.rate > 0, timeout=10 * REFRESH_S + 5)
+
+    refused = client.post("/v1/predict", json={"text": "Stocks rally as rates fall"})
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert store.recent() == []  # nothing stored, nothing queued
+    assert shed_count(client, "predict") == 1
+
+    store.redis.set(store.keys.pending, 0)
+    wait_until(lambda: admission.pending == 0, timeout=10 * REFRESH_S + 5)
+    waited = client.post("/v1/predict", json={"text": "Stocks rally as rates fall"})
+    assert waited.status_code == 202  # taken; no worker here to answer it in 0.5 s
+
+
+def test_without_a_fleet_to_estimate_from_nothing_is_refused(
+    client: httpx.Client, store: JobStore
+) -> None:
+    store.redis.set(store.keys.pending, 100_000)
+    answer = client.post("/v1/predict", json={"text": "Stocks rally as rates fall"})
+    assert answer.status_code == 202
+
+
+def test_a_training_job_is_refused_while_the_train_queue_is_full(
+    client: httpx.Client, store: JobStore, settings: Settings
+) -> None:
+    queue = ROUTES[TRAIN]
+    body = {"type": "pipeline", "dataset": "incoming/x/archive.zip"}
+    store.redis.lpush(queue, *["waiting"] * settings.gateway.train_queue_max)
+    try:
+        refused = client.post("/v1/jobs", json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "60"
+        assert shed_count(client, "jobs") == 1
+        store.redis.rpop(queue)
+        assert client.post("/v1/jobs", json=body).status_code == 202
+    finally:
+        store.redis.delete(queue)
