@@ -1,11 +1,16 @@
-"""The whole local stack on free ports, for end-to-end tests."""
+"""The whole local stack on free ports, for end-to-end tests and benchmarks."""
 
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from pipeline.registry import publish
+from shared.registry import ModelRegistry
 from shared.settings import Settings
 from stack.local import start_stack
 from stack.processes import Supervisor
@@ -69,3 +74,17 @@ def live_stack(
         yield LiveStack(settings, f"http://127.0.0.1:{gateway_port}", supervisor)
     finally:
         supervisor.stop()
+
+
+def serve_model(stack: LiveStack, model_dir: Path, text: str) -> str:
+    registry = ModelRegistry.from_settings(stack.settings.storage)
+    version = publish(registry, model_dir).version
+    registry.promote(version, "soak")
+    deadline = time.monotonic() + 300
+    while True:
+        answer = httpx.post(f"{stack.url}/v1/predict", json={"text": text}, timeout=60)
+        if answer.status_code == 200 and answer.json()["model_version"] == version:
+            return version
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the stack never served {version}: {answer.text}")
+        time.sleep(0.5)

@@ -12,6 +12,13 @@ from deploy.backlog_exporter import (
     Backlog,
     Capacity,
 )
+from deploy.capacity import (
+    BYTES_PER_PREDICTION,
+    NODE_GIB,
+    fleet_maximum,
+    redis_bytes,
+    smallest_node,
+)
 from shared.contracts.stages import QUEUES
 from shared.redis_clients import SERVER_CONFIG
 from shared.settings import Settings
@@ -297,3 +304,13 @@ def test_ci_may_update_only_the_fleet_and_push_only_its_repositories() -> None:
             ":stack/${FleetStackName}/*"
         }
     ]
+
+
+def test_redis_holds_what_the_fleet_keeps_at_its_largest() -> None:
+    platform, fleet = template("platform.yaml"), template("fleet.yaml")
+    largest = int(fleet["Parameters"]["PredictMaxSize"]["Default"])
+    need = redis_bytes(fleet_maximum(largest), Settings())
+    node = platform["Parameters"]["RedisNodeType"]["Default"]
+    assert NODE_GIB[node] >= NODE_GIB[smallest_node(need)], (node, need / 2**30)
+    # Predictions kept are what grows with the rate: the rest is a few hundred MB at most.
+    assert need > BYTES_PER_PREDICTION * fleet_maximum(largest).predictions_per_s * 600

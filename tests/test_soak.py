@@ -1,0 +1,79 @@
+"""bench/soak.py in short, on the real stack with a short predict retention: once the retention
+has passed, what Redis holds stops growing however long predictions come, no prediction's record
+outlives the retention, nothing sent is lost, and an answered prediction costs Redis under 1 KB.
+A change that lets state grow again fails here."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from testkit.models import tiny_model
+
+from pipeline.ingest import read_archive
+from shared.jobstore import JobStore
+from shared.redis_clients import sync_client
+from shared.settings import Settings
+from testkit.archives import REAL_ARCHIVE
+from testkit.load import Load
+from testkit.stack import LiveStack, live_stack, serve_model
+
+pytestmark = pytest.mark.slow
+
+RETENTION_S = 30
+RATE = 15.0  # texts/s: well inside what the fleet answers on two busy cores
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    model = tiny_model(tmp_path_factory.mktemp("model"))
+    with live_stack(
+        tmp_path_factory.mktemp("stack"),
+        queues=("predict",),
+        predict_job_ttl_s=RETENTION_S,
+        predict_job_timeout_s=RETENTION_S - 5,
+        predict_redeliver_s=RETENTION_S - 15,
+        model_poll_s=0.5,
+    ) as running:
+        serve_model(running, model, "Stocks rally as oil prices fall")
+        yield running
+
+
+def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) -> None:
+    texts = [row.text for row in read_archive(REAL_ARCHIVE, Settings()).test.rows[:500]]
+    redis = sync_client(stack.settings.redis)
+    store = JobStore.from_settings(stack.settings)
+    base_memory, base_keys = int(redis.info("memory")["used_memory"]), int(redis.dbsize())
+    samples: list[tuple[float, int, int]] = []
+    load = Load(stack.url, texts, connections=16)
+
+    async def drive() -> None:
+        sending = asyncio.create_task(load.run(lambda _: RATE, 3 * RETENTION_S))
+        started = time.monotonic()
+        while not sending.done():
+            await asyncio.wait([sending], timeout=5)
+            memory, keys = int(redis.info("memory")["used_memory"]), int(redis.dbsize())
+            samples.append((time.monotonic() - started, memory, keys))
+        await sending
+
+    asyncio.run(drive())
+    statuses = [outcome.status for outcome in load.outcomes]
+    assert statuses.count(200) == len(statuses) > 0.9 * RATE * 3 * RETENTION_S
+
+    # While kept, an answered prediction costs Redis under 1 KB (the retention is a third of
+    # the run: about RATE * RETENTION_S predictions are held at once).
+    kept = RATE * RETENTION_S
+    settled = [sample for sample in samples if sample[0] > RETENTION_S + 10]
+    memory_per_prediction = max(memory for _, memory, _ in settled) - base_memory
+    assert memory_per_prediction / kept < 1024, memory_per_prediction / kept
+    # Past the retention, keys and memory stay flat: no more than a tenth above where they were
+    # when the first predictions expired.
+    assert max(keys for _, _, keys in settled) <= base_keys + 1.1 * kept + 10
+    first, last = settled[0][1], settled[-1][1]
+    assert last <= 1.1 * first + 256 * 1024, (first, last)
+
+    # No prediction's record outlives the retention.
+    for key in redis.scan_iter(match=store.keys.job("*"), count=1000):
+        ttl = redis.ttl(key)
+        assert 0 < ttl <= RETENTION_S, (key, ttl)
+    assert redis.zcard(store.keys.predict_index) <= 1.1 * kept + 10
