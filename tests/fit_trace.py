@@ -156,6 +156,18 @@ def weights(model: torch.nn.Module) -> dict[str, list[float]]:
     return prints
 
 
+def checkpointed(checkpoints: LocalCheckpoints, base: str) -> dict[str, Any] | None:
+    """The state that the latest checkpoint holds, whichever its layout: what a resumed run
+    starts from."""
+    latest = checkpoints.latest()
+    if latest is None:
+        return None
+    [state_file] = checkpoints.fetch(latest, checkpoints.root).glob("*.pt")
+    saved = torch.load(state_file, map_location="cpu", weights_only=True)
+    state: dict[str, Any] = scrub(saved["state"], base)
+    return state
+
+
 def outcome(result: FitResult, base: str) -> dict[str, Any]:
     state = dataclasses.asdict(result.state)
     return {
@@ -260,6 +272,7 @@ def run_scenario(steps: list[Step], root: Path) -> list[dict[str, Any]]:
                 "entries": scrub(recorder.entries, base),
                 "saved": checkpoints.saved,
                 "latest": checkpoints.latest(),
+                "checkpointed": checkpointed(checkpoints, base),
                 "cancel_asked": recorder.asked,
                 **ended,
             }
