@@ -8,7 +8,6 @@ a vocabulary-wide output at every position would cost half as much again as the 
 """
 
 import dataclasses
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from pipeline.checkpoints import CheckpointStore
+from pipeline.checkpoints import Checkpoint, Phase, SavedCheckpoint
 from pipeline.modeling import (
     Batch,
     Padding,
@@ -34,9 +32,7 @@ from pipeline.modeling import (
 from pipeline.plan import Schedule
 from shared.training import TrainConfig
 
-# A checkpoint taken during adaptation holds these instead of the fine-tuning trainer's files.
-ADAPT_WEIGHTS = "adapt.safetensors"
-ADAPT_TRAINER = "adapt.pt"
+ADAPT_PHASE: Phase = "adapt"  # the train stage's progress while it adapts the encoder
 IGNORED = -100  # the label of a position that is not scored
 SCORED_ROWS = 64
 # Of the positions chosen, these shares are masked, replaced by a random token, or left as they
@@ -209,24 +205,24 @@ class Adapter:
         if strays:
             raise ValueError(f"the adapted encoder lacks {strays}")
 
-    def save(self, checkpoints: CheckpointStore) -> None:
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            save_model(self.model, str(folder / ADAPT_WEIGHTS))
-            torch.save(
-                {
-                    "state": dataclasses.asdict(self.state),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                },
-                folder / ADAPT_TRAINER,
-            )
-            checkpoints.save(self.state.step, folder)
+    def resumable(self) -> bool:
+        """Whether a checkpoint now would have chosen adaptation left to resume."""
+        return self.state.plan is not None and self.state.step < self.state.total
 
-    def load(self, folder: Path, saved: dict[str, Any]) -> None:
-        load_model(self.model, folder / ADAPT_WEIGHTS, device=str(self.device))
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        self.state = AdaptState(**saved["state"])
+    def checkpoint(self, loop_seconds: float) -> Checkpoint:
+        """What a checkpoint saves now, the training loop having run loop_seconds."""
+        self.state.loop_seconds = loop_seconds
+        return Checkpoint(
+            ADAPT_PHASE,
+            self.state.step,
+            dataclasses.asdict(self.state),
+            {"model": self.model},
+            self.optimizer,
+            self.scheduler,
+            self.device,
+        )
+
+    def restore(self, saved: SavedCheckpoint) -> None:
+        """Go on from a checkpoint of adaptation."""
+        saved.restore({"model": self.model}, self.optimizer, self.scheduler, self.device)
+        self.state = AdaptState(**saved.state)

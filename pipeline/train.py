@@ -6,12 +6,11 @@ and stops training early; test.csv is never looked at here.
 
 import copy
 import dataclasses
-import logging
 import math
 import re
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from botocore.exceptions import BotoCoreError, ClientError
-from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.adapt import ADAPT_TRAINER, Adapter, unadaptable
-from pipeline.checkpoints import CheckpointStore
+from pipeline.adapt import ADAPT_PHASE, Adapter, unadaptable
+from pipeline.checkpoints import Checkpoint, CheckpointStore, SavedCheckpoint, save_checkpoint
 from pipeline.ingest import Row
 from pipeline.labels import LABELS
 from pipeline.linear import LinearConfig, LinearMember, fit_linear, fit_weight, log_loss
@@ -67,13 +64,6 @@ from shared.training import (
     TrainingPlan,
 )
 
-log = logging.getLogger(__name__)
-
-# A checkpoint's files: the weights, the best weights when they are others, and the rest.
-_WEIGHTS = "model.safetensors"
-_BEST_WEIGHTS = "best.safetensors"
-_TRAINER = "trainer.pt"
-_EMA_WEIGHTS = "ema.safetensors"
 # About this many points of training loss make a model's curve, however long it trained.
 CURVE_POINTS = 200
 ADAPT_CURVE_POINTS = 100
@@ -379,40 +369,38 @@ class Trainer:
             message = f"kept the best validation checkpoint, from step {best}"
             reporter.event(EventType.log, {"message": message})
 
-    def save(self, checkpoints: CheckpointStore) -> None:
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            save_model(self.model, str(folder / _WEIGHTS))
-            if self.ema is not None:
-                save_model(self.ema.model, str(folder / _EMA_WEIGHTS))
-            if self.best_weights is not None and self.state.best_step != self.state.step:
-                save_file(self.best_weights, str(folder / _BEST_WEIGHTS))
-            torch.save(
-                {
-                    "state": dataclasses.asdict(self.state),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "cuda_rng": (
-                        torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
-                    ),
-                },
-                folder / _TRAINER,
-            )
-            checkpoints.save(self.state.step, folder)
+    def resumable(self) -> bool:
+        """Whether a checkpoint now would have training left to resume."""
+        return self.state.step < self.state.total and not self.state.stopped_early
 
-    def load(self, folder: Path, saved: dict[str, Any]) -> None:
-        load_model(self.model, folder / _WEIGHTS, device=str(self.device))
+    def checkpoint(self, loop_seconds: float) -> Checkpoint:
+        """What a checkpoint saves now, the training loop having run loop_seconds."""
+        self.state.seconds = loop_seconds
+        models: dict[str, torch.nn.Module] = {"model": self.model}
         if self.ema is not None:
-            load_model(self.ema.model, folder / _EMA_WEIGHTS, device=str(self.device))
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        self.state = TrainState(**saved["state"])
-        if saved.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        if (folder / _BEST_WEIGHTS).exists():
-            self.best_weights = load_file(folder / _BEST_WEIGHTS)
+            models["ema"] = self.ema.model
+        best = self.best_weights is not None and self.state.best_step != self.state.step
+        return Checkpoint(
+            "train",
+            self.state.step,
+            dataclasses.asdict(self.state),
+            models,
+            self.optimizer,
+            self.scheduler,
+            self.device,
+            {"best": self.best_weights} if best and self.best_weights is not None else {},
+        )
+
+    def restore(self, saved: SavedCheckpoint) -> None:
+        """Go on from a checkpoint of fine-tuning."""
+        models: dict[str, torch.nn.Module] = {"model": self.model}
+        if self.ema is not None:
+            models["ema"] = self.ema.model
+        saved.restore(models, self.optimizer, self.scheduler, self.device)
+        self.state = TrainState(**saved.state)
+        best = saved.tensors("best")
+        if best is not None:
+            self.best_weights = best
         elif self.state.best_step == self.state.step > 0:
             self.best_weights = _cpu_copy(self.evaluated)
 
@@ -493,16 +481,6 @@ class Run:
             steps,
         )
 
-    def save(self, saver: Callable[[CheckpointStore], None], step: int) -> None:
-        if self.checkpoints is None:
-            return
-        try:
-            saver(self.checkpoints)
-        except (BotoCoreError, ClientError, OSError) as exc:
-            # One lost checkpoint costs at most one interval if the worker dies; failing here
-            # would cost the whole training. The next one is tried as usual.
-            log.warning("checkpoint at step %d not saved (%s); training goes on", step, exc)
-
 
 def resume(run: Run, trainer: Trainer) -> tuple[int | None, Adapter | None]:
     """Continue from the latest checkpoint if it trained the same config: fine-tuning at the step
@@ -514,16 +492,13 @@ def resume(run: Run, trainer: Trainer) -> tuple[int | None, Adapter | None]:
     resumed_from: int | None = None
     adapter: Adapter | None = None
     with tempfile.TemporaryDirectory() as scratch:
-        folder = checkpoints.fetch(latest, Path(scratch))
-        adapting = (folder / ADAPT_TRAINER).exists()
-        name = ADAPT_TRAINER if adapting else _TRAINER
-        saved = torch.load(folder / name, map_location="cpu", weights_only=True)
-        if saved["state"].get("config") == trainer.state.config:
-            if adapting:
+        saved = SavedCheckpoint.fetch(checkpoints, latest, Path(scratch))
+        if saved is not None and saved.state.get("config") == trainer.state.config:
+            if saved.phase == ADAPT_PHASE:
                 adapter = run.adapter()
-                adapter.load(folder, saved)
+                adapter.restore(saved)
             else:
-                trainer.load(folder, saved)
+                trainer.restore(saved)
                 resumed_from = trainer.state.step
     if adapter is not None:
         step, total = adapter.state.step, adapter.state.total
@@ -599,9 +574,9 @@ def adapt(
         due = state.step % settings.checkpoint_every_steps == 0 or (
             now - last_checkpoint >= settings.checkpoint_interval_s
         )
-        if state.plan is not None and due and state.step < state.total:
-            state.loop_seconds, last_checkpoint = clock.spent(), now
-            run.save(adapter.save, state.step)
+        if due and adapter.resumable():
+            checkpoint, last_checkpoint = adapter.checkpoint(clock.spent()), now
+            save_checkpoint(run.checkpoints, checkpoint)
 
 
 def keep_adaptation_to_budget(
@@ -653,7 +628,7 @@ def fine_tuning_after(run: Run, adapter: Adapter, train: Examples, clock: Clock)
     )
     trainer.adopt(plan.model_copy(update={"adaptation": adaptation}))
     run.reporter.event(EventType.log, {"message": adaptation.describe()})
-    run.save(trainer.save, 0)
+    save_checkpoint(run.checkpoints, trainer.checkpoint(trainer.state.seconds))
     model.train()
     return trainer
 
@@ -854,10 +829,10 @@ def fit(
         due = state.step % settings.checkpoint_every_steps == 0 or (
             now - last_checkpoint >= settings.checkpoint_interval_s
         )
-        if due and state.step < state.total and not state.stopped_early:
-            state.seconds = clock.spent()
+        if due and trainer.resumable():
+            checkpoint = trainer.checkpoint(clock.spent())
             last_checkpoint = time.monotonic()
-            run.save(trainer.save, state.step)
+            save_checkpoint(run.checkpoints, checkpoint)
 
     state.seconds = clock.spent()
     trainer.keep_best(reporter)
