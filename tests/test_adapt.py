@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.train
+import pipeline.adapt
 from pipeline.adapt import IGNORED, SCORED_ROWS, Adapter, mask_tokens, scored_rows, unadaptable
 from pipeline.checkpoints import LocalCheckpoints
 from pipeline.ingest import Row
@@ -288,7 +288,7 @@ def test_an_adaptation_that_slows_is_cut_short_and_fine_tuning_stays_whole(
     settings = Settings(progress_interval_s=0.0, data_dir=tmp_path)
     config = adapting(budget_s=600.0, max_epochs=1.0, probe_steps=2)
     timed = UNTIMED_STEPS + config.probe_steps
-    monkeypatch.setattr(pipeline.train, "Rate", SlowedRate)
+    monkeypatch.setattr(pipeline.adapt, "Rate", SlowedRate)
     recorder = Recorder()
     result = fit(config, rows(), settings, recorder)
 

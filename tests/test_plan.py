@@ -29,7 +29,8 @@ from pipeline.plan import (
     evaluations,
 )
 from pipeline.stages import train_model
-from pipeline.train import Trainer, fit
+from pipeline.train import fit
+from pipeline.trainer import Trainer
 from shared.progress import ProgressBars
 from shared.registry import HISTORY
 from shared.results import Metrics, StageSeconds, TrainResult

@@ -8,13 +8,8 @@ from transformers import BertConfig, BertForSequenceClassification
 from pipeline import stages
 from pipeline.modeling import bucketed_batches
 from pipeline.plan import Planner, Workload
-from pipeline.train import (
-    Trainer,
-    param_groups,
-    set_dropout,
-    split_rows,
-    stratified_order,
-)
+from pipeline.train import split_rows, stratified_order
+from pipeline.trainer import Trainer, param_groups, set_dropout
 from shared.errors import JobCancelled
 from shared.settings import Settings
 from shared.storage import s3_client
