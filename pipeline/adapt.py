@@ -25,7 +25,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokeni
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from pipeline import loop
-from pipeline.checkpoints import Checkpoint, Phase, SavedCheckpoint, save_checkpoint
+from pipeline.checkpoint_state import Checkpoint, Phase, SavedCheckpoint, save_checkpoint
 from pipeline.hooks import Checkpointing, Progress
 from pipeline.loop import Action, Batches, Clock, Hook, LossWindow, Stepped, finished
 from pipeline.modeling import (

@@ -6,7 +6,8 @@ from typing import Protocol
 
 import torch
 
-from pipeline.checkpoints import Checkpoint, CheckpointStore, save_checkpoint
+from pipeline.checkpoint_state import Checkpoint, save_checkpoint
+from pipeline.checkpoints import CheckpointStore
 from pipeline.loop import STAGE, Action, Clock, Hook, LossWindow, Stepped
 from pipeline.report import Ticker
 from pipeline.trainer import Course, Run, Trainer, validate

@@ -17,7 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from pipeline import loop
 from pipeline.adapt import StartOver, fine_tuning_after, new_adapter
 from pipeline.budget import Budget
-from pipeline.checkpoints import CheckpointStore, SavedCheckpoint
+from pipeline.checkpoint_state import SavedCheckpoint
+from pipeline.checkpoints import CheckpointStore
 from pipeline.hooks import Checkpointing, Progress, TrainCurve, Validation
 from pipeline.ingest import Row
 from pipeline.labels import LABELS

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pipeline.checkpoints import Checkpoint, CheckpointStore, SavedCheckpoint
+from pipeline.checkpoint_state import Checkpoint, SavedCheckpoint
+from pipeline.checkpoints import CheckpointStore
 from pipeline.ingest import Row
 from pipeline.linear import log_loss
 from pipeline.loop import Batches, Stepped
