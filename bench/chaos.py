@@ -56,8 +56,8 @@ from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
 from shared.storage import s3_client
 from testkit.archives import MINI_ARCHIVE
+from testkit.models import tiny_model, trained_model
 from testkit.stack import LiveStack, live_stack
-from tests.pipeline_support import tiny_model, trained_model
 
 TEXTS = [
     "Stocks rally as the central bank holds rates",

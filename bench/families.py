@@ -20,7 +20,7 @@ from shared.contracts.training import TrainConfig
 from shared.settings import Settings
 from testkit.archives import MINI_ARCHIVE
 from testkit.families import CONFIGS, tiny_family_model
-from tests.pipeline_support import Recorder
+from testkit.models import Recorder
 
 TEXTS = ["Stocks rally as oil prices fall", "Federer wins in straight sets", "NASA"]
 

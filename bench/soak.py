@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from testkit.models import trained_model
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
@@ -42,6 +41,7 @@ from shared.redis_clients import sync_client
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Load, Outcome, disk_bytes, measure_peak, percentile, rss_and_files
+from testkit.models import trained_model
 from testkit.stack import LiveStack, live_stack, serve_model
 
 OUT = Path(__file__).parent / "out"

@@ -49,8 +49,8 @@ from shared.contracts.results import ServingCheck
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from stack.processes import Supervisor
+from testkit.models import copy_as_new_version
 from testkit.stack import live_stack
-from tests.pipeline_support import copy_as_new_version
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 OUT = Path(__file__).parent / "out"

@@ -26,7 +26,8 @@ from pipeline.ingest import Row, read_archive
 from pipeline.modeling import load_tokenizer, resolve_base_model
 from pipeline.plan import UNTIMED_STEPS, Planner, Probe, Workload
 from pipeline.report import NullReporter
-from pipeline.train import Splits, fit, split_rows
+from pipeline.train import fit, split_rows
+from pipeline.trainer import Splits
 from shared.contracts.jobs import EventType
 from shared.contracts.training import AdaptationPlan, TrainConfig, TrainingPlan
 from shared.settings import Settings, config_for

@@ -25,8 +25,8 @@ import redis
 from bench.machine import cpu_line
 from pipeline.registry import publish
 from shared.registry import ModelRegistry
+from testkit.models import tiny_model
 from testkit.stack import live_stack
-from tests.pipeline_support import tiny_model
 
 QUEUE = "predict"
 UNACKED = f"unacked:{QUEUE}"

@@ -5,10 +5,14 @@ Only the training split's texts are read, never the validation split's or test.c
 model without a masked-LM head of its own (the packaged MiniLM ships none) gets a new one; its
 output layer stays tied to the input embeddings. Each step scores the masked positions only:
 a vocabulary-wide output at every position would cost half as much again as the step.
+
+Adaptation runs in the training loop (pipeline.loop) with hooks of its own: its curve, its pace
+against a budget, progress as the train stage's "adapt" phase, checkpoints. Once it ends,
+fine-tuning starts over from a new classifier over the adapted encoder (StartOver).
 """
 
 import dataclasses
-import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from pipeline.checkpoints import CheckpointStore
+from pipeline import loop
+from pipeline.checkpoint_state import Checkpoint, Phase, SavedCheckpoint, save_checkpoint
+from pipeline.hooks import Checkpointing, Progress
+from pipeline.loop import Action, Batches, Clock, Hook, LossWindow, Stepped, finished
 from pipeline.modeling import (
     Batch,
     Padding,
@@ -31,12 +37,13 @@ from pipeline.modeling import (
     quiet_transformers,
     to_device,
 )
-from pipeline.plan import Schedule
-from shared.contracts.training import TrainConfig
+from pipeline.plan import Probe, Rate, Schedule
+from pipeline.trainer import Examples, Run, Trainer
+from shared.contracts.jobs import EventType
+from shared.contracts.training import AdaptationPlan, TrainConfig
 
-# A checkpoint taken during adaptation holds these instead of the fine-tuning trainer's files.
-ADAPT_WEIGHTS = "adapt.safetensors"
-ADAPT_TRAINER = "adapt.pt"
+ADAPT_PHASE: Phase = "adapt"  # the train stage's progress while it adapts the encoder
+ADAPT_CURVE_POINTS = 100
 IGNORED = -100  # the label of a position that is not scored
 SCORED_ROWS = 64
 # Of the positions chosen, these shares are masked, replaced by a random token, or left as they
@@ -209,24 +216,191 @@ class Adapter:
         if strays:
             raise ValueError(f"the adapted encoder lacks {strays}")
 
-    def save(self, checkpoints: CheckpointStore) -> None:
-        with tempfile.TemporaryDirectory() as scratch:
-            folder = Path(scratch)
-            save_model(self.model, str(folder / ADAPT_WEIGHTS))
-            torch.save(
-                {
-                    "state": dataclasses.asdict(self.state),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                },
-                folder / ADAPT_TRAINER,
-            )
-            checkpoints.save(self.state.step, folder)
+    def resumable(self) -> bool:
+        """Whether a checkpoint now would have chosen adaptation left to resume."""
+        return self.state.plan is not None and self.state.step < self.state.total
 
-    def load(self, folder: Path, saved: dict[str, Any]) -> None:
-        load_model(self.model, folder / ADAPT_WEIGHTS, device=str(self.device))
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        self.state = AdaptState(**saved["state"])
+    def checkpoint(self, loop_seconds: float) -> Checkpoint:
+        """What a checkpoint saves now, the training loop having run loop_seconds."""
+        self.state.loop_seconds = loop_seconds
+        return Checkpoint(
+            ADAPT_PHASE,
+            self.state.step,
+            dataclasses.asdict(self.state),
+            {"model": self.model},
+            self.optimizer,
+            self.scheduler,
+            self.device,
+        )
+
+    def restore(self, saved: SavedCheckpoint) -> None:
+        """Go on from a checkpoint of adaptation."""
+        saved.restore({"model": self.model}, self.optimizer, self.scheduler, self.device)
+        self.state = AdaptState(**saved.state)
+
+    def outcome(self) -> AdaptationPlan:
+        """The plan as adaptation went: with its seconds and its first and last losses."""
+        losses = [point["loss"] for point in self.state.loss_curve]
+        return AdaptationPlan.model_validate(self.state.plan).model_copy(
+            update={
+                "seconds": round(self.state.seconds, 1),
+                "first_loss": losses[0] if losses else None,
+                "last_loss": losses[-1] if losses else None,
+            }
+        )
+
+
+def new_adapter(run: Run) -> Adapter:
+    """An adapter of the run's base model, for the steps the config asks."""
+    steps = run.planner.adaptation().steps
+    tokenizer, config = run.splits.tokenizer, run.config
+    return Adapter(run.base, tokenizer, config, run.padding, run.device, run.bf16, steps)
+
+
+class Adapting:
+    """The adapter as the loop steps it: through the training texts, up to `until` steps or to
+    its plan's last; it keeps the adaptation's own seconds."""
+
+    def __init__(self, adapter: Adapter, train: Examples, until: int) -> None:
+        self.adapter = adapter
+        self.ids = train.ids
+        self.until = until
+        self.started, self.seconds_before = time.monotonic(), adapter.state.seconds
+
+    @property
+    def step(self) -> int:
+        return self.adapter.state.step
+
+    def going(self) -> bool:
+        state = self.adapter.state
+        return state.step < min(self.until, state.total)
+
+    def learn(self, batch: np.ndarray) -> Stepped:
+        began = time.monotonic()
+        loss, tokens = self.adapter.step([self.ids[i] for i in batch])
+        self.adapter.state.seconds = self.seconds_before + time.monotonic() - self.started
+        return Stepped(self.adapter.state.step, len(batch), tokens, loss, began)
+
+
+class Timing(Hook):
+    """Times each step, once the device has done it, into a probe."""
+
+    def __init__(self, probe: Probe, device: torch.device) -> None:
+        self.probe = probe
+        self.device = device
+
+    def after_step(self, stepped: Stepped) -> Action | None:
+        self.probe.add(stepped.samples, stepped.tokens, finished(self.device) - stepped.began)
+        return None
+
+
+class AdaptationPace(Hook):
+    """Chosen adaptation's pace, against a budget: where its steps left and then the whole
+    fine-tuning would end past it, adaptation is cut short, its learning rate then decaying to
+    zero at the new last step."""
+
+    def __init__(self, adapter: Adapter, run: Run, fine_tuning_s: float, clock: Clock) -> None:
+        self.adapter = adapter
+        self.run = run
+        self.fine_tuning_s = fine_tuning_s
+        self.clock = clock
+        self.pace = Rate()
+
+    def after_step(self, stepped: Stepped) -> Action | None:
+        self.pace.add(stepped.tokens, time.monotonic() - stepped.began)
+        if self.pace.steps % max(1, self.run.config.probe_steps) == 0:
+            self.keep_to_budget()
+        return None
+
+    def keep_to_budget(self) -> None:
+        state, pace = self.adapter.state, self.pace
+        plan = AdaptationPlan.model_validate(state.plan)
+        cut = self.run.planner.adaptation_kept_to_budget(
+            plan, self.fine_tuning_s, pace, done=state.step, spent_s=self.clock.spent()
+        )
+        if cut is None:
+            return
+        state.plan, state.total = cut.model_dump(mode="json"), cut.steps
+        self.adapter.schedule.plan(cut.steps, self.run.config.warmup, state.step)
+        message = (
+            f"adaptation cut to {cut.steps} of {cut.first_steps} steps at step {state.step}: at "
+            f"its pace, {pace.tokens_per_s(1) or 0:.0f} tokens/s, the whole fine-tuning after it "
+            "would end past the budget"
+        )
+        self.run.reporter.event(EventType.log, {"message": message, "adaptation": state.plan})
+
+
+class AdaptCurve(Hook):
+    """Adaptation's curve: about ADAPT_CURVE_POINTS points, each the mean loss since the last."""
+
+    def __init__(self, adapter: Adapter, device: torch.device) -> None:
+        self.adapter = adapter
+        self.every = max(1, adapter.state.total // ADAPT_CURVE_POINTS)
+        self.window = LossWindow(device)
+
+    def after_step(self, stepped: Stepped) -> Action | None:
+        self.window.add(stepped.loss, stepped.samples)
+        state = self.adapter.state
+        if stepped.step % self.every == 0 or stepped.step == state.total:
+            state.loss_curve.append({"step": stepped.step, "loss": self.window.take()[0]})
+        return None
+
+
+def adapt(
+    run: Run,
+    adapter: Adapter,
+    train: Examples,
+    clock: Clock,
+    *,
+    until: int,
+    probe: Probe | None = None,
+) -> None:
+    """Masked-LM steps up to `until`, timed into `probe` where there is one: progress as the
+    train stage's "adapt" phase, a loss curve, and once adaptation is chosen, checkpoints and,
+    with a budget, a pace that may cut it."""
+    state, lengths = adapter.state, train.lengths.tolist()
+    hooks: list[Hook] = [] if probe is None else [Timing(probe, run.device)]
+    if state.probe is not None and state.plan is not None and run.config.budget_s is not None:
+        fine_tuning_s = run.planner.fine_tuning_s(Probe(**state.probe))
+        hooks.append(AdaptationPace(adapter, run, fine_tuning_s, clock))
+    hooks += [
+        AdaptCurve(adapter, run.device),
+        Progress(adapter, run, phase=ADAPT_PHASE),
+        Checkpointing(adapter, run.settings, clock, run.checkpoints),
+    ]
+    batches = Batches(lambda epoch: adapter.batches(lengths, epoch), run.steps_per_epoch)
+    loop.run(Adapting(adapter, train, until), batches, hooks, run.reporter)
+
+
+@dataclass(frozen=True)
+class StartOver(Action):
+    """Fine-tuning starts over, from a new classifier over the encoder that the adapter adapts
+    first. `probe`: the fine-tuning probe this process timed, which chose adaptation; the new
+    plan's pace goes on from its rate."""
+
+    adapter: Adapter
+    probe: Probe | None = None
+
+
+def fine_tuning_after(run: Run, adapter: Adapter, train: Examples, clock: Clock) -> Trainer:
+    """Adaptation to its end, then a trainer of a new classifier over the adapted encoder, its
+    plan set (from the fine-tuning probe that chose adaptation, where there was one) and
+    checkpointed at step 0, so that a lost worker does not adapt again."""
+    adapt(run, adapter, train, clock, until=adapter.state.total)
+    adaptation = adapter.outcome()
+    model = run.classifier()
+    adapter.into(model)
+    trainer = run.trainer(model)
+    trainer.state.seconds = clock.spent()
+    trainer.state.adapt_curve = adapter.state.loss_curve
+    probe = None if adapter.state.probe is None else Probe(**adapter.state.probe)
+    plan = (
+        run.planner.fixed()
+        if probe is None
+        else run.planner.plan(probe, spent_s=trainer.state.seconds, done=0)
+    )
+    trainer.adopt(plan.model_copy(update={"adaptation": adaptation}))
+    run.reporter.event(EventType.log, {"message": adaptation.describe()})
+    save_checkpoint(run.checkpoints, trainer.checkpoint(trainer.state.seconds))
+    model.train()
+    return trainer

@@ -93,13 +93,30 @@ class Workload:
         """A validation pass, in training-step tokens."""
         return self.validation_tokens(max_length) * FORWARD_SHARE
 
+    def work(self, max_length: int) -> "StepWork":
+        return StepWork(self.step_tokens(max_length), self.eval_tokens(max_length), self.eval_every)
+
     def cost(
         self, max_length: int, tokens_per_s: float, *, spent_s: float = 0.0, done: int = 0
     ) -> "Cost":
         """Training at max_length and this rate, going on from `done` steps in spent_s."""
+        return self.work(max_length).cost(tokens_per_s, spent_s=spent_s, done=done)
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """A run's work at one max_length: a training step's mean padded tokens, and a validation
+    pass's (in training-step tokens) every eval_every steps."""
+
+    step_tokens: float
+    eval_tokens: float
+    eval_every: int
+
+    def cost(self, tokens_per_s: float, *, spent_s: float = 0.0, done: int = 0) -> "Cost":
+        """This work at this rate, going on from `done` steps in spent_s."""
         return Cost(
-            step_s=self.step_tokens(max_length) / tokens_per_s,
-            eval_s=self.eval_tokens(max_length) / tokens_per_s,
+            step_s=self.step_tokens / tokens_per_s,
+            eval_s=self.eval_tokens / tokens_per_s,
             eval_every=self.eval_every,
             spent_s=spent_s,
             done=done,
@@ -180,12 +197,9 @@ class Rate:
 @dataclass
 class Pace:
     """A planned run's rate over every step timed since the probe began (a burst of load weighs
-    by its length), the steps since its plan was last set, and its steps' and validation passes'
-    work at the planned length."""
+    by its length), the steps since its plan was last set, and its work at the planned length."""
 
-    step_tokens: float  # a step's mean padded tokens
-    eval_tokens: float  # a validation pass, in training-step tokens
-    eval_every: int
+    work: StepWork
     min_steps: int
     overall: Rate = field(default_factory=Rate)
     since_plan: int = 0
@@ -205,13 +219,7 @@ class Pace:
         rate = self.tokens_per_s
         if rate is None:
             return None
-        return Cost(
-            step_s=self.step_tokens / rate,
-            eval_s=self.eval_tokens / rate,
-            eval_every=self.eval_every,
-            spent_s=spent_s,
-            done=done,
-        )
+        return self.work.cost(rate, spent_s=spent_s, done=done)
 
 
 @dataclass
@@ -413,13 +421,7 @@ class Planner:
     def pace(self, plan: TrainingPlan, probe: Probe | None = None) -> Pace:
         """The pace a plan is kept to: going on from the probe's timed steps, or for a resumed
         run, from none (it checks once it has timed as many steps as a probe would)."""
-        workload = self.workload
-        pace = Pace(
-            step_tokens=workload.step_tokens(plan.max_length),
-            eval_tokens=workload.eval_tokens(plan.max_length),
-            eval_every=workload.eval_every,
-            min_steps=max(1, self.config.probe_steps),
-        )
+        pace = Pace(self.workload.work(plan.max_length), min_steps=max(1, self.config.probe_steps))
         if probe is not None:
             pace.overall = Rate(probe.timed, probe.tokens, probe.seconds)
         return pace

@@ -135,11 +135,9 @@ def train(
         return TrainingRecord.model_validate_json(done)
     config = config_for(settings.training, profile, base_model=base_model, max_steps=max_steps)
     dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
-    result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
-    record = result.record()
     with scratch_dir(settings) as scratch:
         model_dir = Path(scratch)
-        result.save(model_dir)
+        record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints)
         (model_dir / TRAINING).write_text(record.model_dump_json(indent=2))
         names = sorted(path.name for path in model_dir.iterdir() if path.name != TRAINING)
         upload_dir(s3, settings.storage.bucket, final, model_dir, [*names, TRAINING])
@@ -158,10 +156,24 @@ def train_model(
 ) -> ModelInfo:
     """Fine-tune, then evaluate into a complete model folder (metrics.json and manifest)."""
     started = time.monotonic()
+    record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints)
+    timed = (stages or StageSeconds()).model_copy(update={"train": seconds_since(started)})
+    return finish_model(model_dir, dataset, record, settings, reporter, timed)
+
+
+def fit_into(
+    model_dir: Path,
+    config: TrainConfig,
+    dataset: RawDataset,
+    settings: Settings,
+    reporter: Reporter,
+    checkpoints: CheckpointStore | None,
+) -> TrainingRecord:
+    """Fine-tune on the dataset's train.csv into a loadable model folder; the training record.
+    Both the train stage and a local run come this way."""
     result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
     result.save(model_dir)
-    timed = (stages or StageSeconds()).model_copy(update={"train": seconds_since(started)})
-    return finish_model(model_dir, dataset, result.record(), settings, reporter, timed)
+    return result.record()
 
 
 def finish_model(

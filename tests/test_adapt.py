@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.train
+import pipeline.adapt
 from pipeline.adapt import IGNORED, SCORED_ROWS, Adapter, mask_tokens, scored_rows, unadaptable
 from pipeline.checkpoints import LocalCheckpoints
 from pipeline.ingest import Row
@@ -22,7 +22,7 @@ from shared.contracts.training import PROFILES, TrainConfig
 from shared.progress import ProgressBars
 from shared.settings import Settings
 from testkit.families import CONFIGS, tiny_family_model
-from tests.pipeline_support import Recorder, mini_dataset
+from testkit.models import Recorder, mini_dataset
 
 SPECIALS = torch.tensor([0, 1, 2])  # pad, [CLS], [SEP] of the masking test's vocabulary
 MASK_ID = 3
@@ -288,7 +288,7 @@ def test_an_adaptation_that_slows_is_cut_short_and_fine_tuning_stays_whole(
     settings = Settings(progress_interval_s=0.0, data_dir=tmp_path)
     config = adapting(budget_s=600.0, max_epochs=1.0, probe_steps=2)
     timed = UNTIMED_STEPS + config.probe_steps
-    monkeypatch.setattr(pipeline.train, "Rate", SlowedRate)
+    monkeypatch.setattr(pipeline.adapt, "Rate", SlowedRate)
     recorder = Recorder()
     result = fit(config, rows(), settings, recorder)
 

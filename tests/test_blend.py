@@ -30,7 +30,7 @@ from shared.contracts.training import BlendMixing, TrainConfig
 from shared.settings import Settings
 from testkit.archives import MINI_ARCHIVE
 from testkit.families import tiny_family_model
-from tests.pipeline_support import Recorder
+from testkit.models import Recorder
 
 
 def trained(tmp_path: Path, **changes: object) -> tuple[ModelInfo, Settings, TrainConfig]:

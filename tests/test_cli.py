@@ -12,7 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.registry import verify
 from testkit.archives import MINI_ARCHIVE, csv_bytes, mini_records
-from tests.pipeline_support import tiny_model
+from testkit.models import tiny_model
 
 AGNEWS = Path(sys.executable).parent / "agnews"
 

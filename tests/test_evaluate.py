@@ -8,7 +8,7 @@ from pipeline.labels import LABELS
 from pipeline.predictor import Predictor
 from shared.contracts.models import ModelInfo
 from shared.settings import Settings
-from tests.pipeline_support import Recorder, fast_settings, mini_dataset, tiny_model
+from testkit.models import Recorder, fast_settings, mini_dataset, tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline.registry import publish
 from shared.registry import ModelRegistry
+from testkit.models import tiny_model
 from testkit.stack import LiveStack, live_stack
-from tests.pipeline_support import tiny_model
 
 pytestmark = pytest.mark.slow
 

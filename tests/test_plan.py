@@ -29,7 +29,8 @@ from pipeline.plan import (
     evaluations,
 )
 from pipeline.stages import train_model
-from pipeline.train import Trainer, fit
+from pipeline.train import fit
+from pipeline.trainer import Trainer
 from shared.contracts.models import HISTORY
 from shared.contracts.results import Metrics, StageSeconds, TrainResult
 from shared.contracts.training import TrainConfig, TrainingPlan
@@ -37,8 +38,8 @@ from shared.progress import ProgressBars
 from shared.settings import Settings
 from testkit.archives import MINI_ARCHIVE
 from testkit.families import tiny_family_model
+from testkit.models import Recorder
 from tests.job_results import train_result
-from tests.pipeline_support import Recorder
 
 TOKENS_PER_S = 4000.0
 SPENT_S = 5.0
@@ -135,7 +136,7 @@ def paced(work: Workload, plan: TrainingPlan, slower: float, steps: int) -> Pace
     config = work.config.model_copy(update={"budget_s": plan.budget_s})
     pace = Planner(dataclasses.replace(work, config=config), "cpu", False).pace(plan, probe())
     for _ in range(steps):
-        pace.add(round(pace.step_tokens), slower * pace.step_tokens / TOKENS_PER_S)
+        pace.add(round(pace.work.step_tokens), slower * pace.work.step_tokens / TOKENS_PER_S)
     return pace
 
 
@@ -155,8 +156,8 @@ def test_a_plan_is_re_planned_when_the_pace_since_the_probe_leaves_the_budget_ba
         probe's rate."""
         pace = paced(work, plan, slower, steps)
         as_planned = Cost(
-            step_s=pace.step_tokens / TOKENS_PER_S,
-            eval_s=pace.eval_tokens / TOKENS_PER_S,
+            step_s=pace.work.step_tokens / TOKENS_PER_S,
+            eval_s=pace.work.eval_tokens / TOKENS_PER_S,
             eval_every=work.eval_every,
             spent_s=SPENT_S,
             done=done - steps,

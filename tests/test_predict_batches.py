@@ -16,7 +16,7 @@ from shared.contracts.results import PredictResult
 from shared.jobstore import JobStore
 from shared.registry import ModelRegistry
 from shared.settings import Settings
-from tests.pipeline_support import copy_as_new_version, tiny_model
+from testkit.models import copy_as_new_version, tiny_model
 from workers.models import ServingModel
 from workers.predict import serve_batch
 

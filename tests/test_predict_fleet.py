@@ -15,8 +15,8 @@ import pytest
 from pipeline.registry import publish
 from pipeline.serving import load_serving
 from shared.registry import ModelRegistry
+from testkit.models import copy_as_new_version, tiny_model
 from testkit.stack import LiveStack, live_stack
-from tests.pipeline_support import copy_as_new_version, tiny_model
 
 pytestmark = pytest.mark.slow
 

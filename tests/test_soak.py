@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from testkit.models import tiny_model
 
 from pipeline.ingest import read_archive
 from shared.jobstore import JobStore
@@ -16,6 +15,7 @@ from shared.redis_clients import sync_client
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Load
+from testkit.models import tiny_model
 from testkit.stack import LiveStack, live_stack, serve_model
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
 from testkit.archives import Record, csv_bytes, make_archive, make_zip, mini_records
-from tests.pipeline_support import Recorder, fast_settings, tiny_model, upload_candidate
+from testkit.models import Recorder, fast_settings, tiny_model, upload_candidate
 
 # archive_mini's test.csv as make_archive writes it: the holdout of the first dataset
 MINI_TEST_SHA256 = hashlib.sha256(csv_bytes(mini_records("test.csv"))).hexdigest()

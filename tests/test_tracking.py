@@ -21,8 +21,8 @@ from shared.contracts.training import TrainConfig
 from shared.settings import Settings
 from testkit.archives import MINI_ARCHIVE
 from testkit.families import tiny_family_model
+from testkit.models import Recorder
 from testkit.servers import free_port
-from tests.pipeline_support import Recorder
 
 mlflow = pytest.importorskip("mlflow")
 

@@ -8,25 +8,18 @@ from transformers import BertConfig, BertForSequenceClassification
 from pipeline import stages
 from pipeline.modeling import bucketed_batches
 from pipeline.plan import Planner, Workload
-from pipeline.train import (
-    Trainer,
-    param_groups,
-    set_dropout,
-    split_rows,
-    stratified_order,
-)
+from pipeline.train import split_rows, stratified_order
+from pipeline.trainer import Trainer, param_groups, set_dropout
 from shared.contracts.errors import JobCancelled
 from shared.contracts.training import PROFILES, TrainConfig
 from shared.settings import Settings
 from shared.storage import s3_client
 from testkit.archives import MINI_ARCHIVE
-from tests.pipeline_support import Recorder, fast_settings
+from testkit.models import Recorder, fast_settings
 
 
 def stored_keys(settings: Settings, prefix: str) -> list[str]:
-    listed = s3_client(settings.storage).list_objects_v2(
-        Bucket=settings.storage.bucket, Prefix=prefix
-    )
+    listed = s3_client(settings.storage).list_objects_v2(Bucket=settings.storage.bucket, Prefix=prefix)
     return sorted(item["Key"][len(prefix) :] for item in listed.get("Contents", []))
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the ML pipeline's tests: a tiny model trained once a session, recording reporters.
+"""Models for tests and benchmarks: a tiny model trained once a session, recording reporters.
 
 The tiny model is the real base model fine-tuned for a few steps on archive_mini: it loads and
 answers like any other, fast.
@@ -74,7 +74,7 @@ class Recorder:
 
 
 def fast_settings(settings: Settings, **changes: Any) -> Settings:
-    return settings.replace(progress_interval_s=0.0, **changes)
+    return settings.replace(**{"progress_interval_s": 0.0, **changes})
 
 
 def mini_dataset(settings: Settings | None = None) -> RawDataset:
