@@ -1,4 +1,4 @@
-.PHONY: up test lint bench-sse bench-throughput bench-accuracy
+.PHONY: up test lint bench-sse bench-throughput bench-accuracy bench-soak
 
 # Start the whole system on local defaults (installs what is missing first).
 up:
@@ -21,3 +21,6 @@ bench-throughput:
 
 bench-accuracy:
 	HF_HUB_OFFLINE=1 .venv/bin/python bench/accuracy.py --profile quick
+
+bench-soak:
+	HF_HUB_OFFLINE=1 .venv/bin/python -m bench.soak --minutes 60

@@ -11,7 +11,7 @@ function summary(job) {
   const params = job.params ?? {};
   if (job.error) return h("span", { class: "error-text" }, job.error.message ?? job.error.code ?? "failed");
   const parts = [];
-  if (job.type === "predict") parts.push(`${integer(params.texts?.length ?? 0)} texts`);
+  if (job.type === "predict") parts.push(`${integer(job.texts ?? params.texts?.length ?? 0)} texts`);
   const dataset = params.source?.key ?? params.dataset;
   if (dataset) parts.push(h("code", { title: dataset }, dataset.split("/").slice(-2).join("/")));
   const result = job.result ?? {};

@@ -248,7 +248,7 @@ export class JobView {
     const ended = TERMINAL.has(status);
     const meta = [
       source && ["Dataset", h("code", {}, source)],
-      params.texts && ["Texts", integer(params.texts.length)],
+      job.type === "predict" && ["Texts", integer(job.texts ?? params.texts?.length ?? 0)],
       params.model_version && ["Model", h("code", {}, params.model_version)],
       ["Created", dateTime(job.created_at)],
       job.started_at && ["Started", dateTime(job.started_at)],
