@@ -19,7 +19,9 @@ from testkit.models import Recorder, fast_settings
 
 
 def stored_keys(settings: Settings, prefix: str) -> list[str]:
-    listed = s3_client(settings.storage).list_objects_v2(Bucket=settings.storage.bucket, Prefix=prefix)
+    listed = s3_client(settings.storage).list_objects_v2(
+        Bucket=settings.storage.bucket, Prefix=prefix
+    )
     return sorted(item["Key"][len(prefix) :] for item in listed.get("Contents", []))
 
 
