@@ -4,15 +4,18 @@ when the train queue is full.
 
 Every gateway process keeps an estimate, refreshed every `REFRESH_S` from two counters the job
 store keeps exact (texts pending, texts answered): the backlog, and the rate the fleet answers
-at. The rate is the answers counted over the last seconds, and never less than a share of what
-the predict workers timed at load (`ANNOUNCED_SHARE`), so that a burst after a quiet spell is
-not refused for want of recent answers. With neither (no worker has announced itself), nothing
-is refused: there is nothing to estimate from."""
+at. The rate is the answers counted over the last seconds, never less than the most the fleet
+answered at over the last `PEAK_WINDOW_S` (a pause, such as every worker loading a new model,
+is not a fall in capacity), nor than a share of what the predict workers timed at load
+(`ANNOUNCED_SHARE`), so that a burst after a quiet spell is not refused for want of recent
+answers. With none of them (nothing answered yet, no timing announced), nothing is refused:
+there is nothing to estimate from."""
 
 import asyncio
 import logging
 import math
 import time
+from collections import deque
 
 from gateway.metrics import Metrics
 from shared.contracts.errors import ServiceUnavailable
@@ -26,6 +29,7 @@ log = logging.getLogger("gateway.admission")
 REFRESH_S = 0.25
 FLEET_REFRESH_S = 5.0
 RATE_HALF_LIFE_S = 2.0
+PEAK_WINDOW_S = 60.0
 # Workers time their form alone at load; a fleet sharing cores answers less than their sum.
 ANNOUNCED_SHARE = 0.5
 
@@ -46,6 +50,7 @@ class PredictAdmission:
         self.observed_per_s = 0.0
         self.announced_per_s = 0.0
         self._answered: int | None = None
+        self._rates: deque[tuple[float, float]] = deque()
         self._read_at = time.monotonic()
         self._fleet_at = -math.inf
         self._task: asyncio.Task[None] | None = None
@@ -53,7 +58,8 @@ class PredictAdmission:
     @property
     def rate(self) -> float:
         """Texts per second the fleet answers, as far as can be told; 0 when it cannot."""
-        return max(self.observed_per_s, self.announced_per_s * ANNOUNCED_SHARE)
+        recent_peak = max((rate for _, rate in self._rates), default=0.0)
+        return max(self.observed_per_s, recent_peak, self.announced_per_s * ANNOUNCED_SHARE)
 
     def admit(self, texts: int) -> None:
         """Count a prediction in, or refuse it (Overloaded) when it would wait too long."""
@@ -95,6 +101,9 @@ class PredictAdmission:
             instant = max(0, load.answered - self._answered) / (now - self._read_at)
             kept = 0.5 ** ((now - self._read_at) / RATE_HALF_LIFE_S)
             self.observed_per_s = kept * self.observed_per_s + (1 - kept) * instant
+            self._rates.append((now, self.observed_per_s))
+            while self._rates and self._rates[0][0] < now - PEAK_WINDOW_S:
+                self._rates.popleft()
         self._answered, self._read_at, self.pending = load.answered, now, load.pending
         if now - self._fleet_at >= FLEET_REFRESH_S:
             self._fleet_at = now

@@ -158,6 +158,7 @@ class Jobs(HTTPEndpoint):
     async def get(self, request: Request) -> JSONResponse:
         """Admin keys list every job; other keys only their own."""
         caller = principal(request)
+        ratelimit.check(request, services(request).limits.reads)
         query = parse_query(request.query_params, JOB_QUERY)
         owner = None if caller.admin else caller.name
         jobs = await services(request).store.recent(query.type, query.status, query.limit, owner)
@@ -166,6 +167,7 @@ class Jobs(HTTPEndpoint):
 
 class OneJob(HTTPEndpoint):
     async def get(self, request: Request) -> JSONResponse:
+        ratelimit.check(request, services(request).limits.reads)
         job = await visible_job(request, request.path_params["job_id"])
         return JSONResponse(job.public())
 

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway import ratelimit
 from gateway.auth import require
 from gateway.errors import NoProductionModelYet
 from gateway.parsing import parse_optional_body, parse_query
@@ -20,6 +21,7 @@ MODEL_QUERY = TypeAdapter(ModelQuery)
 async def list_models(request: Request) -> JSONResponse:
     """Newest first, a page at a time: `before` is the `next` of the previous page."""
     require(request, "read")
+    ratelimit.check(request, services(request).limits.reads)
     query = parse_query(request.query_params, MODEL_QUERY)
     registry = services(request).registry
     versions, production = await asyncio.gather(
@@ -35,6 +37,7 @@ async def list_models(request: Request) -> JSONResponse:
 
 async def one_model(request: Request) -> JSONResponse:
     require(request, "read")
+    ratelimit.check(request, services(request).limits.reads)
     registry = services(request).registry
     record = await asyncio.to_thread(registry.record, request.path_params["version"])
     return JSONResponse(record.model_dump(mode="json"))
@@ -42,6 +45,7 @@ async def one_model(request: Request) -> JSONResponse:
 
 async def production_model(request: Request) -> JSONResponse:
     require(request, "read")
+    ratelimit.check(request, services(request).limits.reads)
     pointer = await asyncio.to_thread(services(request).registry.production)
     if pointer is None:
         raise NoProductionModelYet(

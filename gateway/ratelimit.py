@@ -1,5 +1,5 @@
 """Token buckets per caller (the key's name, or the client's address when the gateway is open)
-for predictions and job creation; beyond them a 429 with Retry-After.
+for predictions, job creation and reads of jobs and models; beyond them a 429 with Retry-After.
 
 The buckets live in each gateway process: N gateways let through up to N times the rate. That
 is enough to stop one client from flooding the queues, and costs no Redis round trip."""
@@ -50,6 +50,7 @@ class RateLimits:
     def __init__(self, access: AccessSettings) -> None:
         self.predict = TokenBuckets("predict", access.rate_predict_per_s, access.rate_predict_burst)
         self.jobs = TokenBuckets("jobs", access.rate_jobs_per_s, access.rate_jobs_burst)
+        self.reads = TokenBuckets("read", access.rate_reads_per_s, access.rate_reads_burst)
 
 
 def caller_id(connection: HTTPConnection) -> str:

@@ -46,6 +46,7 @@ class ModelRegistry:
         self.bucket = storage.bucket
         self.prefix = storage.models_prefix
         self.incoming_prefix = storage.incoming_prefix
+        self._manifests: dict[str, ModelInfo] = {}
 
     @classmethod
     def from_settings(cls, storage: StorageSettings) -> "ModelRegistry":
@@ -133,8 +134,14 @@ class ModelRegistry:
         )
 
     def _manifest(self, version: str) -> ModelInfo | None:
+        """A version's manifest, read once: it is written last and never changes."""
+        if (known := self._manifests.get(version)) is not None:
+            return known
         body = read_object(self.s3, self.bucket, self.key(version, MANIFEST))
-        return None if body is None else ModelInfo.model_validate_json(body)
+        if body is None:
+            return None
+        info = self._manifests[version] = ModelInfo.model_validate_json(body)
+        return info
 
     def _production(self) -> tuple[ProductionPointer | None, str | None]:
         body, etag = read_with_etag(self.s3, self.bucket, self.prefix + PRODUCTION)

@@ -331,6 +331,10 @@ class AccessSettings(Group):
     rate_predict_burst: int = Field(1000, ge=1, description="... and in a burst")
     rate_jobs_per_s: float = Field(0.5, gt=0, description="POST /v1/jobs per key, steady")
     rate_jobs_burst: int = Field(20, ge=1, description="... and in a burst")
+    rate_reads_per_s: float = Field(
+        20.0, gt=0, description="reads of jobs and models (GET /v1/jobs, /v1/models...), steady"
+    )
+    rate_reads_burst: int = Field(100, ge=1, description="... and in a burst")
 
     @field_validator("api_keys", mode="before")
     @classmethod

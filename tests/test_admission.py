@@ -1,6 +1,7 @@
 """A prediction the fleet could not answer in time is refused at once, 503 with Retry-After, and
 a training job while the train queue is full; /metrics counts what was refused."""
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -91,3 +92,22 @@ def test_a_training_job_is_refused_while_the_train_queue_is_full(
         assert client.post("/v1/jobs", json=body).status_code == 202
     finally:
         store.redis.delete(queue)
+
+
+def test_a_pause_in_answers_is_not_taken_for_a_fall_in_capacity(
+    gateway: Gateway, store: JobStore
+) -> None:
+    """Every worker loading a new model answers nothing for a while: the most the fleet
+    answered at in the last minute still counts, so nothing is refused for it."""
+    admission = gateway.services.admission
+    for _ in range(12):
+        store.redis.incrby(store.keys.answered, 25)  # about 100 texts/s
+        time.sleep(REFRESH_S)
+    peak = admission.rate
+    assert peak > 20
+    time.sleep(20 * REFRESH_S)  # no answers: the recent rate decays ...
+    assert admission.observed_per_s < peak / 2
+    assert admission.rate == pytest.approx(peak, rel=0.01)  # ... the peak holds
+    store.redis.set(store.keys.pending, int(0.4 * peak * 0.5))  # within 0.5 s at the peak
+    wait_until(lambda: admission.pending > 0, timeout=10 * REFRESH_S + 5)
+    admission.admit(1)
