@@ -424,6 +424,20 @@ def test_revoking_a_key_ends_its_sessions_at_once_and_leaves_the_key_working(
         assert stolen.get("/v1/models").status_code == 200
 
 
+def test_a_session_is_not_let_in_when_redis_cannot_say_whether_it_was_revoked(
+    keyed_settings: Settings,
+) -> None:
+    config = keyed_settings.replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retries=0, redis_timeout_s=0.5
+    )
+    cookie, _ = SessionSigner(SECRET.encode(), config.access.session_ttl_s).issue(KEYS[1], epoch=0)
+    with serve(config) as running, httpx.Client(base_url=running.url, timeout=30) as http:
+        http.cookies.set(COOKIE, cookie)
+        assert error_of(http.get("/v1/models"), 503)["code"] == "service_unavailable"
+        http.cookies.clear()
+        assert http.get("/v1/models", headers=as_key(READER)).status_code == 200
+
+
 def test_gateways_cache_epochs_for_a_few_seconds_at_most(settings: Settings) -> None:
     now = [100.0]
 
