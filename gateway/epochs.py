@@ -47,3 +47,11 @@ class SessionEpochs:
         epoch = int(value) if value is not None else 0
         self._seen[name] = (epoch, now)
         return epoch
+
+    async def admits(self, name: str, epoch: int) -> bool:
+        """Whether a cookie of the key issued under `epoch` holds. Epochs only grow: one above
+        the cached value was issued after this gateway last looked, so it looks again."""
+        current = await self.current(name)
+        if epoch > current:
+            current = await self.current(name, fresh=True)
+        return epoch == current

@@ -51,7 +51,7 @@ class Session(HTTPEndpoint):
         key = state.keyring.find(body.key)
         if key is None:
             raise Unauthorized("the API key is not valid")
-        # Read afresh, not from the cache: a cookie signed just after a revocation must hold.
+        # Read afresh: a cookie signed just after a revocation must hold here at once.
         epoch = await state.epochs.current(key.name, fresh=True)
         value, expires = state.sessions.issue(key, epoch=epoch)
         response = _json(

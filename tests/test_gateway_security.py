@@ -451,6 +451,12 @@ def test_gateways_cache_epochs_for_a_few_seconds_at_most(settings: Settings) -> 
         assert _revoke(settings, "dash").returncode == 0
         now[0] += 5.01
         seen.append(await epochs.current("dash"))
+        # A cookie signed elsewhere after this gateway's last look holds at once; older ones not.
+        assert _revoke(settings, "dash").returncode == 0
+        assert await epochs.current("dash") == 2
+        assert await epochs.admits("dash", 3)
+        assert not await epochs.admits("dash", 2)
+        assert not await epochs.admits("dash", 4)
         await client.aclose()
         return seen
 
