@@ -14,6 +14,7 @@ from gateway import events, health, jobs, models, openapi, predict, session, upl
 from gateway.auth import AuthMiddleware
 from gateway.errors import ErrorMiddleware, http_exception
 from gateway.hygiene import (
+    InternalPathsMiddleware,
     RequestHygieneMiddleware,
     SecurityHeadersMiddleware,
     TrustedHostMiddleware,
@@ -48,6 +49,7 @@ def _middleware(settings: Settings, state: Services) -> list[Middleware]:
         Middleware(SecurityHeadersMiddleware, settings=settings),
         Middleware(ErrorMiddleware),
         Middleware(TrustedHostMiddleware, hosts=settings.gateway.trusted_hosts),
+        Middleware(InternalPathsMiddleware, cidrs=settings.gateway.internal_cidrs),
     ]
     if settings.gateway.cors_origins:
         stack.append(
@@ -61,7 +63,9 @@ def _middleware(settings: Settings, state: Services) -> list[Middleware]:
         )
     stack += [
         Middleware(RequestHygieneMiddleware, cors_origins=settings.gateway.cors_origins),
-        Middleware(AuthMiddleware, keyring=state.keyring, sessions=state.sessions),
+        Middleware(
+            AuthMiddleware, keyring=state.keyring, sessions=state.sessions, epochs=state.epochs
+        ),
         Middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes),
     ]
     return stack

@@ -1,6 +1,7 @@
-"""Request hygiene: trusted Host headers, JSON-only mutations, same-origin unsafe requests, and
-security headers on every response."""
+"""Request hygiene: trusted Host headers, JSON-only mutations, same-origin unsafe requests,
+internal-only operational paths, and security headers on every response (HSTS over https)."""
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -39,6 +40,9 @@ def content_security_policy(storage: StorageSettings) -> str:
 
 
 class SecurityHeadersMiddleware(HttpMiddleware):
+    """Every response's security headers; over https (the scheme uvicorn took from a trusted
+    proxy's X-Forwarded-Proto, or TLS of its own) Strict-Transport-Security too."""
+
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         super().__init__(app)
         self.headers = {
@@ -48,13 +52,20 @@ class SecurityHeadersMiddleware(HttpMiddleware):
             "X-Frame-Options": "DENY",
             "Cross-Origin-Opener-Policy": "same-origin",
         }
+        max_age = settings.gateway.hsts_max_age_s
+        self.https_headers = {"Strict-Transport-Security": f"max-age={max_age}"} if max_age else {}
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        https = scope.get("scheme") == "https"
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in self.headers.items():
                     headers.setdefault(name, value)
+                if https:
+                    for name, value in self.https_headers.items():
+                        headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -120,5 +131,44 @@ class RequestHygieneMiddleware(HttpMiddleware):
                     f"{method} {scope['path']} takes application/json; got "
                     f"{declared or 'no Content-Type'}",
                     details={"content_type": declared, "accepted": ["application/json"]},
+                )
+        await self.app(scope, receive, send)
+
+
+INTERNAL_PATHS = frozenset({"/metrics", "/readyz"})
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class InternalPathsMiddleware(HttpMiddleware):
+    """/metrics and /readyz answer clients in AGNEWS_INTERNAL_CIDRS only (others: 403). Behind a
+    load balancer the client is the address uvicorn took from a trusted proxy's X-Forwarded-For
+    (AGNEWS_FORWARDED_ALLOW_IPS)."""
+
+    def __init__(self, app: ASGIApp, cidrs: list[str]) -> None:
+        super().__init__(app)
+        self.networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+    def internal(self, host: str) -> bool:
+        address = _address(host)
+        return address is not None and any(address in network for network in self.networks)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"].rstrip("/")
+        if path in INTERNAL_PATHS:
+            client = scope.get("client")
+            host = str(client[0]) if client else ""
+            if not self.internal(host):
+                raise Forbidden(
+                    f"{path} is served to internal addresses only (AGNEWS_INTERNAL_CIDRS)",
+                    details={"client": host},
                 )
         await self.app(scope, receive, send)

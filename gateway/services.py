@@ -10,6 +10,7 @@ from starlette.requests import Request
 from gateway.admission import PredictAdmission
 from gateway.answers import PredictAnswers
 from gateway.cookies import SessionSigner
+from gateway.epochs import SessionEpochs
 from gateway.hub import EventHub, HubTuning
 from gateway.keyring import Keyring
 from gateway.metrics import Metrics, QueueProbe
@@ -50,6 +51,7 @@ class Services:
     limits: RateLimits
     reaper: Reaper
     predicts: PredictSender
+    epochs: SessionEpochs
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -92,6 +94,9 @@ class Services:
                 store,
                 lambda job_ids: Message(ROUTES[PREDICT], predict_message(celery, job_ids)),
                 settings.gateway.predict_jobs_per_message,
+            ),
+            epochs=SessionEpochs(
+                store.redis, settings.redis.key_prefix, settings.access.session_epoch_cache_s
             ),
         )
 

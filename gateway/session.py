@@ -39,11 +39,8 @@ def _json(info: SessionInfo) -> JSONResponse:
 class Session(HTTPEndpoint):
     async def get(self, request: Request) -> JSONResponse:
         """Who the caller is; 401 (from the auth middleware) when keys are on and it is no one."""
-        state = services(request)
-        cookie = request.cookies.get(COOKIE)
         who = principal(request)
-        expires = state.sessions.expiry(cookie) if cookie and who.via == "session" else None
-        return _json(_info(who, expires))
+        return _json(_info(who, who.expires_at))
 
     async def post(self, request: Request) -> JSONResponse:
         """Sign in: the key's session as an HttpOnly, SameSite=Strict cookie."""
@@ -54,7 +51,9 @@ class Session(HTTPEndpoint):
         key = state.keyring.find(body.key)
         if key is None:
             raise Unauthorized("the API key is not valid")
-        value, expires = state.sessions.issue(key)
+        # Read afresh: a cookie signed just after a revocation must hold here at once.
+        epoch = await state.epochs.current(key.name, fresh=True)
+        value, expires = state.sessions.issue(key, epoch=epoch)
         response = _json(
             SessionInfo(
                 signed_in=True,
@@ -76,7 +75,8 @@ class Session(HTTPEndpoint):
         return response
 
     async def delete(self, request: Request) -> JSONResponse:
-        """Sign out: the cookie is cleared (a stateless cookie: keep it secret until it expires)."""
+        """Sign out: this browser's cookie is cleared. A copy stays valid until it expires or
+        the key's sessions are revoked (`python -m gateway.keys revoke NAME`)."""
         state = services(request)
         response = _json(SessionInfo(signed_in=False, open=not state.keyring))
         response.delete_cookie(

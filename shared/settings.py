@@ -6,6 +6,7 @@ and `Settings(redis_url=...)` does the same in code. docs/settings.md lists them
 what they are.
 """
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -291,6 +292,50 @@ class GatewaySettings(Group):
         description="Host headers answered (others: 400); `*`: any",
     )
     probe_timeout_s: float = Field(2.0, gt=0, description="/readyz's probes of Redis and S3")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="addresses or networks of the proxies whose X-Forwarded-Proto and "
+        "X-Forwarded-For are believed (fleet.yaml: the VPC's)",
+    )
+    internal_cidrs: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ],
+        description="client networks that may read /metrics and /readyz (others: 403; "
+        "fleet.yaml: the VPC's)",
+    )
+    hsts_max_age_s: int = Field(
+        365 * 86400, ge=0, description="Strict-Transport-Security on https responses; 0: none"
+    )
+
+    @field_validator("forwarded_allow_ips", "internal_cidrs", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        return _comma_separated(value)
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return cls._ip_networks("AGNEWS_FORWARDED_ALLOW_IPS", value)
+
+    @field_validator("internal_cidrs")
+    @classmethod
+    def _internal(cls, value: list[str]) -> list[str]:
+        return cls._ip_networks("AGNEWS_INTERNAL_CIDRS", value)
+
+    @staticmethod
+    def _ip_networks(name: str, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{name}: {network!r} is not an IP address or network") from None
+        return value
 
     @field_validator("cors_origins", "trusted_hosts", mode="before")
     @classmethod
@@ -335,6 +380,17 @@ class AccessSettings(Group):
         20.0, gt=0, description="reads of jobs and models (GET /v1/jobs, /v1/models...), steady"
     )
     rate_reads_burst: int = Field(100, ge=1, description="... and in a burst")
+    allow_plain_keys: bool = Field(
+        False,
+        description="serve plain comma-separated AGNEWS_API_KEYS (each an admin key) anyway; "
+        "otherwise the gateway refuses to start with them",
+    )
+    session_epoch_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="how long a gateway keeps a key's session epoch: `python -m gateway.keys "
+        "revoke NAME` ends its sessions within this",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -4,6 +4,7 @@ deploys, no credentials)."""
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,12 @@ from stack.local import Webhook
 from tests.deploy_support import CIRCLECI, COMPOSE, DOCKERFILES, ROOT, TEMPLATES, run, tool
 
 SETTINGS = {f"AGNEWS_{name.upper()}" for name in Settings.flat_names()}
+# What docker compose needs before it starts anything (deploy/README.md says so).
+REQUIRED = {
+    "AGNEWS_API_KEYS": '[{"name": "me", "sha256": "' + "0" * 64 + '", "scopes": ["admin"]}]',
+    "AGNEWS_S3_SECRET_ACCESS_KEY": "an-s3-secret-of-this-test",
+    "AGNEWS_LISTENER_TOKEN": "a-webhook-token-of-this-test",
+}
 GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
 GATEWAY = ROOT / "deploy" / "docker" / "gateway.Dockerfile"
 
@@ -133,11 +140,25 @@ def test_the_build_context_is_an_allowlist() -> None:
     assert {"!shared/", "!gateway/", "!workers/", "!pipeline/", "!frontend/"} <= set(rules)
 
 
+def _env(**given: str) -> dict[str, str]:
+    """This process's environment without compose's variables, then `given` (REQUIRED unless
+    told otherwise)."""
+    names = {*REQUIRED, "AGNEWS_ALLOW_OPEN", "AGNEWS_FLOWER_BASIC_AUTH"}
+    kept = {name: value for name, value in os.environ.items() if name not in names}
+    return {**kept, **REQUIRED, **given}
+
+
+def _config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` with no .env file: the test's variables only."""
+    empty = Path(os.devnull)
+    return run(tool("docker-compose"), "--env-file", str(empty), *args, env=env or _env())
+
+
 def test_docker_compose_config_passes(tmp_path: Path) -> None:
     compose = tool("docker-compose")
-    result = run(compose, "--file", str(COMPOSE), "config", "--quiet")
+    result = _config("--file", str(COMPOSE), "config", "--quiet")
     assert result.returncode == 0, result.stderr
-    gpu = run(compose, "--file", str(COMPOSE), "--file", str(GPU_COMPOSE), "config", "--quiet")
+    gpu = _config("--file", str(COMPOSE), "--file", str(GPU_COMPOSE), "config", "--quiet")
     assert gpu.returncode == 0, gpu.stderr
     docker = shutil.which("docker")
     if docker:
@@ -145,21 +166,22 @@ def test_docker_compose_config_passes(tmp_path: Path) -> None:
         (tmp_path / "config.json").write_text(
             json.dumps({"cliPluginsExtraDirs": [str(Path(compose).parent)]})
         )
-        env = {"DOCKER_CONFIG": str(tmp_path), "PATH": str(Path(docker).parent)}
+        env = {**REQUIRED, "DOCKER_CONFIG": str(tmp_path), "PATH": str(Path(docker).parent)}
         result = run(docker, "compose", "--file", str(COMPOSE), "config", "-q", env=env)
         assert result.returncode == 0, result.stderr
 
 
-def _compose(*overrides: Path) -> dict[str, Any]:
+def _compose(*overrides: Path, profiles: tuple[str, ...] = (), **env: str) -> dict[str, Any]:
     files = [arg for path in (COMPOSE, *overrides) for arg in ("--file", str(path))]
-    result = run(tool("docker-compose"), *files, "config", "--format", "json")
+    chosen = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = _config(*files, *chosen, "config", "--format", "json", env=_env(**env))
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
     return config
 
 
 def test_compose_runs_the_local_stacks_processes_with_its_settings() -> None:
-    services = _compose()["services"]
+    services = _compose(profiles=("monitoring",))["services"]
     assert set(services) == {
         "redis",
         "s3",
@@ -246,3 +268,77 @@ def test_circleci_tests_everything_and_deploys_main_only_without_credentials() -
 
 def _steps(config: dict[str, Any], job: str) -> list[dict[str, Any]]:
     return [step for step in config["jobs"][job]["steps"] if isinstance(step, dict)]
+
+
+def test_compose_stops_before_starting_anything_without_its_secrets() -> None:
+    for name in REQUIRED:
+        env = _env()
+        del env[name]
+        result = _config("--file", str(COMPOSE), "config", "--quiet", env=env)
+        assert result.returncode != 0, name
+        assert name in result.stderr
+        assert "deploy/README.md" in result.stderr, result.stderr
+    # An empty key list is a choice (an open gateway, which then needs AGNEWS_ALLOW_OPEN=true);
+    # empty secrets are not.
+    assert (
+        _config("--file", str(COMPOSE), "config", "-q", env=_env(AGNEWS_API_KEYS="")).returncode
+        == 0
+    )
+    for secret in ("AGNEWS_S3_SECRET_ACCESS_KEY", "AGNEWS_LISTENER_TOKEN"):
+        empty = _config("--file", str(COMPOSE), "config", "-q", env=_env(**{secret: ""}))
+        assert empty.returncode != 0, secret
+
+
+def test_compose_is_closed_by_default_and_ships_no_fixed_secret() -> None:
+    config = _compose(profiles=("monitoring",))
+    services = config["services"]
+    gateway = services["gateway"]["environment"]
+    assert gateway.get("AGNEWS_ALLOW_OPEN", "false") == "false"
+    assert gateway["AGNEWS_API_KEYS"] == REQUIRED["AGNEWS_API_KEYS"]
+    assert (
+        _compose(AGNEWS_ALLOW_OPEN="true")["services"]["gateway"]["environment"][
+            "AGNEWS_ALLOW_OPEN"
+        ]
+        == "true"
+    )
+    # Only the gateway holds the keys; the store and the listener share the test's secrets.
+    for name, service in services.items():
+        if name != "gateway":
+            assert "AGNEWS_API_KEYS" not in service.get("environment", {}), name
+    assert (
+        services["s3"]["environment"]["AWS_SECRET_ACCESS_KEY"]
+        == REQUIRED["AGNEWS_S3_SECRET_ACCESS_KEY"]
+    )
+    assert (
+        services["listener"]["environment"]["AGNEWS_LISTENER_TOKEN"]
+        == REQUIRED["AGNEWS_LISTENER_TOKEN"]
+    )
+    text = COMPOSE.read_text()
+    assert "agnews-local-secret" not in text
+    assert "agnews-local-webhook-token" not in text
+
+
+def test_only_the_store_reaches_the_listener() -> None:
+    config = _compose(profiles=("monitoring",))
+    services = config["services"]
+    listener = services["listener"]
+    assert set(listener["networks"]) == {"events"}
+    assert "ports" not in listener
+    assert config["networks"]["events"]["internal"] is True
+    on_events = {name for name, service in services.items() if "events" in service["networks"]}
+    # The store posts its events there; Redis is there for the listener to reach (it calls no one).
+    assert on_events == {"listener", "s3", "redis"}
+
+
+def test_flower_runs_only_when_asked_and_only_with_a_password() -> None:
+    assert "flower" not in _compose()["services"]
+    flower = _compose(profiles=("monitoring",), AGNEWS_FLOWER_BASIC_AUTH="me:pw")["services"][
+        "flower"
+    ]
+    assert flower["profiles"] == ["monitoring"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "me:pw"
+    assert flower["ports"][0]["host_ip"] == "127.0.0.1"
+    # Without one it stops at once, saying why (compose cannot require it of this profile only).
+    script = " ".join(flower["entrypoint"]).replace("$$", "$")  # config escapes $ as $$
+    assert 'test -n "$FLOWER_BASIC_AUTH"' in script
+    assert "AGNEWS_FLOWER_BASIC_AUTH" in script

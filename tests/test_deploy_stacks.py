@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from deploy.backlog_exporter import BACKLOG_PER_INSTANCE, UNSERVED_BACKLOG
 from shared.contracts.stages import INGEST, QUEUES
@@ -34,12 +35,14 @@ ORGANIZATION = "0b6f5a4e-1c2d-4e3f-8a9b-0c1d2e3f4a5b"
 PROJECT = "7d8e9f0a-1b2c-4d3e-9f4a-5b6c7d8e9f0a"
 GPU_IMAGE_PARAMETER = "/agnews-test/gpu-image"
 FIRST_TAG = "0123456789abcdef0123456789abcdef01234567"
+CERTIFICATE = f"arn:aws:acm:{REGION}:000000000000:certificate/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
 
 
 @dataclass
 class Cloud:
     endpoint: str
     outputs: dict[str, dict[str, str]]
+    network: dict[str, str] | None = None
 
     def client(self, service: str) -> Any:
         factory: Any = boto3.client
@@ -52,14 +55,18 @@ class Cloud:
         )
 
 
-def _create(cloud: Cloud, stack: str, template: str, **parameters: str) -> dict[str, str]:
-    cloudformation = cloud.client("cloudformation")
-    cloudformation.create_stack(
+def _start(cloud: Cloud, stack: str, template: str, **parameters: str) -> None:
+    cloud.client("cloudformation").create_stack(
         StackName=stack,
         TemplateBody=(TEMPLATES / template).read_text(),
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
         Capabilities=["CAPABILITY_NAMED_IAM"],
     )
+
+
+def _create(cloud: Cloud, stack: str, template: str, **parameters: str) -> dict[str, str]:
+    cloudformation = cloud.client("cloudformation")
+    _start(cloud, stack, template, **parameters)
     for _ in range(600):
         [state] = cloudformation.describe_stacks(StackName=stack)["Stacks"]
         if not state["StackStatus"].endswith("_IN_PROGRESS"):
@@ -102,13 +109,13 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
                 f"arn:aws:iam::000000000000:oidc-provider/oidc.circleci.com/org/{ORGANIZATION}"
             ),
         )
+        cloud.network = {
+            "VpcId": vpc,
+            "PublicSubnetIds": ",".join(subnets[:2]),
+            "PrivateSubnetIds": ",".join(subnets[2:]),
+        }
         cloud.outputs["platform"] = _create(
-            cloud,
-            "agnews-platform",
-            "platform.yaml",
-            VpcId=vpc,
-            PublicSubnetIds=",".join(subnets[:2]),
-            PrivateSubnetIds=",".join(subnets[2:]),
+            cloud, "agnews-platform", "platform.yaml", CertificateArn=CERTIFICATE, **cloud.network
         )
         cloud.outputs["fleet"] = _create(
             cloud,
@@ -275,3 +282,65 @@ def test_rollout_moves_every_group_to_the_new_tag(cloud: Cloud, tmp_path: Path) 
     again = run(*rollout, "second", "--poll", "0.1", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already runs second" in again.stdout
+
+
+def test_the_load_balancer_serves_https_and_refuses_internal_paths(cloud: Cloud) -> None:
+    elb = cloud.client("elbv2")
+    [balancer] = [
+        balancer
+        for balancer in elb.describe_load_balancers()["LoadBalancers"]
+        if cloud.outputs["platform"]["Url"] == f"https://{balancer['DNSName']}"
+    ]
+    assert balancer["Scheme"] == "internet-facing"
+    listeners = {
+        listener["Protocol"]: listener
+        for listener in elb.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])[
+            "Listeners"
+        ]
+    }
+    assert set(listeners) == {"HTTP", "HTTPS"}
+    assert [cert["CertificateArn"] for cert in listeners["HTTPS"]["Certificates"]] == [CERTIFICATE]
+    [redirect] = listeners["HTTP"]["DefaultActions"]
+    assert redirect["Type"] == "redirect"
+    rules = elb.describe_rules(ListenerArn=listeners["HTTPS"]["ListenerArn"])["Rules"]
+    [refusal] = [rule for rule in rules if not rule["IsDefault"]]
+    [condition] = refusal["Conditions"]
+    assert "/metrics" in condition["Values"]
+    assert "/readyz" in condition["Values"]
+    assert refusal["Actions"][0]["FixedResponseConfig"]["StatusCode"] == "403"
+    assert cloud.outputs["platform"]["Url"].startswith("https://")
+
+
+def test_plain_http_needs_its_opt_out_and_stays_inside_the_network(cloud: Cloud) -> None:
+    assert cloud.network is not None
+    with pytest.raises(ClientError, match="PlainHttpOnPrivateNetwork=true"):
+        _start(cloud, "agnews-cleartext", "platform.yaml", **cloud.network)
+    plain = _create(
+        cloud,
+        "agnews-cleartext",
+        "platform.yaml",
+        NamePrefix="cleartext",
+        PlainHttpOnPrivateNetwork="true",
+        **cloud.network,
+    )
+    assert plain["Url"].startswith("http://")
+    elb = cloud.client("elbv2")
+    schemes = {
+        balancer["DNSName"]: balancer["Scheme"]
+        for balancer in elb.describe_load_balancers()["LoadBalancers"]
+    }
+    assert schemes[plain["Url"].removeprefix("http://")] == "internal"
+
+
+def test_the_session_secret_is_generated_into_secrets_manager(cloud: Cloud) -> None:
+    arn = cloud.outputs["platform"]["SessionSecretArn"]
+    value = cloud.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    assert len(value) >= 64
+    [fleet] = [
+        group
+        for name, group in _groups(cloud).items()
+        if name == cloud.outputs["fleet"]["GatewayGroupName"]
+    ]
+    user_data = _user_data(cloud, fleet)
+    assert f"--secret-id {arn} " in user_data
+    assert value not in user_data

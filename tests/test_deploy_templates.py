@@ -314,3 +314,97 @@ def test_redis_holds_what_the_fleet_keeps_at_its_largest() -> None:
     assert NODE_GIB[node] >= NODE_GIB[smallest_node(need)], (node, need / 2**30)
     # Predictions kept are what grows with the rate: the rest is a few hundred MB at most.
     assert need > BYTES_PER_PREDICTION * fleet_maximum(largest).predictions_per_s * 600
+
+
+def _gateway_substitutions(fleet: dict[str, Any]) -> dict[str, Any]:
+    data = fleet["Resources"]["GatewayTemplate"]["Properties"]["LaunchTemplateData"]
+    substitutions: dict[str, Any] = data["UserData"]["Fn::Base64"]["Fn::Sub"][1]
+    return substitutions
+
+
+def test_the_fleets_session_secret_is_random_in_secrets_manager_not_derived_from_the_keys() -> None:
+    platform, fleet = template("platform.yaml"), template("fleet.yaml")
+    secret = platform["Resources"]["SessionSecret"]
+    assert secret["Type"] == "AWS::SecretsManager::Secret"
+    generated = secret["Properties"]["GenerateSecretString"]
+    assert generated["PasswordLength"] >= 64
+    assert platform["Outputs"]["SessionSecretArn"]["Value"] == {"Ref": "SessionSecret"}
+    assert platform["Outputs"]["SessionSecretArn"]["Export"]["Name"] == {
+        "Fn::Sub": "${AWS::StackName}-SessionSecretArn"
+    }
+    # Only the gateways' role may read it.
+    readers = [
+        (name, statement)
+        for name, statement in _statements(platform)
+        if {"Ref": "SessionSecret"} in _listed(statement.get("Resource", []))
+    ]
+    assert [statement["Action"] for _, statement in readers] == ["secretsmanager:GetSecretValue"]
+    [(holder, _)] = readers
+    assert platform["Resources"][holder]["Properties"]["Roles"] == [{"Ref": "GatewayRole"}]
+
+    gateway = _user_data(fleet, "GatewayTemplate")
+    assert "sha256sum" not in gateway
+    assert "agnews-session" not in gateway
+    [read] = [line for line in gateway.splitlines() if line.startswith("session_secret=")]
+    assert "aws secretsmanager get-secret-value" in read
+    assert "--secret-id ${SessionSecretArn}" in read
+    assert "AGNEWS_SESSION_SECRET=$session_secret" in gateway.splitlines()
+    assert _gateway_substitutions(fleet)["SessionSecretArn"] == {
+        "Fn::ImportValue": {"Fn::Sub": "${PlatformStackName}-SessionSecretArn"}
+    }
+    for launch_template in set(resources(fleet, "AWS::EC2::LaunchTemplate")) - {"GatewayTemplate"}:
+        assert "SessionSecretArn" not in _user_data(fleet, launch_template)
+
+
+def test_the_load_balancer_needs_a_certificate_unless_told_to_serve_http_privately() -> None:
+    platform = template("platform.yaml")
+    parameters = platform["Parameters"]
+    assert parameters["CertificateArn"]["Default"] == ""
+    opt_out = parameters["PlainHttpOnPrivateNetwork"]
+    assert opt_out["Default"] == "false"
+    assert opt_out["AllowedValues"] == ["false", "true"]
+    [rule] = platform["Rules"].values()
+    assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "PlainHttpOnPrivateNetwork"}, "false"]}
+    [assertion] = rule["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CertificateArn"}, ""]}]}
+    assert "PlainHttpOnPrivateNetwork=true" in assertion["AssertDescription"]
+    # Without a certificate the load balancer is internal: plain HTTP never faces the internet.
+    balancer = platform["Resources"]["LoadBalancer"]["Properties"]
+    assert balancer["Scheme"] == {"Fn::If": ["Https", "internet-facing", "internal"]}
+    attributes = {item["Key"]: item["Value"] for item in balancer["LoadBalancerAttributes"]}
+    assert attributes["routing.http.xff_header_processing.mode"] == "append"
+    http = platform["Resources"]["HttpListener"]["Properties"]["DefaultActions"]["Fn::If"]
+    assert http[0] == "Https"
+    assert http[1][0]["Type"] == "redirect"
+    assert http[1][0]["RedirectConfig"]["Protocol"] == "HTTPS"
+
+
+def test_the_load_balancer_refuses_metrics_and_readiness() -> None:
+    platform = template("platform.yaml")
+    [rule] = resources(platform, "AWS::ElasticLoadBalancingV2::ListenerRule").values()
+    properties = rule["Properties"]
+    assert properties["ListenerArn"] == {
+        "Fn::If": ["Https", {"Ref": "HttpsListener"}, {"Ref": "HttpListener"}]
+    }
+    [condition] = properties["Conditions"]
+    assert condition["Field"] == "path-pattern"
+    paths = set(condition["PathPatternConfig"]["Values"])
+    assert {"/metrics", "/metrics/*", "/readyz", "/readyz/*"} <= paths
+    [action] = properties["Actions"]
+    assert action["Type"] == "fixed-response"
+    assert action["FixedResponseConfig"]["StatusCode"] == "403"
+    body = json.loads(action["FixedResponseConfig"]["MessageBody"])
+    assert body["error"]["code"] == "forbidden"
+    # The target group's health check reaches the gateways directly, on /healthz.
+    targets = platform["Resources"]["GatewayTargets"]["Properties"]
+    assert targets["HealthCheckPath"] == "/healthz"
+
+
+def test_gateways_trust_forwarded_headers_and_serve_internal_paths_to_the_vpc_only() -> None:
+    gateway = _user_data(template("fleet.yaml"), "GatewayTemplate")
+    lines = gateway.splitlines()
+    [cidrs] = [line for line in lines if line.startswith("vpc_cidrs=")]
+    assert 'network/interfaces/macs/$mac/vpc-ipv4-cidr-blocks"' in cidrs
+    assert "AGNEWS_FORWARDED_ALLOW_IPS=$vpc_cidrs" in lines
+    assert "AGNEWS_INTERNAL_CIDRS=$vpc_cidrs" in lines
+    assert 'test -n "$vpc_cidrs"' in gateway  # no empty list: the gateway would trust no one

@@ -1,6 +1,7 @@
 """The gateway's locks: hygiene (Host, content type, origin, headers), scoped and hashed keys, job
 ownership, browser sessions, rate limits, job sources, and refusing to serve open."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -12,17 +13,26 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from gateway.__main__ import open_refusal
+from gateway.__main__ import open_refusal, start_refusal
+from gateway.app import create_app
+from gateway.auth import principal, require
 from gateway.cookies import COOKIE, SessionSigner
+from gateway.epochs import SessionEpochs
 from gateway.keyring import Keyring
 from gateway.keys import main as keys_main
 from gateway.keys import new_key
-from shared.contracts.errors import InvalidRequest
+from shared.contracts.errors import InvalidRequest, Unauthorized
 from shared.contracts.keys import ApiKey, api_keys_from, key_digest
+from shared.redis_clients import async_client
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset
 from testkit.gateway import Gateway, serve
+from testkit.servers import free_port
+from tests.served import served_app
 from tests.test_gateway_models import NEWER
 
 JSON = {"content-type": "application/json"}
@@ -34,6 +44,8 @@ KEYS = [
     ApiKey(name="other", sha256=key_digest(OTHER), scopes=("predict",)),
 ]
 PIPELINE = {"type": "pipeline", "dataset": "incoming/x/archive.zip"}
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "a-session-secret-for-these-tests-only"
 
 
 def as_key(key: str) -> dict[str, str]:
@@ -60,7 +72,7 @@ def opened(open_gateway: Gateway) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def keyed_settings(settings: Settings) -> Settings:
-    return settings.replace(api_keys=KEYS, predict_wait_s=0.05)
+    return settings.replace(api_keys=KEYS, predict_wait_s=0.05, session_secret=SECRET)
 
 
 @pytest.fixture
@@ -330,13 +342,125 @@ def test_forged_and_expired_cookies_are_refused(
 
     signer = SessionSigner(b"secret", ttl_s=60)
     keyring = Keyring(KEYS)
-    issued, expires = signer.issue(KEYS[0], now=1000)
+    issued, expires = signer.issue(KEYS[0], epoch=3, now=1000)
     assert expires == 1060
-    assert signer.verify(issued, keyring, now=1059) == KEYS[0]
+    session = signer.verify(issued, keyring, now=1059)
+    assert session is not None
+    assert (session.key, session.epoch, session.expires) == (KEYS[0], 3, 1060)
     assert signer.verify(issued, keyring, now=1060) is None
     assert SessionSigner(b"other", ttl_s=60).verify(issued, keyring, now=1001) is None
     rotated = Keyring([ApiKey(name="ops", sha256=key_digest("new"), scopes=("admin",))])
     assert signer.verify(issued, rotated, now=1001) is None
+    # The epoch is signed: a cookie cannot move itself past a revocation.
+    name, expiry, key_id, _, signature = issued.split(":")
+    assert signer.verify(f"{name}:{expiry}:{key_id}:4:{signature}", keyring, now=1001) is None
+
+
+def test_a_signed_cookie_expiring_past_the_session_lifetime_is_refused(
+    keyed: httpx.Client, keyed_settings: Settings
+) -> None:
+    """Whoever holds the secret could sign any expiry: no cookie outlives now + the TTL (and a
+    lowered TTL shortens the cookies already out)."""
+    long_lived = SessionSigner(SECRET.encode(), ttl_s=10 * 365 * 86400)
+    forged, _ = long_lived.issue(KEYS[0], epoch=0)
+    keyed.cookies.set(COOKIE, forged)
+    assert error_of(keyed.get("/v1/jobs"), 401)["code"] == "unauthorized"
+    honest, _ = SessionSigner(SECRET.encode(), keyed_settings.access.session_ttl_s).issue(
+        KEYS[0], epoch=0
+    )
+    keyed.cookies.set(COOKIE, honest)
+    assert keyed.get("/v1/jobs").status_code == 200
+    signer = SessionSigner(b"secret", ttl_s=60)
+    far, _ = SessionSigner(b"secret", ttl_s=3600).issue(KEYS[0], epoch=0, now=1000)
+    assert signer.verify(far, Keyring(KEYS), now=1001) is None
+    near, _ = signer.issue(KEYS[0], epoch=0, now=1000)
+    # A gateway whose clock is a little behind the one that signed still takes it.
+    assert signer.verify(near, Keyring(KEYS), now=990) is not None
+
+
+def _revoke(settings: Settings, name: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "AGNEWS_REDIS_URL": settings.redis.url,
+        "AGNEWS_KEY_PREFIX": settings.redis.key_prefix,
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.keys", "revoke", name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_revoking_a_key_ends_its_sessions_at_once_and_leaves_the_key_working(
+    keyed_settings: Settings,
+) -> None:
+    config = keyed_settings.replace(session_epoch_cache_s=0)
+    with (
+        serve(config) as running,
+        httpx.Client(base_url=running.url) as stolen,
+        httpx.Client(base_url=running.url) as bystander,
+    ):
+        assert stolen.post("/v1/session", json={"key": READER}).status_code == 200
+        assert bystander.post("/v1/session", json={"key": ADMIN}).status_code == 200
+        assert stolen.get("/v1/models").status_code == 200
+
+        done = _revoke(config, "dash")
+        assert done.returncode == 0, done.stderr
+        assert "dash" in done.stdout
+        assert "AGNEWS_API_KEYS" in done.stdout  # says the key itself still works
+
+        error = error_of(stolen.get("/v1/models"), 401)
+        assert "revoked" in error["message"]
+        assert error_of(stolen.get("/v1/session"), 401)
+        # Another key's session holds; the revoked key itself still works, and signs in anew.
+        assert bystander.get("/v1/models").status_code == 200
+        assert stolen.get("/v1/models", headers=as_key(READER)).status_code == 200
+        stolen.cookies.clear()
+        assert stolen.post("/v1/session", json={"key": READER}).status_code == 200
+        assert stolen.get("/v1/models").status_code == 200
+
+
+def test_a_session_is_not_let_in_when_redis_cannot_say_whether_it_was_revoked(
+    keyed_settings: Settings,
+) -> None:
+    config = keyed_settings.replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_retries=0, redis_timeout_s=0.5
+    )
+    cookie, _ = SessionSigner(SECRET.encode(), config.access.session_ttl_s).issue(KEYS[1], epoch=0)
+    with serve(config) as running, httpx.Client(base_url=running.url, timeout=30) as http:
+        http.cookies.set(COOKIE, cookie)
+        assert error_of(http.get("/v1/models"), 503)["code"] == "service_unavailable"
+        http.cookies.clear()
+        assert http.get("/v1/models", headers=as_key(READER)).status_code == 200
+
+
+def test_gateways_cache_epochs_for_a_few_seconds_at_most(settings: Settings) -> None:
+    now = [100.0]
+
+    async def check() -> list[int]:
+        client = async_client(settings.redis)
+        epochs = SessionEpochs(client, settings.redis.key_prefix, 5.0, clock=lambda: now[0])
+        seen = [await epochs.current("dash")]
+        assert _revoke(settings, "dash").returncode == 0
+        seen.append(await epochs.current("dash"))  # cached
+        seen.append(await epochs.current("dash", fresh=True))  # signing in reads Redis
+        assert _revoke(settings, "dash").returncode == 0
+        now[0] += 5.01
+        seen.append(await epochs.current("dash"))
+        # A cookie signed elsewhere after this gateway's last look holds at once; older ones not.
+        assert _revoke(settings, "dash").returncode == 0
+        assert await epochs.current("dash") == 2
+        assert await epochs.admits("dash", 3)
+        assert not await epochs.admits("dash", 2)
+        assert not await epochs.admits("dash", 4)
+        await client.aclose()
+        return seen
+
+    assert asyncio.run(check()) == [0, 0, 1, 2]
 
 
 def test_the_cookie_is_secure_when_told_and_sign_in_is_a_no_op_when_open(
@@ -497,3 +621,56 @@ def test_python_m_gateway_exits_with_the_reason(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "refusing to serve 0.0.0.0:8080 with no API keys" in done.stderr
     assert "AGNEWS_ALLOW_OPEN=true" in done.stderr
+
+
+def test_a_route_outside_the_auth_middlewares_reach_is_denied_not_opened(
+    keyed_settings: Settings, settings: Settings
+) -> None:
+    async def unguarded(request: Request) -> JSONResponse:
+        return JSONResponse({"scopes": sorted(require(request, "admin").scopes)})
+
+    for config, status in ((keyed_settings, 401), (settings, 200)):
+        app = create_app(config)
+        app.router.routes.insert(0, Route("/unguarded", unguarded))
+        with served_app(app, config) as url:
+            response = httpx.get(f"{url}/unguarded", headers=as_key(ADMIN))
+            assert response.status_code == status, response.text
+    bare = HTTPConnection({"type": "http", "path": "/v1/jobs", "headers": [], "state": {}})
+    with pytest.raises(Unauthorized):
+        principal(bare)
+
+
+def test_plain_keys_are_refused_at_start_unless_allowed() -> None:
+    refusal = start_refusal(Settings.model_validate({"api_keys": "alpha,beta"}))
+    assert refusal is not None
+    assert "python -m gateway.keys new NAME --scopes" in refusal
+    assert "AGNEWS_ALLOW_PLAIN_KEYS=true" in refusal
+    allowed = Settings.model_validate({"api_keys": "alpha", "allow_plain_keys": True})
+    assert start_refusal(allowed) is None
+    assert start_refusal(allowed.replace(http_host="0.0.0.0")) is None
+    _, entry = new_key("ci", ["predict"])
+    scoped = Settings.model_validate({"api_keys": json.dumps([entry.model_dump(mode="json")])})
+    assert start_refusal(scoped.replace(http_host="0.0.0.0")) is None
+    # A copy keeps them plain.
+    copied = Settings.model_validate({"api_keys": "alpha"}).replace(http_port=9000)
+    assert start_refusal(copied) is not None
+
+
+def test_python_m_gateway_refuses_plain_keys_with_how_to_make_scoped_ones() -> None:
+    env = {
+        "AGNEWS_API_KEYS": "alpha,beta",
+        "AGNEWS_HTTP_PORT": str(free_port()),
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "plain" in done.stderr
+    assert "python -m gateway.keys new NAME --scopes" in done.stderr

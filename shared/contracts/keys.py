@@ -19,6 +19,8 @@ class ApiKey(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: tuple[KeyScope, ...] = Field(min_length=1)
+    # Given as a plain key in AGNEWS_API_KEYS (the gateway refuses those unless allowed).
+    plain: bool = Field(False, exclude=True)
 
 
 def key_digest(key: str) -> str:
@@ -35,7 +37,12 @@ def parse_api_keys(value: object) -> object:
         return json.loads(text)
     plain = [part.strip() for part in text.split(",") if part.strip()]
     return [
-        {"name": f"key{index}", "sha256": key_digest(key), "scopes": list(ALL_SCOPES)}
+        {
+            "name": f"key{index}",
+            "sha256": key_digest(key),
+            "scopes": list(ALL_SCOPES),
+            "plain": True,
+        }
         for index, key in enumerate(plain, start=1)
     ]
 
