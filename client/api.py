@@ -118,6 +118,9 @@ class GatewayClient:
                         source.response.read()
                         _raise_for_error(source.response)
                     for message in source.iter_sse():
+                        if not message.data:
+                            # httpx-sse passes on a heartbeat comment as an empty message
+                            continue
                         event = Event(
                             id=message.id,
                             type=EventType(message.event),

@@ -79,6 +79,20 @@ def test_follow_survives_a_dropped_connection_without_losing_or_repeating_events
     ]
 
 
+def test_follow_reads_through_the_heartbeats_of_a_quiet_stream(
+    settings: Settings, store: JobStore
+) -> None:
+    """A stage that says nothing for a while (evaluation) leaves only heartbeat comments on the
+    stream, which the client's SSE parser passes on as empty messages: they are no events."""
+    job = train_job(store)
+    with serve(settings.replace(sse_heartbeat_s=0.02)) as quiet, GatewayClient(quiet.url) as client:
+        worker = threading.Thread(target=play_training, args=(store, job.id, 2, 0.3))
+        worker.start()
+        followed = list(client.events(job.id))
+        worker.join()
+    assert [event.id for event in followed] == [event.id for event in store.events(job.id)]
+
+
 def test_no_job_id_reads_as_an_option_on_the_command_line() -> None:
     ids = [new_job_id() for _ in range(5000)]  # about 80 would start with "-" by chance
     assert not [job_id for job_id in ids if job_id.startswith("-")]
