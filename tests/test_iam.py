@@ -20,6 +20,7 @@ import pytest
 
 from deploy.backlog_exporter import BacklogExporter
 from pipeline import stages
+from shared.contracts.jobs import PipelineParams
 from shared.settings import Settings
 from shared.storage import client_options, s3_client
 from testkit.archives import MINI_ARCHIVE, make_archive, mini_records
@@ -140,15 +141,19 @@ def test_the_evaluate_workers_may_ingest_and_hold_uploads_to_the_holdout(
     allowed(check(calls, Deployment(settings.storage.bucket)))
 
 
-def listener_and_exporter_calls(settings: Settings, tmp_path: Path) -> tuple[Calls, str]:
-    """The SQS listener takes an upload's event, and scans incoming/; the backlog exporter
-    publishes once. Their calls, and the queue's name."""
+def aws_only_calls(settings: Settings) -> tuple[Calls, str]:
+    """What only AWS runs: the SQS listener takes an upload's event from the queue of a versioned
+    bucket and scans incoming/, the evaluate workers ingest the exact object version the event
+    named, and the backlog exporter publishes once. Their calls, and the queue's name."""
     aws = client_options(settings.storage)
     sqs: Any = boto3.client("sqs", **aws)
     name = f"{settings.storage.bucket}-events"
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
     s3 = s3_client(settings.storage)
+    s3.put_bucket_versioning(
+        Bucket=settings.storage.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
     s3.put_bucket_notification_configuration(
         Bucket=settings.storage.bucket,
         NotificationConfiguration={
@@ -156,7 +161,7 @@ def listener_and_exporter_calls(settings: Settings, tmp_path: Path) -> tuple[Cal
         },
     )
     key = f"{settings.storage.incoming_prefix}iam/archive.zip"
-    s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=MINI_ARCHIVE.read_bytes())
+    put = s3.put_object(Bucket=settings.storage.bucket, Key=key, Body=MINI_ARCHIVE.read_bytes())
     groups = group_names(settings)
     listening = settings.replace(sqs_queue_url=url, sqs_wait_time_s=1)
     before = {job.id for job in pipeline_jobs(settings)}
@@ -172,6 +177,13 @@ def listener_and_exporter_calls(settings: Settings, tmp_path: Path) -> tuple[Cal
 
         asyncio.run(poll())
         scan_incoming(trigger, s3_client(listening.storage), listening.listener.scan_max_age_s)
+        [params] = [job.params for job in pipeline_jobs(settings) if job.id not in before]
+        assert isinstance(params, PipelineParams)
+        assert params.source is not None
+        # S3's events name the object's version (moto's do not): the ingest task reads that one
+        version = params.source.version_id or put["VersionId"]
+        calls.acting_as("evaluate")
+        stages.ingest(params.dataset, settings, Recorder(), version_id=version)
         calls.acting_as("exporter")
         exporter = BacklogExporter.from_settings(
             settings.replace(backlog_groups=groups, metrics_namespace="AGNEWS")
@@ -204,13 +216,14 @@ def group_names(settings: Settings) -> dict[str, str]:
     return groups
 
 
-def test_the_sqs_listener_and_the_backlog_exporter_may_do_what_they_do(
-    settings: Settings, tmp_path: Path
+def test_the_sqs_listener_the_ingest_of_its_event_and_the_exporter_may_do_what_they_do(
+    settings: Settings,
 ) -> None:
-    calls, queue = listener_and_exporter_calls(settings, tmp_path)
+    calls, queue = aws_only_calls(settings)
     made = {(each.process, each.operation) for each in calls}
     assert {("listener", "ReceiveMessage"), ("listener", "DeleteMessageBatch")} <= made
     assert {("listener", "ListObjectsV2"), ("exporter", "PutMetricData")} <= made
+    assert any(each.process == "evaluate" and "VersionId" in each.params for each in calls)
     allowed(check(calls, Deployment(settings.storage.bucket, queue_name=queue)))
 
 
@@ -290,7 +303,7 @@ def test_every_process_of_the_fleet_may_make_the_calls_it_makes(
 
     moto = settings.replace(bucket=bucket)
     s3_client(moto.storage).create_bucket(Bucket=bucket)
-    more, queue = listener_and_exporter_calls(moto, tmp_path)
+    more, queue = aws_only_calls(moto)
     verdict = check([*calls, *more], Deployment(bucket, queue_name=queue))
     with capsys.disabled():
         print(f"\n{len(calls) + len(more)} AWS calls, {verdict.requests} distinct IAM requests")
