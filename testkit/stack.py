@@ -1,5 +1,6 @@
 """The whole local stack on free ports, for end-to-end tests and benchmarks."""
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from stack.local import start_stack
 from stack.processes import Supervisor
+from testkit.aws_calls import site_environment
 from testkit.servers import free_port
 
 
@@ -47,8 +49,11 @@ def live_stack(
     *,
     queues: tuple[str, ...] = ("predict", "train", "evaluate"),
     predict_workers: int = 1,
+    aws_calls: Path | None = None,
     **overrides: object,
 ) -> Iterator[LiveStack]:
+    """`aws_calls`: a folder where each of the stack's Python processes records the AWS calls it
+    makes (testkit.aws_calls)."""
     gateway_port = free_port()
     # A worker times its model's forms for serving_timing_s at each load: kept short here, where
     # a test's requests wait on the first load and two workers share the cores with the rest.
@@ -67,9 +72,19 @@ def live_stack(
         data_dir=workdir,
         **overrides,  # type: ignore[arg-type]
     )
-    supervisor = start_stack(
-        settings, gateway_port=gateway_port, queues=queues, predict_workers=predict_workers
-    )
+    recorder = site_environment(aws_calls) if aws_calls is not None else {}
+    saved = {name: os.environ.get(name) for name in recorder}
+    os.environ.update(recorder)  # the supervisor hands its environment to every process
+    try:
+        supervisor = start_stack(
+            settings, gateway_port=gateway_port, queues=queues, predict_workers=predict_workers
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     try:
         yield LiveStack(settings, f"http://127.0.0.1:{gateway_port}", supervisor)
     finally:
