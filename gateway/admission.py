@@ -2,14 +2,15 @@
 503 with Retry-After, rather than joining a backlog that only grows; likewise a training job
 when the train queue is full.
 
-Every gateway process keeps an estimate, refreshed every `REFRESH_S` from two counters the job
-store keeps exact (texts pending, texts answered): the backlog, and the rate the fleet answers
-at. The rate is the answers counted over the last seconds, never less than the most the fleet
-answered at over the last `PEAK_WINDOW_S` (a pause, such as every worker loading a new model,
-is not a fall in capacity), nor than a share of what the predict workers timed at load
-(`ANNOUNCED_SHARE`), so that a burst after a quiet spell is not refused for want of recent
-answers. With none of them (nothing answered yet, no timing announced), nothing is refused:
-there is nothing to estimate from."""
+Every gateway process keeps an estimate, refreshed every `REFRESH_S`: the backlog, from the texts
+pending that the job store counts exactly, and the rate the fleet can answer at. Each predict
+worker says what its model answers per second while busy, measured on its own requests (or,
+before it has served any, a share of what it timed alone at load, `ANNOUNCED_SHARE`); the
+fleet's rate is their sum, and never less than what the gateway saw answered lately, nor than
+the most it saw over the last `PEAK_WINDOW_S` (a pause, such as every worker loading a new model,
+is not a fall in capacity). A fleet that is asked little answers little: what it answers is not
+what it can, so the workers' own measure leads. With no worker's word, nothing is refused: there
+is nothing to estimate from."""
 
 import asyncio
 import logging
@@ -19,6 +20,7 @@ from collections import deque
 
 from gateway.metrics import Metrics
 from shared.contracts.errors import ServiceUnavailable
+from shared.contracts.serving import ServingWorker
 from shared.contracts.stages import ROUTES, TRAIN
 from shared.fleet import serving_workers
 from shared.jobstore import AsyncJobStore
@@ -57,9 +59,12 @@ class PredictAdmission:
 
     @property
     def rate(self) -> float:
-        """Texts per second the fleet answers, as far as can be told; 0 when it cannot."""
+        """Texts per second the fleet can answer, as far as can be told; 0 when it cannot (no
+        worker has said what it answers)."""
+        if self.announced_per_s <= 0:
+            return 0.0
         recent_peak = max((rate for _, rate in self._rates), default=0.0)
-        return max(self.observed_per_s, recent_peak, self.announced_per_s * ANNOUNCED_SHARE)
+        return max(self.observed_per_s, recent_peak, self.announced_per_s)
 
     def admit(self, texts: int) -> None:
         """Count a prediction in, or refuse it (Overloaded) when it would wait too long."""
@@ -108,9 +113,17 @@ class PredictAdmission:
         if now - self._fleet_at >= FLEET_REFRESH_S:
             self._fleet_at = now
             workers = await serving_workers(self.store.redis, self.settings)
-            self.announced_per_s = sum(w.texts_per_s.get(w.form, 0.0) for w in workers)
+            self.announced_per_s = sum(capacity(worker) for worker in workers)
         self.metrics.predict_pending.set(self.pending)
         self.metrics.predict_rate.set(self.rate)
+
+
+def capacity(worker: ServingWorker) -> float:
+    """What a worker answers per second: as measured on its requests while busy, else a share of
+    what it timed alone at load."""
+    if worker.serving_texts_per_s is not None:
+        return worker.serving_texts_per_s
+    return worker.texts_per_s.get(worker.form, 0.0) * ANNOUNCED_SHARE
 
 
 async def admit_training(store: AsyncJobStore, settings: Settings, metrics: Metrics) -> None:

@@ -100,6 +100,9 @@ def test_a_pause_in_answers_is_not_taken_for_a_fall_in_capacity(
     """Every worker loading a new model answers nothing for a while: the most the fleet
     answered at in the last minute still counts, so nothing is refused for it."""
     admission = gateway.services.admission
+    worker = ServingWorker(worker="host:2", version="v1", form="onnx-int8", serving_texts_per_s=1.0)
+    announce(store.redis, gateway.services.settings, worker)
+    wait_until(lambda: admission.announced_per_s == 1.0, timeout=15)
     for _ in range(12):
         store.redis.incrby(store.keys.answered, 25)  # about 100 texts/s
         time.sleep(REFRESH_S)
@@ -111,3 +114,20 @@ def test_a_pause_in_answers_is_not_taken_for_a_fall_in_capacity(
     store.redis.set(store.keys.pending, int(0.4 * peak * 0.5))  # within 0.5 s at the peak
     wait_until(lambda: admission.pending > 0, timeout=10 * REFRESH_S + 5)
     admission.admit(1)
+
+
+def test_a_fleet_asked_little_is_not_taken_for_a_slow_one(
+    client: httpx.Client, gateway: Gateway, store: JobStore, settings: Settings
+) -> None:
+    """Workers that answered a trickle say what they answer while busy: a few texts waiting on
+    a fleet that answers hundreds a second are taken, however few it answered lately."""
+    worker = ServingWorker(
+        worker="host:3", version="v1", form="onnx-int8", serving_texts_per_s=300.0
+    )
+    announce(store.redis, settings, worker)
+    store.redis.incrby(store.keys.answered, 3)
+    store.redis.set(store.keys.pending, 40)
+    admission = gateway.services.admission
+    wait_until(lambda: admission.pending == 40, timeout=10 * REFRESH_S + 5)
+    wait_until(lambda: admission.announced_per_s == 300.0, timeout=15)
+    assert client.post("/v1/predict", json={"text": "Stocks rally"}).status_code == 202

@@ -31,6 +31,27 @@ Loader = Callable[[str, Settings, Path], Predictor]
 _STOP_CHECK_S = 0.2
 
 
+class ServingPace:
+    """Texts per second the model answers while it works (its busy time only), over the recent
+    batches: what this worker can answer, however much it is asked."""
+
+    def __init__(self, half_life_s: float = 30.0) -> None:
+        self.half_life_s = half_life_s
+        self.texts = 0.0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, texts: int, seconds: float) -> None:
+        with self._lock:
+            kept = 0.5 ** (seconds / self.half_life_s)
+            self.texts = kept * self.texts + texts
+            self.seconds = kept * self.seconds + seconds
+
+    @property
+    def texts_per_s(self) -> float | None:
+        return round(self.texts / self.seconds, 1) if self.seconds > 0 else None
+
+
 class ServingModel:
     def __init__(self, settings: Settings, load: Loader = load_serving) -> None:
         self.settings = settings
@@ -45,6 +66,7 @@ class ServingModel:
         self._redis: redis.Redis | None = None
         self._announced_at = -math.inf
         self._looked = threading.Event()
+        self.pace = ServingPace()
 
     def start(self) -> "ServingModel":
         """Load production, and then watch for a new one, in the background."""
@@ -151,6 +173,7 @@ class ServingModel:
             texts_per_s=predictor.timings,
             forward_batch=predictor.batch_size,
             texts_per_s_by_batch=predictor.batch_timings,
+            serving_texts_per_s=self.pace.texts_per_s,
         )
         try:
             if self._redis is None:

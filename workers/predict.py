@@ -66,10 +66,14 @@ def _serve(
                 work.append((claim.job_id, _texts(claim.params)))
             except InvalidRequest as exc:
                 ends.append((claim.job_id, exc.info()))
+    began_forward = time.perf_counter()
     try:
         ends += _predict(model, work)
     finally:
         on_forward_done()
+    if work:
+        texts = sum(len(texts) for _, texts in work)
+        model.pace.add(texts, time.perf_counter() - began_forward)
     store.finish_many(ends)
     log.debug(
         "served %d predict jobs in %.1f ms", len(job_ids), (time.perf_counter() - began) * 1000

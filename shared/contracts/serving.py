@@ -32,4 +32,8 @@ class ServingWorker(BaseModel):
     texts_per_s_by_batch: dict[int, float] = Field(
         default_factory=dict, description="each forward batch size timed at load, in its form"
     )
+    serving_texts_per_s: float | None = Field(
+        default=None,
+        description="texts per second its model answers while busy, measured on its requests",
+    )
     seen_at: datetime = Field(default_factory=utcnow)
