@@ -37,6 +37,7 @@ import httpx
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
+from shared.jobstore import JobKeys
 from shared.redis_clients import sync_client
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
@@ -54,6 +55,8 @@ class Sample:
     at_s: float
     redis_used_bytes: int
     redis_keys: int
+    predictions_kept: int
+    answers_stream_bytes: int
     disk_bytes: int
     rss_bytes: dict[str, int]
     open_files: dict[str, int]
@@ -73,6 +76,7 @@ class Run:
     peak_per_s: float
     share: float
     minutes: float
+    redis_base_bytes: int = 0
     samples: list[Sample] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
 
@@ -88,10 +92,13 @@ class Sampler:
         self.lost = 0
         self.api = httpx.Client(base_url=stack.url, timeout=10)
         self.redis = sync_client(stack.settings.redis)
+        self.keys = JobKeys(stack.settings.redis.key_prefix)
 
     def sample(self) -> Sample:
         memory = int(self.redis.info("memory")["used_memory"])
         keys = int(self.redis.dbsize())
+        kept = int(self.redis.zcard(self.keys.predict_index))
+        stream = int(self.redis.memory_usage(self.keys.answers) or 0)
         rss, files = {}, {}
         for service in self.stack.supervisor.services:
             if service.process is not None and service.process.poll() is None:
@@ -107,6 +114,8 @@ class Sampler:
             at_s=round(now - self.started, 1),
             redis_used_bytes=memory,
             redis_keys=keys,
+            predictions_kept=kept,
+            answers_stream_bytes=stream,
             disk_bytes=disk_bytes(self.stack.settings.run.data_dir),
             rss_bytes=rss,
             open_files=files,
@@ -252,8 +261,21 @@ def judge(run: Run, load: Load, warmup_s: float) -> dict[str, Any]:
         "shed_503": statuses.count(503),
         "errors": sum(1 for s in statuses if s not in (0, 200, 202, 503)),
         "lost": run.samples[-1].lost if run.samples else 0,
+        "redis_bytes_per_kept_prediction": per_prediction(run, warmup_s),
         **burst,
     }
+
+
+def per_prediction(run: Run, warmup_s: float) -> float | None:
+    """Redis's memory past its start and past the answers stream (a fixed cost), over the
+    predictions kept, at the settled samples' worst."""
+    base = run.redis_base_bytes
+    ratios = [
+        (s.redis_used_bytes - base - s.answers_stream_bytes) / s.predictions_kept
+        for s in run.samples
+        if s.at_s > warmup_s and s.predictions_kept
+    ]
+    return round(max(ratios), 1) if ratios else None
 
 
 def plot(run: Run, path: Path) -> None:
@@ -312,9 +334,10 @@ def main() -> None:
             **overrides,
         ) as stack:
             version = serve_model(stack, model_dir, texts[0])
+            base = int(sync_client(stack.settings.redis).info("memory")["used_memory"])
             peak = asyncio.run(measure_peak(stack.url, texts, 64, args.peak_s))
             print(f"served {version}; peak {peak:.1f} texts/s (64 clients, closed loop)")
-            run = Run(args.profile, cpu_line(), round(peak, 1), args.share, args.minutes)
+            run = Run(args.profile, cpu_line(), round(peak, 1), args.share, args.minutes, base)
             load = asyncio.run(drive(run, stack, texts, args))
     run.verdict = judge(run, load, warmup_s=min(600.0, args.minutes * 6))
     OUT.mkdir(exist_ok=True)
