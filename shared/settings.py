@@ -331,6 +331,12 @@ class AccessSettings(Group):
     rate_predict_burst: int = Field(1000, ge=1, description="... and in a burst")
     rate_jobs_per_s: float = Field(0.5, gt=0, description="POST /v1/jobs per key, steady")
     rate_jobs_burst: int = Field(20, ge=1, description="... and in a burst")
+    max_streams_per_key: int = Field(
+        20,
+        ge=1,
+        description="event streams (GET /v1/jobs/{id}/events) one key, or one address when open, "
+        "holds open at once in each gateway process; more: 429",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
