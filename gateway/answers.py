@@ -33,12 +33,14 @@ class PredictAnswers:
         self.client = client
         self.store = store
         self.tuning = tuning
-        self._waiting: dict[str, asyncio.Future[Event]] = {}
+        # Every request waiting for a job: a POST /v1/predict and any number of event streams
+        # may wait for the same job, and each gets the answer.
+        self._waiting: dict[str, list[asyncio.Future[Event]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return sum(len(answers) for answers in self._waiting.values())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -52,11 +54,13 @@ class PredictAnswers:
     async def expect(self, job_id: str) -> AsyncIterator["asyncio.Future[Event]"]:
         """The job's terminal event, once it is written; expect it before the job can end."""
         answer: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._waiting[job_id] = answer
+        answers = self._waiting.setdefault(job_id, [])
+        answers.append(answer)
         try:
             yield answer
         finally:
-            if self._waiting.get(job_id) is answer:
+            answers.remove(answer)
+            if not answers and self._waiting.get(job_id) is answers:
                 del self._waiting[job_id]
 
     async def _run(self) -> None:
@@ -106,9 +110,11 @@ class PredictAnswers:
                 pipe.hmget(self.store.keys.job(job_id), "result", "error")
             rows = await pipe.execute()
         for job_id, (result, error) in zip(job_ids, rows, strict=True):
-            answer = self._waiting.get(job_id)
-            if answer is not None and not answer.done() and (result or error):
-                answer.set_result(_end(result, error))
+            if not (result or error):
+                continue
+            for answer in self._waiting.get(job_id, []):
+                if not answer.done():
+                    answer.set_result(_end(result, error))
 
 
 def _end(result: str | None, error: str | None) -> Event:

@@ -1,9 +1,13 @@
-"""GET /v1/jobs/{id}/events: a job's events as server-sent events, resumable by Last-Event-ID."""
+"""GET /v1/jobs/{id}/events: a job's events as server-sent events, resumable by Last-Event-ID.
+
+A key (a client address, when the gateway is open) holds at most AGNEWS_MAX_STREAMS_PER_KEY
+streams at once in each gateway process, predict jobs' included; beyond them a 429."""
 
 import asyncio
 import json
 import re
-from collections.abc import AsyncGenerator
+import weakref
+from collections.abc import AsyncGenerator, Callable
 
 import anyio
 from starlette.requests import Request
@@ -11,14 +15,18 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway import ratelimit
 from gateway.answers import PREDICT_END_ID, PREDICT_STATUS_ID, ended
-from gateway.hub import entry_order
+from gateway.hub import SubscriberLagging, entry_order
 from gateway.jobs import visible_job
 from gateway.services import Services, services
 from shared.contracts.errors import InvalidRequest
 from shared.contracts.jobs import Event, EventType, Job, JobType
 
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+# Each part of a Redis stream entry id is an unsigned 64-bit number; XREAD and XRANGE refuse more.
+MAX_ID_PART = 2**64 - 1
+LAST_ID = f"{MAX_ID_PART}-{MAX_ID_PART}"
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = ": heartbeat\n\n"
@@ -38,18 +46,30 @@ def resume_point(request: Request) -> str:
             f"Last-Event-ID: {given!r} is not an event id like 1764153067123-0",
             details={"fields": ["Last-Event-ID"]},
         )
+    if any(int(part) > MAX_ID_PART for part in given.split("-")) or given == LAST_ID:
+        # Redis refuses such an id (XRANGE the last one too: nothing can come after it), and
+        # an error from one stream's read must never reach the reads others share.
+        raise InvalidRequest(
+            f"Last-Event-ID: {given!r} is out of range: each part is at most {MAX_ID_PART}, "
+            f"and {LAST_ID} has nothing after it",
+            details={"fields": ["Last-Event-ID"]},
+        )
     return given
 
 
 class EventStreamResponse(StreamingResponse):
     """Streams until its events end or the client goes away, whichever comes first; either way
-    the event source is closed at once, which ends its subscription."""
+    the event source is closed at once, which ends its subscription, and `on_close` is called
+    (once, and also should the response be dropped without being sent)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+    def __init__(
+        self, events: AsyncGenerator[str, None], on_close: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(events, headers=HEADERS)
         self.events = events
+        self._closed = weakref.finalize(self, on_close or (lambda: None))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -63,10 +83,17 @@ class EventStreamResponse(StreamingResponse):
                 await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
         finally:
-            await self.events.aclose()
+            try:
+                await self.events.aclose()
+            finally:
+                self._closed()
 
 
-async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, None]:
+async def frames(
+    state: Services, job: Job, after: str, on_end: Callable[[], None] = lambda: None
+) -> AsyncGenerator[str, None]:
+    """The stream's frames; `on_end` is called as they end (before the response's last
+    message, so a client reconnecting at once finds the stream's slot given back)."""
     state.metrics.sse_clients.inc()
     try:
         if job.type is JobType.predict:
@@ -85,7 +112,13 @@ async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, N
                 after = events[-1].id
         async with state.hub.subscribe(job.id, after) as subscription:
             while True:
-                live = await subscription.next(state.settings.gateway.sse_heartbeat_s)
+                try:
+                    live = await subscription.next(state.settings.gateway.sse_heartbeat_s)
+                except SubscriberLagging:
+                    # Dropped for leaving too much unread: the stream ends, and the client's
+                    # reconnect with Last-Event-ID loses nothing. (StreamUnreadable, a stream
+                    # Redis will not read, fails the response: the client retries later.)
+                    return
                 if live is None:
                     yield HEARTBEAT
                     continue
@@ -94,6 +127,7 @@ async def frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, N
                     return
     finally:
         state.metrics.sse_clients.dec()
+        on_end()
 
 
 async def predict_frames(state: Services, job: Job, after: str) -> AsyncGenerator[str, None]:
@@ -118,7 +152,8 @@ async def job_events(request: Request) -> EventStreamResponse:
     state = services(request)
     after = resume_point(request)
     job = await visible_job(request, request.path_params["job_id"])
-    return EventStreamResponse(frames(state, job, after))
+    release = ratelimit.open_stream(request, state.limits.streams)
+    return EventStreamResponse(frames(state, job, after, release), on_close=release)
 
 
 routes = [Route("/jobs/{job_id}/events", job_events, methods=["GET"])]

@@ -10,6 +10,13 @@ Each subscriber owns a queue and a cursor (the last entry id it has seen); anyth
 its cursor is dropped, so catching up and joining never repeat an event. A subscriber joining a
 stream its reader already follows first reads what it missed, (its id, the reader's position],
 with XRANGE.
+
+One stream never holds up the others. A subscriber whose queue holds more than
+`HubTuning.max_queued_events` (a client that stopped reading) is dropped: its stream ends, and
+it reconnects with Last-Event-ID and loses nothing. When a reader's XREAD fails with a Redis
+error (a key of the wrong type where a job's events should be, a position out of range), the
+reader reads each stream alone to find the ones at fault, ends their subscriptions (their
+clients see the stream fail), stops following them and goes on with the rest.
 """
 
 import asyncio
@@ -25,6 +32,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from shared.contracts.errors import ServiceUnavailable
 from shared.contracts.jobs import Event
 from shared.jobstore import AsyncJobStore, decode_event
 
@@ -39,6 +47,11 @@ class HubTuning:
     retry_min_s: float = 0.05
     retry_max_s: float = 2.0
     wake_ttl_s: int = 24 * 3600
+    # Events a subscriber may leave unread before it is dropped: at least two full reads (a
+    # burst after an outage is no reason to drop anyone), and well under what a job's stream
+    # keeps (AGNEWS_EVENT_STREAM_MAXLEN, 2000), so that the reconnect still finds what it
+    # missed; about a megabyte of decoded events at most.
+    max_queued_events: int = 1_000
 
 
 def entry_order(entry_id: str) -> tuple[int, int]:
@@ -46,27 +59,80 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
+class SubscriptionEnded(Exception):
+    """The hub ended a subscription before its job's events did."""
+
+
+class SubscriberLagging(SubscriptionEnded):
+    """The subscriber left too many events unread; it resumes from its cursor (Last-Event-ID)
+    with nothing lost."""
+
+
+class StreamUnreadable(ServiceUnavailable):
+    """Redis refuses to read the job's event stream (a key of the wrong type, say)."""
+
+
 class Subscription:
     """One subscriber's view of one job's events, each delivered once, in stream order."""
 
     def __init__(
-        self, store: AsyncJobStore, batch: int, job_id: str, after: str, until: str | None
+        self,
+        store: AsyncJobStore,
+        tuning: HubTuning,
+        job_id: str,
+        after: str,
+        until: str | None,
     ) -> None:
         self.job_id = job_id
         self.cursor = entry_order(after)
         self._store = store
-        self._batch = batch
+        self._batch = tuning.batch
+        self._max_queued = tuning.max_queued_events
         self._after = after
         self._until = until
         self._pending: deque[Event] = deque()
         self._queue: asyncio.Queue[Sequence[Event]] = asyncio.Queue()
+        self._queued = 0  # events in _queue
+        self._ended: Exception | None = None
 
-    def push(self, events: Sequence[Event]) -> None:
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    def push(self, events: Sequence[Event]) -> bool:
+        """Queue events for the subscriber; False once it is ended (dropped now if it has more
+        than max_queued_events unread: one batch is always taken)."""
+        if self._ended is not None:
+            return False
+        if self._queued and self._queued + len(events) > self._max_queued:
+            self.end(
+                SubscriberLagging(
+                    f"the subscriber to job {self.job_id} left {self._queued} events unread"
+                )
+            )
+            return False
+        self._queued += len(events)
         self._queue.put_nowait(events)
+        return True
+
+    def end(self, error: Exception) -> None:
+        """End the subscription: what it holds is let go, and next() raises `error` from now on
+        (at once, if it is waiting)."""
+        if self._ended is not None:
+            return
+        self._ended = error
+        self._pending.clear()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queued = 0
+        self._queue.put_nowait(())  # wakes a waiting next()
 
     async def next(self, wait_s: float) -> Event | None:
-        """The next unseen event; None when none arrives within `wait_s` seconds."""
+        """The next unseen event; None when none arrives within `wait_s` seconds; raises what
+        ended the subscription (SubscriberLagging, StreamUnreadable) once it is ended."""
         while True:
+            if self._ended is not None:
+                raise self._ended
             while self._pending:
                 event = self._pending.popleft()
                 if entry_order(event.id) > self.cursor:
@@ -76,9 +142,12 @@ class Subscription:
                 await self._catch_up()
                 continue
             try:
-                self._pending.extend(await asyncio.wait_for(self._queue.get(), wait_s))
+                events = await asyncio.wait_for(self._queue.get(), wait_s)
             except TimeoutError:
                 return None
+            if self._ended is None:
+                self._queued -= len(events)
+                self._pending.extend(events)
 
     async def _catch_up(self) -> None:
         assert self._until is not None
@@ -172,9 +241,15 @@ class _Reader:
         following = dict(self.streams)
         positions: dict[Any, Any] = {key: stream.position for key, stream in following.items()}
         positions[self.wake_key] = self._wake_position
-        reply = await self.client.xread(
-            positions, count=self.tuning.batch, block=self.tuning.block_ms
-        )
+        try:
+            reply = await self.client.xread(
+                positions, count=self.tuning.batch, block=self.tuning.block_ms
+            )
+        except redis.exceptions.ResponseError:
+            # Retried as it is, it would fail the same way for as long as its culprit is there.
+            if await self._drop_unreadable():
+                return
+            raise
         for key, entries in _entries(reply):
             if not entries:
                 continue
@@ -187,9 +262,59 @@ class _Reader:
             if stream is None or self.streams.get(key) is not stream:
                 continue
             stream.position = entries[-1][0]
-            events = [decode_event(entry_id, fields) for entry_id, fields in entries]
-            for subscription in stream.subscribers:
-                subscription.push(events)
+            try:
+                events = [decode_event(entry_id, fields) for entry_id, fields in entries]
+            except Exception as exc:
+                log.exception("event hub: %s holds an entry that is no event", key)
+                self._drop(key, stream, f"the event stream {key} holds no events: {exc!r}")
+                continue
+            for subscription in list(stream.subscribers):
+                if not subscription.push(events):
+                    stream.subscribers.discard(subscription)
+            if not stream.subscribers:
+                del self.streams[key]
+
+    async def _drop_unreadable(self) -> bool:
+        """After an XREAD failed with a Redis error: reads each stream alone (one pipeline, no
+        blocking), ends the subscriptions of those Redis refuses to read and stops following
+        them; a wake stream at fault is replaced by a new one. Whether any was at fault."""
+        following = dict(self.streams)
+        positions = {key: stream.position for key, stream in following.items()}
+        positions[self.wake_key] = self._wake_position
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key, position in positions.items():
+                pipe.xread({key: position}, count=1)
+            replies = await pipe.execute(raise_on_error=False)
+        faults = {
+            key: reply
+            for key, reply in zip(positions, replies, strict=True)
+            if isinstance(reply, redis.exceptions.ResponseError)
+        }
+        for key, fault in faults.items():
+            if key == self.wake_key:
+                log.warning(
+                    "event hub: wake stream %s cannot be read (%s); using another", key, fault
+                )
+                self.wake_key = f"{self.store.keys.prefix}:gateway:{uuid.uuid4().hex}:wake"
+                self._wake_position = "0-0"
+                continue
+            stream = following[key]
+            log.warning(
+                "event hub: %s cannot be read from %s (%s); ending its %d subscriptions",
+                key,
+                stream.position,
+                fault,
+                len(stream.subscribers),
+            )
+            self._drop(key, stream, f"the event stream {key} cannot be read: {fault}")
+        return bool(faults)
+
+    def _drop(self, key: str, stream: _Stream, why: str) -> None:
+        for subscription in stream.subscribers:
+            subscription.end(StreamUnreadable(why, details={"job_id": subscription.job_id}))
+        stream.subscribers.clear()
+        if self.streams.get(key) is stream:
+            del self.streams[key]
 
 
 class EventHub:
@@ -230,7 +355,7 @@ class EventHub:
             reader.wake()
         elif entry_order(stream.position) > entry_order(after):
             until = stream.position
-        subscription = Subscription(self.store, self.tuning.batch, job_id, after, until)
+        subscription = Subscription(self.store, self.tuning, job_id, after, until)
         stream.subscribers.add(subscription)
         try:
             yield subscription

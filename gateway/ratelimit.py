@@ -1,12 +1,15 @@
 """Token buckets per caller (the key's name, or the client's address when the gateway is open)
-for predictions, job creation and reads of jobs and models; beyond them a 429 with Retry-After.
+for predictions, job creation and reads of jobs and models, and a cap on the event streams a
+caller holds open at once; beyond them a 429 with Retry-After.
 
-The buckets live in each gateway process: N gateways let through up to N times the rate. That
-is enough to stop one client from flooding the queues, and costs no Redis round trip."""
+Both live in each gateway process: N gateways let through up to N times the rate and the
+streams. That is enough to stop one client from flooding the queues or holding every
+connection, and costs no Redis round trip."""
 
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
@@ -16,6 +19,9 @@ from shared.contracts.errors import RateLimited
 from shared.settings import AccessSettings
 
 MAX_CALLERS = 100_000
+# What a caller refused a stream is told to wait: a stream lasts as long as its job, so any wait
+# is a guess; this one is short enough for a page that closed a stream to get its next soon.
+STREAM_RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -46,11 +52,46 @@ class TokenBuckets:
         return (1 - bucket.tokens) / self.rate
 
 
+class StreamSlots:
+    """The event streams each caller holds open; only callers holding one take any memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    def take(self, caller: str) -> Callable[[], None]:
+        """A slot for one more stream (RateLimited when the caller holds `limit`), and the call
+        that gives it back (once, however often it is called)."""
+        held = self.held.get(caller, 0)
+        if held >= self.limit:
+            raise RateLimited(
+                f"too many event streams: at most {self.limit} open at once; close one, or "
+                f"retry in {STREAM_RETRY_AFTER_S} s",
+                details={"retry_after_s": STREAM_RETRY_AFTER_S, "limit": "streams"},
+            )
+        self.held[caller] = held + 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            left = self.held.get(caller, 0) - 1
+            if left > 0:
+                self.held[caller] = left
+            else:
+                self.held.pop(caller, None)
+
+        return give_back
+
+
 class RateLimits:
     def __init__(self, access: AccessSettings) -> None:
         self.predict = TokenBuckets("predict", access.rate_predict_per_s, access.rate_predict_burst)
         self.jobs = TokenBuckets("jobs", access.rate_jobs_per_s, access.rate_jobs_burst)
         self.reads = TokenBuckets("read", access.rate_reads_per_s, access.rate_reads_burst)
+        self.streams = StreamSlots(access.max_streams_per_key)
 
 
 def caller_id(connection: HTTPConnection) -> str:
@@ -69,3 +110,9 @@ def check(connection: HTTPConnection, buckets: TokenBuckets) -> None:
             f"{buckets.rate:g} per second; retry in {retry} s",
             details={"retry_after_s": retry, "limit": buckets.name},
         )
+
+
+def open_stream(connection: HTTPConnection, slots: StreamSlots) -> Callable[[], None]:
+    """A stream slot of the caller's (429 when it holds them all); call the result to give the
+    slot back."""
+    return slots.take(caller_id(connection))

@@ -11,9 +11,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -47,6 +48,44 @@ def _relative_files(directory: Path) -> list[str]:
     return sorted(
         path.relative_to(directory).as_posix() for path in directory.rglob("*") if path.is_file()
     )
+
+
+def _refuse_name(name: object, where: str, why: str) -> NoReturn:
+    raise ModelIntegrityError(f"{where} names {name!r}, {why}: refused", details={"file": name})
+
+
+def member_path(root: Path, name: object, where: str) -> Path:
+    """`root / name` for a file name read from a manifest or an S3 listing (`where` says which),
+    once the name is known to stay inside root: checked as a string before any path is built
+    (relative, "/"-separated, no empty, "." or ".." part, no backslash or NUL), then the joined
+    path, symlinks resolved, must lie below root. Anything else is a ModelIntegrityError naming
+    the name: `Path(root) / "/etc/x"` is /etc/x, and a manifest is only as trustworthy as whoever
+    could write the bucket."""
+    if not isinstance(name, str) or not name:
+        _refuse_name(name, where, "an empty or non-text name")
+    if "\\" in name or "\x00" in name:
+        _refuse_name(name, where, "a name with a backslash or NUL")
+    if name.startswith("/"):
+        _refuse_name(name, where, "an absolute path")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        _refuse_name(name, where, 'a name with an empty, "." or ".." part')
+    base = root.resolve()
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(base) or path.resolve() == base:
+        _refuse_name(name, where, f"a path that resolves outside {root}")
+    return path
+
+
+def member_paths(root: Path, names: Iterable[object], where: str) -> dict[str, Path]:
+    """member_path of every name, all checked before the caller writes or reads any; also
+    refused: a name that is another one's folder (the two cannot both be files)."""
+    paths = {str(name): member_path(root, name, where) for name in names}
+    folders = {parent for name in paths for parent in PurePosixPath(name).parents}
+    for name in sorted(paths):
+        if PurePosixPath(name) in folders:
+            _refuse_name(name, where, "a name that is also another file's folder")
+    return paths
 
 
 def _refuse_unsafe(names: Any, where: str) -> None:
@@ -101,13 +140,12 @@ def read_manifest(model_dir: Path) -> ModelInfo:
 def verify(model_dir: Path) -> ModelInfo:
     """The manifest of a model directory whose every listed file matches its sha256."""
     info = read_manifest(model_dir)
+    paths = member_paths(model_dir, info.files, f"the manifest of {info.version}")
     _refuse_unsafe(info.files, str(model_dir))
     if WEIGHTS not in info.files:
         raise ModelIntegrityError(f"the manifest of {info.version} lists no {WEIGHTS}")
     for name, digest in info.files.items():
-        path = model_dir / name
-        if ".." in PurePosixPath(name).parts or PurePosixPath(name).is_absolute():
-            raise ModelIntegrityError(f"the manifest of {info.version} names {name!r}")
+        path = paths[name]
         if not path.is_file():
             raise ModelIntegrityError(
                 f"{name} of model {info.version} is missing", details={"file": name}
@@ -126,15 +164,23 @@ def upload_dir(s3: "S3Client", bucket: str, prefix: str, directory: Path, names:
 
 
 def download_prefix(s3: "S3Client", bucket: str, prefix: str, dest: Path) -> Path:
-    """Every object under `prefix` into dest, keeping the names below the prefix."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Every object under `prefix` into dest, keeping the names below the prefix.
+
+    The whole listing is checked (member_paths) before anything is written, and one name that
+    could land outside dest refuses the whole prefix (ModelIntegrityError): only a trainer's
+    upload_dir writes these prefixes, with names from its own folder, so such a name means
+    someone else wrote there, and skipping it would hand on a folder whose other files are just
+    as suspect. The prefix's own key (a folder marker) names no file and is passed over."""
+    keys: dict[str, str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            name = item["Key"][len(prefix) :]
-            if not name or ".." in PurePosixPath(name).parts:
-                continue
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(dest / name))
+            if item["Key"] != prefix:
+                keys[item["Key"][len(prefix) :]] = item["Key"]
+    paths = member_paths(dest, keys, f"s3://{bucket}/{prefix}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, keys[name], str(path))
     return dest
 
 
@@ -183,12 +229,12 @@ def download(
     cache_dir.mkdir(parents=True, exist_ok=True)
     part = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{version}."))
     try:
-        for name in [*info.files, MANIFEST]:
-            (part / name).parent.mkdir(parents=True, exist_ok=True)
+        # Every name is checked before anything is written (member_path).
+        paths = member_paths(part, [*info.files, MANIFEST], f"the manifest of {version}")
+        for name, path in paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                registry.s3.download_file(
-                    registry.bucket, registry.key(version, name), str(part / name)
-                )
+                registry.s3.download_file(registry.bucket, registry.key(version, name), str(path))
             except ClientError as exc:
                 raise ModelIntegrityError(
                     f"{name} of model {version} cannot be read from the registry ({exc})",

@@ -391,6 +391,12 @@ class AccessSettings(Group):
         description="how long a gateway keeps a key's session epoch: `python -m gateway.keys "
         "revoke NAME` ends its sessions within this",
     )
+    max_streams_per_key: int = Field(
+        20,
+        ge=1,
+        description="event streams (GET /v1/jobs/{id}/events) one key, or one address when open, "
+        "holds open at once in each gateway process; more: 429",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

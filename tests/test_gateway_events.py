@@ -24,7 +24,8 @@ from tests.job_results import predict_result, train_result
 
 @pytest.fixture
 def settings_fast(settings: Settings) -> Settings:
-    return settings.replace(sse_heartbeat_s=0.05)
+    # Every client here is one address, and one test follows 40 streams at once.
+    return settings.replace(sse_heartbeat_s=0.05, max_streams_per_key=100)
 
 
 @pytest.fixture
