@@ -1,4 +1,4 @@
-.PHONY: up test lint bench-sse bench-throughput bench-accuracy bench-soak
+.PHONY: up test lint lock bench-sse bench-throughput bench-accuracy bench-soak
 
 # Start the whole system on local defaults (installs what is missing first).
 up:
@@ -8,6 +8,11 @@ up:
 # The whole test suite, as CI runs it.
 test:
 	scripts/test.sh
+
+# Rewrite the hashed lock files under requirements/ after a pin in pyproject.toml changes
+# (needs PyPI; `scripts/lock.sh --upgrade` also moves the transitive dependencies).
+lock:
+	scripts/lock.sh
 
 lint:
 	.venv/bin/ruff check --no-cache . && .venv/bin/ruff format --check --no-cache . && .venv/bin/mypy shared gateway workers pipeline stack deploy client

@@ -41,6 +41,7 @@ from pipeline.plan import Probe, Rate, Schedule
 from pipeline.trainer import Examples, Run, Trainer
 from shared.contracts.jobs import EventType
 from shared.contracts.training import AdaptationPlan, TrainConfig
+from shared.hub import hub_model
 
 ADAPT_PHASE: Phase = "adapt"  # the train stage's progress while it adapts the encoder
 ADAPT_CURVE_POINTS = 100
@@ -140,8 +141,9 @@ class Adapter:
         total: int,
     ) -> None:
         quiet_transformers()
+        source, revision = hub_model(base)
         model: PreTrainedModel = AutoModelForMaskedLM.from_pretrained(
-            base, local_files_only=Path(base).is_dir(), use_safetensors=True
+            source, revision=revision, local_files_only=Path(base).is_dir(), use_safetensors=True
         )
         self.model = to_device(model, device)
         self.config = config

