@@ -128,7 +128,8 @@ class Deployment:
         return name
 
     def roles(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-        """Each role's policy documents, resolved, each with the name of the policy it is."""
+        """Each role's policy documents, resolved, each with the name of the policy it is: inline,
+        managed and the standalone AWS::IAM::Policy resources that name the role."""
         platform = self.platform()
         found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for name, resource in platform.template["Resources"].items():
@@ -149,6 +150,17 @@ class Deployment:
                 for policy in properties.get("Policies", [])
             ]
             found[name] = documents
+        for name, resource in platform.template["Resources"].items():
+            if resource["Type"] != "AWS::IAM::Policy":
+                continue
+            properties = resource["Properties"]
+            for role in properties["Roles"]:
+                found[role["Ref"]].append(
+                    (
+                        f"{name}/{properties['PolicyName']}",
+                        platform.resolve(properties["PolicyDocument"]),
+                    )
+                )
         return found
 
     def instance_calls(self) -> list[AwsCall]:
