@@ -5,6 +5,8 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.endpoints import HTTPEndpoint
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.asgi import HttpMiddleware
@@ -105,9 +107,30 @@ def _same_origin(origin: str, headers: Headers) -> bool:
     return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
 
 
+def _routed(scope: Scope) -> bool:
+    """Whether a route of the app takes this method at this path (through its mounts)."""
+    app = scope.get("app")
+    routes: list[BaseRoute] = list(getattr(getattr(app, "router", None), "routes", []))
+    while routes:
+        for route in routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                break
+        else:
+            return False
+        if not isinstance(route, Mount):
+            endpoint = getattr(route, "endpoint", None)
+            if isinstance(endpoint, type) and issubclass(endpoint, HTTPEndpoint):
+                return hasattr(endpoint, scope["method"].lower())
+            return True
+        scope = {**scope, **child}
+        routes = list(route.routes)
+    return False
+
+
 class RequestHygieneMiddleware(HttpMiddleware):
     """/v1 mutations: JSON bodies only (415), and no cross-origin requests save from
-    AGNEWS_CORS_ORIGINS (403)."""
+    AGNEWS_CORS_ORIGINS (403). A method its path does not take gets 405 before any 415."""
 
     def __init__(self, app: ASGIApp, cors_origins: list[str]) -> None:
         super().__init__(app)
@@ -123,6 +146,10 @@ class RequestHygieneMiddleware(HttpMiddleware):
                     f"cross-origin {method} from {origin} is not allowed (AGNEWS_CORS_ORIGINS)",
                     details={"origin": origin},
                 )
+            if not _routed(scope):
+                # A method the path does not take: the router's 405 (or 404), whatever the body.
+                await self.app(scope, receive, send)
+                return
             has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
             declared = headers.get("content-type")
             media = (declared or "").split(";", 1)[0].strip().lower()

@@ -26,8 +26,12 @@ from gateway.schemas import (
     UploadRequest,
     UploadTicket,
 )
-from shared.contracts.jobs import JobParams, PredictParams
-from shared.contracts.models import ModelInfo, ModelRecord, ProductionPointer
+from gateway.services import services
+from shared.contracts.jobs import EventType, JobParams, PredictParams
+from shared.contracts.models import VERSION_PATTERN, ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.training import PACKAGED_BASE_MODEL
+from shared.settings import Settings
+from shared.sources import dataset_pattern
 
 REF = "#/components/schemas/{model}"
 
@@ -49,6 +53,24 @@ def _path_param(name: str) -> dict[str, Any]:
 
 
 JOB_ID = _path_param("job_id")
+# Where an event stream resumes: a stream entry id, or nothing (from the start).
+EVENT_ID = {"type": "string", "pattern": r"^([0-9]{1,19}(-[0-9]{1,19})?)?$"}
+# One server-sent event of a job's stream, as Open API 3.1 has `schema` describe each event.
+EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": r"^[0-9]+-[0-9]+$"},
+        "event": {"type": "string", "enum": [event.value for event in EventType]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"type": "object"},
+        },
+    },
+}
+# UploadRequest's filename, as its validator takes it: ending in .zip, in any case.
+ZIP_NAME = r"\.[zZ][iI][pP]$"
 
 OPERATIONS = (
     Operation(
@@ -83,11 +105,11 @@ OPERATIONS = (
         "Server-sent events: id is the stream entry id, Last-Event-ID resumes; the stream "
         "ends after the terminal `result` or `error` event",
         None,
-        {200: None, 404: None},
+        {200: "Event", 404: None},
         (
             JOB_ID,
-            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
-            {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+            {"name": "Last-Event-ID", "in": "header", "schema": EVENT_ID},
+            {"name": "last_event_id", "in": "query", "schema": EVENT_ID},
         ),
         "text/event-stream",
     ),
@@ -95,7 +117,7 @@ OPERATIONS = (
         "post",
         "/v1/predict",
         "Classify texts, waiting a bounded time for the answer",
-        "PredictParams",
+        "PredictRequest",
         {200: "PredictResponse", 202: "JobResource", 422: None, 503: None},
     ),
     Operation(
@@ -191,14 +213,18 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     if parameters:
         body["parameters"] = parameters
     if op.body:
+        # Required even where the JSON may be empty (promote): a POST without a JSON Content-Type
+        # is refused (415), and a JSON body is what carries it.
         body["requestBody"] = {
-            "required": op.body != "PromoteRequest",
+            "required": True,
             "content": {"application/json": {"schema": {"$ref": REF.format(model=op.body)}}},
         }
     for status, model in op.responses.items():
         schema = {"$ref": REF.format(model=model or "ErrorBody")}
         if model is None and status < 400:
             content = {op.content_type: {"schema": {"type": "string"}}}
+        elif status < 400 and op.content_type != "application/json":
+            content = {op.content_type: {"schema": schema}}
         else:
             content = {"application/json": {"schema": schema}}
         body["responses"][str(status)] = {"description": str(status), "content": content}
@@ -218,8 +244,33 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-@lru_cache(maxsize=1)
-def document() -> dict[str, Any]:
+@dataclass(frozen=True)
+class Rules:
+    """What the validators read from the settings, for the document to say it."""
+
+    dataset: str
+    base_models: tuple[str, ...]
+    max_texts: int
+    max_text_chars: int
+    upload_max_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Rules":
+        return cls(
+            dataset_pattern(settings),
+            (PACKAGED_BASE_MODEL, *settings.training.base_model_allowlist),
+            settings.limits.max_texts,
+            settings.limits.max_text_chars,
+            settings.limits.upload_max_bytes,
+        )
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    return _document(Rules.of(settings))
+
+
+@lru_cache(maxsize=4)
+def _document(rules: Rules) -> dict[str, Any]:
     adapters = _models()
     modes = {
         "JobRequest",
@@ -241,6 +292,7 @@ def document() -> dict[str, Any]:
     for (name, _), schema in refs.items():
         if schema.get("$ref") != REF.format(model=name):
             schemas[name] = schema
+    _as_validated(schemas, rules)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, schemas)
@@ -274,8 +326,67 @@ def document() -> dict[str, Any]:
     }
 
 
+JOB_REQUESTS = {
+    "PredictParams": "PredictJob",
+    "TrainParams": "TrainJob",
+    "EvaluateParams": "EvaluateJob",
+    "PipelineParams": "PipelineJob",
+}
+
+
+def _as_validated(schemas: dict[str, Any], rules: Rules) -> None:
+    """What the API's validators take beyond the models' own schemas (gateway.jobs.api_params,
+    shared.sources): a job request names its type, the discriminator pydantic reads; the limits
+    on texts; datasets of the bucket, base models of the allowlist (or, not listed here, a
+    folder under the data directory), registered version names, and no `source`."""
+    schemas["PredictRequest"] = {
+        "allOf": [{"$ref": REF.format(model="PredictParams")}],
+        "properties": {
+            "texts": {"maxItems": rules.max_texts, "items": {"maxLength": rules.max_text_chars}},
+            "text": {"maxLength": rules.max_text_chars},
+        },
+    }
+    dataset = {"dataset": {"pattern": rules.dataset}}
+    checked: dict[str, dict[str, Any]] = {
+        "PredictParams": {},
+        "TrainParams": dataset | {"base_model": _base_model(rules)},
+        "EvaluateParams": dataset | {"model_version": {"pattern": f"^{VERSION_PATTERN.pattern}$"}},
+        "PipelineParams": dataset | {"base_model": _base_model(rules), "source": {"type": "null"}},
+    }
+    for params, job in JOB_REQUESTS.items():
+        member = "PredictRequest" if params == "PredictParams" else params
+        schemas[job] = {
+            "allOf": [{"$ref": REF.format(model=member)}],
+            "required": ["type"],
+            "properties": checked[params],
+        }
+    schemas["JobRequest"] = {
+        "oneOf": [{"$ref": REF.format(model=job)} for job in JOB_REQUESTS.values()],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {
+                params.removesuffix("Params").lower(): REF.format(model=job)
+                for params, job in JOB_REQUESTS.items()
+            },
+        },
+    }
+    upload = schemas["UploadRequest"]["properties"]
+    upload["filename"]["pattern"] = ZIP_NAME
+    # A larger archive is refused with 413.
+    upload["size"]["maximum"] = rules.upload_max_bytes
+    schemas["Event"] = EVENT
+
+
+def _base_model(rules: Rules) -> dict[str, Any]:
+    return {
+        "anyOf": [{"enum": list(rules.base_models)}, {"type": "null"}],
+        "description": "the packaged model, one of AGNEWS_BASE_MODEL_ALLOWLIST (hub models "
+        "pinned to a commit), or a model folder under the data directory",
+    }
+
+
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(document())
+    return JSONResponse(document(services(request).settings))
 
 
 routes = [Route("/openapi.json", openapi, methods=["GET"])]

@@ -2,6 +2,7 @@
 incoming/ or datasets/, and allowlisted base models. The CLI and the S3-event listener create
 jobs without the gateway and keep their own sources (local paths, the event's object)."""
 
+import re
 from pathlib import Path
 
 from shared.contracts.errors import InvalidRequest
@@ -30,6 +31,27 @@ def _refuse(dataset: str, why: str, settings: Settings) -> InvalidRequest:
     )
 
 
+_META = set(".^$*+?()[]{}|\\")
+# A key's folder: no "/", "\\" or ":", and neither "." nor "..".
+_FOLDER = r"(?:[^/\\:.][^/\\:]*|\.[^/\\:.][^/\\:]*|\.\.[^/\\:]+)"
+
+
+def _literal(text: str) -> str:
+    """`text` in a regular expression that Python and JSON Schema (ECMA 262) read alike."""
+    return "".join(f"\\{char}" if char in _META else char for char in text)
+
+
+def dataset_pattern(settings: Settings) -> str:
+    """What api_dataset takes, as one regular expression (the API document's): an s3:// URL of
+    the bucket, or a bare key, under incoming/ or datasets/, of a .zip archive."""
+    bucket = _literal(settings.storage.bucket)
+    prefixes = "|".join(
+        _literal(prefix)
+        for prefix in (settings.storage.incoming_prefix, settings.storage.datasets_prefix)
+    )
+    return f"^(?:s3://{bucket}/)?(?:{prefixes})(?:{_FOLDER}/)*[^/\\\\:]*\\.zip$"
+
+
 def api_dataset(dataset: str, settings: Settings) -> str:
     """The s3:// URL of the archive an API job names; InvalidRequest naming the rule otherwise.
 
@@ -48,6 +70,8 @@ def api_dataset(dataset: str, settings: Settings) -> str:
         (settings.storage.incoming_prefix, settings.storage.datasets_prefix)
     ):
         raise _refuse(dataset, "is outside the allowed prefixes", settings)
+    if re.fullmatch(dataset_pattern(settings)[1:-1], dataset) is None:
+        raise _refuse(dataset, "is not a plain key of a .zip archive", settings)
     return f"s3://{settings.storage.bucket}/{key}"
 
 

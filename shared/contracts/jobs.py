@@ -1,11 +1,12 @@
 """Jobs and their events: the schemas the gateway, workers and clients agree on."""
 
+import re
 import secrets
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts.errors import ErrorInfo, InvalidRequest
 from shared.contracts.results import EvaluateResult, JobResult, PredictResult, TrainResult
@@ -61,14 +62,30 @@ class Event(BaseModel):
 
 # Requests that create jobs. Each job type has its own parameters; `type` discriminates.
 
-Text = Annotated[str, Field(min_length=1)]
+# A text holds a character that is no whitespace (str.isspace, what str.strip removes); the same
+# class in JSON Schema's regular expressions documents the rule.
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+Text = Annotated[str, Field(min_length=1, json_schema_extra={"pattern": NOT_BLANK})]
 
 
 class _Request(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+def _text_or_texts(schema: dict[str, Any]) -> None:
+    """What PredictParams' validator takes: a `text`, or a non-empty list of `texts`."""
+    schema["oneOf"] = [
+        {"required": ["texts"], "properties": {"texts": {"minItems": 1}, "text": {"type": "null"}}},
+        {
+            "required": ["text"],
+            "properties": {"text": {"type": "string"}, "texts": {"maxItems": 0}},
+        },
+    ]
+
+
 class PredictParams(_Request):
+    model_config = ConfigDict(json_schema_extra=_text_or_texts)
+
     type: Literal["predict"] = "predict"
     texts: list[Text] = Field(default_factory=list)
     text: Text | None = None
@@ -78,6 +95,8 @@ class PredictParams(_Request):
         if self.text is not None:
             if self.texts:
                 raise ValueError("give either 'text' or 'texts', not both")
+            if re.search(NOT_BLANK, self.text) is None:
+                raise ValueError("text is blank")
             self.texts = [self.text]
             self.text = None
         if not self.texts:
@@ -88,7 +107,7 @@ class PredictParams(_Request):
     @classmethod
     def _not_blank(cls, texts: list[str]) -> list[str]:
         for index, text in enumerate(texts):
-            if not text.strip():
+            if re.search(NOT_BLANK, text) is None:
                 raise ValueError(f"texts[{index}] is blank")
         return texts
 
