@@ -34,6 +34,8 @@ RATE_HALF_LIFE_S = 2.0
 PEAK_WINDOW_S = 60.0
 # Workers time their form alone at load; a fleet sharing cores answers less than their sum.
 ANNOUNCED_SHARE = 0.5
+# A fleet answering next to nothing would otherwise have clients told to come back in days.
+MAX_RETRY_AFTER_S = 60
 
 
 class Overloaded(ServiceUnavailable, code="overloaded"):
@@ -74,7 +76,7 @@ class PredictAdmission:
             excess = self.pending + texts - rate * wait_s
             if excess > 0:
                 self.metrics.shed.labels("predict").inc()
-                retry_after = max(1, math.ceil(excess / rate))
+                retry_after = min(MAX_RETRY_AFTER_S, max(1, math.ceil(excess / rate)))
                 raise Overloaded(
                     f"the predict fleet is busy: {self.pending} texts wait, answered at about "
                     f"{rate:.0f} texts/s, more than it answers in {wait_s:g}s; try again in "

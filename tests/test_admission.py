@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.admission import REFRESH_S
+from gateway.admission import MAX_RETRY_AFTER_S, REFRESH_S
 from shared.contracts.serving import ServingWorker
 from shared.contracts.stages import ROUTES, TRAIN
 from shared.fleet import announce
@@ -67,6 +67,22 @@ def test_a_prediction_beyond_what_the_fleet_answers_in_time_is_refused_at_once(
     wait_until(lambda: admission.pending == 0, timeout=10 * REFRESH_S + 5)
     waited = client.post("/v1/predict", json={"text": "Stocks rally as rates fall"})
     assert waited.status_code == 202  # taken; no worker here to answer it in 0.5 s
+
+
+def test_a_fleet_answering_next_to_nothing_asks_for_a_retry_within_a_minute(
+    client: httpx.Client, gateway: Gateway, store: JobStore, settings: Settings
+) -> None:
+    announce_fleet(store, settings, 1e-6)
+    store.redis.set(store.keys.pending, 1_000)
+    admission = gateway.services.admission
+    wait_until(
+        lambda: admission.pending == 1_000 and admission.rate > 0, timeout=10 * REFRESH_S + 5
+    )
+
+    refused = client.post("/v1/predict", json={"text": "Stocks rally as rates fall"})
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["retry-after"]) == MAX_RETRY_AFTER_S
+    assert refused.json()["error"]["details"]["retry_after_s"] == MAX_RETRY_AFTER_S
 
 
 def test_without_a_fleet_to_estimate_from_nothing_is_refused(
