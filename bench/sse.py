@@ -26,9 +26,9 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from shared.contracts.jobs import Job, JobType, new_job_id
 from shared.jobstore import JobStore
 from shared.settings import Settings
+from testkit.job_results import train_job, train_result
 from testkit.servers import free_port, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,10 @@ def memory_kb(pid: int) -> dict[str, int]:
     }
 
 
-def start_gateway(redis_url: str, port: int, prefix: str) -> tuple[subprocess.Popen[bytes], float]:
+def start_gateway(
+    redis_url: str, port: int, prefix: str, clients: int
+) -> tuple[subprocess.Popen[bytes], float]:
+    # Every client here is one address: the caps on streams and reads per caller are lifted.
     env = {
         **os.environ,
         "AGNEWS_REDIS_URL": redis_url,
@@ -64,6 +67,8 @@ def start_gateway(redis_url: str, port: int, prefix: str) -> tuple[subprocess.Po
         "AGNEWS_HTTP_HOST": "127.0.0.1",
         "AGNEWS_HTTP_PORT": str(port),
         "AGNEWS_LOG_LEVEL": "WARNING",
+        "AGNEWS_MAX_STREAMS_PER_KEY": str(clients),
+        "AGNEWS_RATE_READS_BURST": str(clients),
     }
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env)
@@ -112,7 +117,7 @@ def publish(redis_url: str, prefix: str, jobs: list[str], events: int, interval:
             store.progress(job_id, {"step": step, "total": events, "sent": time.time()})
     time.sleep(interval)
     for job_id in jobs:
-        store.succeed(job_id, {"sent": time.time()})
+        store.succeed(job_id, train_result())
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -120,14 +125,13 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, redis_server(Path(tmp)) as redis_url:
         settings = Settings(redis_url=redis_url, key_prefix="bench")
         port = free_port()
-        process, cold_start = start_gateway(redis_url, port, settings.redis.key_prefix)
+        process, cold_start = start_gateway(
+            redis_url, port, settings.redis.key_prefix, args.clients
+        )
         try:
             idle = memory_kb(process.pid)
             store = JobStore.from_settings(settings)
-            jobs = [
-                store.create(Job(id=new_job_id(), type=JobType.train)).id
-                for _ in range(args.clients)
-            ]
+            jobs = [store.create(train_job()).id for _ in range(args.clients)]
             clients = [Client(job_id) for job_id in jobs]
             connector = aiohttp.TCPConnector(limit=0)
             timeout = aiohttp.ClientTimeout(total=None, sock_read=120)

@@ -22,9 +22,9 @@ from shared.contracts.jobs import EventType, Job, JobStatus, JobType, TrainParam
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from testkit.gateway import FakeWorker, Gateway, serve
+from testkit.job_results import predict_result, train_result
 from testkit.servers import free_port
 from tests.flaky_proxy import flaky_proxy
-from tests.job_results import predict_result, train_result
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
 from testkit.gateway import FakeWorker, Gateway, serve
-from tests.job_results import predict_result, train_result
+from testkit.job_results import predict_result, train_result
 from tests.test_frontend import CHROMIUM_ARGS, DESKTOP, _console, chromium_path, wait_js
 from tests.test_gateway_models import NEWER, OLDER, register
 

@@ -19,7 +19,7 @@ from testkit.gateway import (
     sse_clients,
     wait_until,
 )
-from tests.job_results import predict_result, train_result
+from testkit.job_results import predict_result, train_result
 
 
 @pytest.fixture

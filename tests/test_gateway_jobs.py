@@ -9,7 +9,7 @@ from shared.contracts.jobs import JobStatus
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from testkit.gateway import Gateway, broker_messages, serve
-from tests.job_results import train_result
+from testkit.job_results import train_result
 
 TRAIN = {"type": "train", "dataset": "incoming/x/archive.zip", "max_steps": 5}
 

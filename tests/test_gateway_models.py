@@ -9,7 +9,7 @@ from shared.contracts.training import TrainingParams
 from shared.settings import Settings
 from shared.storage import s3_client
 from testkit.gateway import serve
-from tests.job_results import metrics
+from testkit.job_results import metrics
 
 JSON = {"content-type": "application/json"}
 

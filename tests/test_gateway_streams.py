@@ -26,7 +26,7 @@ from shared.contracts.keys import ApiKey, key_digest
 from shared.jobstore import AsyncJobStore, JobStore
 from shared.settings import Settings
 from testkit.gateway import Frame, Gateway, events_only, read_frames, serve, wait_until
-from tests.job_results import train_result
+from testkit.job_results import train_result
 from tests.test_gateway_events import answer, assert_matches, new_job, new_prediction, run_job
 
 TOO_BIG = [

@@ -9,7 +9,7 @@ from shared.contracts.jobs import EventType, Job, JobStatus, JobType, new_job_id
 from shared.contracts.times import utcnow
 from shared.jobstore import AsyncJobStore, JobStore, PredictLoad
 from shared.settings import Settings
-from tests.job_results import predict_result, train_result
+from testkit.job_results import predict_result, train_result
 
 TRAIN = {"dataset": "s3://b/a.zip"}
 

@@ -38,8 +38,8 @@ from shared.progress import ProgressBars
 from shared.settings import Settings
 from testkit.archives import MINI_ARCHIVE
 from testkit.families import tiny_family_model
+from testkit.job_results import train_result
 from testkit.models import Recorder
-from tests.job_results import train_result
 
 TOKENS_PER_S = 4000.0
 SPENT_S = 5.0

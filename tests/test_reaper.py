@@ -13,7 +13,7 @@ from shared.contracts.times import utcnow
 from shared.jobstore import JobStore
 from shared.reaper import JOB_TIMEOUT, WORKER_LOST, reap_once, verdict
 from shared.settings import ReaperSettings, Settings
-from tests.job_results import train_result
+from testkit.job_results import train_result
 from workers.predict import serve_batch
 from workers.reporting import JobReporter, run_step, stale_delivery
 

@@ -16,8 +16,8 @@ from shared.contracts.training import TrainingParams
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
+from testkit.job_results import metrics
 from testkit.models import copy_as_new_version, tiny_model
-from tests.job_results import metrics
 
 TRAINING_PARAMS = TrainingParams(rows_trained=400, rows_validated=20, steps=5)
 

@@ -18,7 +18,7 @@ from shared.contracts.training import TrainingParams
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client
-from tests.job_results import metrics
+from testkit.job_results import metrics
 
 PAYLOAD = b"print('pwned')\n"
 WEIGHTS = b"not really weights"

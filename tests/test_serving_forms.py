@@ -40,8 +40,8 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from testkit.families import tiny_family_model
 from testkit.gateway import serve
+from testkit.job_results import metrics
 from testkit.models import tiny_model
-from tests.job_results import metrics
 from workers.models import ServingModel
 
 TEXTS = [

@@ -26,8 +26,8 @@ from shared.registry import ModelRegistry
 from shared.settings import Settings
 from shared.storage import s3_client, transient_s3_error
 from testkit.gateway import broker_messages, wait_until
+from testkit.job_results import metrics
 from testkit.servers import free_port, redis_server
-from tests.job_results import metrics
 from workers.reporting import JobReporter
 
 

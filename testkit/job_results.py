@@ -1,5 +1,6 @@
-"""Typed job results for tests that end jobs by hand."""
+"""Typed jobs and results for tests and benchmarks that make and end jobs by hand."""
 
+from shared.contracts.jobs import Job, JobType, TrainParams, new_job_id
 from shared.contracts.results import ClassScores, Metrics, Prediction, PredictResult, TrainResult
 
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
@@ -42,3 +43,7 @@ def predict_result(version: str = "v1", labels: tuple[str, ...] = ("Sports",)) -
             for label in labels
         ],
     )
+
+
+def train_job(dataset: str = "s3://agnews/incoming/a.zip") -> Job:
+    return Job(id=new_job_id(), type=JobType.train, params=TrainParams(dataset=dataset))
