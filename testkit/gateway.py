@@ -26,6 +26,23 @@ class Gateway:
 
 
 @contextlib.contextmanager
+def running(server: uvicorn.Server) -> Iterator[None]:
+    """`server` run in a thread of this process, from when it has started until the block ends."""
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextlib.contextmanager
 def serve(settings: Settings) -> Iterator[Gateway]:
     """The gateway app on a real uvicorn server in a thread of this process."""
     app = create_app(settings)
@@ -38,19 +55,8 @@ def serve(settings: Settings) -> Iterator[Gateway]:
         lifespan="on",
         timeout_graceful_shutdown=1,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the gateway did not start")
-        time.sleep(0.01)
-    try:
+    with running(uvicorn.Server(config)):
         yield Gateway(f"http://127.0.0.1:{port}", app.state.services)
-    finally:
-        server.should_exit = True
-        thread.join(15)
 
 
 @dataclass
