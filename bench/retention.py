@@ -1,6 +1,7 @@
 """Redis per answered prediction: 2,000 single-text predictions from 32 clients on the local
-stack, each client sending its next when the last is answered; Redis's used_memory before and
-after (less the answers stream, a fixed cost of at most its maxlen), per prediction kept, and
+stack, each client sending its next when the last is answered; Redis's memory before and after (its
+used_memory less connection and AOF buffers, and less the answers stream, a fixed cost of at
+most its maxlen), per prediction kept, and
 the longest time to live of any predict job's key against the retention.
 
     .venv/bin/python -m bench.retention
@@ -21,6 +22,7 @@ from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Connection
 from testkit.models import trained_model
+from testkit.servers import held_memory
 from testkit.stack import live_stack, serve_model
 
 
@@ -59,11 +61,11 @@ def main() -> None:
             serve_model(stack, model_dir, texts[0])
             redis = sync_client(stack.settings.redis)
             keys = JobKeys(stack.settings.redis.key_prefix)
-            before = int(redis.info("memory")["used_memory"])
+            before = held_memory(redis)
             stream_before = int(redis.memory_usage(keys.answers) or 0)
             kept_before = int(redis.zcard(keys.predict_index))
             statuses = asyncio.run(send(stack.url, texts, args.predictions, args.clients))
-            after = int(redis.info("memory")["used_memory"])
+            after = held_memory(redis)
             stream_after = int(redis.memory_usage(keys.answers) or 0)
             kept = int(redis.zcard(keys.predict_index)) - kept_before
             ttls = [

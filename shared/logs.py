@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Iterator, MutableMapping
 from functools import partial
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor
@@ -44,6 +44,18 @@ def _renderer(run: RunSettings) -> Processor:
     return structlog.processors.JSONRenderer(serializer=partial(json.dumps, ensure_ascii=False))
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes, not what it was when configured."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
+
+
 def configure_logging(run: RunSettings, process: str) -> logging.Logger:
     """Every record of this process, through the root logger, to stderr."""
     chain: list[Processor] = [
@@ -63,7 +75,7 @@ def configure_logging(run: RunSettings, process: str) -> logging.Logger:
             _renderer(run),
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]

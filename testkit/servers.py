@@ -29,6 +29,14 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def held_memory(client: redis.Redis) -> int:
+    """Redis's used_memory less its connections' and the AOF's buffers: what the data holds, which
+    grows with what is kept, not with how many clients happen to be reading."""
+    memory = client.info("memory")
+    buffers = ("mem_clients_normal", "mem_clients_slaves", "mem_aof_buffer")
+    return int(memory["used_memory"]) - sum(int(memory.get(name, 0)) for name in buffers)
+
+
 @contextlib.contextmanager
 def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     binary = shutil.which("redis-server")

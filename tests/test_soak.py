@@ -4,18 +4,21 @@ outlives the retention, nothing sent is lost, and an answered prediction costs R
 A change that lets state grow again fails here."""
 
 import asyncio
+import statistics
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from pipeline.ingest import read_archive
+from shared.broker import transport_options
 from shared.jobstore import JobStore
 from shared.redis_clients import sync_client
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Load
 from testkit.models import tiny_model
+from testkit.servers import held_memory
 from testkit.stack import LiveStack, live_stack, serve_model
 
 pytestmark = pytest.mark.slow
@@ -43,17 +46,26 @@ def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) 
     texts = [row.text for row in read_archive(REAL_ARCHIVE, Settings()).test.rows[:500]]
     redis = sync_client(stack.settings.redis)
     store = JobStore.from_settings(stack.settings)
-    base_memory, base_keys = int(redis.info("memory")["used_memory"]), int(redis.dbsize())
-    samples: list[tuple[float, int, int, int]] = []
+    options = transport_options(stack.settings, "predict")
+    # Sized by the answers stream's maxlen and the broker's messages in flight, not by what is kept.
+    fixed = {store.keys.answers, "predict", options["unacked_key"], options["unacked_index_key"]}
+    base_memory, base_keys = held_memory(redis), int(redis.dbsize())
+    samples: list[tuple[float, int, int, int, int]] = []
     load = Load(stack.url, texts, connections=16)
 
+    def footprint() -> int:
+        """What the kept records take: every key but the fixed ones, exactly (no sampling of
+        their members), and the keyspace's own tables."""
+        names = [key for key in redis.scan_iter(count=1000) if _name(key) not in fixed]
+        records = sum(int(redis.memory_usage(key, samples=0) or 0) for key in names)
+        tables = redis.memory_stats().get("db.0", {})
+        return records + sum(int(size) for size in tables.values())
+
     def sample(started: float) -> None:
-        # What each kept prediction costs: Redis's memory past its base and past the answers
-        # stream (a fixed cost, at most its maxlen), over the predictions kept now.
-        answers = int(redis.memory_usage(store.keys.answers) or 0)
-        memory = int(redis.info("memory")["used_memory"]) - base_memory - answers
+        bounded = sum(int(redis.memory_usage(key) or 0) for key in fixed)
+        memory, keys = held_memory(redis) - bounded - base_memory, int(redis.dbsize())
         kept = int(redis.zcard(store.keys.predict_index))
-        samples.append((time.monotonic() - started, memory, int(redis.dbsize()), kept))
+        samples.append((time.monotonic() - started, memory, keys, kept, footprint()))
 
     async def drive() -> None:
         sending = asyncio.create_task(load.run(lambda _: RATE, 3 * RETENTION_S))
@@ -68,16 +80,20 @@ def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) 
     assert statuses.count(200) == len(statuses) > 0.9 * RATE * 3 * RETENTION_S
 
     # While kept, an answered prediction costs Redis under 1 KB; about RATE * RETENTION_S are
-    # kept at once, the retention being a third of the run.
+    # kept at once, the retention being a third of the run. (bench/retention.py measures the
+    # same from used_memory over 2,000 predictions, where the allocator's own swings of some
+    # 100 KB weigh less.)
     kept = RATE * RETENTION_S
     settled = [entry for entry in samples if entry[0] > RETENTION_S + 10]
-    for _, memory, _, held in settled:
+    for _, _, _, held, records in settled:
         assert 0.8 * kept <= held <= 1.2 * kept
-        assert memory / held < 1024, memory / held
-    # Past the retention, keys and memory stay flat: no more than a tenth above where they were
-    # when the first predictions expired.
-    assert max(keys for _, _, keys, _ in settled) <= base_keys + 1.2 * kept + 10
-    first, last = settled[0][1], settled[-1][1]
+        assert records / held < 1024, (records, held)
+    # Past the retention, keys and memory stay flat: the last third of the samples no more than a
+    # tenth above the first third (medians: the allocator swings by some 100 KB either way).
+    assert max(keys for _, _, keys, _, _ in settled) <= base_keys + 1.2 * kept + 10
+    third = max(1, len(settled) // 3)
+    first = statistics.median(memory for _, memory, _, _, _ in settled[:third])
+    last = statistics.median(memory for _, memory, _, _, _ in settled[-third:])
     assert last <= 1.1 * first + 64 * 1024, (first, last)
 
     # No prediction's record outlives the retention.
@@ -86,3 +102,7 @@ def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) 
         assert ttl != -1, f"{key} has no expiry"  # -2: it expired since the scan listed it
         assert ttl <= RETENTION_S, (key, ttl)
     assert redis.zcard(store.keys.predict_index) <= 1.1 * kept + 10
+
+
+def _name(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
