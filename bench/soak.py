@@ -25,6 +25,7 @@ bench/out/soak-PROFILE.json and a plot, soak-PROFILE.png.
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -164,8 +165,19 @@ def schedule(profile: str, peak: float, share: float, seconds: float) -> Any:
     return rate_at
 
 
+def connections_for(profile: str, peak: float, wait_s: float) -> int:
+    """Enough that the generator never holds back what the gateway would admit: in a burst, every
+    request sent for as long as an admitted one may wait, and some for the refused."""
+    if profile == "burst":
+        return math.ceil(2.0 * peak * max(wait_s, 1.0)) + 128
+    return 128
+
+
 async def drive(run: Run, stack: LiveStack, texts: list[str], args: argparse.Namespace) -> Load:
-    load = Load(stack.url, texts, args.connections)
+    wait_s = stack.settings.gateway.predict_wait_s
+    connections = args.connections or connections_for(args.profile, run.peak_per_s, wait_s)
+    print(f"{connections} connections", flush=True)
+    load = Load(stack.url, texts, connections)
     sampler = Sampler(stack, load)
     seconds = args.minutes * 60
     rate_at = schedule(args.profile, run.peak_per_s, args.share, seconds)
@@ -317,7 +329,12 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.7, help="of the peak, sent steadily")
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--peak-s", type=float, default=60.0)
-    parser.add_argument("--connections", type=int, default=128)
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="at once (default: 128, and for a burst as many as it could hold waiting)",
+    )
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--predict-workers", type=int, default=min(os.cpu_count() or 1, 4))
     parser.add_argument("--set", action="append", default=[], help="a setting, NAME=VALUE")

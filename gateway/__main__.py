@@ -68,6 +68,7 @@ def server_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         log_level=settings.run.log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=settings.gateway.shutdown_grace_s,
+        timeout_keep_alive=settings.gateway.keep_alive_s,
     )
 
 

@@ -266,6 +266,13 @@ class GatewaySettings(Group):
     shutdown_grace_s: int = Field(
         5, ge=0, alias="http_shutdown_grace_s", description="requests in flight get this long"
     )
+    keep_alive_s: int = Field(
+        130,
+        ge=1,
+        alias="http_keep_alive_s",
+        description="an idle client connection is kept this long; above the load balancer's "
+        "idle timeout (120 s), so that it never sends on a connection the gateway is closing",
+    )
     frontend_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "frontend", description="the web app's files"
     )

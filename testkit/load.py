@@ -40,6 +40,8 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def predict(self, text: str) -> tuple[int, dict[str, Any]]:
+        if self.reader is not None and self.reader.at_eof():
+            self.close()  # the gateway closed it while idle, as a client's pool would notice
         if self.writer is None:
             host, port = self.url.hostname or "127.0.0.1", self.url.port or 80
             self.reader, self.writer = await asyncio.open_connection(host, port)
@@ -61,7 +63,7 @@ class Connection:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            self.writer = None
+        self.reader = self.writer = None
 
 
 class Load:

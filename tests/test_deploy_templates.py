@@ -408,3 +408,15 @@ def test_gateways_trust_forwarded_headers_and_serve_internal_paths_to_the_vpc_on
     assert "AGNEWS_FORWARDED_ALLOW_IPS=$vpc_cidrs" in lines
     assert "AGNEWS_INTERNAL_CIDRS=$vpc_cidrs" in lines
     assert 'test -n "$vpc_cidrs"' in gateway  # no empty list: the gateway would trust no one
+
+
+def test_gateways_keep_an_idle_connection_longer_than_the_load_balancer_does() -> None:
+    # Otherwise the balancer may send a request on a connection the gateway is closing: a 502.
+    [balancer] = resources(
+        template("platform.yaml"), "AWS::ElasticLoadBalancingV2::LoadBalancer"
+    ).values()
+    attributes = {
+        item["Key"]: item["Value"] for item in balancer["Properties"]["LoadBalancerAttributes"]
+    }
+    assert Settings().gateway.keep_alive_s > int(attributes["idle_timeout.timeout_seconds"])
+    assert "KEEP_ALIVE" not in _user_data(template("fleet.yaml"), "GatewayTemplate")

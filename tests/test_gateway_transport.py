@@ -2,6 +2,8 @@
 AGNEWS_FORWARDED_ALLOW_IPS; over https the cookie is Secure and HSTS is sent; /metrics and /readyz
 answer internal addresses (AGNEWS_INTERNAL_CIDRS) only."""
 
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -106,3 +108,17 @@ def test_by_default_loopback_and_private_networks_are_internal(settings: Setting
             Settings.model_validate({"forwarded_allow_ips": wrong})
         with pytest.raises(ValueError, match="AGNEWS_INTERNAL_CIDRS"):
             Settings.model_validate({"internal_cidrs": wrong})
+
+
+def test_an_idle_connection_is_kept_past_uvicorns_default_of_five_seconds(
+    behind: Settings,
+) -> None:
+    with served_app(create_app(behind), behind) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+            request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            connection.sendall(request)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(6)
+            connection.sendall(request)
+            assert connection.recv(4096).startswith(b"HTTP/1.1 200")
