@@ -27,15 +27,15 @@ import asyncio
 import json
 import math
 import os
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
@@ -92,7 +92,6 @@ class Sampler:
         self.offered = 0
         self.unresolved: set[str] = set()  # 202s' jobs not yet seen ended
         self.lost = 0
-        self.api = httpx.Client(base_url=stack.url, timeout=10)
         self.redis = sync_client(stack.settings.redis)
         self.keys = JobKeys(stack.settings.redis.key_prefix)
 
@@ -132,12 +131,16 @@ class Sampler:
 
     def _follow(self, window: list[Outcome]) -> None:
         """A request lost is one with no answer and no job that ended: a 202's job is read
-        until it ends; a request with no answer at all has no job to read."""
+        until it ends (from Redis, all at once: a burst leaves thousands); a request with no
+        answer at all has no job to read."""
         self.lost += sum(1 for o in window if o.status == 0)
         self.unresolved |= {o.job_id for o in window if o.job_id is not None}
-        for job_id in list(self.unresolved):
-            answer = self.api.get(f"/v1/jobs/{job_id}")
-            if answer.status_code == 200 and answer.json()["status"] in ENDED:
+        following = sorted(self.unresolved)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in following:
+            pipe.hget(self.keys.job(job_id), "status")
+        for job_id, status in zip(following, pipe.execute(), strict=True):
+            if status is not None and _text(status) in ENDED:
                 self.unresolved.discard(job_id)
 
     def settle(self, grace_s: float) -> None:
@@ -148,6 +151,10 @@ class Sampler:
             time.sleep(1.0)
         self.lost += len(self.unresolved)
         self.unresolved.clear()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def burst_window(seconds: float) -> tuple[float, float]:
@@ -339,6 +346,8 @@ def main() -> None:
     parser.add_argument("--predict-workers", type=int, default=min(os.cpu_count() or 1, 4))
     parser.add_argument("--set", action="append", default=[], help="a setting, NAME=VALUE")
     args = parser.parse_args()
+    # Stopped by a signal, the stack it started stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"CPU: {cpu_line()}", flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     overrides: dict[str, Any] = dict(item.split("=", 1) for item in args.set)

@@ -9,15 +9,18 @@ before it has served any, a share of what it timed alone at load, `ANNOUNCED_SHA
 fleet's rate is their sum, and never less than what the gateway saw answered lately, nor than
 the most it saw over the last `PEAK_WINDOW_S` (a pause, such as every worker loading a new model,
 is not a fall in capacity). A fleet that is asked little answers little: what it answers is not
-what it can, so the workers' own measure leads. With no worker's word, nothing is refused: there
-is nothing to estimate from."""
+what it can, so the workers' own measure leads. But a fleet with more waiting than it answers in
+`BUSY_S`, still answering, for `SATURATED_S` or longer, answers all it can: then what it answers
+is its rate, however much more its workers said they answer alone (a burst takes their cores for
+the gateway and the callers). With no worker's word, nothing is refused: there is nothing to
+estimate from."""
 
-import asyncio
 import logging
 import math
 import time
 from collections import deque
 
+from gateway.background import every
 from gateway.metrics import Metrics
 from shared.contracts.errors import ServiceUnavailable
 from shared.contracts.serving import ServingWorker
@@ -34,6 +37,9 @@ RATE_HALF_LIFE_S = 2.0
 PEAK_WINDOW_S = 60.0
 # Workers time their form alone at load; a fleet sharing cores answers less than their sum.
 ANNOUNCED_SHARE = 0.5
+BUSY_S = 2.0
+SATURATED_S = 5.0
+ANSWERING_S = 1.0  # answers came this lately: the fleet is not paused
 # A fleet answering next to nothing would otherwise have clients told to come back in days.
 MAX_RETRY_AFTER_S = 60
 
@@ -57,7 +63,9 @@ class PredictAdmission:
         self._rates: deque[tuple[float, float]] = deque()
         self._read_at = time.monotonic()
         self._fleet_at = -math.inf
-        self._task: asyncio.Task[None] | None = None
+        self._busy_since: float | None = None
+        self._answered_at = -math.inf
+        self.background = every(REFRESH_S, self.refresh, "admission estimate not refreshed", log)
 
     @property
     def rate(self) -> float:
@@ -65,8 +73,15 @@ class PredictAdmission:
         worker has said what it answers)."""
         if self.announced_per_s <= 0:
             return 0.0
+        if self.saturated:
+            return self.observed_per_s
         recent_peak = max((rate for _, rate in self._rates), default=0.0)
         return max(self.observed_per_s, recent_peak, self.announced_per_s)
+
+    @property
+    def saturated(self) -> bool:
+        busy_since = self._busy_since
+        return busy_since is not None and time.monotonic() - busy_since >= SATURATED_S
 
     def admit(self, texts: int) -> None:
         """Count a prediction in, or refuse it (Overloaded) when it would wait too long."""
@@ -86,20 +101,10 @@ class PredictAdmission:
         self.pending += texts
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self.background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.debug("admission estimate not refreshed: %s", exc)
-            await asyncio.sleep(REFRESH_S)
+        await self.background.stop()
 
     async def refresh(self) -> None:
         load = await self.store.predict_load()
@@ -111,6 +116,14 @@ class PredictAdmission:
             self._rates.append((now, self.observed_per_s))
             while self._rates and self._rates[0][0] < now - PEAK_WINDOW_S:
                 self._rates.popleft()
+            if load.answered > self._answered:
+                self._answered_at = now
+            answering = now - self._answered_at <= ANSWERING_S
+            busy = answering and load.pending > self.observed_per_s * BUSY_S
+            if not busy:
+                self._busy_since = None
+            elif self._busy_since is None:
+                self._busy_since = now
         self._answered, self._read_at, self.pending = load.answered, now, load.pending
         if now - self._fleet_at >= FLEET_REFRESH_S:
             self._fleet_at = now

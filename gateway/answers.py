@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions
 
+from gateway.background import Background
 from gateway.hub import HubTuning
 from shared.contracts.jobs import Event, EventType, Job
 from shared.jobstore import AsyncJobStore
@@ -36,19 +37,17 @@ class PredictAnswers:
         # Every request waiting for a job: a POST /v1/predict and any number of event streams
         # may wait for the same job, and each gets the answer.
         self._waiting: dict[str, list[asyncio.Future[Event]]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self.background = Background(self._run)
 
     @property
     def waiting(self) -> int:
         return sum(len(answers) for answers in self._waiting.values())
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self.background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.background.stop()
 
     @contextlib.asynccontextmanager
     async def expect(self, job_id: str) -> AsyncIterator["asyncio.Future[Event]"]:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.admission import MAX_RETRY_AFTER_S, REFRESH_S
+from gateway.admission import MAX_RETRY_AFTER_S, REFRESH_S, SATURATED_S, Overloaded
 from shared.contracts.serving import ServingWorker
 from shared.contracts.stages import ROUTES, TRAIN
 from shared.fleet import announce
@@ -147,3 +147,33 @@ def test_a_fleet_asked_little_is_not_taken_for_a_slow_one(
     wait_until(lambda: admission.pending == 40, timeout=10 * REFRESH_S + 5)
     wait_until(lambda: admission.announced_per_s == 300.0, timeout=15)
     assert client.post("/v1/predict", json={"text": "Stocks rally"}).status_code == 202
+
+
+def test_a_saturated_fleet_is_taken_at_what_it_answers_not_at_what_it_announced(
+    gateway: Gateway, store: JobStore
+) -> None:
+    """A burst: workers said 1,000 texts/s alone, but with their cores shared they answer 40
+    while 200 wait. Once that has lasted `SATURATED_S`, the 40 is the fleet's rate, and what
+    waits beyond 40 x predict_wait_s is refused; when the backlog clears the workers' word
+    leads again."""
+    admission = gateway.services.admission
+    worker = ServingWorker(
+        worker="host:4", version="v1", form="onnx-int8", serving_texts_per_s=1000.0
+    )
+    announce(store.redis, gateway.services.settings, worker)
+    wait_until(lambda: admission.announced_per_s == 1000.0, timeout=15)
+    store.redis.set(store.keys.pending, 200)
+    started = time.monotonic()
+    while time.monotonic() - started < SATURATED_S + 4:
+        store.redis.incrby(store.keys.answered, 10)  # 40 texts/s
+        time.sleep(REFRESH_S)
+        if time.monotonic() - started < SATURATED_S - 1:
+            assert not admission.saturated
+    assert admission.saturated
+    assert 20 < admission.rate < 60
+    with pytest.raises(Overloaded):
+        admission.admit(1)  # 200 wait: five seconds at 40 texts/s, more than 0.5 s
+    store.redis.set(store.keys.pending, 0)
+    wait_until(lambda: not admission.saturated, timeout=10 * REFRESH_S + 5)
+    assert admission.rate == 1000.0
+    admission.admit(1)
