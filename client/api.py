@@ -11,6 +11,7 @@ from httpx_sse import SSEError, connect_sse
 from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Event, EventType, Job, JobParams, JobStatus, JobType
 from shared.contracts.models import ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.monitor import MonitorReport
 from shared.contracts.results import PredictResult
 
 RETRYABLE = (httpx.TransportError, SSEError)
@@ -153,6 +154,14 @@ class GatewayClient:
     def model(self, version: str) -> ModelRecord:
         """A version's manifest, card and training curves."""
         return ModelRecord.model_validate(self._request("GET", f"/v1/models/{version}").json())
+
+    def monitor(self, version: str | None = None) -> MonitorReport:
+        """A version's live window against its holdout (production's when none is named)."""
+        if version is None:
+            pointer = self._request("GET", "/v1/models/production").json()
+            version = ProductionPointer.model_validate(pointer).version
+        answer = self._request("GET", f"/v1/models/{version}/monitor")
+        return MonitorReport.model_validate(answer.json())
 
     def promote(self, version: str, reason: str) -> ProductionPointer:
         body = self._request("POST", f"/v1/models/{version}/promote", json={"reason": reason})

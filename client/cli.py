@@ -26,6 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from client.api import GatewayClient, GatewayError
 from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Job, JobParams, JobStatus, JobType
+from shared.contracts.labels import LABELS
 from shared.contracts.results import PredictResult
 from shared.progress import ProgressBars
 from shared.settings import Settings
@@ -76,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     model_commands = models.add_subparsers(dest="action", required=True)
     model_commands.add_parser("list", parents=[common], help="registered versions")
     model_commands.add_parser("show", parents=[common], help="one version").add_argument("version")
+    model_commands.add_parser(
+        "monitor", parents=[common], help="live traffic against the holdout, and drift"
+    ).add_argument("version", nargs="?", help="default: production")
     promote = model_commands.add_parser("promote", parents=[common], help="serve a version")
     promote.add_argument("version")
     promote.add_argument("--reason", default="promoted from the terminal")
@@ -211,6 +215,38 @@ def models_show(args: argparse.Namespace, client: GatewayClient) -> int:
     return EXIT_OK
 
 
+def models_monitor(args: argparse.Namespace, client: GatewayClient) -> int:
+    report = client.monitor(args.version)
+    if args.json:
+        print(report.model_dump_json())
+        return EXIT_OK
+    live, reference = report.live, report.reference
+    print(
+        f"{report.version}: {live.n} texts in the last {report.window_minutes} min, "
+        f"{report.total_texts} since it served"
+    )
+    print(f"{'label':<10} {'live':>7} {'holdout':>8}")
+    for label in LABELS:
+        print(
+            f"{label:<10} {_share(live.labels.get(label, 0), live.n):>7} "
+            f"{_share(reference.labels.get(label, 0), reference.n) if reference else '-':>8}"
+        )
+    for score in report.drift:
+        psi = "-" if score.psi is None else f"{score.psi:.3f}"
+        mark = "  DRIFTED" if score.drifted else ""
+        print(f"drift {score.signal:<10} PSI {psi:>6} (threshold {score.threshold:g}){mark}")
+    for figures in report.forward:
+        print(
+            f"forward {figures.form:<10} {figures.texts_per_pass:>5} texts/pass  "
+            f"{figures.passes} passes, {figures.mean_seconds * 1000:.1f} ms each"
+        )
+    return EXIT_OK
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count / total:.1%}" if total else "-"
+
+
 def models_promote(args: argparse.Namespace, client: GatewayClient) -> int:
     pointer = client.promote(args.version, args.reason)
     print(pointer.model_dump_json() if args.json else f"production is now {pointer.version}")
@@ -253,6 +289,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("jobs", "cancel"): jobs_cancel,
     ("models", "list"): models_list,
     ("models", "show"): models_show,
+    ("models", "monitor"): models_monitor,
     ("models", "promote"): models_promote,
     ("models", "rollback"): models_rollback,
     ("classify", None): classify,

@@ -6,7 +6,9 @@ training holds its message until it ends), over the group's instances in service
 scales in proportion to the instances there are, so it cannot start from none: `UnservedBacklog`,
 the tasks of a queue whose group wants no instance, raises an alarm that wakes the group.
 `Backlog` is the tasks alone, for dashboards. `settings.backlog.groups` maps each queue to its
-group. The exporter runs beside every gateway; its copies publish the same values.
+group. `ModelDrift` is how many of production's signals drifted from its holdout at the gateways'
+last check (gateway.monitor), which the fleet's drift alarm watches. The exporter runs beside
+every gateway; its copies publish the same values.
 """
 
 import json
@@ -24,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kombu.transport.redis import Channel
 
 from shared.logs import configure_logging
+from shared.monitoring import MonitorKeys
 from shared.redis_clients import sync_client
 from shared.settings import Settings, get_settings
 from shared.storage import client_options
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 BACKLOG = "Backlog"
 BACKLOG_PER_INSTANCE = "BacklogPerInstance"
 UNSERVED_BACKLOG = "UnservedBacklog"
+MODEL_DRIFT = "ModelDrift"
 
 # What a failed round meets; the next round tries again.
 ROUND_ERRORS: tuple[type[Exception], ...] = (
@@ -144,9 +148,15 @@ class BacklogExporter:
             for queue, group in self.groups.items()
         ]
 
+    def drifted_signals(self) -> int:
+        """0 also when no gateway has checked lately (the count expires)."""
+        value = self.broker.get(MonitorKeys(self.settings.redis.key_prefix).drifted)
+        return int(value) if value is not None else 0
+
     def publish_once(self) -> list[Backlog]:
         backlogs = self.measure()
         data = [datum for backlog in backlogs for datum in backlog.metric_data()]
+        data.append({"MetricName": MODEL_DRIFT, "Value": self.drifted_signals(), "Unit": "Count"})
         self.cloudwatch.put_metric_data(
             Namespace=self.settings.backlog.metrics_namespace, MetricData=data
         )

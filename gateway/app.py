@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.hub.start()
         state.answers.start()
         state.admission.start()
+        state.monitor.start()
         state.reaper.start()
         try:
             yield

@@ -53,6 +53,7 @@ async def metrics(request: Request) -> Response:
     await asyncio.gather(
         state.queues.update(state.metrics),
         update_serving(state.metrics, state.store.redis, state.settings),
+        state.monitor.refresh(),
     )
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -43,6 +43,15 @@ async def one_model(request: Request) -> JSONResponse:
     return JSONResponse(record.model_dump(mode="json"))
 
 
+async def monitor_model(request: Request) -> JSONResponse:
+    """The version's live window against its holdout: label mix, confidence, margin, length,
+    each signal's drift score, and its forward passes by form."""
+    require(request, "read")
+    ratelimit.check(request, services(request).limits.reads)
+    report = await services(request).monitor.report(request.path_params["version"])
+    return JSONResponse(report.model_dump(mode="json"))
+
+
 async def production_model(request: Request) -> JSONResponse:
     require(request, "read")
     ratelimit.check(request, services(request).limits.reads)
@@ -67,5 +76,6 @@ routes = [
     Route("/models", list_models, methods=["GET"]),
     Route("/models/production", production_model, methods=["GET"]),
     Route("/models/{version}", one_model, methods=["GET"]),
+    Route("/models/{version}/monitor", monitor_model, methods=["GET"]),
     Route("/models/{version}/promote", promote_model, methods=["POST"]),
 ]

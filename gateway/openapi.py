@@ -29,6 +29,7 @@ from gateway.schemas import (
 from gateway.services import services
 from shared.contracts.jobs import EventType, JobParams, PredictParams
 from shared.contracts.models import VERSION_PATTERN, ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.monitor import MonitorReport
 from shared.contracts.training import PACKAGED_BASE_MODEL
 from shared.settings import Settings
 from shared.sources import dataset_pattern
@@ -144,6 +145,15 @@ OPERATIONS = (
         (_path_param("version"),),
     ),
     Operation(
+        "get",
+        "/v1/models/{version}/monitor",
+        "A version's live window against its holdout, each signal's drift score, its forward "
+        "passes by form",
+        None,
+        {200: "MonitorReport", 404: None},
+        (_path_param("version"),),
+    ),
+    Operation(
         "post",
         "/v1/models/{version}/promote",
         "Make a version the production model",
@@ -197,6 +207,7 @@ def _models() -> dict[str, TypeAdapter[Any]]:
         "ModelList": TypeAdapter(ModelList),
         "ModelQuery": TypeAdapter(ModelQuery),
         "ModelRecord": TypeAdapter(ModelRecord),
+        "MonitorReport": TypeAdapter(MonitorReport),
         "ProductionPointer": TypeAdapter(ProductionPointer),
         "Health": TypeAdapter(Health),
         "Readiness": TypeAdapter(Readiness),

@@ -14,6 +14,7 @@ from gateway.epochs import SessionEpochs
 from gateway.hub import EventHub, HubTuning
 from gateway.keyring import Keyring
 from gateway.metrics import Metrics, QueueProbe
+from gateway.monitor import Monitor
 from gateway.ratelimit import RateLimits
 from gateway.sending import PredictSender
 from shared.broker import make_celery, predict_message, send_call
@@ -52,6 +53,7 @@ class Services:
     reaper: Reaper
     predicts: PredictSender
     epochs: SessionEpochs
+    monitor: Monitor
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -73,6 +75,9 @@ class Services:
             retries={"max_attempts": 1, "mode": "standard"},
         )
         metrics = Metrics()
+        registry = ModelRegistry(s3, settings.storage)
+        monitor = Monitor(store.redis, registry, settings)
+        monitor.register(metrics.registry)
         return cls(
             settings=settings,
             store=store,
@@ -83,7 +88,7 @@ class Services:
             s3=s3,
             s3_public=s3_client(settings.storage, public=True),
             s3_probe=s3_client(settings.storage, overrides=probe),
-            registry=ModelRegistry(s3, settings.storage),
+            registry=registry,
             metrics=metrics,
             queues=QueueProbe(celery, settings.gateway.probe_timeout_s),
             keyring=Keyring(settings.access.api_keys),
@@ -98,12 +103,14 @@ class Services:
             epochs=SessionEpochs(
                 store.redis, settings.redis.key_prefix, settings.access.session_epoch_cache_s
             ),
+            monitor=monitor,
         )
 
     async def close(self) -> None:
         await self.hub.stop()
         await self.answers.stop()
         await self.admission.stop()
+        await self.monitor.stop()
         await self.store.redis.aclose()
         await self.hub.client.aclose()
 

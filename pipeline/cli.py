@@ -23,10 +23,10 @@ from pydantic import BaseModel
 
 from pipeline.checkpoints import LocalCheckpoints
 from pipeline.ingest import BAD_ROW_RULES, Row, Split, fetch_archive, read_archive, read_csv
-from pipeline.labels import LABELS
 from pipeline.report import TqdmReporter
 from pipeline.validate import check, validate
 from shared.contracts.errors import AgNewsError, BadRequest, DatasetInvalid, ModelIntegrityError
+from shared.contracts.labels import LABELS
 from shared.contracts.models import MANIFEST
 from shared.contracts.results import Metrics, PredictResult, StageSeconds, seconds_since
 from shared.contracts.training import PROFILES

@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.ingest import Row
-from pipeline.labels import LABELS
 from pipeline.predictor import Encoded, Predictor
 from pipeline.report import Reporter, Ticker, check_cancelled
 from shared.contracts.jobs import EventType
+from shared.contracts.labels import LABELS
+from shared.contracts.monitor import Profile
 from shared.contracts.results import ClassScores, MemberScores, Metrics
 from shared.settings import Settings
 
@@ -86,6 +87,17 @@ def truth_of(rows: Sequence[Row]) -> np.ndarray:
     return np.array([row.label for row in rows], dtype=np.int64)
 
 
+def answered_profile(probabilities: np.ndarray, encoded: Encoded) -> Profile:
+    """What the model answered, as the predict workers count it on live traffic."""
+    profile = Profile()
+    rows = probabilities.tolist()
+    for row, best, ids, cut in zip(
+        rows, probabilities.argmax(axis=1).tolist(), encoded.ids, encoded.truncated, strict=True
+    ):
+        profile.add(LABELS[best], row, len(ids), cut)
+    return profile
+
+
 def scored(
     predictor: Predictor,
     rows: Sequence[Row],
@@ -105,6 +117,7 @@ def scored(
         truncated=sum(encoded.truncated),
         max_length=predictor.max_length,
         members=_members(predictor, transformer, linear, probabilities, truth),
+        profile=answered_profile(probabilities, encoded),
         **about,
     )
     reporter.event(

@@ -26,9 +26,9 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
 
-from pipeline.labels import LABELS
 from pipeline.text import clean_text
 from shared.contracts.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
+from shared.contracts.labels import LABELS
 from shared.digests import file_sha256
 from shared.settings import Settings
 from shared.storage import is_missing, parse_s3_url, s3_client, s3_url

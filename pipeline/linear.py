@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel
 from safetensors.numpy import load_file, save_file
 
-from pipeline.labels import LABELS
+from shared.contracts.labels import LABELS
 from shared.contracts.training import BlendMixing
 
 LINEAR_WEIGHTS = "linear.safetensors"

@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
+from shared.contracts.labels import ID2LABEL, LABEL2ID, LABELS
 from shared.contracts.training import PACKAGED_BASE_MODEL
 from shared.hub import hub_model
 from shared.settings import Settings

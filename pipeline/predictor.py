@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
-from pipeline.labels import ID2LABEL, LABELS
 from pipeline.linear import LinearMember
 from pipeline.modeling import (
     configure_torch,
@@ -24,6 +23,7 @@ from pipeline.registry import download, read_manifest, verify
 from pipeline.runners import Runner, TorchRunner
 from pipeline.text import clean_text
 from shared.contracts.errors import ModelIntegrityError
+from shared.contracts.labels import ID2LABEL, LABELS
 from shared.contracts.models import ModelInfo
 from shared.contracts.results import Prediction
 from shared.contracts.serving import REFERENCE_FORM, Form

@@ -21,7 +21,6 @@ from pipeline.checkpoint_state import SavedCheckpoint
 from pipeline.checkpoints import CheckpointStore
 from pipeline.hooks import Checkpointing, Progress, TrainCurve, Validation
 from pipeline.ingest import Row
-from pipeline.labels import LABELS
 from pipeline.linear import LinearConfig, LinearMember, fit_linear, fit_weight
 from pipeline.loop import Clock
 from pipeline.modeling import (
@@ -46,6 +45,7 @@ from pipeline.trainer import (
     classifier,
 )
 from shared.contracts.jobs import EventType
+from shared.contracts.labels import LABELS
 from shared.contracts.results import (
     AdaptPoint,
     MemberScores,

@@ -28,8 +28,8 @@ from pipeline.ingest import (
     Rule,
     stream_archive,
 )
-from pipeline.labels import LABELS
 from shared.contracts.errors import DatasetInvalid
+from shared.contracts.labels import LABELS
 from shared.settings import Settings
 
 TextIds = NDArray[np.uint64]

@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.contracts.keys import ApiKey, parse_api_keys
+from shared.contracts.monitor import Signal
 from shared.contracts.serving import Form, serving_form_name
 from shared.contracts.training import PACKAGED_BASE_MODEL, PROFILES, ProfileName, TrainConfig
 from shared.hub import pinned_entry
@@ -546,6 +547,58 @@ class ServingSettings(Group):
         return serving_form_name(value) if isinstance(value, str) else value
 
 
+class MonitorSettings(Group):
+    title = "Monitoring: what the served model answers, and drift against its holdout"
+
+    enabled: bool = Field(
+        True, alias="monitor_enabled", description="predict workers count what they answer"
+    )
+    flush_s: float = Field(
+        5.0, gt=0, alias="monitor_flush_s", description="a worker adds its counts to Redis so often"
+    )
+    window_minutes: int = Field(
+        60, ge=1, alias="monitor_window_minutes", description="the live window drift is scored on"
+    )
+    keep_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        alias="monitor_keep_s",
+        description="a version's running totals are kept this long after its last answer",
+    )
+    min_texts: int = Field(
+        500, ge=1, alias="monitor_min_texts", description="a window scores drift from this many"
+    )
+    check_s: float = Field(
+        30.0, gt=0, alias="monitor_check_s", description="the gateway scores drift so often"
+    )
+    labels_psi: float = Field(
+        0.2, gt=0, alias="drift_labels_psi", description="the label mix drifted above this PSI"
+    )
+    confidence_psi: float = Field(
+        0.2, gt=0, alias="drift_confidence_psi", description="the top score's, above this"
+    )
+    margin_psi: float = Field(
+        0.2, gt=0, alias="drift_margin_psi", description="the top two's margin's, above this"
+    )
+    tokens_psi: float = Field(
+        0.2, gt=0, alias="drift_tokens_psi", description="the texts' length's, above this"
+    )
+    alert_every_s: int = Field(
+        3600,
+        ge=1,
+        alias="drift_alert_every_s",
+        description="a signal that stays drifted emits its monitor event again after this long",
+    )
+
+    def thresholds(self) -> dict[Signal, float]:
+        return {
+            "labels": self.labels_psi,
+            "confidence": self.confidence_psi,
+            "margin": self.margin_psi,
+            "tokens": self.tokens_psi,
+        }
+
+
 class StackSettings(Group):
     title = "The local supervisor (`make up`)"
 
@@ -624,6 +677,7 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = ArchiveSettings()
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
+    monitor: MonitorSettings = MonitorSettings()
     stack: StackSettings = StackSettings()
     tracking: TrackingSettings = TrackingSettings()
     client: ClientSettings = ClientSettings()

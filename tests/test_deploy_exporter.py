@@ -14,6 +14,7 @@ from celery import Celery
 from deploy.backlog_exporter import (
     BACKLOG,
     BACKLOG_PER_INSTANCE,
+    MODEL_DRIFT,
     UNSERVED_BACKLOG,
     Backlog,
     BacklogExporter,
@@ -21,6 +22,8 @@ from deploy.backlog_exporter import (
 )
 from shared.broker import make_celery
 from shared.contracts.stages import EVALUATE, PREDICT, TRAIN
+from shared.monitoring import MonitorKeys
+from shared.redis_clients import sync_client
 from shared.settings import Settings
 from shared.storage import client_options
 from testkit.servers import free_port, redis_server
@@ -62,10 +65,14 @@ def exporter_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
         autoscaling.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
 
 
-def published(settings: Settings, metric: str, queue: str) -> float:
+def published(settings: Settings, metric: str, queue: str | None) -> float:
     cloudwatch: Any = boto3.client("cloudwatch", **client_options(settings.storage))
     now = datetime.now(UTC)
-    dimensions = Backlog(queue, settings.backlog.groups[queue], 0, Capacity(0, 0)).dimensions()
+    dimensions = (
+        []
+        if queue is None
+        else Backlog(queue, settings.backlog.groups[queue], 0, Capacity(0, 0)).dimensions()
+    )
     result = cloudwatch.get_metric_data(
         MetricDataQueries=[
             {
@@ -99,6 +106,8 @@ def test_waiting_and_unacknowledged_tasks_are_published_per_instance(
     settings = exporter_settings
     app = make_celery(settings)
     send(app, PREDICT, 3)
+    # The gateways' last drift check found one of production's signals drifted.
+    sync_client(settings.redis).set(MonitorKeys(settings.redis.key_prefix).drifted, 1, ex=60)
     send(app, TRAIN, 2)
     with app.connection_for_write() as connection:
         # A worker took one training and holds it unacknowledged, as a late-ack task does.
@@ -124,6 +133,7 @@ def test_waiting_and_unacknowledged_tasks_are_published_per_instance(
     assert published(settings, UNSERVED_BACKLOG, "train") == 2
     assert published(settings, BACKLOG_PER_INSTANCE, "evaluate") == 0
     assert published(settings, UNSERVED_BACKLOG, "evaluate") == 0
+    assert published(settings, MODEL_DRIFT, None) == 1
 
 
 def test_run_publishes_until_stopped_and_outlives_a_broker_outage(

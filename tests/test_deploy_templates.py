@@ -8,6 +8,7 @@ import pytest
 
 from deploy.backlog_exporter import (
     BACKLOG_PER_INSTANCE,
+    MODEL_DRIFT,
     UNSERVED_BACKLOG,
     Backlog,
     Capacity,
@@ -224,7 +225,7 @@ def test_every_worker_group_wakes_from_zero_on_its_unserved_backlog() -> None:
         [alarm] = [
             a["Properties"]
             for a in alarms.values()
-            if {"Ref": wake} in a["Properties"]["AlarmActions"]
+            if {"Ref": wake} in _plain_actions(a["Properties"])
         ]
         assert alarm["MetricName"] == UNSERVED_BACKLOG
         assert alarm["Dimensions"][0] == {"Name": "Queue", "Value": queue}
@@ -420,3 +421,23 @@ def test_gateways_keep_an_idle_connection_longer_than_the_load_balancer_does() -
     }
     assert Settings().gateway.keep_alive_s > int(attributes["idle_timeout.timeout_seconds"])
     assert "KEEP_ALIVE" not in _user_data(template("fleet.yaml"), "GatewayTemplate")
+
+
+def _plain_actions(alarm: dict[str, Any]) -> list[Any]:
+    """An alarm's actions, where they are a plain list (not one chosen by a condition)."""
+    actions = alarm["AlarmActions"]
+    return actions if isinstance(actions, list) else []
+
+
+def test_the_fleet_alarms_when_productions_live_traffic_drifts() -> None:
+    alarm = template("fleet.yaml")["Resources"]["ModelDriftAlarm"]["Properties"]
+    assert alarm["MetricName"] == MODEL_DRIFT  # what the exporter beside each gateway publishes
+    assert alarm["Namespace"] == {
+        "Fn::ImportValue": {"Fn::Sub": "${PlatformStackName}-MetricNamespace"}
+    }
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["Threshold"] == 1
+    assert alarm["TreatMissingData"] == "notBreaching"
+    assert alarm["AlarmActions"] == {
+        "Fn::If": ["Alerting", [{"Ref": "AlertTopicArn"}], {"Ref": "AWS::NoValue"}]
+    }

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.evaluate import classification_metrics, evaluate
-from pipeline.labels import LABELS
 from pipeline.predictor import Predictor
+from shared.contracts.labels import LABELS
 from shared.contracts.models import ModelInfo
 from shared.settings import Settings
 from testkit.models import Recorder, fast_settings, mini_dataset, tiny_model

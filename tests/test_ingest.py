@@ -18,10 +18,10 @@ from pipeline.ingest import (
     max_csv_bytes,
     read_archive,
 )
-from pipeline.labels import ID2LABEL, LABEL2ID, LABELS
 from pipeline.text import clean_text
 from pipeline.validate import validate
 from shared.contracts.errors import DatasetInvalid, DatasetNotFound, PayloadTooLarge
+from shared.contracts.labels import ID2LABEL, LABEL2ID, LABELS
 from shared.settings import Settings
 from shared.storage import s3_client
 from testkit.archives import (

@@ -1,13 +1,15 @@
 """bench/soak.py in short, on the real stack with a short predict retention: once the retention
 has passed, what Redis holds stops growing however long predictions come, no prediction's record
 outlives the retention, nothing sent is lost, and an answered prediction costs Redis under 1 KB.
-A change that lets state grow again fails here."""
+A change that lets state grow again fails here. And /metrics counts every answer of both
+predict workers, once each."""
 
 import asyncio
 import statistics
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from pipeline.ingest import read_archive
@@ -33,6 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     with live_stack(
         tmp_path_factory.mktemp("stack"),
         queues=("predict",),
+        predict_workers=2,
         predict_job_ttl_s=RETENTION_S,
         predict_job_timeout_s=RETENTION_S - 5,
         predict_redeliver_s=RETENTION_S - 15,
@@ -106,3 +109,42 @@ def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) 
 
 def _name(key: bytes | str) -> str:
     return key.decode() if isinstance(key, bytes) else key
+
+
+def test_metrics_count_every_answer_of_every_predict_worker(stack: LiveStack) -> None:
+    """Both predict workers count what they answer; the gateway exports the fleet's sum."""
+    texts = [row.text for row in read_archive(REAL_ARCHIVE, Settings()).test.rows[:200]]
+    version = httpx.get(f"{stack.url}/v1/models/production").json()["version"]
+    before = _settled(stack, version)  # the last test's answers all counted
+    load = Load(stack.url, texts, connections=16)
+    asyncio.run(load.run(lambda _: 40.0, 5))
+    answered = [outcome.status for outcome in load.outcomes].count(200)
+    assert answered == len(load.outcomes) > 150
+    deadline = time.monotonic() + 3 * stack.settings.monitor.flush_s + 5
+    while _answered(stack.url, version) < before + answered and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _answered(stack.url, version) == before + answered
+    serving = [
+        float(line.rsplit(" ", 1)[1])
+        for line in httpx.get(f"{stack.url}/metrics").text.splitlines()
+        if line.startswith("agnews_serving_workers{")
+    ]
+    assert sum(serving) == 2
+
+
+def _settled(stack: LiveStack, version: str) -> float:
+    """The count once no flush changes it: the workers flush every monitor_flush_s."""
+    wait_s = stack.settings.monitor.flush_s + stack.settings.serving.model_poll_s + 1
+    last, now = -1.0, _answered(stack.url, version)
+    while now != last:
+        time.sleep(wait_s)
+        last, now = now, _answered(stack.url, version)
+    return now
+
+
+def _answered(url: str, version: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("agnews_predictions_total{") and f'version="{version}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

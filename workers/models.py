@@ -21,6 +21,7 @@ from pipeline.serving import load_serving
 from shared.contracts.errors import AgNewsError, ServiceUnavailable
 from shared.contracts.serving import ServingWorker
 from shared.fleet import announce, worker_name
+from shared.monitoring import ServingTally
 from shared.redis_clients import sync_client
 from shared.registry import ModelRegistry
 from shared.settings import Settings
@@ -67,6 +68,7 @@ class ServingModel:
         self._announced_at = -math.inf
         self._looked = threading.Event()
         self.pace = ServingPace()
+        self.tally = ServingTally(settings.monitor, settings.redis.key_prefix)
 
     def start(self) -> "ServingModel":
         """Load production, and then watch for a new one, in the background."""
@@ -184,10 +186,25 @@ class ServingModel:
             return
         self._announced_at = time.monotonic()
 
+    def flush_tally(self, *, now: bool = False) -> None:
+        """Add this worker's serving counts to the fleet's, when due (a failure is logged; the
+        counts wait for the next flush)."""
+        if not (now or self.tally.due()):
+            return
+        try:
+            if self._redis is None:
+                self._redis = sync_client(self.settings.redis)
+            self.tally.flush(self._redis)
+        except redis.RedisError as exc:
+            log.warning("could not add the serving counts: %s", exc)
+
     def _watch(self) -> None:
+        wait_s = min(self.settings.serving.model_poll_s, self.settings.monitor.flush_s)
         while True:
             self.refresh()
             self._looked.set()
             self.announce()
-            if self._stop.wait(self.settings.serving.model_poll_s):
+            self.flush_tally()
+            if self._stop.wait(wait_s):
+                self.flush_tally(now=True)
                 return

@@ -94,8 +94,10 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
         predictor = model.current()
         every_text = [text for _, texts in work for text in texts]
         encoded = predictor.encode(every_text)
-        blended = predictor.blend(predictor.forward(encoded.ids), every_text)
-        rows = answers(blended, encoded.truncated)
+        began = time.perf_counter()
+        transformer = predictor.forward(encoded.ids)
+        seconds = time.perf_counter() - began
+        rows = answers(predictor.blend(transformer, every_text), encoded.truncated)
     except Exception as exc:
         log.exception("a batch of %d predict jobs failed", len(work))
         return [(job_id, error_info(exc)) for job_id, _ in work]
@@ -113,4 +115,6 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
             )
         )
         start += len(texts)
+    lengths = [len(ids) for ids in encoded.ids]
+    model.tally.add(predictor.version, predictor.form, rows, lengths, seconds)
     return ends

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from shared.contracts.monitor import Profile
 from shared.contracts.serving import REFERENCE_FORM, Form, serving_form_name
 from shared.contracts.training import BlendMixing, TrainingParams
 
@@ -151,6 +152,11 @@ class Metrics(BaseModel):
     )
     members: MemberScores | None = Field(
         default=None, description="the transformer and the linear member alone and blended"
+    )
+    profile: Profile | None = Field(
+        default=None,
+        description="what the model answered on these rows, as counts: the reference live "
+        "traffic's drift is scored against",
     )
     serving: ServingCheck | None = Field(default=None, description="set at registration")
     validation: ValidationScores | None = Field(default=None, description="set at registration")
