@@ -35,22 +35,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 import torch
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
 from pipeline.predictor import Predictor
-from pipeline.registry import publish
 from pipeline.report import NullReporter
 from pipeline.serving import evaluate_forms, with_form
 from shared.contracts.models import MANIFEST
 from shared.contracts.results import ServingCheck
-from shared.registry import ModelRegistry
 from shared.settings import Settings
 from stack.processes import Supervisor
 from testkit.models import copy_as_new_version
-from testkit.stack import live_stack
+from testkit.stack import live_stack, serve_model
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "archive.zip"
 OUT = Path(__file__).parent / "out"
@@ -203,17 +200,7 @@ def end_to_end(
         tempfile.TemporaryDirectory() as work,
         live_stack(Path(work), queues=("predict",), **settings) as stack,
     ):
-        registry = ModelRegistry.from_settings(stack.settings.storage)
-        version = publish(registry, model_dir).version
-        registry.promote(version, "benchmark")
-        deadline = time.monotonic() + 120
-        while True:
-            answer = httpx.post(f"{stack.url}/v1/predict", json={"text": texts[0]}, timeout=60)
-            if answer.status_code == 200 and answer.json()["model_version"] == version:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the stack never served {version}: {answer.text}")
-            time.sleep(0.5)
+        serve_model(stack, model_dir, texts[0])
         return [
             asyncio.run(load(stack.url, texts, clients, seconds, stack.supervisor))
             for clients in runs

@@ -12,8 +12,8 @@ is not a fall in capacity). A fleet that is asked little answers little: what it
 what it can, so the workers' own measure leads. But a fleet with more waiting than it answers in
 `BUSY_S`, still answering, for `SATURATED_S` or longer, answers all it can: then what it answers
 is its rate, however much more its workers said they answer alone (a burst takes their cores for
-the gateway and the callers). With no worker's word, nothing is refused: there is nothing to
-estimate from."""
+the gateway and the callers). What waits is kept to what that rate answers in `ADMIT_SHARE` of
+`predict_wait_s`. With no worker's word, nothing is refused: there is nothing to estimate from."""
 
 import logging
 import math
@@ -39,7 +39,11 @@ PEAK_WINDOW_S = 60.0
 ANNOUNCED_SHARE = 0.5
 BUSY_S = 2.0
 SATURATED_S = 5.0
-ANSWERING_S = 1.0  # answers came this lately: the fleet is not paused
+ANSWERING_S = 3.0  # answers came this lately: the fleet is not paused
+# What waits is kept to what the fleet answers in this share of predict_wait_s: the rest is for
+# the estimate's error and the last batch's own forward pass, so that what is taken is answered
+# within predict_wait_s (200), not at its edge (202).
+ADMIT_SHARE = 0.8
 # A fleet answering next to nothing would otherwise have clients told to come back in days.
 MAX_RETRY_AFTER_S = 60
 
@@ -88,7 +92,7 @@ class PredictAdmission:
         wait_s = self.settings.gateway.predict_wait_s
         rate = self.rate
         if self.settings.gateway.shed_predictions and rate > 0:
-            excess = self.pending + texts - rate * wait_s
+            excess = self.pending + texts - rate * wait_s * ADMIT_SHARE
             if excess > 0:
                 self.metrics.shed.labels("predict").inc()
                 retry_after = min(MAX_RETRY_AFTER_S, max(1, math.ceil(excess / rate)))

@@ -94,7 +94,7 @@ def live_stack(
 def serve_model(stack: LiveStack, model_dir: Path, text: str) -> str:
     registry = ModelRegistry.from_settings(stack.settings.storage)
     version = publish(registry, model_dir).version
-    registry.promote(version, "soak")
+    registry.promote(version, "served for a test or a benchmark")
     deadline = time.monotonic() + 300
     while True:
         answer = httpx.post(f"{stack.url}/v1/predict", json={"text": text}, timeout=60)
