@@ -44,6 +44,7 @@ ANSWERING_S = 3.0  # answers came this lately: the fleet is not paused
 # the estimate's error and the last batch's own forward pass, so that what is taken is answered
 # within predict_wait_s (200), not at its edge (202).
 ADMIT_SHARE = 0.8
+SHED_LOG_S = 10.0
 # A fleet answering next to nothing would otherwise have clients told to come back in days.
 MAX_RETRY_AFTER_S = 60
 
@@ -69,6 +70,8 @@ class PredictAdmission:
         self._fleet_at = -math.inf
         self._busy_since: float | None = None
         self._answered_at = -math.inf
+        self._told_at = -math.inf
+        self._refused = 0
         self.background = every(REFRESH_S, self.refresh, "admission estimate not refreshed", log)
 
     @property
@@ -96,13 +99,24 @@ class PredictAdmission:
             if excess > 0:
                 self.metrics.shed.labels("predict").inc()
                 retry_after = min(MAX_RETRY_AFTER_S, max(1, math.ceil(excess / rate)))
-                raise Overloaded(
+                refusal = Overloaded(
                     f"the predict fleet is busy: {self.pending} texts wait, answered at about "
                     f"{rate:.0f} texts/s, more than it answers in {wait_s:g}s; try again in "
                     f"{retry_after}s",
                     details={"retry_after_s": retry_after, "pending_texts": self.pending},
                 )
+                self._tell(refusal)
+                raise refusal
         self.pending += texts
+
+    def _tell(self, refusal: Overloaded) -> None:
+        """One warning per `SHED_LOG_S` while shedding, with how many were refused since the
+        last: an overload is not also a flood of log lines."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._told_at >= SHED_LOG_S:
+            log.warning("%s; %d refused since the last warning", refusal.message, self._refused)
+            self._told_at, self._refused = now, 0
 
     def start(self) -> None:
         self.background.start()
@@ -151,6 +165,7 @@ async def admit_training(store: AsyncJobStore, settings: Settings, metrics: Metr
     waiting = int(await store.redis.llen(ROUTES[TRAIN]))
     if waiting >= limit:
         metrics.shed.labels("jobs").inc()
+        log.warning("a training job refused: %d trainings wait (at most %d)", waiting, limit)
         raise Overloaded(
             f"{waiting} trainings already wait for a train worker (at most {limit}); try again "
             "once one has started",

@@ -129,8 +129,8 @@ class ErrorMiddleware(HttpMiddleware):
             if typed is None:
                 log.error("internal error in %s", where, exc_info=exc)
                 typed = AgNewsError(f"internal error ({type(exc).__name__}); see the gateway log")
-            elif typed.status_code >= 500:
-                log.warning("%s: %s", where, typed.message)
+            elif typed.status_code >= 500 and typed.code != "overloaded":
+                log.warning("%s: %s", where, typed.message)  # admission tells of its own
             if started:
                 log.warning("%s ended mid-response: %s", where, typed.message)
                 return

@@ -1,6 +1,7 @@
 """A prediction the fleet could not answer in time is refused at once, 503 with Retry-After, and
 a training job while the train queue is full; /metrics counts what was refused."""
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -177,3 +178,23 @@ def test_a_saturated_fleet_is_taken_at_what_it_answers_not_at_what_it_announced(
     wait_until(lambda: not admission.saturated, timeout=10 * REFRESH_S + 5)
     assert admission.rate == 1000.0
     admission.admit(1)
+
+
+def test_shedding_is_logged_once_a_while_not_once_a_request(
+    client: httpx.Client,
+    gateway: Gateway,
+    store: JobStore,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    announce_fleet(store, settings, 40.0)
+    store.redis.set(store.keys.pending, 30)
+    admission = gateway.services.admission
+    wait_until(lambda: admission.pending == 30 and admission.rate > 0, timeout=10 * REFRESH_S + 5)
+    for _ in range(20):
+        assert client.post("/v1/predict", json={"text": "Stocks rally"}).status_code == 503
+    assert shed_count(client, "predict") == 20
+    warnings = [record.getMessage() for record in caplog.records if "busy" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].endswith("; 1 refused since the last warning")
