@@ -5,7 +5,7 @@ agnews jobs submit pipeline s3://agnews/incoming/x/archive.zip
 agnews jobs list --type pipeline
 agnews jobs follow JOB_ID
 agnews jobs cancel JOB_ID
-agnews models list | show VERSION | promote VERSION | rollback
+agnews models list | show VERSION | monitor [VERSION] | promote VERSION | rollback
 agnews classify "Stocks rally as oil prices fall" "Federer wins in straight sets"
 
 The gateway is --url (AGNEWS_GATEWAY_URL), the key --key (AGNEWS_API_KEY). With --json a command
