@@ -40,7 +40,7 @@ from typing import Any
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
 from shared.jobstore import JobKeys
-from shared.redis_clients import sync_client
+from shared.redis_clients import sync_client, text
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Load, Outcome, disk_bytes, measure_peak, percentile, rss_and_files
@@ -140,7 +140,7 @@ class Sampler:
         for job_id in following:
             pipe.hget(self.keys.job(job_id), "status")
         for job_id, status in zip(following, pipe.execute(), strict=True):
-            if status is not None and _text(status) in ENDED:
+            if status is not None and text(status) in ENDED:
                 self.unresolved.discard(job_id)
 
     def settle(self, grace_s: float) -> None:
@@ -151,10 +151,6 @@ class Sampler:
             time.sleep(1.0)
         self.lost += len(self.unresolved)
         self.unresolved.clear()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def burst_window(seconds: float) -> tuple[float, float]:

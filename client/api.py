@@ -10,7 +10,7 @@ from httpx_sse import SSEError, connect_sse
 
 from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Event, EventType, Job, JobParams, JobStatus, JobType
-from shared.contracts.models import ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.models import ChallengerPointer, ModelInfo, ModelRecord, ProductionPointer
 from shared.contracts.monitor import MonitorReport
 from shared.contracts.results import PredictResult
 
@@ -166,6 +166,17 @@ class GatewayClient:
     def promote(self, version: str, reason: str) -> ProductionPointer:
         body = self._request("POST", f"/v1/models/{version}/promote", json={"reason": reason})
         return ProductionPointer.model_validate(body.json())
+
+    def challenge(self, version: str, share: float, reason: str) -> ChallengerPointer:
+        """Score `version` on `share` of live traffic beside production."""
+        body = {"share": share, "reason": reason}
+        answer = self._request("POST", f"/v1/models/{version}/challenge", json=body)
+        return ChallengerPointer.model_validate(answer.json())
+
+    def dismiss(self) -> ChallengerPointer:
+        """Stop scoring the challenger; the pointer it had."""
+        answer = self._request("DELETE", "/v1/models/challenger")
+        return ChallengerPointer.model_validate(answer.json())
 
     def rollback(self, reason: str) -> ProductionPointer:
         """Production back to the version it replaced."""

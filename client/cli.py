@@ -6,6 +6,7 @@ agnews jobs list --type pipeline
 agnews jobs follow JOB_ID
 agnews jobs cancel JOB_ID
 agnews models list | show VERSION | monitor [VERSION] | promote VERSION | rollback
+agnews models challenge VERSION --share 0.1 | dismiss
 agnews classify "Stocks rally as oil prices fall" "Federer wins in straight sets"
 
 The gateway is --url (AGNEWS_GATEWAY_URL), the key --key (AGNEWS_API_KEY). With --json a command
@@ -27,6 +28,7 @@ from client.api import GatewayClient, GatewayError
 from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Job, JobParams, JobStatus, JobType
 from shared.contracts.labels import LABELS
+from shared.contracts.monitor import ChallengeReport
 from shared.contracts.results import PredictResult
 from shared.progress import ProgressBars
 from shared.settings import Settings
@@ -83,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     promote = model_commands.add_parser("promote", parents=[common], help="serve a version")
     promote.add_argument("version")
     promote.add_argument("--reason", default="promoted from the terminal")
+    challenge = model_commands.add_parser(
+        "challenge", parents=[common], help="score a version on a share of live traffic"
+    )
+    challenge.add_argument("version")
+    challenge.add_argument("--share", type=float, default=0.1, help="of answered texts (0-1]")
+    challenge.add_argument("--reason", default="named from the terminal")
+    model_commands.add_parser("dismiss", parents=[common], help="stop scoring the challenger")
     rollback = model_commands.add_parser("rollback", parents=[common], help="serve the previous")
     rollback.add_argument("--reason", default="rolled back from the terminal")
 
@@ -240,6 +249,41 @@ def models_monitor(args: argparse.Namespace, client: GatewayClient) -> int:
             f"forward {figures.form:<10} {figures.texts_per_pass:>5} texts/pass  "
             f"{figures.passes} passes, {figures.mean_seconds * 1000:.1f} ms each"
         )
+    if report.challenge is not None:
+        _print_challenge(report.challenge)
+    return EXIT_OK
+
+
+def _print_challenge(challenge: ChallengeReport) -> None:
+    agreement = "-" if challenge.agreement is None else f"{challenge.agreement:.1%}"
+    latency = "-" if challenge.mean_seconds is None else f"{challenge.mean_seconds * 1000:.1f} ms"
+    print(
+        f"challenger {challenge.challenger} on {challenge.share:.0%} beside "
+        f"{challenge.production}: {challenge.scored} scored, agreement {agreement}, "
+        f"{challenge.failed} failed, {latency} a pass"
+    )
+    for label in challenge.by_label:
+        rate = "-" if label.rate is None else f"{label.rate:.1%}"
+        print(f"  agrees on {label.label:<9} {rate:>7} of {label.scored}")
+    for d in challenge.disagreements[:5]:
+        print(
+            f"  {d.production_label} {d.production_confidence:.0%} / "
+            f"{d.challenger_label} {d.challenger_confidence:.0%}: {d.text[:80]}"
+        )
+
+
+def models_challenge(args: argparse.Namespace, client: GatewayClient) -> int:
+    pointer = client.challenge(args.version, args.share, args.reason)
+    if args.json:
+        print(pointer.model_dump_json())
+    else:
+        print(f"challenger is now {pointer.version} on {pointer.share:.0%} of answered texts")
+    return EXIT_OK
+
+
+def models_dismiss(args: argparse.Namespace, client: GatewayClient) -> int:
+    pointer = client.dismiss()
+    print(pointer.model_dump_json() if args.json else f"challenger {pointer.version} dismissed")
     return EXIT_OK
 
 
@@ -291,6 +335,8 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("models", "show"): models_show,
     ("models", "monitor"): models_monitor,
     ("models", "promote"): models_promote,
+    ("models", "challenge"): models_challenge,
+    ("models", "dismiss"): models_dismiss,
     ("models", "rollback"): models_rollback,
     ("classify", None): classify,
 }

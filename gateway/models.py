@@ -11,10 +11,12 @@ from gateway import ratelimit
 from gateway.auth import require
 from gateway.errors import NoProductionModelYet
 from gateway.parsing import parse_optional_body, parse_query
-from gateway.schemas import ModelList, ModelQuery, PromoteRequest
+from gateway.schemas import ChallengeRequest, ModelList, ModelQuery, PromoteRequest
 from gateway.services import services
+from shared.contracts.errors import ChallengerNotFound
 
 PROMOTE_REQUEST = TypeAdapter(PromoteRequest)
+CHALLENGE_REQUEST = TypeAdapter(ChallengeRequest)
 MODEL_QUERY = TypeAdapter(ModelQuery)
 
 
@@ -72,10 +74,40 @@ async def promote_model(request: Request) -> JSONResponse:
     return JSONResponse(pointer.model_dump(mode="json"))
 
 
+async def challenge_model(request: Request) -> JSONResponse:
+    require(request, "admin")
+    body = await parse_optional_body(request, CHALLENGE_REQUEST, ChallengeRequest())
+    registry = services(request).registry
+    pointer = await asyncio.to_thread(
+        registry.name_challenger, request.path_params["version"], body.share, body.reason
+    )
+    return JSONResponse(pointer.model_dump(mode="json"))
+
+
+async def challenger_model(request: Request) -> JSONResponse:
+    require(request, "read")
+    ratelimit.check(request, services(request).limits.reads)
+    pointer = await asyncio.to_thread(services(request).registry.challenger)
+    if pointer is None:
+        raise ChallengerNotFound(
+            "no challenger is named: POST /v1/models/{version}/challenge names one"
+        )
+    return JSONResponse(pointer.model_dump(mode="json"))
+
+
+async def dismiss_challenger(request: Request) -> JSONResponse:
+    require(request, "admin")
+    pointer = await asyncio.to_thread(services(request).registry.dismiss_challenger)
+    return JSONResponse(pointer.model_dump(mode="json"))
+
+
 routes = [
     Route("/models", list_models, methods=["GET"]),
     Route("/models/production", production_model, methods=["GET"]),
+    Route("/models/challenger", challenger_model, methods=["GET"]),
+    Route("/models/challenger", dismiss_challenger, methods=["DELETE"]),
     Route("/models/{version}", one_model, methods=["GET"]),
     Route("/models/{version}/monitor", monitor_model, methods=["GET"]),
     Route("/models/{version}/promote", promote_model, methods=["POST"]),
+    Route("/models/{version}/challenge", challenge_model, methods=["POST"]),
 ]

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import cast
 
 import redis.asyncio
@@ -25,21 +26,27 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from gateway.background import every
 from shared.contracts.errors import NoProductionModel
 from shared.contracts.labels import LABELS
-from shared.contracts.models import ModelInfo
+from shared.contracts.models import ChallengerPointer, ModelInfo
 from shared.contracts.monitor import (
     CONFIDENCE_EDGES,
     FORWARD_SECONDS_EDGES,
     MARGIN_EDGES,
     TOKEN_EDGES,
+    ChallengeReport,
+    Disagreement,
     DriftScore,
     FormFigures,
+    LabelAgreement,
+    MinuteFigures,
     MonitorEvent,
     MonitorReport,
     Profile,
     drift,
+    quantile,
 )
 from shared.contracts.times import utcnow
-from shared.monitoring import LABEL, MonitorKeys, profile_of
+from shared.monitoring import LABEL, PROFILE, MonitorKeys, profile_of
+from shared.redis_clients import text, text_fields
 from shared.registry import ModelRegistry
 from shared.settings import Settings
 
@@ -66,23 +73,53 @@ class Monitor:
     async def totals(self) -> dict[str, dict[str, str]]:
         since = time.time() - self.settings.monitor.keep_s
         found = await self.client.zrangebyscore(self.keys.versions, since, "+inf")
-        versions = [_text(cast(bytes | str, version)) for version in found]
+        versions = [text(cast(bytes | str, version)) for version in found]
         pipe = self.client.pipeline(transaction=False)
         for version in versions:
             pipe.hgetall(self.keys.total(version))
         hashes = await pipe.execute()
         return {
-            version: {_text(k): _text(v) for k, v in fields.items()}
+            version: text_fields(fields)
             for version, fields in zip(versions, hashes, strict=True)
             if fields
         }
 
-    async def window(self, version: str) -> Profile:
+    async def minutes(self, version: str) -> list[tuple[int, Profile]]:
+        """The window's minutes, oldest first: each minute's start (epoch seconds), its profile."""
+        keys = self.keys.window(version, time.time(), self.settings.monitor.window_minutes)
         pipe = self.client.pipeline(transaction=False)
-        for key in self.keys.window(version, time.time(), self.settings.monitor.window_minutes):
+        for key in keys:
             pipe.hgetall(key)
         hashes = await pipe.execute()
-        return profile_of({_text(k): _text(v) for k, v in fields.items()} for fields in hashes)
+        minutes = [
+            (int(key.rsplit(":", 1)[1]) * 60, profile_of([text_fields(fields)]))
+            for key, fields in zip(keys, hashes, strict=True)
+        ]
+        return minutes[::-1]
+
+    async def window(self, version: str) -> Profile:
+        window = Profile()
+        for _, profile in await self.minutes(version):
+            window = window.merge(profile)
+        return window
+
+    async def challenge(self, production: str) -> ChallengeReport | None:
+        """The challenger's figures beside `production`, when one is named."""
+        pointer = await asyncio.to_thread(self.registry.challenger)
+        if pointer is None:
+            return None
+        return await self.challenge_report(pointer, production)
+
+    async def challenge_report(
+        self, pointer: ChallengerPointer, production: str
+    ) -> ChallengeReport:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.challenge(pointer.version, production))
+        pipe.zrevrange(self.keys.disagreements(pointer.version, production), 0, -1)
+        fields_read, kept = await pipe.execute()
+        return challenge_report(
+            pointer, production, text_fields(fields_read), [text(d) for d in kept]
+        )
 
     async def reference(self, version: str) -> Profile | None:
         """The version's holdout profile, from its manifest (read once: versions never change)."""
@@ -93,7 +130,10 @@ class Monitor:
 
     async def report(self, version: str) -> MonitorReport:
         reference = await self.reference(version)  # NotFound for a version never registered
-        live = await self.window(version)
+        minutes = await self.minutes(version)
+        live = Profile()
+        for _, profile in minutes:
+            live = live.merge(profile)
         totals = (await self.totals()).get(version, {})
         return MonitorReport(
             version=version,
@@ -103,16 +143,41 @@ class Monitor:
             drift=self._scores(reference, live),
             forward=forward_figures(totals),
             total_texts=int(totals.get("n", 0)),
+            timeline=[
+                MinuteFigures(
+                    minute=datetime.fromtimestamp(start, UTC).isoformat(),
+                    n=profile.n,
+                    labels=profile.labels,
+                )
+                for start, profile in minutes
+            ],
+            challenge=await self._challenge_of(version),
         )
+
+    async def _challenge_of(self, version: str) -> ChallengeReport | None:
+        """Beside production: its challenger's figures; for the challenger: its own."""
+        pointer, production = await asyncio.gather(
+            asyncio.to_thread(self.registry.challenger),
+            asyncio.to_thread(self.registry.production),
+        )
+        if pointer is None or production is None:
+            return None
+        if version not in (pointer.version, production.version):
+            return None
+        return await self.challenge_report(pointer, production.version)
 
     def _scores(self, reference: Profile | None, live: Profile) -> list[DriftScore]:
         monitor = self.settings.monitor
         return drift(reference or Profile(), live, LABELS, monitor.thresholds(), monitor.min_texts)
 
     async def refresh(self) -> None:
-        """For /metrics: the fleet's totals."""
+        """For /metrics: the fleet's totals, and the challenger's."""
         try:
             self.collector.totals = await self.totals()
+            production = await asyncio.to_thread(self.registry.production)
+            self.collector.challenge = (
+                None if production is None else await self.challenge(production.version)
+            )
         except Exception as exc:
             log.warning("serving counts unavailable: %s", str(exc) or type(exc).__name__)
 
@@ -178,6 +243,7 @@ class ServingCollector(Collector):
     def __init__(self) -> None:
         self.totals: dict[str, dict[str, str]] = {}
         self.drift: dict[tuple[str, str], DriftScore] = {}
+        self.challenge: ChallengeReport | None = None
 
     def collect(self) -> Iterator[Metric]:
         predictions = CounterMetricFamily(
@@ -251,6 +317,72 @@ class ServingCollector(Collector):
             drifted.add_metric([version, signal], float(score.drifted))
         yield drift_score
         yield drifted
+        yield from challenge_metrics(self.challenge)
+
+
+def challenge_metrics(report: ChallengeReport | None) -> Iterator[Metric]:
+    labels = ["challenger", "production"]
+    scored = CounterMetricFamily(
+        "agnews_challenger_texts",
+        "Sampled texts the challenger answered after production",
+        labels=labels,
+    )
+    agreed = CounterMetricFamily(
+        "agnews_challenger_agreed_texts",
+        "Of those, the ones it labelled as production did",
+        labels=labels,
+    )
+    failed = CounterMetricFamily(
+        "agnews_challenger_failed_texts",
+        "Sampled texts the challenger could not answer",
+        labels=labels,
+    )
+    seconds = CounterMetricFamily(
+        "agnews_challenger_forward_seconds",
+        "Time in the challenger's forward passes",
+        labels=labels,
+    )
+    if report is not None:
+        pair = [report.challenger, report.production]
+        scored.add_metric(pair, report.scored)
+        agreed.add_metric(pair, report.agreed)
+        failed.add_metric(pair, report.failed)
+        seconds.add_metric(pair, (report.mean_seconds or 0.0) * report.passes)
+    yield from (scored, agreed, failed, seconds)
+
+
+def challenge_report(
+    pointer: ChallengerPointer, production: str, fields: Mapping[str, str], kept: list[str]
+) -> ChallengeReport:
+    scored, agreed = int(fields.get("scored", 0)), int(fields.get("agreed", 0))
+    passes, seconds = int(fields.get("passes", 0)), float(fields.get("seconds", 0.0))
+    by_label = []
+    for label in LABELS:
+        label_scored = int(fields.get(f"scored:{label}", 0))
+        label_agreed = int(fields.get(f"agreed:{label}", 0))
+        by_label.append(
+            LabelAgreement(
+                label=label,
+                scored=label_scored,
+                agreed=label_agreed,
+                rate=round(label_agreed / label_scored, 4) if label_scored else None,
+            )
+        )
+    return ChallengeReport(
+        challenger=pointer.version,
+        production=production,
+        share=pointer.share,
+        named_at=pointer.named_at.isoformat(),
+        scored=scored,
+        agreed=agreed,
+        agreement=round(agreed / scored, 4) if scored else None,
+        by_label=by_label,
+        profile=profile_of([fields], PROFILE),
+        passes=passes,
+        mean_seconds=round(seconds / passes, 6) if passes else None,
+        failed=int(fields.get("failed", 0)),
+        disagreements=[Disagreement.model_validate_json(record) for record in kept],
+    )
 
 
 def forward_figures(fields: Mapping[str, str]) -> list[FormFigures]:
@@ -261,6 +393,10 @@ def forward_figures(fields: Mapping[str, str]) -> list[FormFigures]:
             head = f"forward:{form}:{size}:"
             count = int(value)
             seconds = float(fields.get(f"{head}seconds", 0.0))
+            buckets = [
+                int(fields.get(f"{head}{index}", 0)) for index in range(len(FORWARD_SECONDS_EDGES))
+            ]
+            p50, p99 = (quantile(buckets, FORWARD_SECONDS_EDGES, q) for q in (0.5, 0.99))
             figures.append(
                 FormFigures(
                     form=form,
@@ -268,6 +404,8 @@ def forward_figures(fields: Mapping[str, str]) -> list[FormFigures]:
                     passes=count,
                     texts=int(fields.get(f"{head}texts", 0)),
                     mean_seconds=round(seconds / count, 6) if count else 0.0,
+                    p50_seconds=None if p50 is None else round(p50, 6),
+                    p99_seconds=None if p99 is None else round(p99, 6),
                 )
             )
     return sorted(figures, key=lambda f: (f.form, f.texts_per_pass))
@@ -291,7 +429,3 @@ def _cumulative(
     if buckets[-1][0] != "+Inf":
         buckets.append(("+Inf", running))
     return buckets
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

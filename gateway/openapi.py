@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from gateway.cookies import COOKIE
 from gateway.schemas import (
+    ChallengeRequest,
     ErrorBody,
     Health,
     JobList,
@@ -28,7 +29,13 @@ from gateway.schemas import (
 )
 from gateway.services import services
 from shared.contracts.jobs import EventType, JobParams, PredictParams
-from shared.contracts.models import VERSION_PATTERN, ModelInfo, ModelRecord, ProductionPointer
+from shared.contracts.models import (
+    VERSION_PATTERN,
+    ChallengerPointer,
+    ModelInfo,
+    ModelRecord,
+    ProductionPointer,
+)
 from shared.contracts.monitor import MonitorReport
 from shared.contracts.training import PACKAGED_BASE_MODEL
 from shared.settings import Settings
@@ -138,6 +145,20 @@ OPERATIONS = (
     ),
     Operation(
         "get",
+        "/v1/models/challenger",
+        "The challenger pointer: the version scored beside production on a share of traffic",
+        None,
+        {200: "ChallengerPointer", 404: None},
+    ),
+    Operation(
+        "delete",
+        "/v1/models/challenger",
+        "Dismiss the challenger: its scoring stops, its figures are kept",
+        None,
+        {200: "ChallengerPointer", 404: None},
+    ),
+    Operation(
+        "get",
         "/v1/models/{version}",
         "A version's manifest, model card and training curves",
         None,
@@ -159,6 +180,15 @@ OPERATIONS = (
         "Make a version the production model",
         "PromoteRequest",
         {200: "ProductionPointer", 404: None},
+        (_path_param("version"),),
+    ),
+    Operation(
+        "post",
+        "/v1/models/{version}/challenge",
+        "Name a version the challenger: the predict workers score a share of the texts they "
+        "answer with it too, after the answer is sent",
+        "ChallengeRequest",
+        {200: "ChallengerPointer", 404: None, 409: None},
         (_path_param("version"),),
     ),
     Operation(
@@ -195,6 +225,8 @@ def _models() -> dict[str, TypeAdapter[Any]]:
         "JobRequest": TypeAdapter(JobParams),
         "PredictParams": TypeAdapter(PredictParams),
         "PromoteRequest": TypeAdapter(PromoteRequest),
+        "ChallengeRequest": TypeAdapter(ChallengeRequest),
+        "ChallengerPointer": TypeAdapter(ChallengerPointer),
         "UploadRequest": TypeAdapter(UploadRequest),
         "SessionRequest": TypeAdapter(SessionRequest),
         "SessionInfo": TypeAdapter(SessionInfo),

@@ -80,6 +80,13 @@ class PromoteRequest(_Strict):
     reason: str = Field(default="promoted through the API", min_length=1, max_length=500)
 
 
+class ChallengeRequest(_Strict):
+    share: float = Field(
+        default=0.1, gt=0, le=1, description="the share of answered texts it also scores"
+    )
+    reason: str = Field(default="named through the API", min_length=1, max_length=500)
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
 

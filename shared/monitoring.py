@@ -5,8 +5,12 @@ pipeline for all of them: per version, a running total (what /metrics exports) a
 minute (the live window that drift is scored on, kept `monitor.window_minutes`). A worker killed
 between two flushes loses at most that interval's counts, never an answer.
 
-Bounds: the minute hashes expire after the window; a version's total expires `monitor.keep_s`
-after its last answer, and the versions index is trimmed to the same age.
+A challenger's answers on the sampled texts go to their own hash per (challenger, production)
+pair, never to the version's totals (those count answers sent), with the strongest
+disagreements in a sorted set trimmed to `DISAGREEMENTS_KEPT`.
+
+Bounds: the minute hashes expire after the window; a version's total and a challenge's figures
+expire `monitor.keep_s` after their last write, and the versions index is trimmed to the same age.
 """
 
 import math
@@ -17,7 +21,14 @@ from dataclasses import dataclass, field
 
 import redis
 
-from shared.contracts.monitor import FORWARD_SECONDS_EDGES, Profile, bucket
+from shared.contracts.monitor import (
+    DISAGREEMENT_CHARS,
+    FORWARD_SECONDS_EDGES,
+    Disagreement,
+    Profile,
+    bucket,
+    top_score,
+)
 from shared.contracts.results import Prediction
 from shared.settings import MonitorSettings
 
@@ -26,6 +37,8 @@ PASS_SIZES: tuple[tuple[float, str], ...] = (
     (1, "1"), (4, "2-4"), (16, "5-16"), (64, "17-64"), (math.inf, "65+"),
 )  # fmt: skip
 LABEL, CONFIDENCE, MARGIN, TOKENS = "label:", "confidence:", "margin:", "tokens:"
+PROFILE = "profile:"
+DISAGREEMENTS_KEPT = 20
 
 
 def pass_size(texts: int) -> str:
@@ -57,6 +70,14 @@ class MonitorKeys:
     def minute(self, version: str, minute: int) -> str:
         return f"{self.prefix}:minute:{version}:{minute}"
 
+    def challenge(self, challenger: str, production: str) -> str:
+        """Hash: the challenger's figures on the texts it scored beside `production`."""
+        return f"{self.prefix}:challenge:{challenger}:{production}"
+
+    def disagreements(self, challenger: str, production: str) -> str:
+        """Sorted set: Disagreement records, scored by their strength."""
+        return f"{self.prefix}:disagree:{challenger}:{production}"
+
     def window(self, version: str, now: float, minutes: int) -> list[str]:
         """The minute hashes of the last `minutes`, this one included."""
         current = int(now // 60)
@@ -75,12 +96,16 @@ def profile_fields(profile: Profile) -> dict[str, int]:
     return {name: count for name, count in fields.items() if count}
 
 
-def profile_of(hashes: Iterable[Mapping[str, str]]) -> Profile:
-    """The sum of profiles as `profile_fields` wrote them."""
+def profile_of(hashes: Iterable[Mapping[str, str]], prefix: str = "") -> Profile:
+    """The sum of profiles as `profile_fields` wrote them (each field name after `prefix`)."""
     profile = Profile()
+    histograms = {CONFIDENCE: profile.confidence, MARGIN: profile.margin, TOKENS: profile.tokens}
     for fields in hashes:
-        for name, value in fields.items():
-            count = int(float(value))
+        for full_name, value in fields.items():
+            if not full_name.startswith(prefix):
+                continue
+            name, count = full_name.removeprefix(prefix), int(float(value))
+            kind, _, index = name.partition(":")
             if name == "n":
                 profile.n += count
             elif name == "truncated":
@@ -88,14 +113,12 @@ def profile_of(hashes: Iterable[Mapping[str, str]]) -> Profile:
             elif name.startswith(LABEL):
                 label = name.removeprefix(LABEL)
                 profile.labels[label] = profile.labels.get(label, 0) + count
-            else:
-                for prefix, counts in (
-                    (CONFIDENCE, profile.confidence),
-                    (MARGIN, profile.margin),
-                    (TOKENS, profile.tokens),
-                ):
-                    if name.startswith(prefix) and int(name.removeprefix(prefix)) < len(counts):
-                        counts[int(name.removeprefix(prefix))] += count
+            elif (
+                (counts := histograms.get(f"{kind}:"))
+                and index.isdigit()
+                and int(index) < len(counts)
+            ):
+                counts[int(index)] += count
     return profile
 
 
@@ -118,11 +141,102 @@ class ForwardTally:
             **counts,
         }
 
+    def merge(self, other: "ForwardTally") -> None:
+        self.passes += other.passes
+        self.texts += other.texts
+        self.seconds += other.seconds
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+
 
 @dataclass
 class VersionTally:
     profile: Profile = field(default_factory=Profile)
     forward: dict[tuple[str, str], ForwardTally] = field(default_factory=dict)
+
+    def merge(self, other: "VersionTally") -> None:
+        self.profile = self.profile.merge(other.profile)
+        for key, forward in other.forward.items():
+            self.forward.setdefault(key, ForwardTally()).merge(forward)
+
+
+@dataclass
+class ChallengeTally:
+    """A challenger's answers beside production's on the same sampled texts."""
+
+    scored: int = 0
+    agreed: int = 0
+    failed: int = 0
+    passes: int = 0
+    seconds: float = 0.0
+    by_label: dict[str, tuple[int, int]] = field(default_factory=dict)
+    profile: Profile = field(default_factory=Profile)
+    disagreements: list[Disagreement] = field(default_factory=list)
+
+    def add(
+        self,
+        texts: Sequence[str],
+        production: Sequence[Prediction],
+        challenger: Sequence[Prediction],
+        tokens: Sequence[int],
+        seconds: float,
+    ) -> None:
+        self.passes += 1
+        self.seconds += seconds
+        for text, ours, theirs, length in zip(texts, production, challenger, tokens, strict=True):
+            agreed = ours.label == theirs.label
+            scored, agreeing = self.by_label.get(ours.label, (0, 0))
+            self.by_label[ours.label] = (scored + 1, agreeing + agreed)
+            self.scored += 1
+            self.agreed += agreed
+            self.profile.add(theirs.label, theirs.scores.values(), length, theirs.truncated)
+            if not agreed:
+                self.disagreements.append(_disagreement(text, ours, theirs))
+        self.disagreements = strongest(self.disagreements)
+
+    def merge(self, other: "ChallengeTally") -> None:
+        self.scored += other.scored
+        self.agreed += other.agreed
+        self.failed += other.failed
+        self.passes += other.passes
+        self.seconds += other.seconds
+        for label, (scored, agreed) in other.by_label.items():
+            mine = self.by_label.get(label, (0, 0))
+            self.by_label[label] = (mine[0] + scored, mine[1] + agreed)
+        self.profile = self.profile.merge(other.profile)
+        self.disagreements = strongest(self.disagreements + other.disagreements)
+
+    def fields(self) -> dict[str, float]:
+        fields: dict[str, float] = {
+            "scored": self.scored,
+            "agreed": self.agreed,
+            "failed": self.failed,
+            "passes": self.passes,
+            "seconds": self.seconds,
+        }
+        for label, (scored, agreed) in self.by_label.items():
+            fields[f"scored:{label}"] = scored
+            fields[f"agreed:{label}"] = agreed
+        for name, count in profile_fields(self.profile).items():
+            fields[f"{PROFILE}{name}"] = count
+        return {name: value for name, value in fields.items() if value}
+
+
+def strongest(disagreements: list[Disagreement]) -> list[Disagreement]:
+    """The strongest DISAGREEMENTS_KEPT, one per text."""
+    by_text = {d.text: d for d in sorted(disagreements, key=lambda d: d.strength)}
+    return sorted(by_text.values(), key=lambda d: d.strength, reverse=True)[:DISAGREEMENTS_KEPT]
+
+
+def _disagreement(text: str, ours: Prediction, theirs: Prediction) -> Disagreement:
+    ours_top, theirs_top = top_score(ours.scores.values()), top_score(theirs.scores.values())
+    return Disagreement(
+        text=text[:DISAGREEMENT_CHARS],
+        production_label=ours.label,
+        production_confidence=round(ours_top, 4),
+        challenger_label=theirs.label,
+        challenger_confidence=round(theirs_top, 4),
+        strength=round(min(ours_top, theirs_top), 4),
+    )
 
 
 class ServingTally:
@@ -133,6 +247,7 @@ class ServingTally:
         self.keys = MonitorKeys(prefix)
         self._lock = threading.Lock()
         self._pending: dict[str, VersionTally] = {}
+        self._challenges: dict[tuple[str, str], ChallengeTally] = {}
         self._flushed_at = time.monotonic()
 
     def add(
@@ -158,6 +273,28 @@ class ServingTally:
             forward.seconds += seconds
             forward.buckets[bucket(seconds, FORWARD_SECONDS_EDGES)] += 1
 
+    def add_challenge(
+        self,
+        challenger: str,
+        production: str,
+        texts: Sequence[str],
+        answers: tuple[Sequence[Prediction], Sequence[Prediction]],
+        tokens: Sequence[int],
+        seconds: float,
+    ) -> None:
+        """The challenger's answers (second) to sampled texts production answered (first)."""
+        if not self.settings.enabled or not texts:
+            return
+        with self._lock:
+            tally = self._challenges.setdefault((challenger, production), ChallengeTally())
+            tally.add(texts, answers[0], answers[1], tokens, seconds)
+
+    def add_challenge_failure(self, challenger: str, production: str, texts: int) -> None:
+        if not self.settings.enabled:
+            return
+        with self._lock:
+            self._challenges.setdefault((challenger, production), ChallengeTally()).failed += texts
+
     def due(self) -> bool:
         return time.monotonic() - self._flushed_at >= self.settings.flush_s
 
@@ -165,27 +302,20 @@ class ServingTally:
         """Add what was counted to Redis; on failure the counts stay for the next flush."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            challenges, self._challenges = self._challenges, {}
             self._flushed_at = time.monotonic()
-        if not pending:
+        if not pending and not challenges:
             return
         at = time.time() if now is None else now
         try:
-            _write(client, self.keys, self.settings, pending, at)
+            _write(client, self.keys, self.settings, pending, challenges, at)
         except redis.RedisError:
             with self._lock:
                 for version, tally in pending.items():
-                    self._merge_back(version, tally)
+                    self._pending.setdefault(version, VersionTally()).merge(tally)
+                for pair, challenge in challenges.items():
+                    self._challenges.setdefault(pair, ChallengeTally()).merge(challenge)
             raise
-
-    def _merge_back(self, version: str, tally: VersionTally) -> None:
-        current = self._pending.setdefault(version, VersionTally())
-        current.profile = current.profile.merge(tally.profile)
-        for key, forward in tally.forward.items():
-            mine = current.forward.setdefault(key, ForwardTally())
-            mine.passes += forward.passes
-            mine.texts += forward.texts
-            mine.seconds += forward.seconds
-            mine.buckets = [a + b for a, b in zip(mine.buckets, forward.buckets, strict=True)]
 
 
 def _write(
@@ -193,6 +323,7 @@ def _write(
     keys: MonitorKeys,
     settings: MonitorSettings,
     pending: Mapping[str, VersionTally],
+    challenges: Mapping[tuple[str, str], ChallengeTally],
     now: float,
 ) -> None:
     window_s = settings.window_minutes * 60 + 120
@@ -213,5 +344,18 @@ def _write(
         pipe.expire(minute, window_s)
         pipe.expire(total, settings.keep_s)
         pipe.zadd(keys.versions, {version: now})
+    for (challenger, production), challenge in challenges.items():
+        figures = keys.challenge(challenger, production)
+        for name, value in challenge.fields().items():
+            if isinstance(value, float):
+                pipe.hincrbyfloat(figures, name, value)
+            else:
+                pipe.hincrby(figures, name, value)
+        pipe.expire(figures, settings.keep_s)
+        if challenge.disagreements:
+            kept = keys.disagreements(challenger, production)
+            pipe.zadd(kept, {d.model_dump_json(): d.strength for d in challenge.disagreements})
+            pipe.zremrangebyrank(kept, 0, -DISAGREEMENTS_KEPT - 1)
+            pipe.expire(kept, settings.keep_s)
     pipe.zremrangebyscore(keys.versions, "-inf", now - settings.keep_s)
     pipe.execute()

@@ -75,3 +75,13 @@ def async_pooled_client(settings: RedisSettings) -> redis.asyncio.Redis:
         **_options(settings, None),
     )
     return redis.asyncio.Redis.from_pool(pool)
+
+
+def text(value: bytes | str) -> str:
+    """A reply from a client without decode_responses, as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_fields(fields: dict[Any, Any]) -> dict[str, str]:
+    """A hash read without decode_responses, as text."""
+    return {text(name): text(value) for name, value in fields.items()}

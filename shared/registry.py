@@ -2,23 +2,29 @@
 
 Only boto3 here, so the gateway lists and promotes models without the ML stack. A version exists
 once its manifest.json does: the manifest is written last, after every file it lists, and never
-changes. models/production.json changes only through `promote`, by compare-and-swap on its ETag.
+changes. models/production.json changes only through `promote`, by compare-and-swap on its ETag;
+models/challenger.json names the version scored beside it on a share of live traffic, and is
+cleared when that version is promoted or dismissed. Each observer hears every pointer that moved
+(an alias and its version, None when cleared); one that fails costs a warning.
 """
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import EllipsisType
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from shared.contracts.errors import Conflict, NoProductionModel
+from shared.contracts.errors import ChallengerNotFound, Conflict, NoProductionModel
 from shared.contracts.models import (
     CARD,
+    CHALLENGER,
     HISTORY,
     MANIFEST,
     PRODUCTION,
     VERSION_PATTERN,
+    ChallengerPointer,
     ModelInfo,
     ModelRecord,
     ProductionPointer,
@@ -39,6 +45,8 @@ _NO_CONDITIONAL_WRITES = {"NotImplemented", "501"}
 
 log = logging.getLogger(__name__)
 
+PointerObserver = Callable[[str, str | None], None]
+
 
 class ModelRegistry:
     def __init__(self, s3: "S3Client", storage: StorageSettings) -> None:
@@ -47,6 +55,7 @@ class ModelRegistry:
         self.prefix = storage.models_prefix
         self.incoming_prefix = storage.incoming_prefix
         self._manifests: dict[str, ModelInfo] = {}
+        self.observers: list[PointerObserver] = []
 
     @classmethod
     def from_settings(cls, storage: StorageSettings) -> "ModelRegistry":
@@ -127,11 +136,59 @@ class ModelRegistry:
             )
             if self._put_pointer(pointer, etag):
                 log.info("production is now %s (was %s): %s", version, current_version, reason)
+                self._moved("production", version)
+                challenger = self.challenger()
+                if challenger is not None and challenger.version == version:
+                    self._delete_challenger(f"{version} was promoted")
                 return pointer
         raise Conflict(
             "production.json kept changing while promoting; try again",
             details={"version": version},
         )
+
+    def challenger(self) -> ChallengerPointer | None:
+        body = read_object(self.s3, self.bucket, self.prefix + CHALLENGER)
+        return None if body is None else ChallengerPointer.model_validate_json(body)
+
+    def name_challenger(self, version: str, share: float, reason: str = "") -> ChallengerPointer:
+        """Score `version` on `share` of live traffic beside production (replacing any
+        challenger). ModelNotFound for an unknown version, Conflict for production itself."""
+        self.get(version)
+        if version == self.production_version():
+            raise Conflict(
+                f"{version} is production; name another version as its challenger",
+                details={"version": version},
+            )
+        pointer = ChallengerPointer(
+            version=version, share=share, named_at=datetime.now(UTC), reason=reason
+        )
+        body = pointer.model_dump_json(indent=2).encode()
+        s3_retry(self.s3.put_object)(
+            Bucket=self.bucket, Key=self.prefix + CHALLENGER, Body=body, ContentType=_JSON
+        )
+        log.info("challenger is now %s on %.0f%% of traffic", version, share * 100)
+        self._moved("challenger", version)
+        return pointer
+
+    def dismiss_challenger(self, reason: str = "dismissed") -> ChallengerPointer:
+        """Stop scoring the challenger; NotFound where none is named."""
+        pointer = self.challenger()
+        if pointer is None:
+            raise ChallengerNotFound("no challenger is named")
+        self._delete_challenger(reason)
+        return pointer
+
+    def _delete_challenger(self, reason: str) -> None:
+        s3_retry(self.s3.delete_object)(Bucket=self.bucket, Key=self.prefix + CHALLENGER)
+        log.info("challenger cleared: %s", reason)
+        self._moved("challenger", None)
+
+    def _moved(self, alias: str, version: str | None) -> None:
+        for observer in self.observers:
+            try:
+                observer(alias, version)
+            except Exception as exc:
+                log.warning("the %s pointer's observer failed: %s", alias, exc)
 
     def _manifest(self, version: str) -> ModelInfo | None:
         """A version's manifest, read once: it is written last and never changes."""

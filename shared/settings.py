@@ -589,6 +589,11 @@ class MonitorSettings(Group):
         alias="drift_alert_every_s",
         description="a signal that stays drifted emits its monitor event again after this long",
     )
+    challenger_queue_texts: int = Field(
+        512,
+        ge=1,
+        description="sampled texts waiting for a worker's challenger, at most; more are skipped",
+    )
 
     def thresholds(self) -> dict[Signal, float]:
         return {
@@ -616,9 +621,18 @@ class TrackingSettings(Group):
     title = "Experiment tracking (MLflow, optional)"
 
     uri: str | None = Field(
-        None, alias="mlflow_tracking_uri", description="each registered model becomes a run there"
+        None,
+        alias="mlflow_tracking_uri",
+        description="each registered model becomes a run there (and, on an HTTP server, a model "
+        "version in its registry)",
     )
     experiment: str = Field("agnews", alias="mlflow_experiment", description="of those runs")
+    registered_model: str = Field(
+        "agnews",
+        alias="mlflow_registered_model",
+        description="the MLflow registered model the registry is mirrored to: each version a "
+        "model version, `production` and `challenger` its aliases",
+    )
     probe_timeout_s: float = Field(
         5.0,
         gt=0,

@@ -225,6 +225,10 @@ def test_401_without_or_with_a_bad_key_and_403_without_the_scope(keyed: httpx.Cl
 
     promote = keyed.post("/v1/models/v1/promote", json={}, headers=as_key(PREDICTOR))
     assert error_of(promote, 403)["details"]["scope"] == "admin"
+    challenge = keyed.post("/v1/models/v1/challenge", json={}, headers=as_key(PREDICTOR))
+    assert error_of(challenge, 403)["details"]["scope"] == "admin"
+    dismiss = keyed.delete("/v1/models/challenger", headers=as_key(READER))
+    assert error_of(dismiss, 403)["details"]["scope"] == "admin"
     upload = {"filename": "archive.zip", "size": 10}
     assert error_of(keyed.post("/v1/uploads", json=upload, headers=as_key(READER)), 403)
     assert keyed.post("/v1/uploads", json=upload, headers=as_key(ADMIN)).status_code == 200

@@ -155,6 +155,64 @@ def test_a_burst_of_requests_each_gets_the_answer_to_its_own_text(
         assert answer["label"] == truth.label
 
 
+def test_a_challenger_is_scored_on_its_share_after_the_answer_and_promoted_from_there(
+    stack: LiveStack, model_dir: Path, tmp_path: Path
+) -> None:
+    registry = ModelRegistry.from_settings(stack.settings.storage)
+    copy_as_new_version(model_dir, tmp_path / "challenger")
+    challenger = publish(registry, tmp_path / "challenger").version
+    with httpx.Client(base_url=stack.url, timeout=60) as http:
+        production = http.get("/v1/models/production").json()["version"]
+        assert http.get("/v1/models/challenger").status_code == 404
+        refused = http.post(f"/v1/models/{production}/challenge", json={})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (409, "conflict")
+        named = http.post(f"/v1/models/{challenger}/challenge", json={"share": 0.5})
+        assert named.status_code == 200, named.text
+        assert http.get("/v1/models/challenger").json()["version"] == challenger
+
+        def report() -> dict[str, Any]:
+            body = http.get(f"/v1/models/{production}/monitor").json()["challenge"]
+            assert body["challenger"] == challenger
+            return dict(body)
+
+        def send(texts: list[str]) -> None:
+            for start in range(0, len(texts), 8):
+                answer = http.post("/v1/predict", json={"texts": texts[start : start + 8]})
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["model_version"] == production
+
+        # Both workers load the challenger within a poll or two; then a clean count.
+        _wait(lambda: send(CLIENT_TEXTS) or report()["scored"] > 0, 60)
+        time.sleep(2 * stack.settings.serving.model_poll_s)
+        flush_s = stack.settings.monitor.flush_s
+        time.sleep(flush_s + 1)
+        before = report()["scored"]
+        texts = [f"{text} ({copy})" for copy in range(40) for text in CLIENT_TEXTS]
+        send(texts)
+        time.sleep(flush_s + 1)
+        _wait(lambda: report()["scored"] == report()["scored"] > before, 30)
+        figures = report()
+        scored = figures["scored"] - before
+        assert 0.5 * len(texts) * 0.8 < scored < 0.5 * len(texts) * 1.2, figures
+        assert figures["failed"] == 0
+        assert figures["agreement"] >= 0.9  # the same weights; forms may differ per worker
+        assert figures["mean_seconds"] > 0
+        metrics = http.get("/metrics").text
+        assert f'agnews_challenger_texts_total{{challenger="{challenger}"' in metrics
+
+        promoted = http.post(f"/v1/models/{challenger}/promote", json={"reason": "it agreed"})
+        assert promoted.status_code == 200
+        assert http.get("/v1/models/challenger").status_code == 404
+        _wait(
+            lambda: (
+                http.post("/v1/predict", json={"text": CLIENT_TEXTS[0]}).json()["model_version"]
+                == challenger
+            )
+        )
+        dismissed = http.delete("/v1/models/challenger")
+        assert dismissed.json()["error"]["code"] == "challenger_not_found"
+
+
 def _wait(condition: Any, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

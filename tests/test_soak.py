@@ -15,7 +15,7 @@ import pytest
 from pipeline.ingest import read_archive
 from shared.broker import transport_options
 from shared.jobstore import JobStore
-from shared.redis_clients import sync_client
+from shared.redis_clients import sync_client, text
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Load
@@ -59,7 +59,7 @@ def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) 
     def footprint() -> int:
         """What the kept records take: every key but the fixed ones, exactly (no sampling of
         their members), and the keyspace's own tables."""
-        names = [key for key in redis.scan_iter(count=1000) if _name(key) not in fixed]
+        names = [key for key in redis.scan_iter(count=1000) if text(key) not in fixed]
         records = sum(int(redis.memory_usage(key, samples=0) or 0) for key in names)
         tables = redis.memory_stats().get("db.0", {})
         return records + sum(int(size) for size in tables.values())
@@ -105,10 +105,6 @@ def test_redis_holds_a_bounded_state_under_steady_predictions(stack: LiveStack) 
         assert ttl != -1, f"{key} has no expiry"  # -2: it expired since the scan listed it
         assert ttl <= RETENTION_S, (key, ttl)
     assert redis.zcard(store.keys.predict_index) <= 1.1 * kept + 10
-
-
-def _name(key: bytes | str) -> str:
-    return key.decode() if isinstance(key, bytes) else key
 
 
 def test_metrics_count_every_answer_of_every_predict_worker(stack: LiveStack) -> None:

@@ -1,7 +1,9 @@
 """The model a predict worker serves: loaded once per process, swapped when production changes.
 
 A watcher thread reads models/production.json every `model_poll_s` and loads a new version beside
-the one serving; the swap is one reference assignment. A batch takes `current()` once and keeps
+the one serving; the swap is one reference assignment. It reads models/challenger.json as often,
+and loads the challenger named there for `ChallengerScorer`, which reads a share of the answered
+texts again in a thread of its own. A batch takes `current()` once and keeps
 that model to its end, so no batch is split or dropped, and every answer names its version. A
 starting worker waits for the watcher's first look (`first_look`) before it takes any request,
 so it holds none while its first model loads.
@@ -19,12 +21,14 @@ import redis
 from pipeline.predictor import Predictor
 from pipeline.serving import load_serving
 from shared.contracts.errors import AgNewsError, ServiceUnavailable
+from shared.contracts.models import ChallengerPointer
 from shared.contracts.serving import ServingWorker
 from shared.fleet import announce, worker_name
 from shared.monitoring import ServingTally
 from shared.redis_clients import sync_client
 from shared.registry import ModelRegistry
 from shared.settings import Settings
+from workers.challenger import ChallengerScorer
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,16 @@ class ServingModel:
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._scorer: threading.Thread | None = None
         self._redis: redis.Redis | None = None
         self._announced_at = -math.inf
         self._looked = threading.Event()
         self.pace = ServingPace()
         self.tally = ServingTally(settings.monitor, settings.redis.key_prefix)
+        self.forward_lock = threading.Lock()
+        self.challenger = ChallengerScorer(
+            self.tally, self.forward_lock, settings.monitor.challenger_queue_texts
+        )
 
     def start(self) -> "ServingModel":
         """Load production, and then watch for a new one, in the background."""
@@ -78,12 +87,17 @@ class ServingModel:
                     target=self._watch, name="model-watcher", daemon=True
                 )
                 self._watcher.start()
+                self._scorer = threading.Thread(
+                    target=self.challenger.run, args=(self._stop,), name="challenger", daemon=True
+                )
+                self._scorer.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join()
+        for thread in (self._watcher, self._scorer):
+            if thread is not None:
+                thread.join()
         if self._redis is not None:
             self._redis.close()
 
@@ -110,56 +124,108 @@ class ServingModel:
         return predictor
 
     def refresh(self) -> None:
-        """One look at production: a new version is loaded and swapped in; a failure keeps the
-        model that serves and is retried after `model_retry_s`."""
+        """One look at production and the challenger: a new version is loaded and swapped in; a
+        failure keeps the model that serves and is retried after `model_retry_s`."""
         with self._refresh_lock:
-            try:
-                version = self.registry.production_version()
-            except AgNewsError as exc:
-                self._problem = exc
-                return
-            except Exception as exc:
-                log.warning("could not read the production pointer: %s", exc)
-                self._problem = ServiceUnavailable(f"the model registry is unreachable: {exc}")
-                return
-            serving = self._predictor
-            if serving is not None and serving.version == version:
-                return
-            failed_at = self._failed_at.get(version)
-            if (
-                failed_at is not None
-                and time.monotonic() - failed_at < self.settings.serving.model_retry_s
-            ):
-                return
-            try:
-                predictor = self._load(
-                    version, self.settings, self.settings.run.data_dir / "models"
-                )
-            except Exception as exc:
-                log.exception(
-                    "model %s could not be loaded; the serving model stays",
-                    version,
-                    extra={"version": version},
-                )
-                self._failed_at[version] = time.monotonic()
-                self._problem = (
-                    exc
-                    if isinstance(exc, AgNewsError)
-                    else ServiceUnavailable(f"model {version} could not be loaded: {exc}")
-                )
-                return
-            self._predictor = predictor
-            self._announced_at = -math.inf
-            self._problem = None
-            self._failed_at.pop(version, None)
-            log.info(
-                "now serving model %s in %s, %d texts per forward call (was %s)",
+            self._refresh_production()
+            self._refresh_challenger()
+
+    def _refresh_production(self) -> None:
+        try:
+            version = self.registry.production_version()
+        except AgNewsError as exc:
+            self._problem = exc
+            return
+        except Exception as exc:
+            log.warning("could not read the production pointer: %s", exc)
+            self._problem = ServiceUnavailable(f"the model registry is unreachable: {exc}")
+            return
+        serving = self._predictor
+        if serving is not None and serving.version == version:
+            return
+        if self._failed_lately(version):
+            return
+        try:
+            predictor = self._promoted_challenger(version) or self._load(
+                version, self.settings, self.settings.run.data_dir / "models"
+            )
+        except Exception as exc:
+            log.exception(
+                "model %s could not be loaded; the serving model stays",
                 version,
-                predictor.form,
-                predictor.batch_size,
-                serving.version if serving else "none",
                 extra={"version": version},
             )
+            self._failed_at[version] = time.monotonic()
+            self._problem = (
+                exc
+                if isinstance(exc, AgNewsError)
+                else ServiceUnavailable(f"model {version} could not be loaded: {exc}")
+            )
+            return
+        self._predictor = predictor
+        self._announced_at = -math.inf
+        self._problem = None
+        self._failed_at.pop(version, None)
+        log.info(
+            "now serving model %s in %s, %d texts per forward call (was %s)",
+            version,
+            predictor.form,
+            predictor.batch_size,
+            serving.version if serving else "none",
+            extra={"version": version},
+        )
+
+    def _promoted_challenger(self, version: str) -> Predictor | None:
+        """The challenger's model, already loaded, where it is the version promoted."""
+        return self.challenger.predictor if self.challenger.version == version else None
+
+    def _refresh_challenger(self) -> None:
+        try:
+            pointer = self.registry.challenger()
+        except Exception as exc:
+            log.warning("could not read the challenger pointer: %s", exc)
+            return
+        serving = self._predictor
+        scorer = self.challenger
+        if pointer is None or serving is None or pointer.version == serving.version:
+            if scorer.version is not None:
+                log.info("challenger %s no longer scored", scorer.version)
+                scorer.name(None, 0.0, None)
+            return
+        if pointer.version == scorer.version and scorer.predictor is not None:
+            scorer.name(pointer.version, pointer.share, scorer.predictor)
+            return
+        if pointer.version == scorer.version and self._failed_lately(pointer.version):
+            return
+        scorer.name(pointer.version, pointer.share, self._load_challenger(pointer))
+
+    def _load_challenger(self, pointer: ChallengerPointer) -> Predictor | None:
+        version = pointer.version
+        try:
+            predictor = self._load(version, self.settings, self.settings.run.data_dir / "models")
+        except Exception:
+            log.exception(
+                "challenger %s could not be loaded; production serves on, the sampled texts "
+                "count as failed",
+                version,
+                extra={"version": version},
+            )
+            self._failed_at[version] = time.monotonic()
+            return None
+        self._failed_at.pop(version, None)
+        log.info(
+            "now scoring challenger %s in %s on %.0f%% of answered texts",
+            version,
+            predictor.form,
+            pointer.share * 100,
+            extra={"version": version},
+        )
+        return predictor
+
+    def _failed_lately(self, version: str) -> bool:
+        failed_at = self._failed_at.get(version)
+        retry_s = self.settings.serving.model_retry_s
+        return failed_at is not None and time.monotonic() - failed_at < retry_s
 
     def announce(self) -> None:
         """Tell the gateway's /metrics what this worker serves: on a new model, and every

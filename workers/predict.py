@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pipeline.predictor import answers
 from shared.contracts.errors import ErrorInfo, InvalidRequest, NotFound, error_info
 from shared.contracts.jobs import PredictParams
-from shared.contracts.results import PredictResult
+from shared.contracts.results import Prediction, PredictResult
 from shared.contracts.stages import PREDICT
 from shared.jobstore import JobStore
 from shared.logs import bound
@@ -19,6 +19,7 @@ from workers.models import ServingModel
 log = logging.getLogger(__name__)
 
 End = tuple[str, PredictResult | ErrorInfo]
+Served = tuple[str, list[str], list[Prediction]]
 
 
 def serve_batch(
@@ -68,13 +69,16 @@ def _serve(
                 ends.append((claim.job_id, exc.info()))
     began_forward = time.perf_counter()
     try:
-        ends += _predict(model, work)
+        answered, served = _predict(model, work)
+        ends += answered
     finally:
         on_forward_done()
     if work:
         texts = sum(len(texts) for _, texts in work)
         model.pace.add(texts, time.perf_counter() - began_forward)
     store.finish_many(ends)
+    if served is not None:
+        model.challenger.offer(*served)
     log.debug(
         "served %d predict jobs in %.1f ms", len(job_ids), (time.perf_counter() - began) * 1000
     )
@@ -87,20 +91,24 @@ def _texts(params: str) -> list[str]:
         raise InvalidRequest(f"not the parameters of a predict job: {exc}") from None
 
 
-def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End]:
+def _predict(
+    model: ServingModel, work: list[tuple[str, list[str]]]
+) -> tuple[list[End], Served | None]:
+    """Each job's answer, and what was answered (for the challenger) when the pass succeeded."""
     if not work:
-        return []
+        return [], None
     try:
         predictor = model.current()
         every_text = [text for _, texts in work for text in texts]
         encoded = predictor.encode(every_text)
-        began = time.perf_counter()
-        transformer = predictor.forward(encoded.ids)
-        seconds = time.perf_counter() - began
+        with model.forward_lock:
+            began = time.perf_counter()
+            transformer = predictor.forward(encoded.ids)
+            seconds = time.perf_counter() - began
         rows = answers(predictor.blend(transformer, every_text), encoded.truncated)
     except Exception as exc:
         log.exception("a batch of %d predict jobs failed", len(work))
-        return [(job_id, error_info(exc)) for job_id, _ in work]
+        return [(job_id, error_info(exc)) for job_id, _ in work], None
     ends: list[End] = []
     start = 0
     for job_id, texts in work:
@@ -117,4 +125,4 @@ def _predict(model: ServingModel, work: list[tuple[str, list[str]]]) -> list[End
         start += len(texts)
     lengths = [len(ids) for ids in encoded.ids]
     model.tally.add(predictor.version, predictor.form, rows, lengths, seconds)
-    return ends
+    return ends, (predictor.version, every_text, rows)

@@ -88,6 +88,9 @@ class MalformedEvent(InvalidRequest, code="malformed_event"):
 class ModelNotFound(NotFound, code="model_not_found"): ...
 
 
+class ChallengerNotFound(NotFound, code="challenger_not_found"): ...
+
+
 class NoProductionModel(ServiceUnavailable, code="no_production_model"): ...
 
 

@@ -15,6 +15,7 @@ METRICS = "metrics.json"
 CARD = "README.md"
 HISTORY = "history.json"
 PRODUCTION = "production.json"
+CHALLENGER = "challenger.json"
 VERSION_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-[0-9a-f]{4}")
 
 
@@ -44,6 +45,16 @@ class ProductionPointer(BaseModel):
     promoted_at: datetime
     reason: str
     previous: str | None = None
+
+
+class ChallengerPointer(BaseModel):
+    """models/challenger.json: a registered version scored on a share of live traffic beside
+    production, after production has answered, until it is promoted or dismissed."""
+
+    version: str
+    share: float = Field(gt=0, le=1, description="the share of answered texts it also scores")
+    named_at: datetime
+    reason: str = ""
 
 
 def no_such_version(version: str) -> ModelNotFound:

@@ -15,6 +15,8 @@ FORWARD_SECONDS_EDGES: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, math.inf,
 )  # fmt: skip
 
+DISAGREEMENT_CHARS = 300
+
 Signal = Literal["labels", "confidence", "margin", "tokens"]
 SIGNALS: tuple[Signal, ...] = ("labels", "confidence", "margin", "tokens")
 # Where a bucket holds nothing on one side, PSI's logarithm needs a floor.
@@ -82,6 +84,52 @@ class FormFigures(BaseModel):
     passes: int
     texts: int
     mean_seconds: float
+    p50_seconds: float | None = Field(None, description="from the histogram's buckets")
+    p99_seconds: float | None = Field(None, description="from the histogram's buckets")
+
+
+class MinuteFigures(BaseModel):
+    """One minute of the live window."""
+
+    minute: str = Field(description="its start, ISO 8601 UTC")
+    n: int
+    labels: dict[str, int]
+
+
+class LabelAgreement(BaseModel):
+    label: str = Field(description="production's label")
+    scored: int
+    agreed: int
+    rate: float | None
+
+
+class Disagreement(BaseModel):
+    """A text the two models labelled differently, for a person to judge."""
+
+    text: str = Field(description="its first DISAGREEMENT_CHARS characters")
+    production_label: str
+    production_confidence: float
+    challenger_label: str
+    challenger_confidence: float
+    strength: float = Field(description="how sure both were: the lower of the two confidences")
+
+
+class ChallengeReport(BaseModel):
+    """The challenger's answers on the sampled live texts, against production's on the same."""
+
+    challenger: str
+    production: str
+    share: float
+    named_at: str
+    scored: int = Field(description="sampled texts the challenger answered")
+    agreed: int
+    agreement: float | None = Field(description="agreed over scored; None before any")
+    by_label: list[LabelAgreement]
+    profile: Profile = Field(description="the challenger's own answers on the sampled texts")
+    passes: int
+    mean_seconds: float | None = Field(description="the challenger's mean forward pass")
+    failed: int = Field(description="sampled texts it could not answer (load or forward errors)")
+    disagreements: list[Disagreement] = Field(description="the strongest, strongest first")
 
 
 class MonitorReport(BaseModel):
@@ -92,6 +140,12 @@ class MonitorReport(BaseModel):
     drift: list[DriftScore]
     forward: list[FormFigures] = Field(description="forward passes since the version served")
     total_texts: int = Field(description="texts answered since the version served")
+    timeline: list[MinuteFigures] = Field(
+        default_factory=list, description="the window minute by minute, oldest first"
+    )
+    challenge: ChallengeReport | None = Field(
+        None, description="the challenger scored beside this version, or this version as one"
+    )
 
 
 class MonitorEvent(BaseModel):
@@ -101,6 +155,25 @@ class MonitorEvent(BaseModel):
     threshold: float
     window_texts: int
     at: str
+
+
+def quantile(buckets: list[int], edges: tuple[float, ...], q: float) -> float | None:
+    """The q-quantile of a histogram, interpolated within its bucket (the last, open bucket
+    reads as its lower bound); None for an empty histogram."""
+    total = sum(buckets)
+    if not total:
+        return None
+    rank = q * total
+    running = 0
+    for index, count in enumerate(buckets):
+        if count and running + count >= rank:
+            lower = edges[index - 1] if index else 0.0
+            upper = edges[index]
+            if math.isinf(upper):
+                return lower
+            return lower + (upper - lower) * (rank - running) / count
+        running += count
+    return edges[-2] if math.isinf(edges[-1]) else edges[-1]
 
 
 def stability_index(expected: list[int], actual: list[int]) -> float:
@@ -142,6 +215,10 @@ def drift(
             )
         )
     return scores
+
+
+def top_score(scores: Iterable[float]) -> float:
+    return _top_two(scores)[0]
 
 
 def _top_two(scores: Iterable[float]) -> tuple[float, float]:
