@@ -1,8 +1,10 @@
 """What monitoring costs: a predict worker's tally per text in process, and the fleet's closed-loop
 throughput and p50 with monitoring on and off, alternated on fresh stacks (on, off, on, off)
-because this machine's speed drifts.
+because this machine's speed drifts; with --challenger, with a challenger scoring 10 % of the
+answers and with none (monitoring on in both), and the share it scored and its agreement.
 
     .venv/bin/python -m bench.monitor_cost                 # 64 clients, 30 s a round
+    .venv/bin/python -m bench.monitor_cost --challenger --clients 8
 """
 
 import argparse
@@ -13,17 +15,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from bench.machine import cpu_line
 from pipeline.ingest import read_archive
 from pipeline.predictor import answers
+from pipeline.registry import publish
+from shared.contracts.monitor import MonitorReport
 from shared.monitoring import ServingTally
+from shared.registry import ModelRegistry
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
 from testkit.load import Connection, percentile
-from testkit.models import trained_model
-from testkit.stack import live_stack, serve_model
+from testkit.models import copy_as_new_version, trained_model
+from testkit.stack import LiveStack, live_stack, serve_model
+
+CHALLENGER_SHARE = 0.1
 
 
 def tally_cost(texts: int, batch: int) -> float:
@@ -70,13 +78,39 @@ async def closed_loop(url: str, texts: list[str], clients: int, seconds: float) 
     return latencies
 
 
+def challenge(stack: LiveStack, model_dir: Path, copy: Path, text: str) -> str:
+    """A copy of the serving model named challenger; returns once a worker scores with it."""
+    info = copy_as_new_version(model_dir, copy)
+    registry = ModelRegistry.from_settings(stack.settings.storage)
+    publish(registry, copy)
+    registry.name_challenger(info.version, CHALLENGER_SHARE, "bench")
+    deadline = time.monotonic() + 120
+    while (figures := monitor(stack).challenge) is None or figures.scored == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no worker scored the challenger within 120 s")
+        for _ in range(20):
+            httpx.post(f"{stack.url}/v1/predict", json={"text": text}, timeout=30)
+        time.sleep(1)
+    return info.version
+
+
+def monitor(stack: LiveStack) -> MonitorReport:
+    production = httpx.get(f"{stack.url}/v1/models/production", timeout=30).json()["version"]
+    report = httpx.get(f"{stack.url}/v1/models/{production}/monitor", timeout=30)
+    return MonitorReport.model_validate_json(report.content)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="of on and off each")
     parser.add_argument("--predict-workers", type=int, default=min(os.cpu_count() or 1, 4))
+    parser.add_argument(
+        "--challenger", action="store_true", help="a challenger at 10 %% against none"
+    )
     args = parser.parse_args()
+    names = ("challenger", "none ") if args.challenger else ("on ", "off")
     print(f"CPU: {cpu_line()}", flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for batch in (1, 8, 64):
@@ -87,29 +121,52 @@ def main() -> None:
         model_dir = trained_model(Path(work) / "model", 20)
         for round_ in range(args.rounds):
             for enabled in (True, False):
+                root = Path(work) / f"stack-{round_}-{enabled}"
                 with live_stack(
-                    Path(work) / f"stack-{round_}-{enabled}",
+                    root,
                     queues=("predict",),
                     predict_workers=args.predict_workers,
                     model_poll_s=0.5,
-                    monitor_enabled=enabled,
+                    monitor_enabled=enabled or args.challenger,
                 ) as stack:
                     serve_model(stack, model_dir, texts[0])
+                    challenged = args.challenger and enabled
+                    if challenged:
+                        challenge(stack, model_dir, root / "challenger", texts[0])
+                        time.sleep(2 * stack.settings.monitor.flush_s)
+                        before = monitor(stack)
                     latencies = asyncio.run(
                         closed_loop(stack.url, texts, args.clients, args.seconds)
                     )
-                rate = len(latencies) / args.seconds
-                p50 = percentile(latencies, 50)
-                results[enabled].append((rate, p50))
-                state = "on " if enabled else "off"
-                print(f"monitoring {state}: {rate:6.1f} texts/s, p50 {p50:6.1f} ms", flush=True)
+                    rate = len(latencies) / args.seconds
+                    p50 = percentile(latencies, 50)
+                    results[enabled].append((rate, p50))
+                    line = f"{names[not enabled]}: {rate:6.1f} texts/s, p50 {p50:6.1f} ms"
+                    if challenged:
+                        time.sleep(2 * stack.settings.monitor.flush_s)
+                        line += scored_line(before, monitor(stack))
+                print(line, flush=True)
     on = statistics.fmean(rate for rate, _ in results[True])
     off = statistics.fmean(rate for rate, _ in results[False])
     p50_on = statistics.fmean(p50 for _, p50 in results[True])
     p50_off = statistics.fmean(p50 for _, p50 in results[False])
     print(
-        f"mean of {args.rounds}: on {on:.1f} texts/s (p50 {p50_on:.1f} ms), off {off:.1f} "
-        f"(p50 {p50_off:.1f} ms): monitoring costs {100 * (off - on) / off:+.1f} % of throughput"
+        f"mean of {args.rounds}: {names[0].strip()} {on:.1f} texts/s (p50 {p50_on:.1f} ms), "
+        f"{names[1].strip()} {off:.1f} (p50 {p50_off:.1f} ms): {100 * (off - on) / off:+.1f} % "
+        f"of throughput, p50 {100 * (p50_on - p50_off) / p50_off:+.1f} %"
+    )
+
+
+def scored_line(before: MonitorReport, after: MonitorReport) -> str:
+    """What the challenger scored of what production answered between the two reports."""
+    if before.challenge is None or after.challenge is None:
+        return "; the challenger's figures unavailable"
+    answered = after.total_texts - before.total_texts
+    scored = after.challenge.scored - before.challenge.scored
+    agreed = after.challenge.agreed - before.challenge.agreed
+    return (
+        f"; challenger scored {scored} of {answered} answered ({scored / max(answered, 1):.1%}), "
+        f"agreement {agreed / max(scored, 1):.1%}, {after.challenge.failed} failed"
     )
 
 
