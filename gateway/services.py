@@ -21,6 +21,7 @@ from shared.broker import make_celery, predict_message, send_call
 from shared.contracts.jobs import TaskCall
 from shared.contracts.stages import PREDICT, ROUTES
 from shared.jobstore import AsyncJobStore, JobStore, Message
+from shared.model_mirror import mirrored
 from shared.reaper import Reaper
 from shared.redis_clients import async_client, async_pooled_client
 from shared.registry import ModelRegistry
@@ -75,7 +76,7 @@ class Services:
             retries={"max_attempts": 1, "mode": "standard"},
         )
         metrics = Metrics()
-        registry = ModelRegistry(s3, settings.storage)
+        registry = mirrored(ModelRegistry(s3, settings.storage), settings.tracking)
         monitor = Monitor(store.redis, registry, settings)
         monitor.register(metrics.registry)
         return cls(

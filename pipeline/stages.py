@@ -47,6 +47,7 @@ from shared.contracts.results import (
     seconds_since,
 )
 from shared.contracts.training import TrainConfig
+from shared.model_mirror import mirrored
 from shared.registry import ModelRegistry, read_object
 from shared.settings import Settings, config_for
 from shared.storage import s3_client
@@ -154,11 +155,14 @@ def train_model(
     checkpoints: CheckpointStore | None = None,
     stages: StageSeconds | None = None,
 ) -> ModelInfo:
-    """Fine-tune, then evaluate into a complete model folder (metrics.json and manifest)."""
+    """Fine-tune, then evaluate into a complete model folder (metrics.json and manifest); with
+    tracking on, its training is an MLflow run."""
     started = time.monotonic()
     record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints)
     timed = (stages or StageSeconds()).model_copy(update={"train": seconds_since(started)})
-    return finish_model(model_dir, dataset, record, settings, reporter, timed)
+    info = finish_model(model_dir, dataset, record, settings, reporter, timed)
+    track_training(info, record, (model_dir / CARD).read_text(), settings.tracking)
+    return info
 
 
 def fit_into(
@@ -216,7 +220,7 @@ def finish_model(
         training=training,
     )
     (model_dir / CARD).write_text(card)
-    info = write_manifest(
+    return write_manifest(
         model_dir,
         version=version,
         base_model=training.params.base_model,
@@ -224,8 +228,6 @@ def finish_model(
         metrics=metrics,
         params=training.params,
     )
-    track_training(info, training, card, settings.tracking)
-    return info
 
 
 def evaluate_and_register(
@@ -236,7 +238,8 @@ def evaluate_and_register(
     stages: StageSeconds | None = None,
 ) -> ModelInfo:
     """Evaluate the job's trained model on test.csv and register it as a new version; its
-    metrics keep `stages` with the evaluation's wall time added."""
+    metrics keep `stages` with the evaluation's wall time added. With tracking on, its training
+    is an MLflow run and the version a model version of MLflow's registry, once it is in S3."""
     s3 = s3_client(settings.storage)
     registry = ModelRegistry(s3, settings.storage)
     for known in registry.versions():
@@ -256,6 +259,8 @@ def evaluate_and_register(
         dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
         info = finish_model(model_dir, dataset, training, settings, reporter, stages)
         publish(registry, model_dir)
+        card = (model_dir / CARD).read_text()
+        track_training(info, training, card, settings.tracking, registered_in=registry)
     discard_checkpoints(job_id, settings)
     reporter.event(EventType.log, {"message": f"registered model version {info.version}"})
     return info
@@ -284,7 +289,7 @@ def evaluate_version(
 def promote_if_better(version: str, settings: Settings, reporter: Reporter) -> PromotionDecision:
     """Promote the version if it beats production on the promotion holdout (a tie keeps
     production); its own test.csv, its uploader's, is reported but decides nothing."""
-    registry = ModelRegistry.from_settings(settings.storage)
+    registry = mirrored(ModelRegistry.from_settings(settings.storage), settings.tracking)
     candidate = registry.get(version)
     holdout = ensure_holdout(settings, candidate.dataset_sha256)
     scores = HoldoutScores(holdout, settings, reporter)

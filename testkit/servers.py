@@ -1,14 +1,17 @@
-"""Real servers for tests: a redis-server process and moto's S3/SQS HTTP server, on free ports."""
+"""Real servers for tests, on free ports: redis-server, moto's S3/SQS HTTP server, and MLflow's
+tracking server."""
 
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import redis
 
 from shared.redis_clients import server_arguments
@@ -94,3 +97,34 @@ def moto_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """`mlflow server` with a SQLite store, as a user would run it; its URI."""
+    port = free_port()
+    binary = shutil.which("mlflow", path=str(Path(sys.executable).parent))
+    assert binary is not None
+    command = [
+        binary, "server",
+        "--backend-store-uri", f"sqlite:///{root / 'runs.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()

@@ -7,7 +7,7 @@ import redis
 
 from shared.settings import Settings
 from shared.storage import s3_client
-from testkit.servers import moto_server, redis_server
+from testkit.servers import mlflow_server, moto_server, redis_server
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -25,6 +25,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def s3_endpoint() -> Iterator[str]:
     with moto_server() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One MLflow tracking server for the session's tests that use one."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
 
 @pytest.fixture

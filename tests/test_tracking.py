@@ -1,16 +1,9 @@
 """With a tracking URI set, a registered model's training is an MLflow run on a real server."""
 
-import contextlib
 import logging
-import shutil
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pipeline.ingest import read_archive
@@ -25,38 +18,6 @@ from testkit.models import Recorder
 from testkit.servers import free_port
 
 mlflow = pytest.importorskip("mlflow")
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` with a SQLite store, as a user would run it."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    binary = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-    assert binary is not None
-    command = [
-        binary, "server",
-        "--backend-store-uri", f"sqlite:///{root / 'runs.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    log = (root / "server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
 
 
 def tiny_training(tmp_path: Path, **settings: object) -> tuple[Settings, TrainConfig]:
