@@ -21,6 +21,8 @@ from gateway.services import Services, services
 from shared.broker import dispatch
 from shared.contracts.errors import ErrorInfo, InvalidRequest, NotFound, ServiceUnavailable
 from shared.contracts.jobs import (
+    BATCH_INPUT_SUFFIXES,
+    BatchPredictParams,
     DatasetParams,
     EvaluateParams,
     Job,
@@ -70,6 +72,9 @@ def api_params(params: JobParams, settings: Settings) -> JobParams:
     if isinstance(params, PredictParams):
         check_predict_limits(params, settings)
         return params
+    if isinstance(params, BatchPredictParams):
+        dataset = api_dataset(params.dataset, settings, BATCH_INPUT_SUFFIXES)
+        return params.model_copy(update={"dataset": dataset})
     assert isinstance(params, DatasetParams)
     update: dict[str, object] = {"dataset": api_dataset(params.dataset, settings)}
     if isinstance(params, TrainParams | PipelineParams) and params.base_model is not None:
@@ -143,10 +148,12 @@ async def visible_job(request: Request, job_id: str) -> Job:
 
 class Jobs(HTTPEndpoint):
     async def post(self, request: Request) -> JSONResponse:
-        """Predict jobs need the `predict` scope; training, evaluation and pipelines `admin`."""
+        """Predict and batch jobs need the `predict` scope; training, evaluation and pipelines
+        `admin`."""
         state = services(request)
         params = await parse_body(request, JOB_REQUEST, tags=JOB_TAGS)
-        caller = require(request, "predict" if isinstance(params, PredictParams) else "admin")
+        predicts = isinstance(params, PredictParams | BatchPredictParams)
+        caller = require(request, "predict" if predicts else "admin")
         ratelimit.check(request, state.limits.jobs)
         job = new_job(state, params, caller)
         if job.type is JobType.predict:

@@ -28,7 +28,7 @@ from gateway.schemas import (
     UploadTicket,
 )
 from gateway.services import services
-from shared.contracts.jobs import EventType, JobParams, PredictParams
+from shared.contracts.jobs import BATCH_INPUT_SUFFIXES, EventType, JobParams, PredictParams
 from shared.contracts.models import (
     VERSION_PATTERN,
     ChallengerPointer,
@@ -292,6 +292,7 @@ class Rules:
     """What the validators read from the settings, for the document to say it."""
 
     dataset: str
+    batch_input: str
     base_models: tuple[str, ...]
     max_texts: int
     max_text_chars: int
@@ -301,6 +302,7 @@ class Rules:
     def of(cls, settings: Settings) -> "Rules":
         return cls(
             dataset_pattern(settings),
+            dataset_pattern(settings, BATCH_INPUT_SUFFIXES),
             (PACKAGED_BASE_MODEL, *settings.training.base_model_allowlist),
             settings.limits.max_texts,
             settings.limits.max_text_chars,
@@ -374,6 +376,14 @@ JOB_REQUESTS = {
     "TrainParams": "TrainJob",
     "EvaluateParams": "EvaluateJob",
     "PipelineParams": "PipelineJob",
+    "BatchPredictParams": "BatchPredictJob",
+}
+JOB_TYPES = {
+    "PredictParams": "predict",
+    "TrainParams": "train",
+    "EvaluateParams": "evaluate",
+    "PipelineParams": "pipeline",
+    "BatchPredictParams": "batch_predict",
 }
 
 
@@ -395,6 +405,7 @@ def _as_validated(schemas: dict[str, Any], rules: Rules) -> None:
         "TrainParams": dataset | {"base_model": _base_model(rules)},
         "EvaluateParams": dataset | {"model_version": {"pattern": f"^{VERSION_PATTERN.pattern}$"}},
         "PipelineParams": dataset | {"base_model": _base_model(rules), "source": {"type": "null"}},
+        "BatchPredictParams": {"dataset": {"pattern": rules.batch_input}},
     }
     for params, job in JOB_REQUESTS.items():
         member = "PredictRequest" if params == "PredictParams" else params
@@ -408,8 +419,7 @@ def _as_validated(schemas: dict[str, Any], rules: Rules) -> None:
         "discriminator": {
             "propertyName": "type",
             "mapping": {
-                params.removesuffix("Params").lower(): REF.format(model=job)
-                for params, job in JOB_REQUESTS.items()
+                JOB_TYPES[params]: REF.format(model=job) for params, job in JOB_REQUESTS.items()
             },
         },
     }

@@ -93,6 +93,7 @@ class StorageSettings(Group):
     models_prefix: str = Field("models/", description="registered versions and production.json")
     checkpoints_prefix: str = Field("checkpoints/", description="training checkpoints, by job")
     holdout_prefix: str = Field("holdout/", description="the pinned promotion holdout")
+    predictions_prefix: str = Field("predictions/", description="batch jobs' output files, by job")
 
 
 class JobSettings(Group):
@@ -604,6 +605,33 @@ class MonitorSettings(Group):
         }
 
 
+class BatchSettings(Group):
+    title = "Batch prediction jobs: a file of texts through the predict fleet"
+
+    chunk_texts: int = Field(
+        32, ge=1, le=256, alias="batch_chunk_texts", description="texts per predict job it sends"
+    )
+    in_flight: int = Field(
+        4,
+        ge=1,
+        alias="batch_in_flight",
+        description="its predict jobs waiting or in a worker at once: interactive requests queue "
+        "behind no more than this",
+    )
+    max_bytes: int = Field(
+        64 * 1024**2, ge=1024, alias="batch_max_bytes", description="an input file, at most"
+    )
+    max_rows: int = Field(
+        1_000_000, ge=1, alias="batch_max_rows", description="rows of an input file, at most"
+    )
+    chunk_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        alias="batch_chunk_timeout_s",
+        description="a chunk unanswered this long is sent again (its first answer wins)",
+    )
+
+
 class StackSettings(Group):
     title = "The local supervisor (`make up`)"
 
@@ -692,6 +720,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     serving: ServingSettings = ServingSettings()
     monitor: MonitorSettings = MonitorSettings()
+    batch: BatchSettings = BatchSettings()
     stack: StackSettings = StackSettings()
     tracking: TrackingSettings = TrackingSettings()
     client: ClientSettings = ClientSettings()

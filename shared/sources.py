@@ -11,20 +11,26 @@ from shared.contracts.training import PACKAGED_BASE_MODEL
 from shared.hub import PINNED_RULE, is_pinned
 from shared.settings import Settings
 
+ARCHIVE = (".zip",)
 
-def dataset_rule(settings: Settings) -> str:
+
+def dataset_rule(settings: Settings, suffixes: tuple[str, ...] = ARCHIVE) -> str:
     bucket, prefixes = (
         settings.storage.bucket,
         (settings.storage.incoming_prefix, settings.storage.datasets_prefix),
     )
+    name = f"NAME{suffixes[0]}"
     return (
         f"an API job's dataset must be a key of bucket {bucket!r} under "
-        f"{' or '.join(prefixes)}: s3://{bucket}/{prefixes[0]}NAME.zip or {prefixes[0]}NAME.zip"
+        f"{' or '.join(prefixes)}: s3://{bucket}/{prefixes[0]}{name} or {prefixes[0]}{name}"
+        + ("" if suffixes == ARCHIVE else f" (a file ending {' or '.join(suffixes)})")
     )
 
 
-def _refuse(dataset: str, why: str, settings: Settings) -> InvalidRequest:
-    rule = dataset_rule(settings)
+def _refuse(
+    dataset: str, why: str, settings: Settings, suffixes: tuple[str, ...]
+) -> InvalidRequest:
+    rule = dataset_rule(settings, suffixes)
     return InvalidRequest(
         f"dataset: {dataset!r} {why}; {rule}",
         details={"fields": ["dataset"], "rule": rule},
@@ -41,37 +47,40 @@ def _literal(text: str) -> str:
     return "".join(f"\\{char}" if char in _META else char for char in text)
 
 
-def dataset_pattern(settings: Settings) -> str:
+def dataset_pattern(settings: Settings, suffixes: tuple[str, ...] = ARCHIVE) -> str:
     """What api_dataset takes, as one regular expression (the API document's): an s3:// URL of
-    the bucket, or a bare key, under incoming/ or datasets/, of a .zip archive."""
+    the bucket, or a bare key, under incoming/ or datasets/, of a .zip archive (or a file with
+    one of the `suffixes`)."""
     bucket = _literal(settings.storage.bucket)
     prefixes = "|".join(
         _literal(prefix)
         for prefix in (settings.storage.incoming_prefix, settings.storage.datasets_prefix)
     )
-    return f"^(?:s3://{bucket}/)?(?:{prefixes})(?:{_FOLDER}/)*[^/\\\\:]*\\.zip$"
+    endings = "|".join(_literal(suffix) for suffix in suffixes)
+    return f"^(?:s3://{bucket}/)?(?:{prefixes})(?:{_FOLDER}/)*[^/\\\\:]*(?:{endings})$"
 
 
-def api_dataset(dataset: str, settings: Settings) -> str:
+def api_dataset(dataset: str, settings: Settings, suffixes: tuple[str, ...] = ARCHIVE) -> str:
     """The s3:// URL of the archive an API job names; InvalidRequest naming the rule otherwise.
 
     A bare key becomes an s3:// URL, so that no worker reads it as a local path."""
     if dataset.startswith("s3://"):
         bucket, _, key = dataset.removeprefix("s3://").partition("/")
         if bucket != settings.storage.bucket:
-            raise _refuse(dataset, f"is in bucket {bucket!r}", settings)
+            raise _refuse(dataset, f"is in bucket {bucket!r}", settings, suffixes)
     elif "://" in dataset or ":" in dataset.split("/", 1)[0]:
-        raise _refuse(dataset, "is not an s3:// URL or a key", settings)
+        raise _refuse(dataset, "is not an s3:// URL or a key", settings, suffixes)
     else:
         key = dataset
     if key.startswith("/") or "\\" in key or any(part in ("..", ".") for part in key.split("/")):
-        raise _refuse(dataset, "is not a plain key", settings)
+        raise _refuse(dataset, "is not a plain key", settings, suffixes)
     if "//" in key or not key.startswith(
         (settings.storage.incoming_prefix, settings.storage.datasets_prefix)
     ):
-        raise _refuse(dataset, "is outside the allowed prefixes", settings)
-    if re.fullmatch(dataset_pattern(settings)[1:-1], dataset) is None:
-        raise _refuse(dataset, "is not a plain key of a .zip archive", settings)
+        raise _refuse(dataset, "is outside the allowed prefixes", settings, suffixes)
+    if re.fullmatch(dataset_pattern(settings, suffixes)[1:-1], dataset) is None:
+        kind = "a .zip archive" if suffixes == ARCHIVE else f"a {' or '.join(suffixes)} file"
+        raise _refuse(dataset, f"is not a plain key of {kind}", settings, suffixes)
     return f"s3://{settings.storage.bucket}/{key}"
 
 

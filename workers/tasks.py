@@ -15,9 +15,11 @@ from celery.worker import state as worker_state
 from celery_batches import SimpleRequest
 
 from pipeline import stages
+from pipeline.batch import run_batch
 from shared.broker import send_call
 from shared.contracts.errors import NotFound
 from shared.contracts.jobs import (
+    BatchPredictParams,
     DatasetParams,
     EvaluateParams,
     Job,
@@ -35,10 +37,21 @@ from shared.contracts.results import (
     TrainResult,
     seconds_since,
 )
-from shared.contracts.stages import EVALUATE, INGEST, PREDICT, PROMOTE, ROUTES, TRAIN, next_task
+from shared.contracts.stages import (
+    BATCH_PREDICT,
+    EVALUATE,
+    INGEST,
+    PREDICT,
+    PROMOTE,
+    ROUTES,
+    TRAIN,
+    next_task,
+)
 from shared.jobstore import JobStore
 from shared.logs import bound
+from shared.storage import s3_client
 from workers.app import app, settings
+from workers.batch import StoreFleet
 from workers.batching import ModelPacedBatches
 from workers.models import ServingModel
 from workers.predict import serve_batch
@@ -305,6 +318,19 @@ def promote(
         dataset_sha256=dataset_sha256,
         stage_seconds=stage_seconds,
     )
+
+
+@app.task(name=BATCH_PREDICT, **LONG_TASK)
+def batch_predict(job_id: str, call_id: str | None = None) -> None:
+    def step(job: Job, reporter: JobReporter) -> JobResult:
+        dataset = params_of(job, BatchPredictParams).dataset
+        reporter.stage("batch_predict", "started", dataset=dataset)
+        fleet = StoreFleet(store(), app, job.owner)
+        result = run_batch(job.id, dataset, settings, reporter, fleet, s3_client(settings.storage))
+        reporter.stage("batch_predict", "finished", rows=result.rows, seconds=result.seconds)
+        return result
+
+    _step(job_id, BATCH_PREDICT, call_id, step)
 
 
 def _timed(stage_seconds: dict[str, float | None] | None, **more: float) -> StageSeconds:

@@ -94,6 +94,10 @@ class ChallengerNotFound(NotFound, code="challenger_not_found"): ...
 class NoProductionModel(ServiceUnavailable, code="no_production_model"): ...
 
 
+class BatchChunkFailed(ServiceUnavailable, code="batch_chunk_failed"):
+    """The predict fleet answered one chunk of a batch job with an error; details carry it."""
+
+
 class ModelIntegrityError(AgNewsError, status=409, code="model_integrity"):
     """A registered model's files do not match the sha256 sums in its manifest."""
 

@@ -9,7 +9,13 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts.errors import ErrorInfo, InvalidRequest
-from shared.contracts.results import EvaluateResult, JobResult, PredictResult, TrainResult
+from shared.contracts.results import (
+    BatchPredictResult,
+    EvaluateResult,
+    JobResult,
+    PredictResult,
+    TrainResult,
+)
 from shared.contracts.times import utcnow
 
 
@@ -18,6 +24,7 @@ class JobType(StrEnum):
     train = "train"
     evaluate = "evaluate"
     pipeline = "pipeline"
+    batch_predict = "batch_predict"
 
 
 class JobStatus(StrEnum):
@@ -160,8 +167,28 @@ class PipelineParams(DatasetParams):
     )
 
 
+BATCH_INPUT_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+class BatchPredictParams(_Request):
+    type: Literal["batch_predict"] = "batch_predict"
+    dataset: str = Field(
+        min_length=1,
+        description="s3://bucket/key or a key of a .csv (AG News layout, or a `text` column) or "
+        ".jsonl file (one object with `text` a line) to classify",
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _is_text_file(cls, dataset: str) -> str:
+        if not dataset.endswith(BATCH_INPUT_SUFFIXES):
+            raise ValueError("dataset must name a .csv or .jsonl file of texts to classify")
+        return dataset
+
+
 JobParams = Annotated[
-    PredictParams | TrainParams | EvaluateParams | PipelineParams, Field(discriminator="type")
+    PredictParams | TrainParams | EvaluateParams | PipelineParams | BatchPredictParams,
+    Field(discriminator="type"),
 ]
 """What a job was asked to do: the request that created it, kept with its type in the store."""
 
@@ -172,6 +199,7 @@ RESULT_TYPES: dict[JobType, type[BaseModel]] = {
     JobType.evaluate: EvaluateResult,
     JobType.train: TrainResult,
     JobType.pipeline: TrainResult,
+    JobType.batch_predict: BatchPredictResult,
 }
 
 

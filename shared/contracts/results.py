@@ -281,4 +281,19 @@ class TrainResult(BaseModel):
     stage_seconds: StageSeconds = Field(default_factory=StageSeconds)
 
 
-JobResult = PredictResult | EvaluateResult | TrainResult
+class BatchPredictResult(BaseModel):
+    """A batch job's output file and, where the input carried labels, how it scored on them."""
+
+    rows: int
+    output: str = Field(description="s3:// URL of predictions.csv, one line per input row")
+    model_versions: dict[str, int] = Field(description="rows answered by each version")
+    labelled: int = Field(description="rows whose input carried a label")
+    accuracy: float | None = None
+    confusion: list[list[int]] | None = Field(
+        default=None, description="rows by true label (outer) and predicted label (inner)"
+    )
+    seconds: float
+    rows_per_s: float
+
+
+JobResult = PredictResult | EvaluateResult | TrainResult | BatchPredictResult

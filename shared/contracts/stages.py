@@ -22,6 +22,7 @@ INGEST = "agnews.ingest"
 TRAIN = "agnews.train"
 EVALUATE = "agnews.evaluate"
 PROMOTE = "agnews.promote"
+BATCH_PREDICT = "agnews.batch_predict"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ STAGES: dict[str, Stage] = {
         Stage(TRAIN, Queue.train, "train"),
         Stage(EVALUATE, Queue.evaluate, "evaluate"),
         Stage(PROMOTE, Queue.evaluate, "promote"),
+        Stage(BATCH_PREDICT, Queue.evaluate, "batch_predict"),
     )
 }
 ROUTES: dict[str, str] = {task: stage.queue.value for task, stage in STAGES.items()}
@@ -49,6 +51,7 @@ _CHAINS: dict[JobType, tuple[str, ...]] = {
     JobType.evaluate: (EVALUATE,),
     JobType.train: (INGEST, TRAIN, EVALUATE, PROMOTE),
     JobType.pipeline: (INGEST, TRAIN, EVALUATE, PROMOTE),
+    JobType.batch_predict: (BATCH_PREDICT,),
 }
 
 

@@ -5,9 +5,9 @@ from typing import Any
 
 import redis
 
-from shared.contracts.errors import AgNewsError, ErrorInfo
+from shared.contracts.errors import AgNewsError, ErrorInfo, NotFound
 from shared.contracts.jobs import Event, EventType, Job, JobStatus, JobType, TaskCall
-from shared.contracts.results import JobResult
+from shared.contracts.results import JobResult, PredictResult
 from shared.contracts.times import utcnow
 from shared.jobstore.base import (
     Claim,
@@ -48,6 +48,28 @@ class JobStore(Scripts):
 
     def get(self, job_id: str) -> Job:
         return decode_job(job_id, self.redis.hgetall(self.keys.job(job_id)))
+
+    def predict_answers(self, job_ids: Sequence[str]) -> dict[str, PredictResult | ErrorInfo]:
+        """Of these predict jobs, those that ended: each one's answer or error (an expired job's
+        error says so)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.keys.job(job_id), ["status", "result", "error"])
+        ended: dict[str, PredictResult | ErrorInfo] = {}
+        for job_id, (status, result, error) in zip(job_ids, pipe.execute(), strict=True):
+            if status is None:
+                ended[job_id] = ErrorInfo(
+                    code=NotFound.code, message=f"predict job {job_id} expired unanswered"
+                )
+            elif status == JobStatus.succeeded and result is not None:
+                ended[job_id] = PredictResult.model_validate_json(result)
+            elif status in _ENDED:
+                ended[job_id] = (
+                    ErrorInfo.model_validate_json(error)
+                    if error
+                    else ErrorInfo(code="cancelled", message=f"predict job {job_id} was {status}")
+                )
+        return ended
 
     def recent(
         self,
