@@ -3,6 +3,7 @@
 import asyncio
 
 from pydantic import TypeAdapter
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -101,11 +102,20 @@ async def dismiss_challenger(request: Request) -> JSONResponse:
     return JSONResponse(pointer.model_dump(mode="json"))
 
 
+class Challenger(HTTPEndpoint):
+    """One route for both methods, so that a 405 names them both in its Allow header."""
+
+    async def get(self, request: Request) -> JSONResponse:
+        return await challenger_model(request)
+
+    async def delete(self, request: Request) -> JSONResponse:
+        return await dismiss_challenger(request)
+
+
 routes = [
     Route("/models", list_models, methods=["GET"]),
     Route("/models/production", production_model, methods=["GET"]),
-    Route("/models/challenger", challenger_model, methods=["GET"]),
-    Route("/models/challenger", dismiss_challenger, methods=["DELETE"]),
+    Route("/models/challenger", Challenger),
     Route("/models/{version}", one_model, methods=["GET"]),
     Route("/models/{version}/monitor", monitor_model, methods=["GET"]),
     Route("/models/{version}/promote", promote_model, methods=["POST"]),

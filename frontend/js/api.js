@@ -103,6 +103,21 @@ export const api = {
   },
   promote: (version, reason) =>
     call("POST", `/v1/models/${encodeURIComponent(version)}/promote`, { reason }).then((r) => r.body),
+  monitor: (version) => get(`/v1/models/${encodeURIComponent(version)}/monitor`),
+  challenger: async () => {
+    try {
+      return await get("/v1/models/challenger");
+    } catch (error) {
+      if (error.status === 404) return null;
+      throw error;
+    }
+  },
+  challenge: (version, share, reason) =>
+    call("POST", `/v1/models/${encodeURIComponent(version)}/challenge`, { share, reason }).then((r) => r.body),
+  dismissChallenger: () => call("DELETE", "/v1/models/challenger").then((r) => r.body),
+  giveFeedback: (body) => call("POST", "/v1/feedback", body).then((r) => r.body),
+  feedback: (params = {}) => get(`/v1/feedback${query(params)}`).then((body) => body?.feedback ?? []),
+  review: (params = {}) => get(`/v1/feedback/review${query(params)}`),
   health: () => get("/healthz"),
 };
 

@@ -1,4 +1,5 @@
-// Hand-written SVG charts: a line chart for training loss, a heat map for the confusion matrix.
+// Hand-written SVG charts: a line chart for training loss, a heat map for the confusion matrix,
+// a chart over the minutes of a window and a histogram of shares.
 
 import { h, svg, integer, percent } from "./dom.js";
 
@@ -116,4 +117,148 @@ export function confusionMatrix(matrix, labels) {
   });
   table.append(body);
   return table;
+}
+
+// Which minutes of a window get a time under the axis: a round step giving at most `count`.
+function minuteStep(total, count) {
+  return [1, 2, 5, 10, 15, 20, 30, 60, 120].find((step) => total / step <= count) ?? 240;
+}
+
+function clock(date) {
+  return `${String(date.getHours()).padStart(2, "0")}:${String(date.getMinutes()).padStart(2, "0")}`;
+}
+
+// A chart over a window's minutes (oldest first, ISO strings): per series either bars or a line
+// (broken where a minute has no value), and horizontal rules (a reference each).
+// series: [{name, values: [number | null], kind: "bars" | "line", className}]
+// rules: [{name, value, className}]; yFormat writes a tick's value.
+export function minuteChart({ minutes, series, rules = [], yMax, yFormat = label, yLabel, title, width = 640 }) {
+  const WIDTH = Math.max(260, Math.round(width));
+  const HEIGHT = Math.round(Math.min(240, Math.max(180, WIDTH * 0.4)));
+  const times = minutes.map((minute) => new Date(minute));
+  const count = Math.max(times.length, 1);
+  const values = [...series.flatMap((s) => s.values), ...rules.map((r) => r.value)].filter((v) => typeof v === "number");
+  const high = yMax ?? Math.max(1, ...values);
+  const yTicks = niceTicks(0, high, 4);
+  while (yTicks.at(-1) < high) yTicks.push(Number((yTicks.at(-1) + (yTicks[1] - yTicks[0])).toPrecision(12)));
+  const top = yTicks.at(-1) || 1;
+  const plotW = WIDTH - MARGIN.left - MARGIN.right;
+  const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
+  const band = plotW / count;
+  const sx = (i) => MARGIN.left + (i + 0.5) * band;
+  const sy = (y) => MARGIN.top + plotH - (y / top) * plotH;
+
+  const chart = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: "chart", role: "img", "aria-label": title });
+  chart.append(svg("title", {}, title));
+  for (const tick of yTicks) {
+    chart.append(
+      svg("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(tick), y2: sy(tick), class: "grid" }),
+      svg("text", { x: MARGIN.left - 8, y: sy(tick) + 4, class: "tick", "text-anchor": "end" }, yFormat(tick)),
+    );
+  }
+  const step = minuteStep(count, WIDTH < 420 ? 4 : 7);
+  times.forEach((time, i) => {
+    if (Math.round(time.getTime() / 60000) % step !== 0) return;
+    chart.append(
+      svg("line", { x1: sx(i), x2: sx(i), y1: MARGIN.top + plotH, y2: MARGIN.top + plotH + 4, class: "axis" }),
+      svg("text", { x: sx(i), y: MARGIN.top + plotH + 18, class: "tick", "text-anchor": "middle" }, clock(time)),
+    );
+  });
+  chart.append(
+    svg("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: MARGIN.top + plotH, y2: MARGIN.top + plotH, class: "axis" }),
+    svg("text", { x: MARGIN.left + plotW / 2, y: HEIGHT - 6, class: "axis-label", "text-anchor": "middle" }, "minute (local time)"),
+    svg("text", { x: 14, y: MARGIN.top + plotH / 2, class: "axis-label", "text-anchor": "middle",
+      transform: `rotate(-90 14 ${MARGIN.top + plotH / 2})` }, yLabel),
+  );
+  for (const rule of rules) {
+    if (typeof rule.value !== "number") continue;
+    chart.append(svg("line", {
+      x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(rule.value), y2: sy(rule.value), class: `rule ${rule.className}`, "data-value": rule.value,
+    }, svg("title", {}, `${rule.name}: ${yFormat(rule.value)}`)));
+  }
+  for (const s of series) {
+    const group = svg("g", { class: `${s.kind} ${s.className}`, "data-series": s.name });
+    if (s.kind === "bars") {
+      const barW = Math.max(1, Math.min(band * 0.72, 18));
+      s.values.forEach((value, i) => {
+        if (!value) return;
+        group.append(svg("rect", { x: sx(i) - barW / 2, y: sy(value), width: barW, height: Math.max(0, MARGIN.top + plotH - sy(value)), "data-n": value },
+          svg("title", {}, `${clock(times[i])}: ${yFormat(value)} ${s.name}`)));
+      });
+    } else {
+      let d = "";
+      s.values.forEach((value, i) => {
+        if (typeof value !== "number") return;
+        d += `${typeof s.values[i - 1] === "number" ? "L" : "M"}${sx(i).toFixed(1)},${sy(value).toFixed(1)} `;
+      });
+      if (d) group.append(svg("path", { d: d.trim() }));
+      s.values.forEach((value, i) => {
+        if (typeof value !== "number") return;
+        group.append(svg("circle", { cx: sx(i), cy: sy(value), r: 3 }, svg("title", {}, `${s.name} at ${clock(times[i])}: ${yFormat(value)}`)));
+      });
+    }
+    chart.append(group);
+  }
+  return chart;
+}
+
+// Each bucket's share of the texts, a bar per series side by side (the live window beside the
+// holdout). Buckets are drawn equally wide whatever their span; `edges` are their upper bounds.
+// series: [{name, counts: [number], className}]
+export function histogram({ edges, series, xLabel, title, width = 640 }) {
+  const WIDTH = Math.max(260, Math.round(width));
+  const HEIGHT = Math.round(Math.min(240, Math.max(180, WIDTH * 0.4)));
+  const shares = series.map((s) => {
+    const total = s.counts.reduce((a, b) => a + b, 0);
+    return s.counts.map((n) => (total ? n / total : 0));
+  });
+  const high = Math.max(0.05, ...shares.flat());
+  const yTicks = niceTicks(0, high, 4);
+  while (yTicks.at(-1) < high) yTicks.push(Number((yTicks.at(-1) + (yTicks[1] - yTicks[0])).toPrecision(12)));
+  const top = yTicks.at(-1);
+  const plotW = WIDTH - MARGIN.left - MARGIN.right;
+  const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
+  const band = plotW / edges.length;
+  const sx = (i) => MARGIN.left + i * band;
+  const sy = (y) => MARGIN.top + plotH - (y / top) * plotH;
+  const edgeText = (edge) => (Number.isFinite(edge) ? label(edge) : "∞");
+
+  const chart = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: "chart", role: "img", "aria-label": title });
+  chart.append(svg("title", {}, title));
+  for (const tick of yTicks) {
+    chart.append(
+      svg("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(tick), y2: sy(tick), class: "grid" }),
+      svg("text", { x: MARGIN.left - 8, y: sy(tick) + 4, class: "tick", "text-anchor": "end" }, percent(tick, 0)),
+    );
+  }
+  const every = band < 34 ? 2 : 1;
+  [0, ...edges].forEach((edge, i) => {
+    const lastShown = i === edges.length;
+    if (i % every && !lastShown) return;
+    chart.append(
+      svg("line", { x1: sx(i), x2: sx(i), y1: MARGIN.top + plotH, y2: MARGIN.top + plotH + 4, class: "axis" }),
+      svg("text", { x: sx(i), y: MARGIN.top + plotH + 18, class: "tick", "text-anchor": "middle" }, edgeText(edge)),
+    );
+  });
+  const gap = Math.min(6, band * 0.15);
+  const barW = (band - 2 * gap) / Math.max(series.length, 1);
+  series.forEach((s, k) => {
+    const group = svg("g", { class: `bars ${s.className}`, "data-series": s.name });
+    s.counts.forEach((count, i) => {
+      const share = shares[k][i];
+      const low = i ? edgeText(edges[i - 1]) : "0";
+      group.append(svg("rect", {
+        x: sx(i) + gap + k * barW, y: sy(share), width: Math.max(barW - 1, 1), height: Math.max(0, MARGIN.top + plotH - sy(share)),
+        "data-bucket": i, "data-count": count,
+      }, svg("title", {}, `${s.name}, ${low} to ${edgeText(edges[i])}: ${percent(share)} (${integer(count)})`)));
+    });
+    chart.append(group);
+  });
+  chart.append(
+    svg("line", { x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: MARGIN.top + plotH, y2: MARGIN.top + plotH, class: "axis" }),
+    svg("text", { x: MARGIN.left + plotW / 2, y: HEIGHT - 6, class: "axis-label", "text-anchor": "middle" }, xLabel),
+    svg("text", { x: 14, y: MARGIN.top + plotH / 2, class: "axis-label", "text-anchor": "middle",
+      transform: `rotate(-90 14 ${MARGIN.top + plotH / 2})` }, "share of texts"),
+  );
+  return chart;
 }

@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { CONFIG, LABELS } from "./config.js";
 import { $, clear, downloadFile, h, integer, messageOf, percent, plural } from "./dom.js";
+import { canGiveFeedback, feedbackControl } from "./feedback.js";
 import { labelChip } from "./jobview.js";
 import { jobOutcome } from "./stream.js";
 import { textsFromCsv, textsFromPlain, toCsv } from "./csv.js";
@@ -14,8 +15,10 @@ function textsOf(value) {
 }
 
 // Classifies in chunks; a chunk the server could not answer in time is followed to its end.
+// `sources` name, for each text, the predict job that answered it and the text's index there.
 export async function predictAll(texts, onChunk = () => {}) {
   const predictions = [];
+  const sources = [];
   const versions = new Set();
   const forms = new Set();
   for (let start = 0; start < texts.length; start += CONFIG.predictChunk) {
@@ -23,12 +26,14 @@ export async function predictAll(texts, onChunk = () => {}) {
     const answer = await api.predict(chunk);
     const body = answer.status === 202 ? await jobOutcome(answer.body.id) : answer.body;
     if (!Array.isArray(body?.predictions)) throw new Error("The server's answer holds no predictions.");
+    const jobId = answer.status === 202 ? answer.body.id : body.job_id;
+    body.predictions.forEach((_, index) => sources.push({ job_id: jobId, index, model_version: body.model_version }));
     predictions.push(...body.predictions);
     versions.add(body.model_version);
     if (body.form) forms.add(body.form);
     onChunk(predictions.length);
   }
-  return { predictions, versions: [...versions], forms: [...forms] };
+  return { predictions, sources, versions: [...versions], forms: [...forms] };
 }
 
 // The form the predict workers served the model in (each worker times them at load).
@@ -155,11 +160,12 @@ export class ClassifyScreen {
     this.submitButton.setAttribute("aria-busy", "true");
     this.setStatus(texts.length === 1 ? "Classifying…" : `Classifying ${plural(texts.length, "text")}…`, "busy");
     try {
-      const { predictions, versions, forms } = await predictAll(texts, (done) => {
+      const { predictions, sources, versions, forms } = await predictAll(texts, (done) => {
         if (texts.length > CONFIG.predictChunk) this.setStatus(`Classified ${integer(done)} of ${integer(texts.length)}…`, "busy");
       });
       this.showNoModel(false);
       this.setStatus(texts.length === 1 ? "Done." : `Classified ${plural(texts.length, "text")}.`);
+      this.sources = sources;
       if (texts.length === 1) this.showOne(texts[0], predictions[0], versions[0], forms);
       else this.showMany(texts, predictions, versions, forms);
     } catch (error) {
@@ -202,7 +208,15 @@ export class ClassifyScreen {
         prediction.truncated ? " · the text was longer than the model reads; only its beginning counted" : "",
       ),
       h("blockquote", { class: "quoted" }, text),
+      this.correction(text, prediction, 0),
     ));
+  }
+
+  // One click on the right topic stores it as feedback (feedback.js); none for a key that may
+  // not give it.
+  correction(text, prediction, index) {
+    if (!canGiveFeedback(this.app.session)) return null;
+    return feedbackControl({ ...this.sources?.[index], text, predicted: prediction.label });
   }
 
   showMany(texts, predictions, versions, forms) {
@@ -222,12 +236,14 @@ export class ClassifyScreen {
       h("div", { class: "table-wrap" }, h("table", { class: "data results" },
         h("thead", {}, h("tr", {},
           h("th", { scope: "col", class: "num" }, "#"), h("th", { scope: "col" }, "Text"), h("th", { scope: "col" }, "Topic"),
-          h("th", { scope: "col", class: "num" }, "Confidence"))),
+          h("th", { scope: "col", class: "num" }, "Confidence"),
+          canGiveFeedback(this.app.session) && h("th", { scope: "col" }, "Right topic?"))),
         h("tbody", {}, shown.map((p, i) => h("tr", {},
           h("td", { class: "num muted" }, i + 1),
           h("td", { class: "text-cell", title: texts[i] }, texts[i]),
           h("td", {}, labelChip(p.label)),
           h("td", { class: "num" }, percent(p.scores?.[p.label])),
+          canGiveFeedback(this.app.session) && h("td", {}, this.correction(texts[i], p, i)),
         ))),
       )),
       predictions.length > shown.length && h("p", { class: "muted small" }, `The first ${integer(shown.length)} are shown; the CSV holds all ${integer(predictions.length)}.`),

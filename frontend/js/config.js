@@ -21,6 +21,14 @@ export const PHASE_NAMES = {
   adapt: ": adapting to the texts (masked language model)",
 };
 
+// Upper bounds of the monitor's histogram buckets, as shared/contracts/monitor.py has them
+// (CONFIDENCE_EDGES, MARGIN_EDGES, TOKEN_EDGES); the last bucket takes everything above.
+export const MONITOR_EDGES = {
+  confidence: [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+  margin: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+  tokens: [16, 24, 32, 40, 48, 64, 96, 128, Infinity],
+};
+
 export const CONFIG = {
   predictChunk: 64, // texts per POST /v1/predict
   maxTexts: 5000, // texts one classification may hold
@@ -32,4 +40,6 @@ export const CONFIG = {
   reconnectBaseMs: 1000, // event stream reconnects back off from here...
   reconnectMaxMs: 15000, // ...to here
   chartMaxPoints: 2000,
+  monitorRefreshMs: 10000, // the monitor, while it is shown
+  reviewLimit: 50, // uncertain answers the Review view lists
 };

@@ -1,4 +1,4 @@
-// The page: routes between the four screens, watches the server, exposes hooks for tests.
+// The page: routes between the screens, watches the server, exposes hooks for tests.
 
 import { api } from "./api.js";
 import { ClassifyScreen } from "./classify.js";
@@ -6,7 +6,9 @@ import { CONFIG } from "./config.js";
 import { $, clear, h } from "./dom.js";
 import { JobsScreen } from "./jobs.js";
 import { ModelsScreen } from "./models.js";
+import { MonitorScreen } from "./monitor.js";
 import { RetrainScreen } from "./retrain.js";
+import { ReviewScreen } from "./review.js";
 import { signOut, whoAmI } from "./session.js";
 
 class App {
@@ -14,11 +16,14 @@ class App {
     this.banner = $("#offline");
     this.serving = $("#serving");
     this.healthTimer = null;
+    this.session = null; // who is signed in and with which scopes (GET /v1/session)
     this.screens = {
       classify: new ClassifyScreen(this),
       retrain: new RetrainScreen(this),
       jobs: new JobsScreen(this),
       models: new ModelsScreen(this),
+      monitor: new MonitorScreen(this),
+      review: new ReviewScreen(this),
     };
     this.current = null;
     window.addEventListener("hashchange", () => this.route(true));
@@ -31,8 +36,16 @@ class App {
     whoAmI().then((session) => this.showAccount(session), () => {});
   }
 
+  // Whether the session may promote, roll back and name or dismiss a challenger: an admin key,
+  // or a server with no keys. The server decides; this only spares a button that would fail.
+  canAdmin() {
+    return Boolean(this.session?.scopes?.includes("admin"));
+  }
+
   // The signed-in key and a sign-out button; nothing when the server is open (no keys).
   showAccount(session) {
+    this.session = session ?? null;
+    if (this.current) this.screens[this.current].sessionChanged?.();
     const account = $("#account");
     account.hidden = !session?.signed_in;
     $("#account-name").textContent = session?.signed_in ? `Signed in as ${session.name}` : "";
@@ -120,4 +133,6 @@ window.__agnews = {
   app,
   dropStream: () => app.visibleJobView()?.drop() ?? false,
   job: () => app.visibleJobView()?.snapshot() ?? null,
+  monitor: () => app.screens.monitor.snapshot(),
+  review: () => app.screens.review.snapshot(),
 };

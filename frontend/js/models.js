@@ -1,4 +1,4 @@
-// Models: the registry, which version serves, promotion and roll-back.
+// Models: the registry, which version serves, promotion and roll-back, naming a challenger.
 
 import { api } from "./api.js";
 import { legend, lineChart } from "./charts.js";
@@ -45,6 +45,14 @@ export class ModelsScreen {
     this.more = $("#models-more");
     this.detail = $("#models-detail");
     this.shown = null;
+    this.challenger = null;
+    this.challengeDialog = $("#challenge-dialog");
+    this.challenging = null;
+    $("#challenge-cancel").addEventListener("click", () => this.challengeDialog.close());
+    $("#challenge-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.confirmChallenge();
+    });
     $("#promote-cancel").addEventListener("click", () => this.dialog.close());
     $("#promote-form").addEventListener("submit", (event) => {
       event.preventDefault();
@@ -56,6 +64,10 @@ export class ModelsScreen {
     this.refresh();
   }
 
+  sessionChanged() {
+    if (this.models) this.renderTable(this.models, this.pointer);
+  }
+
   setStatus(text, kind = "") {
     this.status.className = `status-line ${kind}`;
     this.status.textContent = text;
@@ -64,7 +76,7 @@ export class ModelsScreen {
   async refresh() {
     let registry;
     try {
-      registry = await api.models({ limit: 25 });
+      [registry, this.challenger] = await Promise.all([api.models({ limit: 25 }), api.challenger()]);
     } catch (error) {
       this.setStatus(`The registry cannot be read: ${messageOf(error)}`, "error");
       return;
@@ -177,9 +189,11 @@ export class ModelsScreen {
         h("th", { scope: "col", class: i >= 2 && i <= 4 ? "num" : "" }, t)))),
       h("tbody", {}, models.map((model) => {
         const serving = production?.version === model.version;
+        const challenger = this.challenger?.version === model.version;
         const params = model.params ?? {};
         return h("tr", { class: serving ? "is-production" : "", "data-version": model.version },
-          h("td", { class: "nowrap", "data-label": "Version" }, h("span", {}, h("code", {}, model.version), serving && h("span", { class: "badge ok" }, "production"))),
+          h("td", { class: "nowrap", "data-label": "Version" }, h("span", {}, h("code", {}, model.version), serving && h("span", { class: "badge ok" }, "production"),
+            challenger && h("a", { class: "badge status-running", href: "#/monitor", title: `Scored on ${percent(this.challenger.share, 0)} of live traffic: see the Monitor` }, "challenger"))),
           h("td", { class: "nowrap", "data-label": "Created" }, dateTime(model.created_at)),
           h("td", { class: "num", "data-label": "Accuracy" }, percent(model.metrics?.accuracy)),
           h("td", { class: "num", "data-label": "Macro-F1" }, percent(model.metrics?.macro_f1)),
@@ -194,10 +208,51 @@ export class ModelsScreen {
             h("button", { type: "button", class: "btn small", onclick: () => this.show(model.version), "aria-label": `Details of ${model.version}` }, "Details"),
             serving
               ? h("span", { class: "muted small" }, " serving")
-              : h("button", { type: "button", class: "btn small", onclick: () => this.ask(model.version, false), "aria-label": `Promote ${model.version}` }, "Promote")),
+              : h("button", { type: "button", class: "btn small", onclick: () => this.ask(model.version, false), "aria-label": `Promote ${model.version}` }, "Promote"),
+            !serving && !challenger && production && this.app.canAdmin() &&
+              h("button", { type: "button", class: "btn small", onclick: () => this.askChallenge(model.version), "aria-label": `Name ${model.version} challenger` }, "Challenge")),
         );
       })),
     ));
+  }
+
+  askChallenge(version) {
+    this.challenging = version;
+    const replaces = this.challenger ? [" It replaces the challenger ", h("code", {}, this.challenger.version), "."] : "";
+    clear($("#challenge-text"), "Score ", h("code", {}, version), " on a share of live traffic beside production, after production has answered? Its answers are only counted and compared, never sent.", replaces);
+    $("#challenge-share").value = "10";
+    $("#challenge-reason").value = "named from the web console";
+    $("#challenge-error").textContent = "";
+    this.challengeDialog.showModal();
+    $("#challenge-share").select();
+  }
+
+  async confirmChallenge() {
+    const version = this.challenging;
+    if (!version) return;
+    const share = Number($("#challenge-share").value) / 100;
+    const reason = $("#challenge-reason").value.trim();
+    const error = $("#challenge-error");
+    if (!(share > 0 && share <= 1)) {
+      error.textContent = "The share is a percentage above 0 and at most 100.";
+      return;
+    }
+    if (!reason) {
+      error.textContent = "Give a reason: it is kept with the challenger.";
+      return;
+    }
+    const button = $("#challenge-confirm");
+    button.disabled = true;
+    try {
+      await api.challenge(version, share, reason);
+      this.challengeDialog.close();
+      this.setStatus(`${version} is now the challenger on ${percent(share, share < 0.01 ? 1 : 0)} of live traffic: see it on the Monitor.`);
+      await this.refresh();
+    } catch (failure) {
+      error.textContent = `Naming the challenger failed: ${messageOf(failure)}`;
+    } finally {
+      button.disabled = false;
+    }
   }
 
   ask(version, rollback) {
