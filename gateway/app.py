@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
-from gateway import events, health, jobs, models, openapi, predict, session, uploads
+from gateway import events, feedback, health, jobs, models, openapi, predict, session, uploads
 from gateway.auth import AuthMiddleware
 from gateway.errors import ErrorMiddleware, http_exception
 from gateway.hygiene import (
@@ -30,6 +30,7 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         *jobs.routes,
         *events.routes,
         *predict.routes,
+        *feedback.routes,
         *models.routes,
         *uploads.routes,
         *session.routes,

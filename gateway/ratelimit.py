@@ -1,6 +1,6 @@
 """Token buckets per caller (the key's name, or the client's address when the gateway is open)
-for predictions, job creation and reads of jobs and models, and a cap on the event streams a
-caller holds open at once; beyond them a 429 with Retry-After.
+for predictions, job creation, feedback and reads of jobs and models, and a cap on the event
+streams a caller holds open at once; beyond them a 429 with Retry-After.
 
 Both live in each gateway process: N gateways let through up to N times the rate and the
 streams. That is enough to stop one client from flooding the queues or holding every
@@ -91,6 +91,9 @@ class RateLimits:
         self.predict = TokenBuckets("predict", access.rate_predict_per_s, access.rate_predict_burst)
         self.jobs = TokenBuckets("jobs", access.rate_jobs_per_s, access.rate_jobs_burst)
         self.reads = TokenBuckets("read", access.rate_reads_per_s, access.rate_reads_burst)
+        self.feedback = TokenBuckets(
+            "feedback", access.rate_feedback_per_s, access.rate_feedback_burst
+        )
         self.streams = StreamSlots(access.max_streams_per_key)
 
 

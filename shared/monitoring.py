@@ -9,10 +9,17 @@ A challenger's answers on the sampled texts go to their own hash per (challenger
 pair, never to the version's totals (those count answers sent), with the strongest
 disagreements in a sorted set trimmed to `DISAGREEMENTS_KEPT`.
 
-Bounds: the minute hashes expire after the window; a version's total and a challenge's figures
-expire `monitor.keep_s` after their last write, and the versions index is trimmed to the same age.
+Answers less sure than `monitor.review_confidence` are kept for people to review (GET
+/v1/feedback/review): per version, a sorted set of the newest `monitor.review_keep` texts (their
+first REVIEW_TEXT_CHARS characters), scored by when each was last answered; a worker holds at
+most as many per version between two flushes.
+
+Bounds: the minute hashes expire after the window; a version's total, its review sample and a
+challenge's figures expire `monitor.keep_s` after their last write, and the versions index is
+trimmed to the same age.
 """
 
+import json
 import math
 import threading
 import time
@@ -21,6 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from shared.contracts.feedback import REVIEW_TEXT_CHARS, UncertainAnswer
 from shared.contracts.monitor import (
     DISAGREEMENT_CHARS,
     FORWARD_SECONDS_EDGES,
@@ -39,6 +47,9 @@ PASS_SIZES: tuple[tuple[float, str], ...] = (
 LABEL, CONFIDENCE, MARGIN, TOKENS = "label:", "confidence:", "margin:", "tokens:"
 PROFILE = "profile:"
 DISAGREEMENTS_KEPT = 20
+# A version's uncertain answers since the last flush, oldest first: {text: (label, confidence,
+# when answered in epoch seconds)}.
+Uncertain = dict[str, tuple[str, float, float]]
 
 
 def pass_size(texts: int) -> str:
@@ -77,6 +88,11 @@ class MonitorKeys:
     def disagreements(self, challenger: str, production: str) -> str:
         """Sorted set: Disagreement records, scored by their strength."""
         return f"{self.prefix}:disagree:{challenger}:{production}"
+
+    def uncertain(self, version: str) -> str:
+        """Sorted set: the version's uncertain answers (`uncertain_member`: JSON of the text, label
+        and confidence), scored by when each was last answered (epoch seconds)."""
+        return f"{self.prefix}:uncertain:{version}"
 
     def window(self, version: str, now: float, minutes: int) -> list[str]:
         """The minute hashes of the last `minutes`, this one included."""
@@ -248,6 +264,7 @@ class ServingTally:
         self._lock = threading.Lock()
         self._pending: dict[str, VersionTally] = {}
         self._challenges: dict[tuple[str, str], ChallengeTally] = {}
+        self._uncertain: dict[str, Uncertain] = {}
         self._flushed_at = time.monotonic()
 
     def add(
@@ -257,11 +274,17 @@ class ServingTally:
         predictions: Sequence[Prediction],
         tokens: Sequence[int],
         seconds: float,
+        texts: Sequence[str] = (),
     ) -> None:
-        """One forward pass's answers: how long it took, and each text's answer and length."""
+        """One forward pass's answers: how long it took, and each text's answer and length;
+        given the `texts`, those answered less surely than `review_confidence` join the
+        version's review sample."""
         if not self.settings.enabled or not predictions:
             return
         with self._lock:
+            if texts and self.settings.review_keep:
+                kept = self._uncertain.setdefault(version, {})
+                _keep_uncertain(kept, texts, predictions, self.settings, time.time())
             tally = self._pending.setdefault(version, VersionTally())
             for prediction, length in zip(predictions, tokens, strict=True):
                 tally.profile.add(
@@ -303,18 +326,24 @@ class ServingTally:
         with self._lock:
             pending, self._pending = self._pending, {}
             challenges, self._challenges = self._challenges, {}
+            uncertain, self._uncertain = self._uncertain, {}
             self._flushed_at = time.monotonic()
         if not pending and not challenges:
             return
         at = time.time() if now is None else now
         try:
-            _write(client, self.keys, self.settings, pending, challenges, at)
+            _write(client, self.keys, self.settings, pending, challenges, at, uncertain)
         except redis.RedisError:
             with self._lock:
                 for version, tally in pending.items():
                     self._pending.setdefault(version, VersionTally()).merge(tally)
                 for pair, challenge in challenges.items():
                     self._challenges.setdefault(pair, ChallengeTally()).merge(challenge)
+                for version, kept in uncertain.items():
+                    newer = self._uncertain.setdefault(version, {})
+                    self._uncertain[version] = _bounded(
+                        {**kept, **newer}, self.settings.review_keep
+                    )
             raise
 
 
@@ -325,6 +354,7 @@ def _write(
     pending: Mapping[str, VersionTally],
     challenges: Mapping[tuple[str, str], ChallengeTally],
     now: float,
+    uncertain: Mapping[str, Uncertain] | None = None,
 ) -> None:
     window_s = settings.window_minutes * 60 + 120
     pipe = client.pipeline(transaction=False)
@@ -357,5 +387,49 @@ def _write(
             pipe.zadd(kept, {d.model_dump_json(): d.strength for d in challenge.disagreements})
             pipe.zremrangebyrank(kept, 0, -DISAGREEMENTS_KEPT - 1)
             pipe.expire(kept, settings.keep_s)
+    for version, sampled in (uncertain or {}).items():
+        sample = keys.uncertain(version)
+        members = {
+            uncertain_member(text, label, confidence): at
+            for text, (label, confidence, at) in sampled.items()
+        }
+        if not members:
+            continue
+        pipe.zadd(sample, members)
+        pipe.zremrangebyrank(sample, 0, -settings.review_keep - 1)
+        pipe.expire(sample, settings.keep_s)
     pipe.zremrangebyscore(keys.versions, "-inf", now - settings.keep_s)
     pipe.execute()
+
+
+def uncertain_member(text: str, label: str, confidence: float) -> str:
+    """A review sample's member: one per text and answer, however often it is answered."""
+    return json.dumps({"text": text, "label": label, "confidence": confidence}, sort_keys=True)
+
+
+def uncertain_answer(member: str, at: float) -> UncertainAnswer:
+    return UncertainAnswer.model_validate({**json.loads(member), "at": at})
+
+
+def _keep_uncertain(
+    kept: Uncertain,
+    texts: Sequence[str],
+    predictions: Sequence[Prediction],
+    settings: MonitorSettings,
+    now: float,
+) -> None:
+    for text, prediction in zip(texts, predictions, strict=True):
+        confidence = top_score(prediction.scores.values())
+        if confidence >= settings.review_confidence:
+            continue
+        shown = text[:REVIEW_TEXT_CHARS]
+        kept.pop(shown, None)
+        kept[shown] = (prediction.label, round(confidence, 4), now)
+        if len(kept) > settings.review_keep:
+            del kept[next(iter(kept))]
+
+
+def _bounded(kept: Uncertain, keep: int) -> Uncertain:
+    """The newest `keep`, oldest first."""
+    newest = sorted(kept.items(), key=lambda item: item[1][2])[-keep:] if keep else []
+    return dict(newest)

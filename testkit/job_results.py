@@ -45,5 +45,16 @@ def predict_result(version: str = "v1", labels: tuple[str, ...] = ("Sports",)) -
     )
 
 
+def uncertain(label: str, top: float) -> Prediction:
+    """An answer of `label` with the top score `top`, the rest shared by the other labels."""
+    rest = (1 - top) / (len(LABELS) - 1)
+    return Prediction(
+        label=label,
+        label_id=LABELS.index(label),
+        scores={name: top if name == label else rest for name in LABELS},
+        truncated=False,
+    )
+
+
 def train_job(dataset: str = "s3://agnews/incoming/a.zip") -> Job:
     return Job(id=new_job_id(), type=JobType.train, params=TrainParams(dataset=dataset))

@@ -124,5 +124,5 @@ def _predict(
         )
         start += len(texts)
     lengths = [len(ids) for ids in encoded.ids]
-    model.tally.add(predictor.version, predictor.form, rows, lengths, seconds)
+    model.tally.add(predictor.version, predictor.form, rows, lengths, seconds, every_text)
     return ends, (predictor.version, every_text, rows)
