@@ -178,6 +178,33 @@ def test_the_bucket_is_private_versioned_encrypted_and_notifies_the_queue() -> N
     assert "aws:SourceArn" in allow["Condition"]["ArnEquals"]
 
 
+def test_the_buckets_lifecycle_rules_expire_what_the_local_janitor_clears() -> None:
+    """A rule for each prefix the listener's janitor sweeps where the store has none, by default
+    over the same span as the janitor's settings; what is kept for good has none."""
+    data = template("data.yaml")
+    rules = data["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    by_prefix = {rule["Prefix"]: rule for rule in rules if "Prefix" in rule}
+    storage, listener = Settings().storage, Settings().listener
+    swept = (storage.incoming_prefix, storage.checkpoints_prefix, storage.predictions_prefix)
+    assert sorted(by_prefix) == sorted(swept)
+
+    def default_days(prefix: str) -> int:
+        rule = by_prefix[prefix]
+        assert rule["Status"] == "Enabled"
+        parameter = data["Parameters"][rule["ExpirationInDays"]["Ref"]]
+        assert parameter["MinValue"] >= 1
+        days: int = parameter["Default"]
+        return days
+
+    day = 24 * 3600
+    assert default_days(storage.incoming_prefix) * day == listener.incoming_retention_s
+    assert default_days(storage.predictions_prefix) * day == listener.predictions_retention_s
+    assert default_days(storage.predictions_prefix) == 30
+    assert default_days(storage.checkpoints_prefix) >= 1
+    for kept in (storage.datasets_prefix, storage.models_prefix, storage.holdout_prefix):
+        assert not any(kept.startswith(prefix) for prefix in by_prefix), kept
+
+
 def _group_name(group: dict[str, Any]) -> str:
     name: str = group["Properties"]["AutoScalingGroupName"]["Fn::Sub"]
     return name

@@ -11,6 +11,7 @@ the local stack, and the SQS listener and the backlog exporter, which only AWS h
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,18 @@ import pytest
 
 from deploy.backlog_exporter import BacklogExporter
 from pipeline import stages
-from shared.contracts.jobs import PipelineParams
+from pipeline.batch import run_batch
+from pipeline.report import NullReporter
+from shared.contracts.errors import ErrorInfo
+from shared.contracts.jobs import BatchPredictParams, PipelineParams, new_job_id
+from shared.contracts.labels import LABELS
+from shared.contracts.results import Prediction, PredictResult
+from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.storage import client_options, s3_client
 from testkit.archives import MINI_ARCHIVE, make_archive, mini_records
 from testkit.aws_calls import AwsCall, Calls, read_calls, recording
+from testkit.gateway import serve
 from testkit.iam import Deployment, Unmapped, Verdict, check, evaluate, load, requests_of
 from testkit.models import Recorder
 from testkit.stack import live_stack
@@ -139,6 +147,84 @@ def test_the_evaluate_workers_may_ingest_and_hold_uploads_to_the_holdout(
     keys = {made.params.get("Key", "") for made in calls}
     assert any(key.startswith(settings.storage.holdout_prefix) for key in keys), keys
     allowed(check(calls, Deployment(settings.storage.bucket)))
+
+
+class AnsweringFleet:
+    """The predict fleet as a batch job sees it (pipeline.batch.Fleet), through Redis only: each
+    chunk answered at once, every text World."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, int] = {}
+
+    def send(self, texts: list[str]) -> str:
+        job_id = new_job_id()
+        self.pending[job_id] = len(texts)
+        return job_id
+
+    def answers(self, job_ids: Sequence[str]) -> dict[str, PredictResult | ErrorInfo]:
+        scores = {label: float(label == LABELS[0]) for label in LABELS}
+        world = Prediction(label=LABELS[0], label_id=0, scores=scores, truncated=False)
+        return {
+            job_id: PredictResult(
+                model_version="v1",
+                form="torch-fp32",
+                predictions=[world] * self.pending.pop(job_id),
+            )
+            for job_id in job_ids
+        }
+
+
+def test_a_batch_job_may_read_its_upload_write_its_predictions_and_hand_them_out(
+    settings: Settings,
+) -> None:
+    """The gateway presigns the upload of a file of texts and takes the job; the evaluate worker
+    reads the file, writes each chunk's part, lists the parts, joins them into predictions.csv
+    and deletes them, and, resumed after its end, reads predictions.csv back; the gateway then
+    presigns its download."""
+    body = ("text\n" + "".join(f"Markets move on day {day}\n" for day in range(10))).encode()
+    config = settings.replace(batch_chunk_texts=4)
+    store = JobStore.from_settings(config)
+    with recording() as calls:
+        calls.acting_as("gateway")
+        with serve(config) as gateway, httpx.Client(base_url=gateway.url) as http:
+            ticket = http.post("/v1/uploads", json={"filename": "texts.csv", "size": len(body)})
+            assert ticket.status_code == 200, ticket.text
+            assert httpx.put(ticket.json()["put_url"], content=body).is_success
+            submitted = {"type": "batch_predict", "dataset": ticket.json()["key"]}
+            created = http.post("/v1/jobs", json=submitted)
+            assert created.status_code == 202, created.text
+        job = store.get(created.json()["id"])
+        assert isinstance(job.params, BatchPredictParams)
+        calls.acting_as("evaluate")
+        s3 = s3_client(config.storage)
+        for _ in range(2):  # the second time as a job resumed after its end
+            result = run_batch(
+                job.id, job.params.dataset, config, NullReporter(), AnsweringFleet(), s3
+            )
+            assert result.rows == 10
+        store.succeed(job.id, result)
+        calls.acting_as("gateway")
+        with serve(config) as gateway, httpx.Client(base_url=gateway.url) as http:
+            output = http.get(f"/v1/jobs/{job.id}/output")
+            assert output.status_code == 200, output.text
+    drop_tasks(config, {job.id})
+    downloaded = httpx.get(output.json()["url"])
+    assert downloaded.status_code == 200
+    assert downloaded.text.splitlines()[1].startswith(f"1,{LABELS[0]},0,")
+    made = {(each.process, each.operation, each.presigned) for each in calls}
+    assert {
+        ("evaluate", "ListObjectsV2", False),
+        ("evaluate", "PutObject", False),
+        ("evaluate", "DeleteObjects", False),
+        ("gateway", "GetObject", True),
+    } <= made
+    verdict = check(calls, Deployment(config.storage.bucket))
+    allowed(verdict)
+    for sid in (
+        "EvaluateRole/evaluate BatchPredictions:",
+        "GatewayRole/gateway PresignBatchOutputs:",
+    ):
+        assert not [grant for grant in verdict.unused if grant.startswith(sid)], verdict.unused
 
 
 def aws_only_calls(settings: Settings) -> tuple[Calls, str]:
@@ -257,6 +343,30 @@ def upload(client: httpx.Client, archive: Path, *, form: bool) -> str:
     return key
 
 
+def batch_job(client: httpx.Client, texts: Path, timeout_s: float = 300) -> None:
+    """A file of texts put through a ticket, classified by a batch_predict job, and its
+    predictions.csv downloaded through the presigned URL the gateway answers."""
+    created = client.post(
+        "/v1/jobs", json={"type": "batch_predict", "dataset": upload(client, texts, form=False)}
+    )
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    deadline = time.monotonic() + timeout_s
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job["status"] == "succeeded", job.get("error")
+    output = client.get(f"/v1/jobs/{job_id}/output")
+    assert output.status_code == 200, output.text
+    downloaded = httpx.get(output.json()["url"], timeout=60)
+    assert downloaded.status_code == 200
+    assert len(downloaded.text.splitlines()) == 1 + job["result"]["rows"]
+
+
 @pytest.fixture
 def recorded(tmp_path: Path) -> Path:
     folder = tmp_path / "aws-calls"
@@ -269,8 +379,9 @@ def test_every_process_of_the_fleet_may_make_the_calls_it_makes(
     settings: Settings, tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two uploads through tickets (the second held to the holdout the first pinned), a
-    prediction, the models read and one promoted by hand: every process of the local stack; then
-    the SQS listener and the backlog exporter against moto, on a bucket of the same name."""
+    prediction, a batch job over an uploaded file, the models read and one promoted by hand:
+    every process of the local stack; then the SQS listener and the backlog exporter against
+    moto, on a bucket of the same name."""
     with (
         live_stack(
             tmp_path / "stack", training_profile="quick", pipeline_max_steps=6, aws_calls=recorded
@@ -282,6 +393,9 @@ def test_every_process_of_the_fleet_may_make_the_calls_it_makes(
         version = first["result"]["version"]
         answer = client.post("/v1/predict", json={"texts": ["Stocks rally as oil prices fall"]})
         assert answer.json()["model_version"] == version
+        texts = tmp_path / "texts.csv"
+        texts.write_text("text\n" + "".join(f"Stocks rally on day {day}\n" for day in range(40)))
+        batch_job(client, texts)
         second_archive = make_archive(tmp_path / "second.zip", test=mini_records("test.csv")[8:])
         second = wait_for(client, upload(client, second_archive, form=False))
         assert second["status"] == "succeeded", second.get("error")
@@ -312,3 +426,9 @@ def test_every_process_of_the_fleet_may_make_the_calls_it_makes(
     allowed(verdict)
     summary = json.dumps(sorted({f"{c.process} {c.service}:{c.operation}" for c in calls}))
     assert "evaluate s3:PutObject" in summary
+    batch = [made for made in calls if made.params.get("Key", "").startswith("predictions/")]
+    assert {(made.process, made.operation, made.presigned) for made in batch} >= {
+        ("evaluate", "PutObject", False),
+        ("evaluate", "GetObject", False),
+        ("gateway", "GetObject", True),
+    }

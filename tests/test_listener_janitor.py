@@ -1,5 +1,6 @@
 """The bucket's lifecycle where the store has none: finished upload tickets and old uploads leave
-incoming/, and the checkpoints of jobs that ended or expired leave checkpoints/."""
+incoming/, the checkpoints of jobs that ended or expired leave checkpoints/, and batch jobs' files
+leave predictions/ past their retention."""
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -72,3 +73,27 @@ def test_checkpoints_leave_once_their_job_has_ended_or_expired(
     swept = sweep_bucket(trigger, s3)
     assert sorted(swept.checkpoints) == sorted([failed.id, "expired-job"])
     assert {key.split("/")[1] for key in keys(settings, prefix)} == {running.id}
+
+
+def test_batch_outputs_and_left_parts_leave_predictions_past_their_retention(
+    trigger: PipelineTrigger, settings: Settings
+) -> None:
+    s3, bucket = s3_client(settings.storage), settings.storage.bucket
+    prefix = settings.storage.predictions_prefix
+    written = [
+        f"{prefix}{new_job_id()}/predictions.csv",
+        f"{prefix}{new_job_id()}/parts/000000.csv",  # a failed job's
+    ]
+    kept = ["datasets/a/archive.zip", "models/v1/manifest.json"]
+    for key in (*written, *kept):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"row,label\n")
+
+    retention = timedelta(seconds=settings.listener.predictions_retention_s)
+    within = datetime.now(UTC) + retention - timedelta(minutes=5)
+    assert sweep_bucket(trigger, s3, within).predictions == []
+    assert keys(settings, prefix) == sorted(written)
+
+    past = datetime.now(UTC) + retention + timedelta(minutes=1)
+    assert sorted(sweep_bucket(trigger, s3, past).predictions) == sorted(written)
+    assert keys(settings, prefix) == []
+    assert keys(settings, "datasets/") + keys(settings, "models/") == kept

@@ -1,7 +1,8 @@
 """The bucket's lifecycle where the store has none of its own (the local stack, docker compose):
-finished upload tickets and old archives leave incoming/, and a training job's checkpoints leave
-checkpoints/ once the job has ended or expired. On AWS the bucket's lifecycle rules do this
-(deploy/cloudformation/data.yaml) and the janitor stays off."""
+finished upload tickets and old archives leave incoming/, a training job's checkpoints leave
+checkpoints/ once the job has ended or expired, and batch jobs' files leave predictions/ past
+their retention. On AWS the bucket's lifecycle rules do this (deploy/cloudformation/data.yaml)
+and the janitor stays off."""
 
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class Swept:
     incoming: list[str] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)
 
 
 def sweep_bucket(trigger: PipelineTrigger, s3: Any, now: datetime | None = None) -> Swept:
@@ -28,11 +30,14 @@ def sweep_bucket(trigger: PipelineTrigger, s3: Any, now: datetime | None = None)
     now = now or datetime.now(UTC)
     swept.incoming = _sweep_incoming(trigger, s3, now)
     swept.checkpoints = _sweep_checkpoints(trigger.store, s3, settings)
-    if swept.incoming or swept.checkpoints:
+    swept.predictions = _sweep_predictions(s3, settings, now)
+    if swept.incoming or swept.checkpoints or swept.predictions:
         log.info(
-            "janitor: %d objects left incoming/, %d jobs' checkpoints left checkpoints/",
+            "janitor: %d objects left incoming/, %d jobs' checkpoints left checkpoints/, "
+            "%d objects left predictions/",
             len(swept.incoming),
             len(swept.checkpoints),
+            len(swept.predictions),
         )
     return swept
 
@@ -80,6 +85,17 @@ def _sweep_checkpoints(store: JobStore, s3: Any, settings: Settings) -> list[str
                 keys = [item["Key"] for item in _listing(s3, storage.bucket, prefix)]
                 _delete(s3, storage.bucket, keys)
                 gone.append(job_id)
+    return gone
+
+
+def _sweep_predictions(s3: Any, settings: Settings, now: datetime) -> list[str]:
+    """Batch jobs' files older than the retention: outputs, downloaded or not, and the parts a
+    failed or cancelled job left (a running job's parts are younger)."""
+    storage = settings.storage
+    oldest = now - timedelta(seconds=settings.listener.predictions_retention_s)
+    listed = _listing(s3, storage.bucket, storage.predictions_prefix)
+    gone = [item["Key"] for item in listed if item["LastModified"] < oldest]
+    _delete(s3, storage.bucket, gone)
     return gone
 
 
