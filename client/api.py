@@ -9,6 +9,7 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 from shared.contracts.errors import ErrorInfo
+from shared.contracts.feedback import Feedback, FeedbackList, ReviewList
 from shared.contracts.jobs import Event, EventType, Job, JobParams, JobStatus, JobType
 from shared.contracts.models import ChallengerPointer, ModelInfo, ModelRecord, ProductionPointer
 from shared.contracts.monitor import MonitorReport
@@ -163,6 +164,31 @@ class GatewayClient:
         answer = self._request("GET", f"/v1/models/{version}/monitor")
         return MonitorReport.model_validate(answer.json())
 
+    def give_feedback(
+        self, text: str, label: str | int, job_id: str | None = None, index: int | None = None
+    ) -> Feedback:
+        """Store a text's right label; with the predict job that answered it (and the text's
+        index in it), the version and the label it answered are recorded too."""
+        body: dict[str, Any] = {"text": text, "label": label}
+        if job_id is not None:
+            body["job_id"] = job_id
+        if index is not None:
+            body["index"] = index
+        return Feedback.model_validate(self._request("POST", "/v1/feedback", json=body).json())
+
+    def feedback(self, limit: int = 50) -> list[Feedback]:
+        """The texts given feedback last, newest first."""
+        answer = self._request("GET", "/v1/feedback", params={"limit": limit})
+        return FeedbackList.model_validate(answer.json()).feedback
+
+    def review(self, version: str | None = None, limit: int = 50) -> ReviewList:
+        """A version's (production's) newest uncertain answers not yet given feedback."""
+        query: dict[str, str | int] = {"limit": limit}
+        if version is not None:
+            query["version"] = version
+        answer = self._request("GET", "/v1/feedback/review", params=query)
+        return ReviewList.model_validate(answer.json())
+
     def promote(self, version: str, reason: str) -> ProductionPointer:
         body = self._request("POST", f"/v1/models/{version}/promote", json={"reason": reason})
         return ProductionPointer.model_validate(body.json())
@@ -189,8 +215,10 @@ class GatewayClient:
         return self.promote(production.previous, reason)
 
     def upload(self, archive: Path) -> str:
-        """Put a local archive.zip into the bucket's incoming prefix; the key it landed at."""
+        """Put a local archive.zip (or a batch job's .csv or .jsonl) into the bucket's incoming
+        prefix; the key it landed at."""
         size = archive.stat().st_size
+        kind = "application/zip" if archive.suffix.lower() == ".zip" else "text/plain"
         ticket = self._request(
             "POST", "/v1/uploads", json={"filename": archive.name, "size": size}
         ).json()
@@ -199,7 +227,7 @@ class GatewayClient:
                 response = httpx.post(
                     ticket["url"],
                     data=ticket["fields"],
-                    files={"file": (archive.name, file, "application/zip")},
+                    files={"file": (archive.name, file, kind)},
                     timeout=None,
                 )
             except httpx.TransportError as exc:
@@ -209,6 +237,24 @@ class GatewayClient:
             message = f"the object store refused the upload: {response.text[:300]}"
             raise GatewayError(response.status_code, ErrorInfo(code="upload", message=message))
         return str(ticket["key"])
+
+    def download_output(self, job_id: str, target: Path) -> str:
+        """Save a batch job's predictions.csv to `target`; its key in the bucket."""
+        output = self._request("GET", f"/v1/jobs/{job_id}/output").json()
+        try:
+            with httpx.stream("GET", output["url"], timeout=None) as response:
+                if not response.is_success:
+                    message = f"the object store refused the download: {response.read()[:300]!r}"
+                    raise GatewayError(
+                        response.status_code, ErrorInfo(code="download", message=message)
+                    )
+                with target.open("wb") as file:
+                    for chunk in response.iter_bytes():
+                        file.write(chunk)
+        except httpx.TransportError as exc:
+            message = f"cannot reach the object store at {output['url']}: {exc}"
+            raise GatewayError(0, ErrorInfo(code="unreachable", message=message)) from exc
+        return str(output["key"])
 
     def job_for_upload(self, key: str, timeout_s: float = 60.0) -> Job:
         """The pipeline job that the upload of `key` started."""

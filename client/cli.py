@@ -2,12 +2,15 @@
 
 agnews jobs submit pipeline data/archive.zip --follow     (a local archive is uploaded first)
 agnews jobs submit pipeline s3://agnews/incoming/x/archive.zip
+agnews jobs submit batch-predict news.csv --follow        (then: agnews jobs output JOB_ID)
 agnews jobs list --type pipeline
 agnews jobs follow JOB_ID
 agnews jobs cancel JOB_ID
 agnews models list | show VERSION | monitor [VERSION] | promote VERSION | rollback
 agnews models challenge VERSION --share 0.1 | dismiss
 agnews classify "Stocks rally as oil prices fall" "Federer wins in straight sets"
+agnews feedback "Stocks rally as oil prices fall" --label Business [--job JOB_ID --index N]
+agnews feedback list | review [--version VERSION]
 
 The gateway is --url (AGNEWS_GATEWAY_URL), the key --key (AGNEWS_API_KEY). With --json a command
 prints only JSON on stdout: one document, or one event per line while following. Exit codes:
@@ -24,18 +27,19 @@ from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from client import feedback
 from client.api import GatewayClient, GatewayError
 from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Job, JobParams, JobStatus, JobType
 from shared.contracts.labels import LABELS
 from shared.contracts.monitor import ChallengeReport
-from shared.contracts.results import PredictResult
+from shared.contracts.results import BatchPredictResult, PredictResult
 from shared.progress import ProgressBars
 from shared.settings import Settings
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAUTHORIZED, EXIT_UNAVAILABLE = 3, 4, 5, 6
-CLIENT_COMMANDS = ("jobs", "models", "classify")
+CLIENT_COMMANDS = ("jobs", "models", "classify", "feedback")
 LOCAL_COMMANDS = ("train", "evaluate", "predict")
 JOB_PARAMS: TypeAdapter[JobParams] = TypeAdapter(JobParams)
 
@@ -60,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="submit, list, follow and cancel jobs")
     job_commands = jobs.add_subparsers(dest="action", required=True)
     submit = job_commands.add_parser("submit", parents=[common], help="start a job")
-    submit.add_argument("type", choices=["pipeline", "train", "evaluate"])
-    submit.add_argument("dataset", help="s3://bucket/key, a key, or (pipeline) a local archive")
+    submit.add_argument("type", choices=["pipeline", "train", "evaluate", "batch-predict"])
+    submit.add_argument(
+        "dataset",
+        help="s3://bucket/key, a key, or a local file (pipeline: an archive.zip; batch-predict: "
+        "a .csv or .jsonl of texts)",
+    )
     submit.add_argument("--profile", choices=["quick", "full"])
     submit.add_argument("--base-model")
     submit.add_argument("--max-steps", type=int)
@@ -72,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--type", choices=[kind.value for kind in JobType])
     listing.add_argument("--status", choices=[status.value for status in JobStatus])
     listing.add_argument("--limit", type=int, default=20)
+    output = job_commands.add_parser(
+        "output", parents=[common], help="download a batch job's predictions.csv"
+    )
+    output.add_argument("job_id")
+    output.add_argument("--to", type=Path, help="the file (default: predictions-JOB_ID.csv)")
     for action, text in (("show", "a job"), ("follow", "live progress"), ("cancel", "cancel")):
         job_commands.add_parser(action, parents=[common], help=text).add_argument("job_id")
 
@@ -97,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
     classify = commands.add_parser("classify", parents=[common], help="classify texts")
     classify.add_argument("texts", nargs="+", metavar="TEXT")
+    feedback.add_parser(commands, common)
     for name in LOCAL_COMMANDS:
         commands.add_parser(name, help=f"local: see `agnews {name} --help`", add_help=False)
     return parser
@@ -112,7 +126,11 @@ def _print_json(value: BaseModel | list[BaseModel]) -> None:
 def _job_line(job: Job) -> str:
     error = f"  {job.error.code}: {job.error.message}" if job.error else ""
     created = f"{job.created_at:%Y-%m-%d %H:%M}"
-    return f"{job.id}  {job.type.value:<8} {job.status.value:<9} {created}{error}"
+    done = ""
+    if isinstance(job.result, BatchPredictResult):
+        scored = "" if job.result.accuracy is None else f", accuracy {job.result.accuracy:.2%}"
+        done = f"  {job.result.rows} rows at {job.result.rows_per_s:g}/s{scored}"
+    return f"{job.id}  {job.type.value:<8} {job.status.value:<9} {created}{error}{done}"
 
 
 def _follow(args: argparse.Namespace, client: GatewayClient, job_id: str) -> int:
@@ -134,17 +152,21 @@ def _follow(args: argparse.Namespace, client: GatewayClient, job_id: str) -> int
 
 def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
     local = Path(args.dataset)
-    if local.is_file():
-        if args.type != "pipeline":
-            raise GatewayError(
-                400,
-                _error("a local archive starts a pipeline; train and evaluate need s3:// keys"),
-            )
+    job_type = args.type.replace("-", "_")
+    dataset = args.dataset
+    if local.is_file() and job_type == "pipeline":
         job = client.job_for_upload(client.upload(local))
     else:
+        if local.is_file():
+            if job_type != "batch_predict":
+                raise GatewayError(
+                    400,
+                    _error("a local archive starts a pipeline; train and evaluate need s3:// keys"),
+                )
+            dataset = client.upload(local)
         fields = {
-            "type": args.type,
-            "dataset": args.dataset,
+            "type": job_type,
+            "dataset": dataset,
             "profile": args.profile,
             "base_model": args.base_model,
             "max_steps": args.max_steps,
@@ -158,6 +180,16 @@ def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
         job = client.submit(params)
     _print_job(args, job)
     return _follow(args, client, job.id) if args.follow else EXIT_OK
+
+
+def jobs_output(args: argparse.Namespace, client: GatewayClient) -> int:
+    target = args.to or Path(f"predictions-{args.job_id}.csv")
+    key = client.download_output(args.job_id, target)
+    if args.json:
+        print(json.dumps({"key": key, "file": str(target)}))
+    else:
+        print(f"saved {key} to {target}")
+    return EXIT_OK
 
 
 def jobs_list(args: argparse.Namespace, client: GatewayClient) -> int:
@@ -331,6 +363,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("jobs", "show"): jobs_show,
     ("jobs", "follow"): jobs_follow,
     ("jobs", "cancel"): jobs_cancel,
+    ("jobs", "output"): jobs_output,
     ("models", "list"): models_list,
     ("models", "show"): models_show,
     ("models", "monitor"): models_monitor,
@@ -339,6 +372,7 @@ COMMANDS: dict[tuple[str, str | None], Command] = {
     ("models", "dismiss"): models_dismiss,
     ("models", "rollback"): models_rollback,
     ("classify", None): classify,
+    **feedback.COMMANDS,
 }
 
 
@@ -358,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.cli import main as local_main  # the ML stack, only when asked for
 
         return local_main(argv)
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(feedback.shorthand(argv))
     settings = Settings()
     url, key = args.url or settings.client.gateway_url, args.key or settings.client.api_key
     with GatewayClient(url, key) as client:

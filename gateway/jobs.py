@@ -16,7 +16,7 @@ from gateway import ratelimit
 from gateway.admission import admit_training
 from gateway.auth import Principal, principal, require
 from gateway.parsing import parse_body, parse_query
-from gateway.schemas import JobQuery
+from gateway.schemas import JobOutput, JobQuery
 from gateway.services import Services, services
 from shared.broker import dispatch
 from shared.contracts.errors import ErrorInfo, InvalidRequest, NotFound, ServiceUnavailable
@@ -33,11 +33,13 @@ from shared.contracts.jobs import (
     TrainParams,
     new_job_id,
 )
+from shared.contracts.results import BatchPredictResult
 from shared.contracts.stages import first_task
 from shared.logs import bound
 from shared.redis_clients import backoff
 from shared.settings import Settings
 from shared.sources import api_base_model, api_dataset, api_model_version
+from shared.storage import parse_s3_url
 
 log = logging.getLogger("gateway")
 
@@ -186,4 +188,26 @@ class OneJob(HTTPEndpoint):
         return JSONResponse(job.public())
 
 
-routes = [Route("/jobs", Jobs), Route("/jobs/{job_id}", OneJob)]
+async def job_output(request: Request) -> JSONResponse:
+    """A presigned GET of a finished batch job's predictions.csv."""
+    ratelimit.check(request, services(request).limits.reads)
+    job = await visible_job(request, request.path_params["job_id"])
+    if not isinstance(job.result, BatchPredictResult):
+        raise NotFound(f"job {job.id} has no output file: only a succeeded batch_predict job has")
+    state = services(request)
+    bucket, key = parse_s3_url(job.result.output, state.settings.storage)
+    expiry = state.settings.gateway.presign_expiry_s
+    url = await asyncio.to_thread(
+        state.s3_public.generate_presigned_url,
+        "get_object",
+        Params={"Bucket": bucket, "Key": key},
+        ExpiresIn=expiry,
+    )
+    return JSONResponse(JobOutput(key=key, url=url, expires_in=expiry).model_dump())
+
+
+routes = [
+    Route("/jobs", Jobs),
+    Route("/jobs/{job_id}", OneJob),
+    Route("/jobs/{job_id}/output", job_output, methods=["GET"]),
+]

@@ -10,11 +10,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.cookies import COOKIE
+from gateway.feedback import FeedbackQuery, ReviewQuery
 from gateway.schemas import (
     ChallengeRequest,
     ErrorBody,
     Health,
     JobList,
+    JobOutput,
     JobQuery,
     JobResource,
     ModelList,
@@ -28,6 +30,7 @@ from gateway.schemas import (
     UploadTicket,
 )
 from gateway.services import services
+from shared.contracts.feedback import Feedback, FeedbackList, FeedbackRequest, ReviewList
 from shared.contracts.jobs import BATCH_INPUT_SUFFIXES, EventType, JobParams, PredictParams
 from shared.contracts.models import (
     VERSION_PATTERN,
@@ -122,11 +125,44 @@ OPERATIONS = (
         "text/event-stream",
     ),
     Operation(
+        "get",
+        "/v1/jobs/{job_id}/output",
+        "A presigned GET of a succeeded batch_predict job's predictions.csv",
+        None,
+        {200: "JobOutput", 404: None},
+        (JOB_ID,),
+    ),
+    Operation(
         "post",
         "/v1/predict",
         "Classify texts, waiting a bounded time for the answer",
         "PredictRequest",
         {200: "PredictResponse", 202: "JobResource", 422: None, 503: None},
+    ),
+    Operation(
+        "post",
+        "/v1/feedback",
+        "Give a text's right label (a correction, or a confirmation of the answer); 201 with the "
+        "record, once stored in S3",
+        "FeedbackRequest",
+        {201: "Feedback", 422: None, 503: None},
+    ),
+    Operation(
+        "get",
+        "/v1/feedback",
+        "The texts given feedback last, newest first, each with its latest",
+        None,
+        {200: "FeedbackList"},
+        query="FeedbackQuery",
+    ),
+    Operation(
+        "get",
+        "/v1/feedback/review",
+        "A version's newest uncertain answers (production's by default), less the texts already "
+        "given feedback",
+        None,
+        {200: "ReviewList"},
+        query="ReviewQuery",
     ),
     Operation(
         "get",
@@ -194,7 +230,8 @@ OPERATIONS = (
     Operation(
         "post",
         "/v1/uploads",
-        "A presigned POST policy and PUT URL for an archive.zip",
+        "A presigned POST policy and PUT URL for an archive.zip (admin) or a batch job's file of "
+        "texts (predict)",
         "UploadRequest",
         {200: "UploadTicket", 413: None, 422: None},
     ),
@@ -235,11 +272,18 @@ def _models() -> dict[str, TypeAdapter[Any]]:
         "JobList": TypeAdapter(JobList),
         "PredictResponse": TypeAdapter(PredictResponse),
         "UploadTicket": TypeAdapter(UploadTicket),
+        "JobOutput": TypeAdapter(JobOutput),
         "ModelInfo": TypeAdapter(ModelInfo),
         "ModelList": TypeAdapter(ModelList),
         "ModelQuery": TypeAdapter(ModelQuery),
         "ModelRecord": TypeAdapter(ModelRecord),
         "MonitorReport": TypeAdapter(MonitorReport),
+        "FeedbackRequest": TypeAdapter(FeedbackRequest),
+        "Feedback": TypeAdapter(Feedback),
+        "FeedbackList": TypeAdapter(FeedbackList),
+        "FeedbackQuery": TypeAdapter(FeedbackQuery),
+        "ReviewQuery": TypeAdapter(ReviewQuery),
+        "ReviewList": TypeAdapter(ReviewList),
         "ProductionPointer": TypeAdapter(ProductionPointer),
         "Health": TypeAdapter(Health),
         "Readiness": TypeAdapter(Readiness),
@@ -279,7 +323,7 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
 
 
 PUBLIC_OPERATIONS = {("post", "/v1/session"), ("delete", "/v1/session")}
-RATE_LIMITED = {("post", "/v1/jobs"), ("post", "/v1/predict")}
+RATE_LIMITED = {("post", "/v1/jobs"), ("post", "/v1/predict"), ("post", "/v1/feedback")}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -325,6 +369,9 @@ def _document(rules: Rules) -> dict[str, Any]:
         "JobQuery",
         "ModelQuery",
         "SessionRequest",
+        "FeedbackRequest",
+        "FeedbackQuery",
+        "ReviewQuery",
     }
     refs, defs = TypeAdapter.json_schemas(
         [
@@ -428,6 +475,9 @@ def _as_validated(schemas: dict[str, Any], rules: Rules) -> None:
     # A larger archive is refused with 413.
     upload["size"]["maximum"] = rules.upload_max_bytes
     schemas["Event"] = EVENT
+    feedback = schemas["FeedbackRequest"]
+    feedback["properties"]["text"]["maxLength"] = rules.max_text_chars
+    feedback["dependentRequired"] = {"index": ["job_id"]}
 
 
 def _base_model(rules: Rules) -> dict[str, Any]:

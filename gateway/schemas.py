@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.contracts.errors import ErrorInfo
-from shared.contracts.jobs import Job, JobStatus, JobType
+from shared.contracts.jobs import BATCH_INPUT_SUFFIXES, Job, JobStatus, JobType
 from shared.contracts.keys import KeyScope
 from shared.contracts.models import ModelInfo, ProductionPointer
 from shared.contracts.results import PredictResult
@@ -54,15 +54,32 @@ class ModelQuery(BaseModel):
 
 
 class UploadRequest(_Strict):
-    filename: str = Field(min_length=1, description="the archive's file name; must end in .zip")
-    size: int = Field(ge=1, description="the archive's size in bytes")
+    filename: str = Field(
+        min_length=1,
+        description="an archive.zip's name (admin: training data), or a .csv or .jsonl file's "
+        "(predict: texts for a batch_predict job)",
+    )
+    size: int = Field(ge=1, description="the file's size in bytes")
 
     @field_validator("filename")
     @classmethod
-    def _is_zip(cls, filename: str) -> str:
-        if not filename.lower().endswith(".zip"):
-            raise ValueError("upload a .zip archive holding train.csv and test.csv")
+    def _is_zip_or_texts(cls, filename: str) -> str:
+        if not filename.lower().endswith((".zip", *BATCH_INPUT_SUFFIXES)):
+            raise ValueError(
+                "upload a .zip archive holding train.csv and test.csv, or a .csv or .jsonl file "
+                "of texts to classify"
+            )
         return filename
+
+    @property
+    def suffix(self) -> str:
+        return "." + self.filename.lower().rsplit(".", 1)[1]
+
+
+class JobOutput(BaseModel):
+    key: str
+    url: str = Field(description="GET the file here until it expires")
+    expires_in: int
 
 
 class UploadTicket(BaseModel):

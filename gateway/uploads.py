@@ -1,4 +1,5 @@
-"""POST /v1/uploads: a presigned POST policy (and PUT URL) to put an archive.zip into incoming/."""
+"""POST /v1/uploads: a presigned POST policy (and PUT URL) to put an archive.zip into incoming/
+(admin), or a batch job's file of texts (predict)."""
 
 import asyncio
 from typing import Any
@@ -13,7 +14,7 @@ from gateway.parsing import parse_body
 from gateway.schemas import UploadRequest, UploadTicket
 from gateway.services import Services, services
 from shared.contracts.errors import PayloadTooLarge
-from shared.storage import ticket_key
+from shared.storage import batch_input_key, ticket_key
 
 UPLOAD_REQUEST = TypeAdapter(UploadRequest)
 
@@ -44,17 +45,19 @@ def presign(state: Services, key: str, size: int) -> UploadTicket:
 
 
 async def create_upload(request: Request) -> JSONResponse:
-    require(request, "admin")
     state = services(request)
     body = await parse_body(request, UPLOAD_REQUEST)
+    archive = body.suffix == ".zip"
+    require(request, "admin" if archive else "predict")
     limit = state.settings.limits.upload_max_bytes
     if body.size > limit:
         raise PayloadTooLarge(
-            f"size: the archive is {body.size} bytes; the limit is {limit}",
+            f"size: the file is {body.size} bytes; the limit is {limit}",
             details={"fields": ["size"], "max_bytes": limit},
         )
     # boto3 adds the exact-key condition itself for a key without ${filename}.
-    key = ticket_key(state.settings.storage)
+    storage = state.settings.storage
+    key = ticket_key(storage) if archive else batch_input_key(storage, body.suffix)
     ticket = await asyncio.to_thread(presign, state, key, body.size)
     return JSONResponse(ticket.model_dump(mode="json"))
 

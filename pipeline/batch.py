@@ -162,6 +162,7 @@ def classify(
         reporter, "batch_predict", total_rows, settings.training.progress_interval_s, rows_done
     )
     sent: dict[str, tuple[Chunk, float]] = {}
+    began, resumed_at = time.monotonic(), rows_done
     while waiting or sent:
         check_cancelled(reporter, "batch prediction")
         while waiting and len(sent) < settings.batch.in_flight:
@@ -181,7 +182,8 @@ def classify(
         _send_again_late(sent, waiting, settings.batch.chunk_timeout_s)
         if not answered:
             time.sleep(_POLL_S)
-        ticker(rows_done)
+        rate = (rows_done - resumed_at) / max(time.monotonic() - began, 1e-6)
+        ticker(rows_done, rows_per_s=round(rate, 1))
 
 
 def _send_again_late(

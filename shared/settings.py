@@ -94,6 +94,11 @@ class StorageSettings(Group):
     checkpoints_prefix: str = Field("checkpoints/", description="training checkpoints, by job")
     holdout_prefix: str = Field("holdout/", description="the pinned promotion holdout")
     predictions_prefix: str = Field("predictions/", description="batch jobs' output files, by job")
+    feedback_prefix: str = Field(
+        "feedback/",
+        description="users' corrections and confirmations, one object per cleaned text per day "
+        "(training data: no lifecycle rule deletes them)",
+    )
 
 
 class JobSettings(Group):
@@ -219,14 +224,22 @@ class ListenerSettings(Group):
         gt=0,
         alias="janitor_interval_s",
         description="where the store has no lifecycle rules (the local stack): how often "
-        "finished upload tickets, archives past incoming_retention_s and ended jobs' checkpoints "
-        "are deleted; unset: never (AWS: the bucket's rules do it)",
+        "finished upload tickets, archives past incoming_retention_s, ended jobs' checkpoints "
+        "and batch outputs past predictions_retention_s are deleted; unset: never (AWS: the "
+        "bucket's rules do it)",
     )
     incoming_retention_s: float = Field(
         7 * 24 * 3600.0,
         gt=0,
         alias="incoming_retention_s",
         description="an upload under incoming/ is kept this long (its dataset is under datasets/)",
+    )
+    predictions_retention_s: float = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        alias="predictions_retention_s",
+        description="a batch job's files under predictions/ are kept this long, for its owner "
+        "to download (AWS: data.yaml PredictionsDays)",
     )
 
     @model_validator(mode="after")
@@ -390,6 +403,10 @@ class AccessSettings(Group):
         20.0, gt=0, description="reads of jobs and models (GET /v1/jobs, /v1/models...), steady"
     )
     rate_reads_burst: int = Field(100, ge=1, description="... and in a burst")
+    rate_feedback_per_s: float = Field(
+        5.0, gt=0, description="POST /v1/feedback per key (each writes an S3 object), steady"
+    )
+    rate_feedback_burst: int = Field(50, ge=1, description="... and in a burst")
     allow_plain_keys: bool = Field(
         False,
         description="serve plain comma-separated AGNEWS_API_KEYS (each an admin key) anyway; "
@@ -594,6 +611,21 @@ class MonitorSettings(Group):
         512,
         ge=1,
         description="sampled texts waiting for a worker's challenger, at most; more are skipped",
+    )
+    review_confidence: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        alias="review_confidence",
+        description="an answer whose top score is below this joins its version's review sample "
+        "(GET /v1/feedback/review)",
+    )
+    review_keep: int = Field(
+        200,
+        ge=0,
+        alias="review_keep",
+        description="the newest uncertain answers kept per version for review (each text's "
+        "first 1,000 characters); 0: none",
     )
 
     def thresholds(self) -> dict[Signal, float]:

@@ -20,6 +20,7 @@ else:
 
 # Every dataset archive's name: an upload under the incoming prefix, and its copy under datasets/.
 ARCHIVE_NAME = "archive.zip"
+BATCHES_DIR = "batches/"
 # Presigned upload tickets put their archive under incoming/tickets/{random}/archive.zip: one
 # key per ticket, and one pipeline per key however often the ticket is used (the listener).
 TICKETS_DIR = "tickets/"
@@ -28,6 +29,12 @@ _TICKET = re.compile(r"[0-9a-f]{32}/" + re.escape(ARCHIVE_NAME))
 
 def ticket_key(storage: StorageSettings) -> str:
     return f"{storage.incoming_prefix}{TICKETS_DIR}{secrets.token_hex(16)}/{ARCHIVE_NAME}"
+
+
+def batch_input_key(storage: StorageSettings, suffix: str) -> str:
+    """Where an uploaded batch input lands: under incoming/ (its janitor clears it), in no
+    archive.zip (no pipeline starts)."""
+    return f"{storage.incoming_prefix}{BATCHES_DIR}{secrets.token_hex(16)}/input{suffix}"
 
 
 def is_ticket_key(key: str, storage: StorageSettings) -> bool:

@@ -4,16 +4,20 @@ in order, its accuracy the model's own on the same rows."""
 
 import csv
 import io
+import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from client.cli import EXIT_OK, main
+from pipeline.batch import HEADER
 from pipeline.batch_input import read_batch_input
 from pipeline.predictor import load_version
 from pipeline.registry import publish
@@ -119,3 +123,29 @@ def test_a_batch_job_survives_killed_workers_with_every_row_once_and_in_order(
     assert result["model_versions"] == {version: len(rows)}
     listed = s3.list_objects_v2(Bucket=settings.storage.bucket, Prefix=f"predictions/{job_id}/")
     assert [item["Key"] for item in listed["Contents"]] == [f"predictions/{job_id}/predictions.csv"]
+
+
+def test_the_terminal_uploads_a_file_follows_its_batch_and_downloads_the_output(
+    stack: LiveStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = [record[1] for record in mini_records("test.csv")[:40]]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    url = ["--url", stack.url]
+    code = main(["jobs", "submit", "batch-predict", str(source), "--follow", "--json", *url])
+    assert code == EXIT_OK
+    job, *events = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    job_id = job["id"]
+    assert job["type"] == "batch_predict"
+    progress = [e["data"] for e in events if e["type"] == "progress"]
+    assert progress
+    assert progress[-1]["step"] == progress[-1]["total"] == len(texts)
+    assert "rows_per_s" in progress[-1]
+    target = tmp_path / "out.csv"
+    assert main(["jobs", "output", job_id, "--to", str(target), *url]) == EXIT_OK
+    lines = list(csv.reader(io.StringIO(target.read_text())))
+    assert tuple(lines[0]) == HEADER
+    assert [int(line[0]) for line in lines[1:]] == list(range(1, len(texts) + 1))
+    with httpx.Client(base_url=stack.url) as http:
+        other = http.post("/v1/predict", json={"text": texts[0]}).json()
+        assert http.get(f"/v1/jobs/{other['job_id']}/output").status_code == 404

@@ -148,7 +148,7 @@ def test_api_keys_guard_the_api_only(guarded: httpx.Client) -> None:
         assert guarded.get(open_path).status_code == 200, open_path
 
 
-JOB_RESULTS = ("PredictResult", "EvaluateResult", "TrainResult")
+JOB_RESULTS = ("PredictResult", "EvaluateResult", "TrainResult", "BatchPredictResult")
 
 
 def served_operations(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[tuple[str, str]]:
