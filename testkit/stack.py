@@ -2,6 +2,7 @@
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,3 +104,16 @@ def serve_model(stack: LiveStack, model_dir: Path, text: str) -> str:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the stack never served {version}: {answer.text}")
         time.sleep(0.5)
+
+
+@contextmanager
+def restarting(stack: LiveStack) -> Iterator[LiveStack]:
+    """The stack with its supervisor watching: a process that dies is started again."""
+    stop = threading.Event()
+    watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
+    watcher.start()
+    try:
+        yield stack
+    finally:
+        stop.set()
+        watcher.join()

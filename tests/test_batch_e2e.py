@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from shared.registry import ModelRegistry
 from shared.storage import s3_client
 from testkit.archives import csv_bytes, mini_records
 from testkit.models import tiny_model
-from testkit.stack import LiveStack, live_stack
+from testkit.stack import LiveStack, live_stack, restarting
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +47,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         registry = ModelRegistry.from_settings(running.settings.storage)
         version = publish(registry, tiny_model(root / "tiny")).version
         registry.promote(version, "test")
-        stop = threading.Event()
-        watcher = threading.Thread(target=running.supervisor.watch, args=(stop.is_set,))
-        watcher.start()
-        try:
+        with restarting(running):
             yield running
-        finally:
-            stop.set()
-            watcher.join()
 
 
 def _job(http: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from pipeline.registry import publish
 from shared.registry import ModelRegistry
 from testkit.models import tiny_model
-from testkit.stack import LiveStack, live_stack
+from testkit.stack import LiveStack, live_stack, restarting
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +38,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         registry = ModelRegistry.from_settings(running.settings.storage)
         version = publish(registry, tiny_model(root / "tiny")).version
         registry.promote(version, "test")
-        stop = threading.Event()
-        watcher = threading.Thread(target=running.supervisor.watch, args=(stop.is_set,))
-        watcher.start()
-        try:
+        with restarting(running):
             yield running
-        finally:
-            stop.set()
-            watcher.join()
 
 
 class Client(threading.Thread):
