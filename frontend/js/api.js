@@ -89,6 +89,10 @@ export const api = {
   createUpload: (file) => call("POST", "/v1/uploads", { filename: file.name, size: file.size }).then((r) => r.body),
   jobs: (params = {}) => get(`/v1/jobs${query(params)}`).then((body) => body?.jobs ?? []),
   job: (id) => get(jobPath(id)),
+  // {type: "batch_predict", dataset: KEY} and the like: the job as created (202)
+  createJob: (params) => call("POST", "/v1/jobs", params).then((r) => r.body),
+  // {key, url, expires_in}: a presigned GET of a succeeded batch_predict job's predictions.csv
+  jobOutput: (id) => get(`${jobPath(id)}/output`),
   cancel: (id) => call("DELETE", jobPath(id)).then((r) => r.body),
   eventsUrl: (id, after) => `${jobPath(id)}/events${query({ last_event_id: after })}`,
   models: (params = {}) => get(`/v1/models${query(params)}`),
@@ -123,8 +127,8 @@ export const api = {
 
 // Sends the file straight to the object store, reporting progress: a presigned POST policy (it
 // bounds the size), else a presigned PUT where the store does not take POST policies.
-// Returns {promise, abort}.
-export function uploadToStore(ticket, file, onProgress) {
+// Returns {promise, abort}. `contentType` is what a presigned PUT says it sends.
+export function uploadToStore(ticket, file, onProgress, contentType = "application/zip") {
   let xhr = null;
   let aborted = false;
   const send = (method) => new Promise((resolve, reject) => {
@@ -147,7 +151,7 @@ export function uploadToStore(ticket, file, onProgress) {
       xhr.send(form);
     } else {
       xhr.open("PUT", ticket.put_url);
-      xhr.setRequestHeader("Content-Type", "application/zip");
+      xhr.setRequestHeader("Content-Type", contentType);
       xhr.send(file);
     }
   });

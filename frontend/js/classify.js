@@ -1,10 +1,12 @@
-// Classify: one text or many (typed, pasted, or read from a CSV or TXT file).
+// Classify: one text or many (typed, pasted, or read from a CSV or TXT file). A file of more
+// than CONFIG.batchAboveRows texts is not classified here: it goes up to the object store and a
+// batch_predict job classifies it on the server, into a predictions.csv to download.
 
-import { api } from "./api.js";
+import { api, uploadToStore } from "./api.js";
 import { CONFIG, LABELS } from "./config.js";
-import { $, clear, downloadFile, h, integer, messageOf, percent, plural } from "./dom.js";
+import { $, bytes, clear, downloadFile, h, integer, messageOf, percent, plural } from "./dom.js";
 import { canGiveFeedback, feedbackControl } from "./feedback.js";
-import { labelChip } from "./jobview.js";
+import { JobView, labelChip } from "./jobview.js";
 import { jobOutcome } from "./stream.js";
 import { textsFromCsv, textsFromPlain, toCsv } from "./csv.js";
 
@@ -36,6 +38,24 @@ export async function predictAll(texts, onChunk = () => {}) {
   return { predictions, sources, versions: [...versions], forms: [...forms] };
 }
 
+// The file a batch job reads, named .csv as uploads of texts must be: a CSV as it is (its label
+// column, if any, scores the job), else the texts one a row under a `text` header.
+export function batchFile(file, csv, texts) {
+  const base = file.name.replace(/\.[^.]*$/, "") || "texts";
+  if (csv) return /\.csv$/i.test(file.name) ? file : new File([file], `${base}.csv`, { type: "text/csv" });
+  return new File([toCsv([["text"], ...texts.map((text) => [text])])], `${base}.csv`, { type: "text/csv" });
+}
+
+// Why POST /v1/uploads refused the file, fit to show.
+function uploadRefusal(file, error) {
+  if (error.status === 413) {
+    const limit = error.details?.max_bytes;
+    return `${file.name} is ${bytes(file.size)}; the server takes files of at most ${limit ? bytes(limit) : "its upload limit"}.`;
+  }
+  if (error.status === 403) return `This key may not upload files to classify: ${messageOf(error)}`;
+  return `The upload of ${file.name} was refused: ${messageOf(error)}`;
+}
+
 // The form the predict workers served the model in (each worker times them at load).
 function servedAs(forms) {
   return forms.length ? h("span", { class: "served-as" }, " · served as ", forms.map((form, i) => [i ? ", " : "", h("code", {}, form)])) : "";
@@ -53,7 +73,12 @@ export class ClassifyScreen {
     this.result = $("#classify-result");
     this.submitButton = $("#classify-submit");
     this.noModel = $("#classify-nomodel");
+    this.fileButton = $("#classify-file-button");
+    $("#classify-batch-rows").textContent = integer(CONFIG.batchAboveRows);
     this.busy = false;
+    this.batching = false;
+    this.upload = null; // a batch file on its way to the object store: {promise, abort}
+    this.view = null; // the batch job a file started
 
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -66,12 +91,14 @@ export class ClassifyScreen {
         this.submit();
       }
     });
-    $("#classify-file-button").addEventListener("click", () => this.file.click());
+    this.fileButton.addEventListener("click", () => this.file.click());
     this.file.addEventListener("change", () => {
       if (this.file.files?.[0]) this.load(this.file.files[0]);
       this.file.value = "";
     });
     $("#classify-clear").addEventListener("click", () => {
+      this.upload?.abort();
+      this.closeJob();
       this.text.value = "";
       this.note.textContent = "";
       this.setStatus("");
@@ -109,12 +136,28 @@ export class ClassifyScreen {
     this.count.textContent = n ? plural(n, "text") : "";
   }
 
-  setStatus(text, kind = "") {
+  setStatus(content, kind = "") {
     this.status.className = `status-line ${kind}`;
-    this.status.textContent = text;
+    clear(this.status, content);
+  }
+
+  // `batching`: a file is on its way to a batch job, and no other file is taken meanwhile.
+  setBusy(busy, batching = false) {
+    this.busy = busy;
+    this.batching = batching;
+    this.submitButton.disabled = busy;
+    this.fileButton.disabled = batching;
+    if (busy) this.submitButton.setAttribute("aria-busy", "true");
+    else this.submitButton.removeAttribute("aria-busy");
+  }
+
+  closeJob() {
+    this.view?.close();
+    this.view = null;
   }
 
   async load(file) {
+    if (this.batching) return;
     this.note.textContent = "";
     let content;
     try {
@@ -133,14 +176,69 @@ export class ClassifyScreen {
       this.setStatus(`No texts found in ${file.name} (${source}).`, "error");
       return;
     }
-    if (texts.length > CONFIG.maxTexts) {
-      this.setStatus(`${file.name} holds ${integer(texts.length)} texts; at most ${integer(CONFIG.maxTexts)} can be classified at once.`, "error");
+    if (texts.length > CONFIG.batchAboveRows || texts.length > CONFIG.maxTexts) {
+      if (this.busy) this.setStatus(`${file.name} holds ${plural(texts.length, "text")}: choose it again once this classification has ended, to send it to a batch job.`, "error");
+      else await this.batch(file, csv, texts);
       return;
     }
     this.text.value = texts.join("\n");
     this.updateCount();
     this.note.textContent = `Loaded ${plural(texts.length, "text")} from ${file.name} (${source}).`;
     this.setStatus("");
+  }
+
+  // Uploads the file (as POST /v1/uploads says where) and starts a batch_predict job on it; the
+  // job is followed below, and its predictions.csv offered for download when it ends.
+  async batch(file, csv, texts) {
+    this.closeJob();
+    clear(this.result);
+    const upload = batchFile(file, csv, texts);
+    this.note.textContent = `${file.name} holds ${plural(texts.length, "text")}, more than the ${integer(CONFIG.batchAboveRows)} this page classifies itself: `
+      + "a batch job on the server classifies it instead, into a predictions.csv to download.";
+    this.setBusy(true, true);
+    try {
+      this.setStatus(`Asking the server where to upload ${upload.name}…`, "busy");
+      let ticket;
+      try {
+        ticket = await api.createUpload(upload);
+      } catch (error) {
+        this.setStatus(uploadRefusal(upload, error), "error");
+        return;
+      }
+      const cancel = h("button", { type: "button", class: "btn ghost small", onclick: () => this.upload?.abort() }, "Cancel upload");
+      // The figures change as the bytes go: not read out each time (the status line is live).
+      const figures = h("span", { class: "muted", "aria-live": "off" }, "0%");
+      this.setStatus([`Uploading ${upload.name} (${bytes(upload.size)})…`, figures, cancel], "busy");
+      this.upload = uploadToStore(ticket, upload, (loaded, total) => {
+        figures.textContent = `${bytes(loaded)} of ${bytes(total)} (${total ? Math.round((loaded / total) * 100) : 0}%)`;
+      }, "text/csv");
+      try {
+        await this.upload.promise;
+      } catch (error) {
+        this.setStatus(error.code === "aborted" ? "The upload was cancelled; nothing was classified." : `The upload of ${upload.name} failed: ${messageOf(error)}`, "error");
+        return;
+      } finally {
+        this.upload = null;
+      }
+      this.setStatus(`Uploaded ${bytes(upload.size)}. Starting the batch job…`, "busy");
+      let job;
+      try {
+        job = await api.createJob({ type: "batch_predict", dataset: ticket.key });
+      } catch (error) {
+        this.setStatus(error.status === 403
+          ? `This key may not start batch jobs: ${messageOf(error)}`
+          : `The server refused the batch job: ${messageOf(error)}`, "error");
+        return;
+      }
+      this.setStatus(["Batch job ", h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, h("code", {}, job.id)),
+        ` started for ${plural(texts.length, "text")}: follow it below or on the Jobs page.`]);
+      const holder = h("div", { class: "classify-job" });
+      clear(this.result, holder);
+      this.view = new JobView(holder);
+      await this.view.open(job.id, job);
+    } finally {
+      this.setBusy(false);
+    }
   }
 
   async submit() {
@@ -155,9 +253,8 @@ export class ClassifyScreen {
       this.setStatus(`${integer(texts.length)} texts: at most ${integer(CONFIG.maxTexts)} can be classified at once.`, "error");
       return;
     }
-    this.busy = true;
-    this.submitButton.disabled = true;
-    this.submitButton.setAttribute("aria-busy", "true");
+    this.closeJob();
+    this.setBusy(true);
     this.setStatus(texts.length === 1 ? "Classifying…" : `Classifying ${plural(texts.length, "text")}…`, "busy");
     try {
       const { predictions, sources, versions, forms } = await predictAll(texts, (done) => {
@@ -179,9 +276,7 @@ export class ClassifyScreen {
         this.setStatus(`Classification failed: ${messageOf(error)}`, "error");
       }
     } finally {
-      this.busy = false;
-      this.submitButton.disabled = false;
-      this.submitButton.removeAttribute("aria-busy");
+      this.setBusy(false);
     }
   }
 

@@ -7,6 +7,7 @@ export const STAGES = {
   train: ["ingest", "train", "evaluate"],
   evaluate: ["evaluate"],
   predict: [],
+  batch_predict: ["batch_predict"],
 };
 
 export const STAGE_NAMES = {
@@ -14,6 +15,7 @@ export const STAGE_NAMES = {
   train: "Train",
   evaluate: "Evaluate",
   promote: "Promote",
+  batch_predict: "Classify the file",
 };
 
 // A stage's phases, where it has some: training adapts the encoder to the texts first.
@@ -32,6 +34,7 @@ export const MONITOR_EDGES = {
 export const CONFIG = {
   predictChunk: 64, // texts per POST /v1/predict
   maxTexts: 5000, // texts one classification may hold
+  batchAboveRows: 500, // a file holding more texts goes to a batch_predict job, not /v1/predict
   uploadMethod: "post", // "post" (a presigned POST policy, size-bounded) or "put"
   jobPollMs: 1000, // how often to look for the pipeline job an upload started
   jobWaitWarnMs: 30000, // then say that it is late

@@ -16,7 +16,8 @@ function summary(job) {
   if (dataset) parts.push(h("code", { title: dataset }, dataset.split("/").slice(-2).join("/")));
   const result = job.result ?? {};
   if (result.version) parts.push(h("code", {}, result.version));
-  const accuracy = result.metrics?.accuracy;
+  if (job.type === "batch_predict" && typeof result.rows === "number") parts.push(`${integer(result.rows)} rows`);
+  const accuracy = result.metrics?.accuracy ?? result.accuracy;
   if (typeof accuracy === "number") parts.push(`accuracy ${percent(accuracy)}`);
   if (result.promotion) parts.push(result.promotion.promoted ? "promoted" : "not promoted");
   if (job.progress?.stage && ACTIVE.has(job.status)) parts.push(`${job.progress.stage} ${percent(job.progress.fraction ?? 0, 0)}`);

@@ -1,5 +1,6 @@
 // One job, live or replayed: its stages, progress, loss curve, validation report, evaluation,
-// promotion decision and errors, all rebuilt from its event stream.
+// promotion decision, a batch job's predictions file and errors, all rebuilt from its event
+// stream.
 
 import { api } from "./api.js";
 import { confusionMatrix, legend, lineChart } from "./charts.js";
@@ -262,7 +263,7 @@ export class JobView {
     clear(el,
       h("div", { class: "row-between wrap" },
         h("div", {},
-          h("h2", { class: "job-title" }, `${capitalize(job.type)} job `, h("code", { class: "job-id" }, job.id)),
+          h("h2", { class: "job-title" }, `${capitalize(job.type.replaceAll("_", " "))} job `, h("code", { class: "job-id" }, job.id)),
         ),
         h("div", { class: "job-head-side" },
           h("span", { class: `conn conn-${connection}`, role: "status", "aria-live": "polite" }, CONNECTION_TEXT[connection] + waiting),
@@ -315,8 +316,13 @@ export class JobView {
       return;
     }
     const fraction = typeof progress.fraction === "number" ? progress.fraction : null;
+    // A batch job's steps are the file's rows (pipeline/batch.py), with its rate in rows/s.
+    const rows = progress.stage === "batch_predict";
     const figures = [
-      progress.total != null && `step ${integer(progress.step)} of ${integer(progress.total)}`,
+      progress.total != null && (rows
+        ? `${integer(progress.step)} of ${plural(progress.total, "row")}`
+        : `step ${integer(progress.step)} of ${integer(progress.total)}`),
+      progress.rows_per_s != null && `${decimal(progress.rows_per_s, 1)} rows/s`,
       progress.eta_s != null && `ETA ${duration(progress.eta_s)}`,
       progress.loss != null && `loss ${decimal(progress.loss)}`,
       progress.lr != null && `lr ${progress.lr.toExponential(1)}`,
@@ -345,7 +351,9 @@ export class JobView {
       clear(el);
       return;
     }
-    const title = error.code === "dataset_invalid" ? "The dataset was rejected"
+    const batch = this.state.job.type === "batch_predict";
+    const title = batch && ["dataset_invalid", "dataset_not_found", "payload_too_large"].includes(error.code) ? "The file cannot be classified"
+      : error.code === "dataset_invalid" ? "The dataset was rejected"
       : error.code === "cancelled" ? "The job was cancelled"
         : error.code === "no_production_model" ? "No model is in production yet"
           : "The job failed";
@@ -515,6 +523,10 @@ export class JobView {
 
   render_output(el) {
     const { result, job } = this.state;
+    if (job.type === "batch_predict") {
+      this.batchOutput(el);
+      return;
+    }
     if (job.type !== "predict" || !result?.predictions) {
       clear(el);
       return;
@@ -531,6 +543,68 @@ export class JobView {
         ))),
       )),
     ));
+  }
+
+  // A succeeded batch job: what it classified, how it scored where the file had labels, and its
+  // predictions.csv (shared/contracts/results.py BatchPredictResult).
+  batchOutput(el) {
+    const { result } = this.state;
+    if (typeof result?.rows !== "number") {
+      clear(el);
+      return;
+    }
+    const versions = Object.entries(result.model_versions ?? {});
+    const scored = typeof result.accuracy === "number";
+    const status = h("p", { class: "status-line download-status", role: "status", "aria-live": "polite" });
+    const button = h("button", {
+      type: "button", class: "btn primary download-predictions", onclick: (event) => this.download(event.currentTarget, status),
+    }, "Download predictions.csv");
+    clear(el, h("section", { class: "panel batch-output", "aria-label": "Batch predictions" },
+      h("div", { class: "row-between wrap" }, h("h3", {}, "Predictions"), button),
+      h("div", { class: "tiles" },
+        tile("Rows", integer(result.rows), "rows"),
+        tile(versions.length > 1 ? "Models" : "Model", versions.length
+          ? versions.map(([version], i) => [i ? ", " : "", h("code", {}, version)])
+          : "–", "model"),
+        scored && tile("Accuracy", percent(result.accuracy), "accuracy"),
+        tile("Rows/s", decimal(result.rows_per_s, 1), "rows-per-s"),
+      ),
+      versions.length > 1 && h("p", { class: "muted small" }, "A promotion during the job: ",
+        versions.map(([version, count], i) => [i ? "; " : "", h("code", {}, version), ` answered ${plural(count, "row")}`]), "."),
+      scored && h("p", { class: "muted small" },
+        `Accuracy on the ${plural(result.labelled, "row")} of the file that carried a label, as the fleet answered them.`),
+      Array.isArray(result.confusion) && h("div", { class: "table-wrap" }, confusionMatrix(result.confusion, LABELS)),
+      status,
+    ));
+  }
+
+  // GET /v1/jobs/{id}/output names a presigned GET of the file, good for a while: the browser
+  // follows it (the store serves text/csv, which browsers save).
+  async download(button, status) {
+    button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    status.className = "status-line download-status busy";
+    clear(status, "Asking the server for predictions.csv…");
+    try {
+      const output = await api.jobOutput(this.state.job.id);
+      const until = timeOfDay(new Date(Date.now() + output.expires_in * 1000));
+      status.className = "status-line download-status";
+      clear(status, "Downloading predictions.csv. If it does not start, ",
+        h("a", { href: output.url, download: "predictions.csv", class: "predictions-link" }, "open the file"),
+        until ? ` (the link works until ${until}).` : ".");
+      const link = h("a", { href: output.url, download: "predictions.csv", hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+    } catch (error) {
+      status.className = "status-line download-status error";
+      clear(status, error.status === 404
+        ? `There is no file to download: ${messageOf(error)}`
+        : `The download failed: ${messageOf(error)}`);
+    } finally {
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+    }
   }
 
   render_log(el) {
@@ -560,6 +634,7 @@ function doneNote(name, detail) {
   if (name === "train" && typeof detail.accuracy === "number") return `validation ${percent(detail.accuracy)}`;
   if (name === "evaluate" && detail.version) return detail.version;
   if (name === "promote" && "promoted" in detail) return detail.promoted ? "promoted" : "not promoted";
+  if (name === "batch_predict" && typeof detail.rows === "number") return plural(detail.rows, "row");
   return "done";
 }
 

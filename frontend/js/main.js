@@ -122,6 +122,7 @@ class App {
   visibleJobView() {
     if (this.current === "retrain") return this.screens.retrain.view;
     if (this.current === "jobs") return this.screens.jobs.view;
+    if (this.current === "classify") return this.screens.classify.view;
     return null;
   }
 }
