@@ -6,6 +6,7 @@ from pathlib import Path
 
 from shared.contracts.models import HISTORY
 from shared.contracts.results import Metrics, TrainingHistory, TrainingRecord
+from shared.contracts.training import TrainingParams
 
 
 def model_family(model_dir: Path) -> str:
@@ -110,6 +111,15 @@ def _curves(history: TrainingHistory) -> str:
     return f"{', '.join(counts[:-1])} and {counts[-1]} points"
 
 
+def _feedback(params: TrainingParams) -> str:
+    if not params.feedback_rows:
+        return "No feedback: every row came from an uploaded archive."
+    return (
+        f"{params.feedback_rows} of the rows are people's corrections (feedback), each trained "
+        f"on {params.feedback_repeat} times and none used for validation."
+    )
+
+
 def _plan(training: TrainingRecord) -> str:
     plan = training.params.plan
     if plan is None:
@@ -154,6 +164,8 @@ def model_card(
         f"Dataset `{dataset_sha256}`: {train_rows} rows in train.csv, of which "
         f"{params.rows_trained} trained the model and {params.rows_validated} chose it "
         f"(a stratified validation split); {metrics.n} rows of test.csv scored it.",
+        "",
+        _feedback(params),
         "",
         "## Training",
         "",

@@ -70,6 +70,7 @@ class FitResult:
     resumed_from: int | None
     linear: LinearMember | None = None
     blend: MemberScores | None = None
+    feedback_rows: int = 0
 
     def record(self) -> TrainingRecord:
         """What a registered model keeps of its training."""
@@ -78,6 +79,7 @@ class FitResult:
             **self.config.model_dump(),
             rows_trained=self.rows_trained,
             rows_validated=self.validation.n,
+            feedback_rows=self.feedback_rows,
             steps=self.state.step,
             plan=None if plan is None else TrainingPlan.model_validate(plan),
         )
@@ -117,11 +119,17 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return order[np.argsort(keys[order], kind="stable")]
 
 
-def split_rows(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) indices: a stratified validation split, then the training subset."""
+def split_rows(
+    labels: np.ndarray, config: TrainConfig, feedback: Sequence[int] = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: a stratified validation split, then the training subset;
+    the `feedback` rows are trained on always, `feedback_repeat` times each, and never validate."""
+    pinned = np.asarray(feedback, dtype=np.int64)
     order = stratified_order(labels, config.seed)
-    n_val = min(config.val_max_rows, max(len(LABELS), round(config.val_fraction * len(labels))))
-    return order[n_val:][: config.train_rows], order[:n_val]
+    order = order[~np.isin(order, pinned)]
+    n_val = min(config.val_max_rows, max(len(LABELS), round(config.val_fraction * len(order))))
+    train = order[n_val:][: config.train_rows]
+    return np.concatenate([train, np.tile(pinned, config.feedback_repeat)]), order[:n_val]
 
 
 def prepare(
@@ -130,20 +138,21 @@ def prepare(
     settings: Settings,
     reporter: Reporter,
     checkpoints: CheckpointStore | None,
+    feedback: Sequence[int] = (),
 ) -> tuple[Run, Course, Trainer]:
     """What a fit works with, the examples it starts on, and a trainer of the base model with a
     new head."""
     device = configure_torch(settings)
     bf16 = config.bf16 and bf16_supported(device)
     labels = np.array([row.label for row in rows], dtype=np.int64)
-    train_index, val_index = split_rows(labels, config)
+    train_index, val_index = split_rows(labels, config, feedback)
     base = resolve_base_model(config.base_model)
     tokenizer = load_tokenizer(base)
     padding = padding_of(tokenizer)
     model = classifier(base, padding, config, device)
     max_length = readable_length(config.max_length, tokenizer, model)
     config = config.model_copy(update={"max_length": max_length})
-    splits = Splits(tokenizer, rows, labels, train_index, val_index)
+    splits = Splits(tokenizer, rows, labels, train_index, val_index, len(set(feedback)))
     train, val = splits.tokenized(config.max_length)
     workload = Workload.of(config, train.lengths, val.lengths)
     planner = Planner(workload, device.type, bf16)
@@ -224,11 +233,13 @@ def fit(
     settings: Settings,
     reporter: Reporter,
     checkpoints: CheckpointStore | None = None,
+    feedback: Sequence[int] = (),
 ) -> FitResult:
     """The base model fine-tuned on the rows, from the latest checkpoint of the same config
     where there is one; its encoder adapted to their texts first where the config asks for it
-    and the budget holds it, which starts fine-tuning over."""
-    run, course, trainer = prepare(config, rows, settings, reporter, checkpoints)
+    and the budget holds it, which starts fine-tuning over. `feedback`: the indices of rows
+    that are people's corrections (see split_rows)."""
+    run, course, trainer = prepare(config, rows, settings, reporter, checkpoints, feedback)
     resumed_from, start_over = resume(run, trainer)
     reporter.event(EventType.log, {"message": run.describe()})
     adapting = None if start_over is None else start_over.adapter.state
@@ -292,6 +303,7 @@ def finish(
         resumed_from,
         linear,
         blend,
+        feedback_rows=splits.feedback_rows,
     )
 
 

@@ -153,6 +153,7 @@ class Splits:
     labels: np.ndarray
     train_index: np.ndarray
     val_index: np.ndarray
+    feedback_rows: int = 0  # people's corrections among the rows, in train_index repeatedly
 
     def tokenized(self, max_length: int) -> tuple[Examples, Examples]:
         return (
@@ -376,8 +377,14 @@ class Run:
 
     def describe(self) -> str:
         splits, config = self.splits, self.config
+        corrections = (
+            f", {splits.feedback_rows} of them people's corrections trained on "
+            f"{config.feedback_repeat} times each"
+            if splits.feedback_rows
+            else ""
+        )
         return (
-            f"training {config.base_model} on {len(splits.train_index)} rows "
+            f"training {config.base_model} on {len(splits.train_index)} rows{corrections} "
             f"({len(splits.val_index)} held out for validation) in batches of {config.batch_size}"
         )
 

@@ -31,6 +31,10 @@ class TrainConfig(BaseModel):
     layer_decay: float = 1.0  # each layer below the top learns at this times the one above's rate
     ema_decay: float = 0.0  # validate and keep an exponential moving average of the weights; 0: off
     train_rows: int | None = None  # a stratified subset of train.csv; None: every row
+    # People's corrections (a with_feedback dataset's feedback rows) are trained on this many
+    # times each, beside train_rows, and never validate: a handful among thousands would else
+    # barely move the model.
+    feedback_repeat: int = Field(default=4, ge=1)
     val_fraction: float = 0.05
     val_max_rows: int = 2000
     evals_per_epoch: int = 1
@@ -189,6 +193,9 @@ class TrainingParams(TrainConfig):
 
     rows_trained: int
     rows_validated: int
+    feedback_rows: int = Field(
+        default=0, description="of the rows trained on, people's corrections (feedback)"
+    )
     steps: int
     job_id: str | None = None
     plan: TrainingPlan | None = None
