@@ -2,6 +2,7 @@
 
 agnews jobs submit pipeline data/archive.zip --follow     (a local archive is uploaded first)
 agnews jobs submit pipeline s3://agnews/incoming/x/archive.zip
+agnews jobs submit pipeline --with-feedback               (the last dataset plus people's feedback)
 agnews jobs submit batch-predict news.csv --follow        (then: agnews jobs output JOB_ID)
 agnews jobs list --type pipeline
 agnews jobs follow JOB_ID
@@ -67,8 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("type", choices=["pipeline", "train", "evaluate", "batch-predict"])
     submit.add_argument(
         "dataset",
+        nargs="?",
         help="s3://bucket/key, a key, or a local file (pipeline: an archive.zip; batch-predict: "
-        "a .csv or .jsonl of texts)",
+        "a .csv or .jsonl of texts); with --with-feedback, default: the dataset accepted last",
+    )
+    submit.add_argument(
+        "--with-feedback",
+        action="store_true",
+        help="pipeline: train on the dataset plus every text's latest feedback",
     )
     submit.add_argument("--profile", choices=["quick", "full"])
     submit.add_argument("--base-model")
@@ -151,13 +158,23 @@ def _follow(args: argparse.Namespace, client: GatewayClient, job_id: str) -> int
 
 
 def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
-    local = Path(args.dataset)
     job_type = args.type.replace("-", "_")
     dataset = args.dataset
-    if local.is_file() and job_type == "pipeline":
+    if dataset is None and not args.with_feedback:
+        raise GatewayError(400, _error("name the dataset: an s3:// URL, a key or a local file"))
+    local = Path(dataset or "")
+    if args.with_feedback and (job_type != "pipeline" or local.is_file()):
+        raise GatewayError(
+            400,
+            _error(
+                "--with-feedback starts a pipeline on a dataset in the bucket: give its s3:// URL "
+                "or key, or none for the dataset accepted last"
+            ),
+        )
+    if dataset is not None and local.is_file() and job_type == "pipeline":
         job = client.job_for_upload(client.upload(local))
     else:
-        if local.is_file():
+        if dataset is not None and local.is_file():
             if job_type != "batch_predict":
                 raise GatewayError(
                     400,
@@ -172,6 +189,7 @@ def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
             "max_steps": args.max_steps,
             "model_version": args.model_version,
             "promote": args.promote or None,
+            "with_feedback": args.with_feedback or None,
         }
         try:
             params = JOB_PARAMS.validate_python({k: v for k, v in fields.items() if v is not None})

@@ -77,8 +77,10 @@ def api_params(params: JobParams, settings: Settings) -> JobParams:
     if isinstance(params, BatchPredictParams):
         dataset = api_dataset(params.dataset, settings, BATCH_INPUT_SUFFIXES)
         return params.model_copy(update={"dataset": dataset})
-    assert isinstance(params, DatasetParams)
-    update: dict[str, object] = {"dataset": api_dataset(params.dataset, settings)}
+    assert isinstance(params, DatasetParams | PipelineParams)
+    update: dict[str, object] = {}
+    if params.dataset is not None:
+        update["dataset"] = api_dataset(params.dataset, settings)
     if isinstance(params, TrainParams | PipelineParams) and params.base_model is not None:
         update["base_model"] = api_base_model(params.base_model, settings)
     if isinstance(params, EvaluateParams) and params.model_version is not None:

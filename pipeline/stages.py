@@ -6,6 +6,7 @@ its finished model under checkpoints/{job_id}/final/, and a version records the 
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -14,6 +15,15 @@ from pipeline.card import model_card, model_family
 from pipeline.checkpoints import CheckpointStore, S3Checkpoints
 from pipeline.datasets import load_dataset, store_dataset
 from pipeline.evaluate import evaluate
+from pipeline.feedback_dataset import (
+    FeedbackOrigin,
+    feedback_indices,
+    latest_dataset,
+    load_origin,
+    merge,
+    store_origin,
+    write_archive,
+)
 from pipeline.holdout import (
     HoldoutScores,
     current_holdout,
@@ -36,7 +46,7 @@ from pipeline.serving import evaluate_forms, serving_note
 from pipeline.tracking import track_training
 from pipeline.train import fit
 from pipeline.validate import ValidationReport, check, validate, validate_archive
-from shared.contracts.errors import Conflict
+from shared.contracts.errors import Conflict, NoFeedback
 from shared.contracts.jobs import EventType
 from shared.contracts.models import CARD, HISTORY, ModelInfo, new_version
 from shared.contracts.results import (
@@ -47,10 +57,11 @@ from shared.contracts.results import (
     seconds_since,
 )
 from shared.contracts.training import TrainConfig
+from shared.feedback import FeedbackStore
 from shared.model_mirror import mirrored
 from shared.registry import ModelRegistry, read_object
 from shared.settings import Settings, config_for
-from shared.storage import s3_client
+from shared.storage import ARCHIVE_NAME, s3_client
 
 TRAINING = "training.json"
 
@@ -96,22 +107,73 @@ def ingest(
     with scratch_dir(settings) as scratch:
         _step(reporter, "ingest", 0, 3)
         archive = fetch_archive(source, settings, Path(scratch), version_id=version_id)
+        return accept(archive, settings, reporter)
+
+
+def ingest_with_feedback(
+    source: str | None, settings: Settings, reporter: Reporter
+) -> IngestOutput:
+    """A new dataset: the given archive, or the dataset accepted last, with every text's latest
+    feedback (pipeline.feedback_dataset); accepted as an upload is, with how it was made kept
+    beside it."""
+    feedback = FeedbackStore.from_settings(settings.storage).all()
+    if not feedback:
+        raise NoFeedback("no feedback has been given yet: there is nothing to add to the dataset")
+    with scratch_dir(settings) as scratch:
+        _step(reporter, "ingest", 0, 3)
+        if source is None:
+            base = load_dataset(latest_dataset(settings), settings, datasets_dir(settings))
+        else:
+            base = read_archive(fetch_archive(source, settings, Path(scratch)), settings)
+            check(validate(base, settings))
         holdout = current_holdout(settings)
-        # the first dataset's test.csv becomes the holdout: its train.csv is held to it as well
-        texts = holdout_texts(holdout, settings) if holdout else own_test_texts(archive, settings)
-        _step(reporter, "ingest", 1, 3)
-        report = validate_archive(archive, settings, texts)
-        body = report.model_dump(mode="json")
-        reporter.event(EventType.metric, {"name": "validation_report", "report": body})
-        check(report)
-        _step(reporter, "ingest", 2, 3)
-        key = store_dataset(archive, report, settings)
-        if holdout is None:
-            holdout = pin_dataset_test(archive, report.dataset_sha256, settings)
-            reporter.event(
-                EventType.log, {"message": f"promotion compares models on {holdout.describe()}"}
+        merged = merge(
+            base,
+            load_origin(base.sha256, settings),
+            feedback,
+            holdout_texts(holdout, settings) if holdout else None,
+        )
+        origin = merged.origin
+        reporter.event(
+            EventType.log,
+            {
+                "message": f"dataset {base.sha256[:12]} with {origin.feedback_rows} feedback "
+                f"rows: {origin.relabelled} of its rows relabelled, {origin.confirmed} "
+                f"confirmed, {origin.left_out} left out (texts of the holdout or test.csv)",
+                **origin.model_dump(mode="json"),
+            },
+        )
+        if not origin.feedback_rows:
+            raise NoFeedback(
+                f"all {origin.left_out} feedback texts are in the promotion holdout or test.csv, "
+                "which training must not see: there is nothing to add to the dataset"
             )
-        _step(reporter, "ingest", 3, 3)
+        archive = write_archive(Path(scratch) / ARCHIVE_NAME, merged.train, base.test.rows)
+        return accept(archive, settings, reporter, origin=origin)
+
+
+def accept(
+    archive: Path, settings: Settings, reporter: Reporter, *, origin: FeedbackOrigin | None = None
+) -> IngestOutput:
+    """Validate a local archive and store it (with `origin`, how feedback made it)."""
+    holdout = current_holdout(settings)
+    # the first dataset's test.csv becomes the holdout: its train.csv is held to it as well
+    texts = holdout_texts(holdout, settings) if holdout else own_test_texts(archive, settings)
+    _step(reporter, "ingest", 1, 3)
+    report = validate_archive(archive, settings, texts)
+    body = report.model_dump(mode="json")
+    reporter.event(EventType.metric, {"name": "validation_report", "report": body})
+    check(report)
+    _step(reporter, "ingest", 2, 3)
+    if origin is not None:  # before the dataset's report, which says it is complete
+        store_origin(report.dataset_sha256, origin, settings)
+    key = store_dataset(archive, report, settings)
+    if holdout is None:
+        holdout = pin_dataset_test(archive, report.dataset_sha256, settings)
+        reporter.event(
+            EventType.log, {"message": f"promotion compares models on {holdout.describe()}"}
+        )
+    _step(reporter, "ingest", 3, 3)
     return IngestOutput(dataset_sha256=report.dataset_sha256, dataset_key=key, report=report)
 
 
@@ -136,9 +198,10 @@ def train(
         return TrainingRecord.model_validate_json(done)
     config = config_for(settings.training, profile, base_model=base_model, max_steps=max_steps)
     dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
+    feedback = feedback_indices(dataset.train.rows, load_origin(dataset_sha256, settings))
     with scratch_dir(settings) as scratch:
         model_dir = Path(scratch)
-        record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints)
+        record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints, feedback)
         (model_dir / TRAINING).write_text(record.model_dump_json(indent=2))
         names = sorted(path.name for path in model_dir.iterdir() if path.name != TRAINING)
         upload_dir(s3, settings.storage.bucket, final, model_dir, [*names, TRAINING])
@@ -172,10 +235,12 @@ def fit_into(
     settings: Settings,
     reporter: Reporter,
     checkpoints: CheckpointStore | None,
+    feedback: Sequence[int] = (),
 ) -> TrainingRecord:
     """Fine-tune on the dataset's train.csv into a loadable model folder; the training record.
-    Both the train stage and a local run come this way."""
-    result = fit(config, dataset.train.rows, settings, reporter, checkpoints)
+    Both the train stage and a local run come this way. `feedback`: its rows that are people's
+    corrections."""
+    result = fit(config, dataset.train.rows, settings, reporter, checkpoints, feedback)
     result.save(model_dir)
     return result.record()
 

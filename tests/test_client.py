@@ -18,7 +18,15 @@ from client.cli import (
     main,
 )
 from shared.contracts.errors import ErrorInfo
-from shared.contracts.jobs import EventType, Job, JobStatus, JobType, TrainParams, new_job_id
+from shared.contracts.jobs import (
+    EventType,
+    Job,
+    JobStatus,
+    JobType,
+    PipelineParams,
+    TrainParams,
+    new_job_id,
+)
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from testkit.gateway import FakeWorker, Gateway, serve
@@ -126,6 +134,16 @@ def test_submit_list_show_and_cancel_print_json_and_exit_codes(
     code, _, err = run(capsys, "jobs", "submit", "pipeline", "s3://b/notes.txt", *url)
     assert code == EXIT_REFUSED
     assert ".zip" in err
+    code, out, _ = run(capsys, "jobs", "submit", "pipeline", "--with-feedback", *url)
+    assert code == EXIT_OK
+    with_feedback = store.get(Job.model_validate_json(out).id).params
+    assert with_feedback == PipelineParams(with_feedback=True)
+    code, _, err = run(capsys, "jobs", "submit", "pipeline", *url)
+    assert code == EXIT_REFUSED
+    assert "name the dataset" in err
+    code, _, err = run(capsys, "jobs", "submit", "pipeline", __file__, "--with-feedback", *url)
+    assert code == EXIT_REFUSED
+    assert "a dataset in the bucket" in err
 
 
 def test_follow_exits_1_when_the_job_fails_and_prints_events_as_json_lines(

@@ -162,3 +162,26 @@ def test_job_errors_keep_their_message(client: httpx.Client, store: JobStore) ->
         "message": "train.csv line 3: bad",
         "details": {},
     }
+
+
+def test_a_pipeline_with_feedback_needs_no_dataset(
+    client: httpx.Client, settings: Settings, store: JobStore
+) -> None:
+    job = create(client, {"type": "pipeline", "with_feedback": True})
+
+    assert job["params"] == {"type": "pipeline", "with_feedback": True}
+    assert ("agnews.ingest", [job["id"]]) in broker_messages(settings, "evaluate")
+    named = create(
+        client, {"type": "pipeline", "with_feedback": True, "dataset": "incoming/x/archive.zip"}
+    )
+    assert named["params"] == {
+        "type": "pipeline",
+        "with_feedback": True,
+        "dataset": f"s3://{settings.storage.bucket}/incoming/x/archive.zip",
+    }
+    refused = client.post("/v1/jobs", json={"type": "pipeline"})
+    assert refused.status_code == 422
+    assert (
+        "give dataset (an archive.zip), or with_feedback: true"
+        in refused.json()["error"]["message"]
+    )

@@ -22,11 +22,16 @@ import pytest
 from deploy.backlog_exporter import BacklogExporter
 from pipeline import stages
 from pipeline.batch import run_batch
+from pipeline.datasets import load_dataset
+from pipeline.feedback_dataset import feedback_indices, load_origin
 from pipeline.report import NullReporter
 from shared.contracts.errors import ErrorInfo
+from shared.contracts.feedback import Feedback
 from shared.contracts.jobs import BatchPredictParams, PipelineParams, new_job_id
 from shared.contracts.labels import LABELS
 from shared.contracts.results import Prediction, PredictResult
+from shared.contracts.times import utcnow
+from shared.feedback import FeedbackStore, text_sha256
 from shared.jobstore import JobStore
 from shared.settings import Settings
 from shared.storage import client_options, s3_client
@@ -147,6 +152,42 @@ def test_the_evaluate_workers_may_ingest_and_hold_uploads_to_the_holdout(
     keys = {made.params.get("Key", "") for made in calls}
     assert any(key.startswith(settings.storage.holdout_prefix) for key in keys), keys
     allowed(check(calls, Deployment(settings.storage.bucket)))
+
+
+def test_a_with_feedback_pipeline_may_read_feedback_into_a_dataset_and_train_on_it(
+    settings: Settings,
+) -> None:
+    """The evaluate worker's ingest reads feedback and writes a dataset with its origin; the
+    train worker reads them both back. Neither may write feedback."""
+    stages.ingest(str(make_archive(settings.run.data_dir.parent / "a.zip")), settings, Recorder())
+    text = "Quorvex Zentrino flumoxes the grebbly yarndrive"
+    FeedbackStore.from_settings(settings.storage).put(
+        Feedback(
+            text=text,
+            text_sha256=text_sha256(text),
+            label="Sports",
+            given_by=None,
+            model_version=None,
+            predicted=None,
+            agreed=None,
+            from_job=False,
+            at=utcnow(),
+        )
+    )
+    with recording() as calls:
+        calls.acting_as("evaluate")
+        sha = stages.ingest_with_feedback(None, settings, Recorder()).dataset_sha256
+        calls.acting_as("train")
+        dataset = load_dataset(sha, settings, settings.run.data_dir / "train")
+        assert len(feedback_indices(dataset.train.rows, load_origin(sha, settings))) == 1
+    keys = {made.params.get("Key", "") for made in calls}
+    assert f"{settings.storage.datasets_prefix}{sha}/feedback.json" in keys
+    allowed(check(calls, Deployment(settings.storage.bucket)))
+    writes = [
+        call(role, "s3", "PutObject", Key="feedback/2026-12-07/x.json", Bucket="b")
+        for role in ("evaluate", "train")
+    ]
+    assert len(check(writes, Deployment("b")).denied) == 2
 
 
 class AnsweringFleet:

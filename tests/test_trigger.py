@@ -54,6 +54,7 @@ def test_an_upload_starts_one_pipeline_job_that_records_its_source(
     assert job.params.model_dump(mode="json", exclude_none=True) == {
         "type": "pipeline",
         "dataset": f"s3://{settings.storage.bucket}/incoming/u1/archive.zip",
+        "with_feedback": False,
         "source": {
             "bucket": settings.storage.bucket,
             "key": "incoming/u1/archive.zip",

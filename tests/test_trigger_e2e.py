@@ -140,3 +140,32 @@ def test_the_terminal_client_uploads_follows_and_classifies(stack: LiveStack) ->
     answer = agnews(stack, "classify", "Stocks rally as oil prices fall")
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["model_version"] == models["production"]["version"]
+
+
+def test_feedback_from_the_terminal_retrains_through_every_stage(
+    stack: LiveStack, client: httpx.Client
+) -> None:
+    if not client.get("/v1/models").json()["models"]:
+        dropped = agnews(stack, "jobs", "submit", "pipeline", str(MINI_ARCHIVE), "--follow")
+        assert dropped.returncode == 0, dropped.stderr
+    text = "Quorvex Zentrino flumoxes the grebbly yarndrive at Plonkham"
+    given = agnews(stack, "feedback", text, "--label", "Sports")
+    assert given.returncode == 0, given.stderr
+
+    done = agnews(stack, "jobs", "submit", "pipeline", "--with-feedback", "--follow")
+    assert done.returncode == 0, done.stderr
+    job, *events = (json.loads(line) for line in done.stdout.splitlines())
+    given_params = {name: value for name, value in job["params"].items() if value is not None}
+    assert given_params == {"type": "pipeline", "with_feedback": True}
+    ingested = next(e["data"] for e in events if e["data"].get("state") == "finished")
+    assert ingested["stage"] == "ingest"
+    logs = [e["data"].get("message", "") for e in events if e["type"] == "log"]
+    assert any("with 1 feedback rows" in message for message in logs), logs
+    version = events[-1]["data"]["version"]
+    card = client.get(f"/v1/models/{version}").json()["card"]
+    assert "1 of the rows are people's corrections (feedback)" in card
+    origin = s3_client(stack.settings.storage).get_object(
+        Bucket=stack.settings.storage.bucket,
+        Key=f"{stack.settings.storage.datasets_prefix}{ingested['dataset_sha256']}/feedback.json",
+    )
+    assert json.loads(origin["Body"].read())["feedback_rows"] == 1

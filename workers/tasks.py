@@ -166,11 +166,17 @@ def _worker_stopping() -> bool:
 def ingest(job_id: str, call_id: str | None = None) -> None:
     def step(job: Job, reporter: JobReporter) -> None:
         started = time.monotonic()
-        dataset = params_of(job, DatasetParams).dataset
-        source = job.params.source if isinstance(job.params, PipelineParams) else None
-        version_id = source.version_id if source is not None else None
-        reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
-        output = stages.ingest(dataset, settings, reporter, version_id=version_id)
+        params = job.params
+        if isinstance(params, PipelineParams) and params.with_feedback:
+            reporter.stage("ingest", "started", dataset=params.dataset, with_feedback=True)
+            output = stages.ingest_with_feedback(params.dataset, settings, reporter)
+        else:
+            source = params.source if isinstance(params, PipelineParams) else None
+            dataset = params.dataset if isinstance(params, PipelineParams) else None
+            dataset = dataset or params_of(job, DatasetParams).dataset
+            version_id = source.version_id if source is not None else None
+            reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
+            output = stages.ingest(dataset, settings, reporter, version_id=version_id)
         timed = StageSeconds(ingest=seconds_since(started))
         reporter.stage(
             "ingest", "finished", dataset_sha256=output.dataset_sha256, seconds=timed.ingest

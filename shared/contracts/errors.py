@@ -81,6 +81,10 @@ class DatasetInvalid(InvalidRequest, code="dataset_invalid"):
 class DatasetNotFound(NotFound, code="dataset_not_found"): ...
 
 
+class NoFeedback(InvalidRequest, code="no_feedback"):
+    """A with_feedback pipeline found no feedback it may train on."""
+
+
 class MalformedEvent(InvalidRequest, code="malformed_event"):
     """A storage event notification that is not in any format the listener knows."""
 

@@ -119,6 +119,12 @@ class PredictParams(_Request):
         return texts
 
 
+def _an_archive(dataset: str) -> str:
+    if not dataset.endswith(".zip"):
+        raise ValueError("dataset must name a .zip archive holding train.csv and test.csv")
+    return dataset
+
+
 class DatasetParams(_Request):
     dataset: str = Field(
         min_length=1, description="s3://bucket/key of an archive.zip, or a key in the bucket"
@@ -127,9 +133,7 @@ class DatasetParams(_Request):
     @field_validator("dataset")
     @classmethod
     def _is_archive(cls, dataset: str) -> str:
-        if not dataset.endswith(".zip"):
-            raise ValueError("dataset must name a .zip archive holding train.csv and test.csv")
-        return dataset
+        return _an_archive(dataset)
 
 
 class TrainParams(DatasetParams):
@@ -157,14 +161,46 @@ class ObjectVersion(BaseModel):
     event_time: datetime | None = None
 
 
-class PipelineParams(DatasetParams):
+def _dataset_or_feedback(schema: dict[str, Any]) -> None:
+    """What PipelineParams' validator takes: a `dataset`, or `with_feedback` true."""
+    schema["anyOf"] = [
+        {"required": ["dataset"], "properties": {"dataset": {"type": "string"}}},
+        {"required": ["with_feedback"], "properties": {"with_feedback": {"const": True}}},
+    ]
+
+
+class PipelineParams(_Request):
+    model_config = ConfigDict(json_schema_extra=_dataset_or_feedback)
+
     type: Literal["pipeline"] = "pipeline"
+    dataset: str | None = Field(
+        default=None,
+        min_length=1,
+        description="s3://bucket/key of an archive.zip, or a key in the bucket; with "
+        "with_feedback it may be left out: the dataset accepted last",
+    )
+    with_feedback: bool = Field(
+        default=False,
+        description="train on the dataset plus every text's latest feedback (feedback wins "
+        "where a text disagrees), written as a new dataset under every ingest guard",
+    )
     profile: Literal["quick", "full"] | None = None
     base_model: str | None = None
     max_steps: int | None = Field(default=None, ge=1)
     source: ObjectVersion | None = Field(
         default=None, description="the object version whose storage event started it"
     )
+
+    @field_validator("dataset")
+    @classmethod
+    def _is_archive(cls, dataset: str | None) -> str | None:
+        return None if dataset is None else _an_archive(dataset)
+
+    @model_validator(mode="after")
+    def _names_a_dataset(self) -> "PipelineParams":
+        if self.dataset is None and not self.with_feedback:
+            raise ValueError("give dataset (an archive.zip), or with_feedback: true")
+        return self
 
 
 BATCH_INPUT_SUFFIXES = (".csv", ".jsonl", ".json")
