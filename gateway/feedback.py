@@ -22,6 +22,7 @@ from starlette.routing import Route
 from gateway import ratelimit
 from gateway.auth import Principal, principal, require
 from gateway.parsing import parse_body, parse_query
+from gateway.retrain import retrain_if_due
 from gateway.services import Services, services
 from shared.contracts.errors import InvalidRequest, NotFound
 from shared.contracts.feedback import (
@@ -142,6 +143,7 @@ async def give_feedback(request: Request) -> JSONResponse:
     body = await parse_body(request, FEEDBACK_REQUEST)
     record = await record_of(request, caller, body)
     await asyncio.to_thread(store_of(state).put, record)
+    await retrain_if_due(state, record.text_sha256[:KEY_CHARS])
     return JSONResponse(record.model_dump(mode="json"), status_code=201)
 
 

@@ -94,6 +94,12 @@ class MonitorKeys:
         and confidence), scored by when each was last answered (epoch seconds)."""
         return f"{self.prefix}:uncertain:{version}"
 
+    @property
+    def feedback_pending(self) -> str:
+        """Set: the keys of the texts given feedback since feedback last started a pipeline by
+        itself (at most `feedback_retrain_after`)."""
+        return f"{self.prefix}:feedback:pending"
+
     def window(self, version: str, now: float, minutes: int) -> list[str]:
         """The minute hashes of the last `minutes`, this one included."""
         current = int(now // 60)

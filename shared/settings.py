@@ -627,6 +627,13 @@ class MonitorSettings(Group):
         description="the newest uncertain answers kept per version for review (each text's "
         "first 1,000 characters); 0: none",
     )
+    feedback_retrain_after: int | None = Field(
+        None,
+        ge=1,
+        alias="feedback_retrain_after",
+        description="start a with_feedback pipeline by itself once this many texts have been "
+        "given feedback since the last one it started; unset: never",
+    )
 
     def thresholds(self) -> dict[Signal, float]:
         return {

@@ -17,7 +17,7 @@ import redis
 from client.cli import EXIT_OK, EXIT_REFUSED, EXIT_UNAUTHORIZED, EXIT_USAGE, main
 from pipeline.registry import publish
 from shared.contracts.feedback import REVIEW_TEXT_CHARS, Feedback
-from shared.contracts.jobs import Job, JobType, PredictParams, new_job_id
+from shared.contracts.jobs import Job, JobType, PipelineParams, PredictParams, new_job_id
 from shared.contracts.keys import ApiKey, key_digest
 from shared.feedback import FeedbackStore, text_sha256
 from shared.jobstore import JobStore
@@ -27,7 +27,7 @@ from shared.settings import Settings
 from shared.storage import s3_client
 from shared.text import clean_text
 from testkit.aws_calls import recording
-from testkit.gateway import Gateway, serve
+from testkit.gateway import Gateway, broker_messages, serve
 from testkit.iam import Deployment, check
 from testkit.job_results import predict_result, train_job, uncertain
 from testkit.models import tiny_model
@@ -519,3 +519,31 @@ def test_agnews_feedback_gives_lists_and_reviews(
     code, _, err = run_cli(capsys, "feedback", "review", "--version", "v1", *common)
     assert code == EXIT_REFUSED
     assert "version" in err
+
+
+def test_feedback_starts_a_with_feedback_pipeline_every_so_many_texts(keyed: Settings) -> None:
+    due = keyed.replace(feedback_retrain_after=2)
+    jobs = JobStore.from_settings(due)
+
+    def pipelines() -> list[Job]:
+        return jobs.recent(JobType.pipeline)
+
+    with serve(due) as running, httpx.Client(base_url=running.url, headers=as_key(WRITER)) as ann:
+
+        def give(text: str) -> None:
+            answer = ann.post("/v1/feedback", json={"text": text, "label": "Sports"})
+            assert answer.status_code == 201, answer.text
+
+        give("Cup final goes to extra time")
+        assert pipelines() == []
+        give("Cup  final goes to\\extra time ")  # the same text once cleaned: still one
+        assert pipelines() == []
+        give("Relay team breaks the world record")
+        (first,) = pipelines()
+        assert first.params == PipelineParams(with_feedback=True)
+        assert ("agnews.ingest", [first.id]) in broker_messages(due, "evaluate")
+        give("Relay team breaks the world record")  # given again since: one text of two
+        assert len(pipelines()) == 1
+        give("Keeper saves two penalties")
+        assert len(pipelines()) == 2
+    jobs.redis.close()
