@@ -554,6 +554,9 @@ def test_a_read_only_key_sees_an_empty_window_and_no_admin_buttons(viewer_page: 
     page.locator(f"table.models tr[data-version='{OLDER}']").wait_for()
     assert "challenger" in page.inner_text(f"table.models tr[data-version='{OLDER}']").lower()
     assert page.get_by_role("button", name=f"Name {NEWER} challenger").count() == 0
+    # Promoting is an admin's: the API would refuse it with 403, so the page offers no button.
+    assert page.get_by_role("button", name=f"Details of {OLDER}").count() == 1
+    assert page.get_by_role("button", name=f"Promote {OLDER}").count() == 0
 
 
 def test_the_pages_histogram_buckets_are_the_servers(viewer_page: Page) -> None:

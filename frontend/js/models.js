@@ -171,10 +171,12 @@ export class ModelsScreen {
       ),
       h("p", { class: "muted" }, `Promoted ${dateTime(production.promoted_at)}: ${production.reason}`),
       h("div", { class: "actions" },
-        production.previous
-          ? h("button", { type: "button", class: "btn", id: "rollback", onclick: () => this.ask(production.previous, true) },
-            "Roll back to ", h("code", {}, production.previous))
-          : h("span", { class: "muted small" }, "It replaced no earlier version, so there is nothing to roll back to."),
+        !production.previous
+          ? h("span", { class: "muted small" }, "It replaced no earlier version, so there is nothing to roll back to.")
+          : this.app.canAdmin()
+            ? h("button", { type: "button", class: "btn", id: "rollback", onclick: () => this.ask(production.previous, true) },
+              "Roll back to ", h("code", {}, production.previous))
+            : h("span", { class: "muted small", id: "rollback-admin-note" }, "Rolling back to ", h("code", {}, production.previous), " needs an admin key."),
       ),
     ));
   }
@@ -208,7 +210,8 @@ export class ModelsScreen {
             h("button", { type: "button", class: "btn small", onclick: () => this.show(model.version), "aria-label": `Details of ${model.version}` }, "Details"),
             serving
               ? h("span", { class: "muted small" }, " serving")
-              : h("button", { type: "button", class: "btn small", onclick: () => this.ask(model.version, false), "aria-label": `Promote ${model.version}` }, "Promote"),
+              : this.app.canAdmin() &&
+                h("button", { type: "button", class: "btn small", onclick: () => this.ask(model.version, false), "aria-label": `Promote ${model.version}` }, "Promote"),
             !serving && !challenger && production && this.app.canAdmin() &&
               h("button", { type: "button", class: "btn small", onclick: () => this.askChallenge(model.version), "aria-label": `Name ${model.version} challenger` }, "Challenge")),
         );
