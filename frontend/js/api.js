@@ -10,6 +10,7 @@ export class ApiError extends Error {
     this.status = status;
     this.code = code;
     this.details = details ?? {};
+    this.retryAfter = null; // seconds, from a Retry-After header (503 overloaded, 429)
   }
 
   get network() {
@@ -66,7 +67,10 @@ async function call(method, path, body, retried = false) {
   if (!response.ok) {
     const fallback = `${method} ${path} answered ${response.status} ${response.statusText}`.trim();
     if (response.status >= 502 && response.status <= 504 && !parsed) announce(false, `${fallback}: the server behind it is down.`);
-    throw errorFromBody(response.status, parsed, fallback);
+    const error = errorFromBody(response.status, parsed, fallback);
+    const after = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    if (Number.isFinite(after)) error.retryAfter = after;
+    throw error;
   }
   if (text && parsed === null) {
     throw new ApiError(response.status, "bad_response", `${method} ${path} did not answer with JSON`);

@@ -14,6 +14,7 @@ function summary(job) {
   if (job.type === "predict") parts.push(`${integer(job.texts ?? params.texts?.length ?? 0)} texts`);
   const dataset = params.source?.key ?? params.dataset;
   if (dataset) parts.push(h("code", { title: dataset }, dataset.split("/").slice(-2).join("/")));
+  if (params.with_feedback) parts.push(dataset ? "plus feedback" : "the dataset accepted last plus feedback");
   const result = job.result ?? {};
   if (result.version) parts.push(h("code", {}, result.version));
   if (job.type === "batch_predict" && typeof result.rows === "number") parts.push(`${integer(result.rows)} rows`);

@@ -35,6 +35,7 @@ function emptyState() {
     result: null,
     error: null,
     logs: [],
+    feedback: null, // a with_feedback pipeline's ingest log: feedback_rows, relabelled, confirmed, left_out
     connection: "connecting",
     connectionDetail: null,
   };
@@ -109,6 +110,7 @@ export class JobView {
       eventTypes: s.events.map((e) => e.type),
       stages: Object.fromEntries([...s.stages].map(([name, stage]) => [name, stage.state])),
       lossPoints: s.loss.length,
+      feedbackRows: s.feedback?.feedback_rows ?? null,
       ended: Boolean(s.result || s.error),
       rendered: this.dirty.size === 0,
     };
@@ -170,6 +172,10 @@ export class JobView {
 
   log(event) {
     const { data } = event;
+    if (typeof data.feedback_rows === "number") {
+      this.state.feedback = data;
+      this.touch("stages");
+    }
     if (!data.stage || !data.state) return;
     const stage = this.stage(data.stage);
     stage.state = data.state === "started" ? "running" : data.state === "finished" ? "done" : stage.state;
@@ -251,6 +257,7 @@ export class JobView {
       source && ["Dataset", h("code", {}, source)],
       job.type === "predict" && ["Texts", integer(job.texts ?? params.texts?.length ?? 0)],
       params.model_version && ["Model", h("code", {}, params.model_version)],
+      params.with_feedback && ["Trains on", h("span", { class: "with-feedback" }, source ? "this dataset plus feedback" : "the dataset accepted last plus feedback")],
       ["Created", dateTime(job.created_at)],
       job.started_at && ["Started", dateTime(job.started_at)],
       ended && job.finished_at && ["Took", duration((new Date(job.finished_at) - new Date(job.started_at ?? job.created_at)) / 1000)],
@@ -294,15 +301,16 @@ export class JobView {
       clear(el);
       return;
     }
-    clear(el, h("ol", { class: "stepper", "aria-label": "Stages" }, stages.map(([name, stage]) =>
-      h("li", { class: `step ${stage.state}`, "data-stage": name, "data-state": stage.state },
+    clear(el, h("ol", { class: "stepper", "aria-label": "Stages" }, stages.map(([name, stage]) => {
+      const [note, title] = stageNote(name, stage, this.state);
+      return h("li", { class: `step ${stage.state}`, "data-stage": name, "data-state": stage.state },
         h("span", { class: "step-icon", "aria-hidden": "true" }, STEP_ICON[stage.state] ?? ""),
         h("span", { class: "step-text" },
           h("span", { class: "step-name" }, STAGE_NAMES[name] ?? name),
-          h("span", { class: "step-state" }, stageNote(name, stage)),
+          h("span", { class: "step-state", title }, note),
         ),
-      ),
-    )));
+      );
+    })));
   }
 
   render_progress(el) {
@@ -352,14 +360,22 @@ export class JobView {
       return;
     }
     const batch = this.state.job.type === "batch_predict";
+    const withFeedback = Boolean(this.state.job.params?.with_feedback);
+    const baseless = withFeedback && !this.state.job.params?.dataset && error.code === "dataset_not_found";
     const title = batch && ["dataset_invalid", "dataset_not_found", "payload_too_large"].includes(error.code) ? "The file cannot be classified"
+      : error.code === "no_feedback" ? "There is no feedback to train on"
+      : baseless ? "There is no dataset to add the feedback to"
       : error.code === "dataset_invalid" ? "The dataset was rejected"
       : error.code === "cancelled" ? "The job was cancelled"
         : error.code === "no_production_model" ? "No model is in production yet"
           : "The job failed";
+    const hint = error.code === "no_feedback"
+      ? "Correct or confirm answers in the Classify or Review view, then retrain. Feedback on texts of the promotion holdout or test.csv is never trained on."
+      : baseless ? "Upload an archive.zip first: feedback is added to the dataset accepted last." : null;
     clear(el, h("div", { class: `callout ${error.code === "cancelled" ? "warn" : "danger"}`, role: "alert" },
       h("strong", { class: "callout-title" }, title),
       h("p", { class: "error-message" }, error.message || "No message was given."),
+      hint && h("p", { class: "error-hint" }, hint),
       error.code && h("p", { class: "muted small" }, "Code: ", h("code", {}, error.code)),
     ));
   }
@@ -620,13 +636,22 @@ export class JobView {
 
 const STEP_ICON = { done: "✓", running: "", failed: "✕", cancelled: "–", pending: "" };
 
-function stageNote(name, stage) {
+// [the stage's note, and its whole text where the note is cut short (a title), or null].
+function stageNote(name, stage, state) {
   const detail = stage.detail ?? {};
+  // A with_feedback pipeline's ingest: how many feedback rows it added (its log, or the detail).
+  const feedback = name === "ingest" && state.job?.params?.with_feedback;
+  const rows = feedback ? detail.feedback_rows ?? state.feedback?.feedback_rows : undefined;
+  const added = typeof rows === "number" ? plural(rows, "feedback row") : null;
   if (stage.state === "done") {
     const took = typeof detail.seconds === "number" ? ` · ${duration(detail.seconds)}` : "";
-    return `${doneNote(name, detail)}${took}`;
+    const done = `${doneNote(name, detail)}${took}`;
+    // The stepper's cell is narrow: the rows added, the dataset in the title.
+    return added ? [`${added}${took}`, `${doneNote(name, detail)} · ${added}${took}`] : [done, null];
   }
-  return { running: "running…", failed: "failed", cancelled: "cancelled", pending: "waiting" }[stage.state] ?? stage.state;
+  if (feedback && stage.state === "running") return [added ? `${added}, validating…` : "adding feedback…", null];
+  if (feedback && stage.state === "pending") return ["waiting · with feedback", null];
+  return [{ running: "running…", failed: "failed", cancelled: "cancelled", pending: "waiting" }[stage.state] ?? stage.state, null];
 }
 
 function doneNote(name, detail) {

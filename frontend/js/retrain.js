@@ -1,13 +1,15 @@
 // Retrain: drop an archive.zip, upload it straight to the object store, then follow the pipeline
-// job its arrival starts.
+// job its arrival starts; or (admin keys) start a pipeline on the dataset accepted last plus
+// people's feedback, and follow it in the same job view.
 
 import { api, uploadToStore } from "./api.js";
 import { CONFIG } from "./config.js";
-import { $, bytes, clear, duration, h, messageOf } from "./dom.js";
+import { $, bytes, clear, duration, h, integer, messageOf } from "./dom.js";
 import { JobView } from "./jobview.js";
 
 const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
 const EMPTY_ZIP_MAGIC = [0x50, 0x4b, 0x05, 0x06];
+const FEEDBACK_LIMIT = 500; // the most texts GET /v1/feedback lists: a full list says "500+"
 
 // Why the file cannot be a dataset archive, or null.
 export async function archiveProblem(file, maxBytes = null) {
@@ -18,6 +20,25 @@ export async function archiveProblem(file, maxBytes = null) {
   if (EMPTY_ZIP_MAGIC.every((b, i) => head[i] === b)) return `${file.name} is an empty zip archive: it holds no train.csv or test.csv.`;
   if (!ZIP_MAGIC.every((b, i) => head[i] === b)) return `${file.name} is not a zip archive (its first bytes are not a zip header).`;
   return null;
+}
+
+// How many texts have feedback, fit to show: "500+" when the list came back full.
+export function feedbackCount(count, full) {
+  if (count === 0) return "No text has feedback yet: correct or confirm answers in the Classify or Review view first.";
+  const figure = full ? `${integer(FEEDBACK_LIMIT)}+` : integer(count);
+  return `${figure} ${count === 1 && !full ? "text has" : "texts have"} feedback.`;
+}
+
+// Why POST /v1/jobs refused a with_feedback pipeline, fit to show.
+export function pipelineRefusal(error) {
+  const message = messageOf(error).replace(/\.$/, "");
+  const wait = error.retryAfter ?? error.details?.retry_after_s;
+  const again = wait ? ` Try again in ${duration(wait)}.` : " Try again later.";
+  if (error.status === 403) return `This key may not start pipelines (they need an admin key): ${message}.`;
+  if (error.status === 503) return `The server is busy and takes no training now: ${message}.${again}`;
+  if (error.status === 429) return `Too many requests from this key: ${message}.${again}`;
+  if (error.status === 422) return `The server did not accept a pipeline with feedback: ${message}.`;
+  return `The pipeline was refused: ${message}.`;
 }
 
 export function startedBy(job, key) {
@@ -42,7 +63,13 @@ export class RetrainScreen {
     this.busy = false;
     this.search = null;
     this.maxBytes = null;
+    this.feedback = { count: null, full: false, error: null, loading: false, starting: false };
+    this.feedbackButton = $("#feedback-retrain-button");
+    this.feedbackCount = $("#feedback-count");
+    this.feedbackAdmin = $("#feedback-retrain-admin");
+    this.feedbackStatus = $("#feedback-retrain-status");
 
+    this.feedbackButton.addEventListener("click", () => this.retrainWithFeedback());
     this.button.addEventListener("click", () => this.input.click());
     this.input.addEventListener("change", () => {
       const file = this.input.files?.[0];
@@ -73,6 +100,13 @@ export class RetrainScreen {
 
   enter() {
     this.view.redraw();
+    this.countFeedback();
+  }
+
+  // The feedback control comes and goes with the session's scopes.
+  sessionChanged() {
+    if (this.feedback.count === null && !this.feedback.loading) this.countFeedback();
+    else this.renderFeedback();
   }
 
   setStatus(content, kind = "") {
@@ -80,10 +114,84 @@ export class RetrainScreen {
     clear(this.status, content);
   }
 
+  setFeedbackStatus(content, kind = "") {
+    this.feedbackStatus.className = `status-line ${kind}`;
+    clear(this.feedbackStatus, content);
+  }
+
   setBusy(busy) {
     this.busy = busy;
     this.button.disabled = busy;
     this.dropzone.classList.toggle("disabled", busy);
+    this.renderFeedback();
+  }
+
+  // Whether the session may list feedback: unknown yet (a 401 then asks for a key), an open
+  // server, or a key with the read or admin scope.
+  mayReadFeedback() {
+    const session = this.app.session;
+    return !session || session.open || ["read", "admin"].some((scope) => session.scopes?.includes(scope));
+  }
+
+  async countFeedback() {
+    if (this.feedback.loading || !this.mayReadFeedback()) {
+      this.renderFeedback();
+      return;
+    }
+    this.feedback.loading = true;
+    this.renderFeedback();
+    try {
+      const listed = await api.feedback({ limit: FEEDBACK_LIMIT });
+      Object.assign(this.feedback, { count: listed.length, full: listed.length >= FEEDBACK_LIMIT, error: null });
+    } catch (error) {
+      Object.assign(this.feedback, {
+        count: null,
+        error: error.status === 403 ? "This key may not list feedback." : `The feedback cannot be counted: ${messageOf(error)}`,
+      });
+    } finally {
+      this.feedback.loading = false;
+      this.renderFeedback();
+    }
+  }
+
+  renderFeedback() {
+    const { count, full, error, loading, starting } = this.feedback;
+    const admin = this.app.canAdmin();
+    this.feedbackCount.dataset.count = count ?? "";
+    this.feedbackCount.dataset.full = String(full);
+    this.feedbackCount.textContent = count !== null ? feedbackCount(count, full)
+      : loading ? "Counting the texts given feedback…" : error ?? "";
+    // Only admin keys start pipelines: others get no button, and a note that says why.
+    this.feedbackButton.hidden = !admin;
+    this.feedbackButton.disabled = !admin || starting || this.busy || count === 0;
+    this.feedbackButton.title = count === 0 ? "No text has feedback yet" : "";
+    this.feedbackButton.setAttribute("aria-busy", String(starting));
+    this.feedbackAdmin.hidden = admin;
+    this.feedbackAdmin.textContent = this.app.session?.signed_in
+      ? `Retraining needs an admin key: ${this.app.session.name ?? "this key"} may give feedback but not start a pipeline.`
+      : "Retraining needs an admin key: sign in with one to start a pipeline with feedback.";
+  }
+
+  // POST /v1/jobs {type: pipeline, with_feedback: true}, then follow the job below.
+  async retrainWithFeedback() {
+    if (this.busy || this.feedback.starting || !this.app.canAdmin()) return;
+    this.reset();
+    this.feedback.starting = true;
+    this.setBusy(true);
+    this.setFeedbackStatus("Starting a pipeline on the dataset accepted last and its feedback…", "busy");
+    let job;
+    try {
+      job = await api.createJob({ type: "pipeline", with_feedback: true });
+    } catch (error) {
+      this.setFeedbackStatus(pipelineRefusal(error), "error");
+      return;
+    } finally {
+      this.feedback.starting = false;
+      this.setBusy(false);
+    }
+    this.setFeedbackStatus(["Pipeline job ", h("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, h("code", {}, job.id)),
+      " started with feedback: follow it below or on the Jobs page."]);
+    await this.view.open(job.id, job);
   }
 
   reset(focus = false) {
@@ -95,6 +203,7 @@ export class RetrainScreen {
     this.againRow.hidden = true;
     this.dropzone.hidden = false;
     this.setStatus("");
+    this.setFeedbackStatus("");
     this.setBusy(false);
     if (focus) this.button.focus();
   }
