@@ -70,6 +70,7 @@ class IngestOutput(BaseModel):
     dataset_sha256: str
     dataset_key: str
     report: ValidationReport
+    origin: FeedbackOrigin | None = None  # how feedback made the dataset, if it did
 
 
 def checkpoint_prefix(job_id: str, settings: Settings) -> str:
@@ -174,7 +175,9 @@ def accept(
             EventType.log, {"message": f"promotion compares models on {holdout.describe()}"}
         )
     _step(reporter, "ingest", 3, 3)
-    return IngestOutput(dataset_sha256=report.dataset_sha256, dataset_key=key, report=report)
+    return IngestOutput(
+        dataset_sha256=report.dataset_sha256, dataset_key=key, report=report, origin=origin
+    )
 
 
 def train(

@@ -77,6 +77,7 @@ def test_feedback_joins_the_last_dataset_as_a_new_one_and_wins_where_a_text_disa
     assert output.report.accepted
     origin = load_origin(output.dataset_sha256, settings)
     assert origin is not None
+    assert output.origin == origin
     assert (origin.base_sha256, origin.feedback_rows) == (base_sha, 3)
     assert (origin.relabelled, origin.confirmed, origin.left_out) == (1, 1, 1)
     base = load_dataset(base_sha, settings, settings.run.data_dir / "d")

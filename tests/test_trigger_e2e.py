@@ -158,7 +158,7 @@ def test_feedback_from_the_terminal_retrains_through_every_stage(
     given_params = {name: value for name, value in job["params"].items() if value is not None}
     assert given_params == {"type": "pipeline", "with_feedback": True}
     ingested = next(e["data"] for e in events if e["data"].get("state") == "finished")
-    assert ingested["stage"] == "ingest"
+    assert (ingested["stage"], ingested["feedback_rows"]) == ("ingest", 1)
     logs = [e["data"].get("message", "") for e in events if e["type"] == "log"]
     assert any("with 1 feedback rows" in message for message in logs), logs
     version = events[-1]["data"]["version"]

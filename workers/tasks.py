@@ -178,8 +178,13 @@ def ingest(job_id: str, call_id: str | None = None) -> None:
             reporter.stage("ingest", "started", dataset=dataset, version_id=version_id)
             output = stages.ingest(dataset, settings, reporter, version_id=version_id)
         timed = StageSeconds(ingest=seconds_since(started))
+        feedback = {} if output.origin is None else {"feedback_rows": output.origin.feedback_rows}
         reporter.stage(
-            "ingest", "finished", dataset_sha256=output.dataset_sha256, seconds=timed.ingest
+            "ingest",
+            "finished",
+            dataset_sha256=output.dataset_sha256,
+            seconds=timed.ingest,
+            **feedback,
         )
         _hand_on(
             job,
