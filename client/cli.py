@@ -9,6 +9,7 @@ agnews jobs follow JOB_ID
 agnews jobs cancel JOB_ID
 agnews models list | show VERSION | monitor [VERSION] | promote VERSION | rollback
 agnews models challenge VERSION --share 0.1 | dismiss
+agnews models fetch-base mpnet      (install all-mpnet-base-v2 as a base model: docs/training.md)
 agnews classify "Stocks rally as oil prices fall" "Federer wins in straight sets"
 agnews feedback "Stocks rally as oil prices fall" --label Business [--job JOB_ID --index N]
 agnews feedback list | review [--version VERSION]
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from client import feedback
+from client import base_models, feedback
 from client.api import GatewayClient, GatewayError
 from shared.contracts.errors import ErrorInfo
 from shared.contracts.jobs import Job, JobParams, JobStatus, JobType
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     model_commands.add_parser("dismiss", parents=[common], help="stop scoring the challenger")
     rollback = model_commands.add_parser("rollback", parents=[common], help="serve the previous")
     rollback.add_argument("--reason", default="rolled back from the terminal")
+    base_models.add_parser(model_commands)
 
     classify = commands.add_parser("classify", parents=[common], help="classify texts")
     classify.add_argument("texts", nargs="+", metavar="TEXT")
@@ -412,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return local_main(argv)
     args = _parser().parse_args(feedback.shorthand(argv))
     settings = Settings()
+    if (args.command, getattr(args, "action", None)) == ("models", "fetch-base"):
+        return base_models.fetch_base(args, settings.run.data_dir)  # local: no gateway
     url, key = args.url or settings.client.gateway_url, args.key or settings.client.api_key
     with GatewayClient(url, key) as client:
         try:

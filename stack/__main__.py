@@ -7,6 +7,7 @@ import signal
 import sys
 from types import FrameType
 
+from client.base_models import MPNET
 from shared.logs import configure_logging
 from shared.settings import Settings
 from stack import logs
@@ -18,6 +19,8 @@ def _summary(settings: Settings, port: int) -> str:
     logs = (settings.run.data_dir / "logs").resolve()
     storage = settings.storage
     drop = f"s3://{storage.bucket}/{storage.incoming_prefix}"
+    mpnet = MPNET.destination(settings.run.data_dir).resolve()
+    larger = f"base_model {mpnet}" if mpnet.is_dir() else "make fetch-mpnet adds it"
     return "\n".join(
         [
             "",
@@ -28,6 +31,7 @@ def _summary(settings: Settings, port: int) -> str:
             f"  S3 store          {storage.endpoint_url}  bucket {storage.bucket}",
             f"  drop archive.zip  {drop}...archive.zip",
             f"  logs              {logs}/*.log",
+            f"  all-mpnet-base-v2 {larger}",
             "A process that exits is restarted; Ctrl-C stops everything.",
             "",
         ]
