@@ -24,6 +24,7 @@ bench/out/soak-PROFILE.json and a plot, soak-PROFILE.png.
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -43,13 +44,23 @@ from shared.jobstore import JobKeys
 from shared.redis_clients import sync_client, text
 from shared.settings import Settings
 from testkit.archives import REAL_ARCHIVE
-from testkit.load import Load, Outcome, disk_bytes, measure_peak, percentile, rss_and_files
+from testkit.load import (
+    Load,
+    Outcome,
+    cpu_seconds,
+    disk_bytes,
+    machine_ticks,
+    measure_peak,
+    percentile,
+    rss_and_files,
+)
 from testkit.models import trained_model
 from testkit.stack import LiveStack, live_stack, serve_model
 
 OUT = Path(__file__).parent / "out"
 ENDED = ("succeeded", "failed", "cancelled")
 BURST_S = 120.0
+GENERATOR = "load generator"  # this process: the clients, the sampler
 
 
 @dataclass
@@ -69,6 +80,8 @@ class Sample:
     shed: int
     lost: int
     offered_per_s: float
+    cpu_s: dict[str, float] = field(default_factory=dict)  # each process's, so far
+    machine_ticks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,10 +113,11 @@ class Sampler:
         keys = int(self.redis.dbsize())
         kept = int(self.redis.zcard(self.keys.predict_index))
         stream = int(self.redis.memory_usage(self.keys.answers) or 0)
-        rss, files = {}, {}
+        rss, files, cpu = {}, {}, {GENERATOR: time.process_time()}
         for service in self.stack.supervisor.services:
             if service.process is not None and service.process.poll() is None:
                 rss[service.name], files[service.name] = rss_and_files(service.process.pid)
+                cpu[service.name] = cpu_seconds(service.process.pid)
         window = self.load.outcomes[self.seen :]
         self.seen = len(self.load.outcomes)
         now = time.perf_counter()
@@ -127,6 +141,8 @@ class Sampler:
             shed=sum(1 for o in window if o.status == 503),
             lost=self.lost,
             offered_per_s=round(offered / span, 1),
+            cpu_s=cpu,
+            machine_ticks=machine_ticks(),
         )
 
     def _follow(self, window: list[Outcome]) -> None:
@@ -278,8 +294,55 @@ def judge(run: Run, load: Load, warmup_s: float) -> dict[str, Any]:
         "errors": sum(1 for s in statuses if s not in (0, 200, 202, 503)),
         "lost": run.samples[-1].lost if run.samples else 0,
         "redis_bytes_per_kept_prediction": per_prediction(run, warmup_s),
+        "cpu_in_slow_windows": episodes(run, warmup_s, p99_first),
         **burst,
     }
+
+
+def cpu_use(before: Sample, after: Sample) -> dict[str, float]:
+    """Over one window: the machine's busy, iowait and steal shares of its CPU time (%), and the
+    cores each process used."""
+    ticks = {k: after.machine_ticks.get(k, 0) - v for k, v in before.machine_ticks.items()}
+    total = sum(ticks.values()) or 1
+    idle = ticks.get("idle", 0) + ticks.get("iowait", 0)
+    span = max(after.at_s - before.at_s, 1e-9)
+    use = {
+        "machine busy %": round(100 * (total - idle) / total, 1),
+        "iowait %": round(100 * ticks.get("iowait", 0) / total, 1),
+        "steal %": round(100 * ticks.get("steal", 0) / total, 1),
+    }
+    for name, seconds in after.cpu_s.items():
+        if name in before.cpu_s:
+            use[f"{name} cores"] = round((seconds - before.cpu_s[name]) / span, 2)
+    return use
+
+
+def pairs(samples: list[Sample]) -> Iterator[tuple[Sample, Sample]]:
+    """Consecutive samples that both read the CPU."""
+    for before, after in itertools.pairwise(samples):
+        if before.machine_ticks and after.machine_ticks:
+            yield before, after
+
+
+def episodes(run: Run, warmup_s: float, p99_first: float) -> dict[str, Any]:
+    """What the machine did in the windows whose p99 passed 1.5x the warm-up's, against the
+    other windows after it (medians): a process that took more, or CPU the machine lost (iowait,
+    steal), shows there."""
+    slow: list[dict[str, float]] = []
+    usual: list[dict[str, float]] = []
+    for before, after in pairs(run.samples):
+        if after.at_s <= warmup_s:
+            continue
+        (slow if after.p99_ms > 1.5 * p99_first else usual).append(cpu_use(before, after))
+
+    def medians(windows: list[dict[str, float]]) -> dict[str, float]:
+        names = {name for window in windows for name in window}
+        return {
+            name: round(statistics.median(w.get(name, 0.0) for w in windows), 2)
+            for name in sorted(names)
+        }
+
+    return {"slow_windows": len(slow), "slow": medians(slow), "usual": medians(usual)}
 
 
 def per_prediction(run: Run, warmup_s: float) -> float | None:
@@ -301,7 +364,7 @@ def plot(run: Run, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     minutes = [s.at_s / 60 for s in run.samples]
-    figure, axes = plt.subplots(4, 1, figsize=(10, 12), sharex=True)
+    figure, axes = plt.subplots(5, 1, figsize=(10, 15), sharex=True)
     axes[0].plot(minutes, [s.redis_used_bytes / 2**20 for s in run.samples], label="Redis used")
     axes[0].plot(minutes, [s.disk_bytes / 2**20 for s in run.samples], label="disk (data dir)")
     axes[0].set_ylabel("MB")
@@ -315,7 +378,21 @@ def plot(run: Run, path: Path) -> None:
     axes[3].plot(minutes, [s.p50_ms for s in run.samples], label="p50")
     axes[3].plot(minutes, [s.p99_ms for s in run.samples], label="p99")
     axes[3].set_ylabel("ms")
-    axes[3].set_xlabel("minutes")
+    windows = [(after.at_s / 60, cpu_use(before, after)) for before, after in pairs(run.samples)]
+    for name in ("machine busy %", "iowait %", "steal %"):
+        axes[4].plot(
+            [m for m, _ in windows], [use.get(name, 0.0) for _, use in windows], label=name
+        )
+    cores = axes[4].twinx()
+    for name in run.samples[-1].cpu_s:
+        points = [(m, use.get(f"{name} cores", 0.0)) for m, use in windows]
+        cores.plot(
+            [m for m, _ in points], [c for _, c in points], label=name, linewidth=0.8, alpha=0.7
+        )
+    cores.set_ylabel("cores")
+    cores.legend(fontsize=6, loc="upper right")
+    axes[4].set_ylabel("% of the machine's CPU")
+    axes[4].set_xlabel("minutes")
     for axis in axes:
         axis.legend(fontsize=7, loc="upper left")
         axis.grid(alpha=0.3)
