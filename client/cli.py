@@ -159,6 +159,10 @@ def _follow(args: argparse.Namespace, client: GatewayClient, job_id: str) -> int
     return EXIT_OK if job.status is JobStatus.succeeded else EXIT_JOB_FAILED
 
 
+# What a pipeline may be asked beyond its dataset: an upload's pipeline takes none of them.
+TUNED = ("profile", "base_model", "max_steps")
+
+
 def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
     job_type = args.type.replace("-", "_")
     dataset = args.dataset
@@ -174,6 +178,15 @@ def jobs_submit(args: argparse.Namespace, client: GatewayClient) -> int:
             ),
         )
     if dataset is not None and local.is_file() and job_type == "pipeline":
+        given = [f"--{name.replace('_', '-')}" for name in TUNED if getattr(args, name)]
+        if given:
+            raise GatewayError(
+                400,
+                _error(
+                    f"{', '.join(given)}: a local archive starts the pipeline its upload starts, "
+                    "on the server's defaults; upload it and name its s3:// key to choose them"
+                ),
+            )
         job = client.job_for_upload(client.upload(local))
     else:
         if dataset is not None and local.is_file():

@@ -29,6 +29,7 @@ from shared.contracts.jobs import (
 )
 from shared.jobstore import JobStore
 from shared.settings import Settings
+from testkit.archives import MINI_ARCHIVE
 from testkit.gateway import FakeWorker, Gateway, serve
 from testkit.job_results import predict_result, train_result
 from testkit.servers import free_port
@@ -144,6 +145,10 @@ def test_submit_list_show_and_cancel_print_json_and_exit_codes(
     code, _, err = run(capsys, "jobs", "submit", "pipeline", __file__, "--with-feedback", *url)
     assert code == EXIT_REFUSED
     assert "a dataset in the bucket" in err
+    archive = str(MINI_ARCHIVE)
+    code, _, err = run(capsys, "jobs", "submit", "pipeline", archive, "--max-steps", "5", *url)
+    assert code == EXIT_REFUSED
+    assert "--max-steps: a local archive starts the pipeline its upload starts" in err
 
 
 def test_follow_exits_1_when_the_job_fails_and_prints_events_as_json_lines(
