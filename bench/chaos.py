@@ -39,7 +39,6 @@ import asyncio
 import os
 import signal
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -57,7 +56,7 @@ from shared.registry import ModelRegistry
 from shared.storage import s3_client
 from testkit.archives import MINI_ARCHIVE
 from testkit.models import tiny_model, trained_model
-from testkit.stack import LiveStack, live_stack
+from testkit.stack import LiveStack, live_stack, restarting
 
 TEXTS = [
     "Stocks rally as the central bank holds rates",
@@ -237,14 +236,8 @@ def watched_stack(root: Path) -> Iterator[LiveStack]:
     ) as stack:
         registry = ModelRegistry.from_settings(stack.settings.storage)
         registry.promote(publish(registry, tiny_model(root / "tiny")).version, "chaos")
-        stop = threading.Event()
-        watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
-        watcher.start()
-        try:
+        with restarting(stack):
             yield stack
-        finally:
-            stop.set()
-            watcher.join()
 
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -361,51 +354,47 @@ def weaker_production(stack: LiveStack, model_dir: Path) -> None:
 def pipeline_scenarios(root: Path, args: argparse.Namespace) -> list[Row]:
     rows = []
     weak = trained_model(root / "weak", steps=1)
-    with live_stack(
-        root,
-        queues=("train", "evaluate"),
-        training_profile="quick",
-        checkpoint_every_steps=max(1, args.steps // 4),
-        pipeline_max_steps=args.steps,
-        restart_backoff_s=0.5,
-    ) as stack:
-        stop = threading.Event()
-        watcher = threading.Thread(target=stack.supervisor.watch, args=(stop.is_set,))
-        watcher.start()
-        try:
-            first = max(2, args.steps // 4 + 2)
-            rows.append(
-                pipeline_fault(
-                    stack,
-                    "train worker SIGKILLed",
-                    "incoming/chaos-train-kill/archive.zip",
-                    first,
-                    lambda: signal_group(stack, "worker-train", signal.SIGKILL),
-                    args,
-                )
+    with (
+        live_stack(
+            root,
+            queues=("train", "evaluate"),
+            training_profile="quick",
+            checkpoint_every_steps=max(1, args.steps // 4),
+            pipeline_max_steps=args.steps,
+            restart_backoff_s=0.5,
+        ) as stack,
+        restarting(stack),
+    ):
+        first = max(2, args.steps // 4 + 2)
+        rows.append(
+            pipeline_fault(
+                stack,
+                "train worker SIGKILLed",
+                "incoming/chaos-train-kill/archive.zip",
+                first,
+                lambda: signal_group(stack, "worker-train", signal.SIGKILL),
+                args,
             )
+        )
 
-            def s3_away() -> None:
-                signal_group(stack, "s3", signal.SIGSTOP)
-                time.sleep(30)
-                signal_group(stack, "s3", signal.SIGCONT)
+        def s3_away() -> None:
+            signal_group(stack, "s3", signal.SIGSTOP)
+            time.sleep(30)
+            signal_group(stack, "s3", signal.SIGCONT)
 
-            weaker_production(stack, weak)
-            rows.append(
-                pipeline_fault(
-                    stack,
-                    "S3 stopped 30 s in training",
-                    "incoming/chaos-s3/archive.zip",
-                    1,
-                    s3_away,
-                    args,
-                    must_promote=True,
-                )
+        weaker_production(stack, weak)
+        rows.append(
+            pipeline_fault(
+                stack,
+                "S3 stopped 30 s in training",
+                "incoming/chaos-s3/archive.zip",
+                1,
+                s3_away,
+                args,
+                must_promote=True,
             )
-            rows.append(listener_stop(stack, args))
-        finally:
-            stop.set()
-            watcher.join()
+        )
+        rows.append(listener_stop(stack, args))
     return rows
 
 
