@@ -36,7 +36,7 @@ def run(family: str, root: Path) -> tuple[bool, str, float]:
         val_max_rows=16,
         bf16=False,
     )
-    info = train_model(
+    info, _ = train_model(
         config, read_archive(MINI_ARCHIVE, settings), root / "model", settings, Recorder()
     )
     predictor = Predictor.load(root / "model", settings)

@@ -3,6 +3,8 @@
     .venv/bin/python bench/recipes.py --rows 10000 --epochs 1
     .venv/bin/python bench/recipes.py --recipe base --recipe no-ema --rows 0 --epochs 2
     .venv/bin/python bench/recipes.py --recipe base --recipe smoothing --seed 1 --seed 2 --seed 3
+    .venv/bin/python bench/recipes.py --base-model .agnews/base-models/all-mpnet-base-v2 \
+        --recipe teacher-lr-4e-5 --recipe teacher-lr-8e-5 --rows 2000 --max-length 64
 
 Each recipe is the `full` profile with some fields changed, trained on one stratified subset of
 train.csv (`--rows`; 0: every row) and validated on the same split. Prints one JSON line per
@@ -50,6 +52,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lr-1.2e-4": {"lr": 1.2e-4},
     "mean-blend": {"blend_mixing": "arithmetic"},  # with --linear
     "all": {"ema_decay": 0.998, "label_smoothing": 0.1, "layer_decay": 0.85, "lr": 1.5e-4},
+    # For a base-size teacher (--base-model): no adaptation or weight average, its own rate.
+    "teacher-lr-2e-5": {"lr": 2e-5, "warmup": 0.1, "ema_decay": 0.0, "adapt_epochs": 0.0},
+    "teacher-lr-4e-5": {"lr": 4e-5, "warmup": 0.1, "ema_decay": 0.0, "adapt_epochs": 0.0},
+    "teacher-lr-8e-5": {"lr": 8e-5, "warmup": 0.1, "ema_decay": 0.0, "adapt_epochs": 0.0},
+    "teacher-llrd": {
+        "lr": 8e-5,
+        "layer_decay": 0.85,
+        "warmup": 0.1,
+        "ema_decay": 0.0,
+        "adapt_epochs": 0.0,
+    },
 }
 
 
@@ -139,6 +152,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-length", type=int, default=PROFILES["full"].max_length)
     parser.add_argument("--linear", action="store_true", help="train and blend the linear member")
+    parser.add_argument("--base-model", help="a local model folder (default: the profile's)")
     parser.add_argument(
         "--seed", type=int, action="append", help=f"repeat; default {PROFILES['full'].seed}"
     )
@@ -156,6 +170,7 @@ def main() -> None:
         "linear_member": args.linear,
         "patience": 0,
         "budget_s": None,  # the same epochs for every recipe, not what a budget buys
+        **({"base_model": args.base_model} if args.base_model else {}),
     }
     recipes: list[str] = args.recipe or list(RECIPES)
     seeds: list[int] = args.seed or [PROFILES["full"].seed]

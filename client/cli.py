@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pipeline: train on the dataset plus every text's latest feedback",
     )
-    submit.add_argument("--profile", choices=["quick", "full"])
+    submit.add_argument("--profile", choices=["quick", "full", "distil"])
     submit.add_argument("--base-model")
     submit.add_argument("--max-steps", type=int)
     submit.add_argument("--model-version", help="evaluate: the version (default: production)")

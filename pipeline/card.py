@@ -120,6 +120,32 @@ def _feedback(params: TrainingParams) -> str:
     )
 
 
+def _teacher(params: TrainingParams) -> list[str]:
+    teacher = params.teacher
+    if params.role == "teacher":
+        return [
+            "This model is a distil run's teacher, registered to be served where accuracy "
+            "matters more than speed; the run's student, which learnt from it, serves by default.",
+            "",
+        ]
+    if teacher is None:
+        return []
+    version = f" (version {teacher.version})" if teacher.version else ""
+    scored = (
+        f", {teacher.test_accuracy:.4f} on test.csv" if teacher.test_accuracy is not None else ""
+    )
+    return [
+        f"Distilled from a teacher{version}: `{teacher.base_model}` fine-tuned on the same rows "
+        f"in {teacher.train_seconds / 60:.1f} minutes, reading {teacher.validation_accuracy:.4f} "
+        f"on the validation split{scored}. It labelled every training text in "
+        f"{teacher.label_seconds / 60:.1f} minutes; {params.distil_weight:.0%} of this model's "
+        "loss was the divergence from its probabilities at temperature "
+        f"{params.distil_temperature:.3g} (fitted on the validation split), the rest "
+        "cross-entropy on the labels.",
+        "",
+    ]
+
+
 def _plan(training: TrainingRecord) -> str:
     plan = training.params.plan
     if plan is None:
@@ -176,6 +202,7 @@ def model_card(
         f"{' (stopped early)' if best.stopped_early else ''}. "
         f"{_curves(history)} are in {HISTORY}.",
         "",
+        *_teacher(params),
         _plan(training),
         "",
         *_times(metrics),

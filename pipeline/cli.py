@@ -32,7 +32,7 @@ from shared.contracts.results import Metrics, PredictResult, StageSeconds, secon
 from shared.contracts.training import PROFILES
 from shared.digests import file_sha256
 from shared.logs import configure_logging
-from shared.settings import Settings, config_for
+from shared.settings import Settings, config_for, distillation_for
 
 if TYPE_CHECKING:
     from pipeline.predictor import Predictor
@@ -95,7 +95,12 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
     config = config_for(
         settings.training, args.profile, base_model=args.base_model, max_steps=args.max_steps
     )
+    distillation = distillation_for(settings.training, args.profile)
+    teacher_out = out.with_name(out.name + "-teacher")
+    if distillation is not None:
+        _prepare_out(teacher_out)
     checkpoints = LocalCheckpoints(out.with_name(out.name + ".checkpoints"))
+    phases_root = out.with_name(out.name + ".distil")
     with tempfile.TemporaryDirectory() as scratch:
         started = time.monotonic()
         dataset = read_archive(fetch_archive(args.data, settings, Path(scratch)), settings)
@@ -104,15 +109,35 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
             print(f"warning: {warning}", file=sys.stderr)
         check(report)
         ingested = StageSeconds(ingest=seconds_since(started))
+
+        from pipeline.distil import Distilling, LocalPhases
         from pipeline.stages import train_model
 
         model_dir = Path(scratch) / "model"
-        info = train_model(config, dataset, model_dir, settings, reporter, checkpoints, ingested)
+        distilling = None
+        if distillation is not None:
+            distilling = Distilling(distillation, LocalPhases(phases_root), Path(scratch))
+        info, teacher = train_model(
+            config, dataset, model_dir, settings, reporter, checkpoints, ingested, distilling
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         shutil.move(model_dir, out)
+        if teacher is not None:
+            shutil.rmtree(teacher_out, ignore_errors=True)
+            shutil.move(Path(scratch) / "teacher", teacher_out)
     checkpoints.clear()
+    shutil.rmtree(phases_root, ignore_errors=True)
     reporter.close()
+    summary: dict[str, Any] = {}
+    if teacher is not None:
+        print(f"teacher {teacher.version} written to {teacher_out}")
+        _print_metrics(teacher.metrics)
+        summary["teacher"] = {
+            "version": teacher.version,
+            "model_dir": str(teacher_out),
+            **_headline(teacher.metrics),
+        }
     print(f"model {info.version} written to {out}")
     if info.params.plan is not None:
         print(info.params.plan.describe())
@@ -125,6 +150,7 @@ def train(args: argparse.Namespace, settings: Settings, reporter: TqdmReporter) 
         **_headline(info.metrics),
         "plan": info.params.plan and info.params.plan.model_dump(mode="json"),
         "stage_seconds": stage_seconds.model_dump(),
+        **summary,
     }
 
 

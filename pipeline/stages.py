@@ -4,6 +4,7 @@ Each stage can run again after a lost worker: training resumes from its checkpoi
 its finished model under checkpoints/{job_id}/final/, and a version records the job that made it.
 """
 
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from pipeline.card import model_card, model_family
 from pipeline.checkpoints import CheckpointStore, S3Checkpoints
 from pipeline.datasets import load_dataset, store_dataset
+from pipeline.distil import Distilling, S3Phases, distil
 from pipeline.evaluate import evaluate
 from pipeline.feedback_dataset import (
     FeedbackOrigin,
@@ -56,11 +58,11 @@ from shared.contracts.results import (
     TrainingRecord,
     seconds_since,
 )
-from shared.contracts.training import TrainConfig
+from shared.contracts.training import Teacher, TrainConfig
 from shared.feedback import FeedbackStore
 from shared.model_mirror import mirrored
 from shared.registry import ModelRegistry, read_object
-from shared.settings import Settings, config_for
+from shared.settings import Settings, config_for, distillation_for
 from shared.storage import ARCHIVE_NAME, s3_client
 
 TRAINING = "training.json"
@@ -75,6 +77,11 @@ class IngestOutput(BaseModel):
 
 def checkpoint_prefix(job_id: str, settings: Settings) -> str:
     return f"{settings.storage.checkpoints_prefix}{job_id}/"
+
+
+def teacher_prefix(job_id: str, settings: Settings) -> str:
+    """Where a distil job's teacher keeps its phases: checkpoints, labels, its final/ model."""
+    return checkpoint_prefix(job_id, settings) + "teacher/"
 
 
 def trained_model_prefix(job_id: str, settings: Settings) -> str:
@@ -200,11 +207,18 @@ def train(
         reporter.event(EventType.log, {"message": f"job {job_id} has already trained its model"})
         return TrainingRecord.model_validate_json(done)
     config = config_for(settings.training, profile, base_model=base_model, max_steps=max_steps)
+    distillation = distillation_for(settings.training, profile)
     dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
     feedback = feedback_indices(dataset.train.rows, load_origin(dataset_sha256, settings))
-    with scratch_dir(settings) as scratch:
+    with scratch_dir(settings) as scratch, scratch_dir(settings) as teacher_scratch:
         model_dir = Path(scratch)
-        record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints, feedback)
+        distilling = None
+        if distillation is not None:
+            phases = S3Phases(s3, settings.storage.bucket, teacher_prefix(job_id, settings))
+            distilling = Distilling(distillation, phases, Path(teacher_scratch))
+        record, _ = fit_into(
+            model_dir, config, dataset, settings, reporter, checkpoints, feedback, distilling
+        )
         (model_dir / TRAINING).write_text(record.model_dump_json(indent=2))
         names = sorted(path.name for path in model_dir.iterdir() if path.name != TRAINING)
         upload_dir(s3, settings.storage.bucket, final, model_dir, [*names, TRAINING])
@@ -220,15 +234,38 @@ def train_model(
     reporter: Reporter,
     checkpoints: CheckpointStore | None = None,
     stages: StageSeconds | None = None,
-) -> ModelInfo:
+    distilling: Distilling | None = None,
+) -> tuple[ModelInfo, ModelInfo | None]:
     """Fine-tune, then evaluate into a complete model folder (metrics.json and manifest); with
-    tracking on, its training is an MLflow run."""
+    tracking on, its training is an MLflow run. Distilling, the teacher is evaluated too, into
+    its own complete folder (the second ModelInfo's, at `distilling.scratch / "teacher"`), and
+    the student's card names it."""
     started = time.monotonic()
-    record = fit_into(model_dir, config, dataset, settings, reporter, checkpoints)
+    record, teacher_dir = fit_into(
+        model_dir, config, dataset, settings, reporter, checkpoints, (), distilling
+    )
     timed = (stages or StageSeconds()).model_copy(update={"train": seconds_since(started)})
+    teacher = None
+    if teacher_dir is not None and distilling is not None:
+        local = distilling.scratch / "teacher"
+        if teacher_dir != local:
+            shutil.copytree(teacher_dir, local, dirs_exist_ok=True)
+        training = TrainingRecord.model_validate_json((local / TRAINING).read_bytes())
+        (local / TRAINING).unlink()
+        teacher = finish_model(local, dataset, training, settings, reporter)
+        record.params.teacher = taught_by(record, teacher)
     info = finish_model(model_dir, dataset, record, settings, reporter, timed)
     track_training(info, record, (model_dir / CARD).read_text(), settings.tracking)
-    return info
+    return info, teacher
+
+
+def taught_by(record: TrainingRecord, teacher: ModelInfo) -> Teacher | None:
+    """The student's account of its teacher, with the teacher's version and test.csv score."""
+    if record.params.teacher is None:
+        return None
+    return record.params.teacher.model_copy(
+        update={"version": teacher.version, "test_accuracy": teacher.metrics.accuracy}
+    )
 
 
 def fit_into(
@@ -239,13 +276,21 @@ def fit_into(
     reporter: Reporter,
     checkpoints: CheckpointStore | None,
     feedback: Sequence[int] = (),
-) -> TrainingRecord:
-    """Fine-tune on the dataset's train.csv into a loadable model folder; the training record.
-    Both the train stage and a local run come this way. `feedback`: its rows that are people's
-    corrections."""
-    result = fit(config, dataset.train.rows, settings, reporter, checkpoints, feedback)
-    result.save(model_dir)
-    return result.record()
+    distilling: Distilling | None = None,
+) -> tuple[TrainingRecord, Path | None]:
+    """Fine-tune on the dataset's train.csv into a loadable model folder; the training record,
+    and distilling, the teacher's model folder (with its training.json). Both the train stage
+    and a local run come this way. `feedback`: its rows that are people's corrections."""
+    rows = dataset.train.rows
+    if distilling is None:
+        result = fit(config, rows, settings, reporter, checkpoints, feedback)
+        result.save(model_dir)
+        return result.record(), None
+    distilled = distil(config, distilling, rows, settings, reporter, checkpoints, feedback)
+    distilled.student.save(model_dir)
+    record = distilled.student.record()
+    record.params.teacher = distilled.teacher
+    return record, distilled.teacher_dir
 
 
 def finish_model(
@@ -310,27 +355,60 @@ def evaluate_and_register(
     is an MLflow run and the version a model version of MLflow's registry, once it is in S3."""
     s3 = s3_client(settings.storage)
     registry = ModelRegistry(s3, settings.storage)
-    for known in registry.versions():
-        if known.params.job_id == job_id:
-            discard_checkpoints(job_id, settings)
-            return known
+    known = registered_by(registry, job_id)
+    if "model" in known:
+        discard_checkpoints(job_id, settings)
+        return known["model"]
+    dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
+    teacher = known.get("teacher") or register_trained(
+        teacher_prefix(job_id, settings) + "final/", job_id, dataset, settings, reporter, None, None
+    )
+    if teacher is not None:
+        message = f"registered the teacher as model version {teacher.version}"
+        reporter.event(EventType.log, {"message": message})
+    info = register_trained(
+        trained_model_prefix(job_id, settings), job_id, dataset, settings, reporter, stages, teacher
+    )
+    if info is None:
+        raise FileNotFoundError(f"job {job_id} has no trained model to register")
+    discard_checkpoints(job_id, settings)
+    reporter.event(EventType.log, {"message": f"registered model version {info.version}"})
+    return info
+
+
+def registered_by(registry: ModelRegistry, job_id: str) -> dict[str, ModelInfo]:
+    """The versions a job registered, by role: its model, and a distil job's teacher."""
+    return {
+        known.params.role: known for known in registry.versions() if known.params.job_id == job_id
+    }
+
+
+def register_trained(
+    prefix: str,
+    job_id: str,
+    dataset: RawDataset,
+    settings: Settings,
+    reporter: Reporter,
+    stages: StageSeconds | None,
+    teacher: ModelInfo | None,
+) -> ModelInfo | None:
+    """Evaluate the trained model under `prefix` and register it; None where there is none.
+    A student's record names its `teacher` as registered."""
+    s3 = s3_client(settings.storage)
+    registry = ModelRegistry(s3, settings.storage)
+    if read_object(s3, settings.storage.bucket, prefix + TRAINING) is None:
+        return None
     with scratch_dir(settings) as scratch:
-        model_dir = download_prefix(
-            s3,
-            settings.storage.bucket,
-            trained_model_prefix(job_id, settings),
-            Path(scratch) / "model",
-        )
+        model_dir = download_prefix(s3, settings.storage.bucket, prefix, Path(scratch) / "model")
         training = TrainingRecord.model_validate_json((model_dir / TRAINING).read_bytes())
         training.params.job_id = job_id
+        if teacher is not None:
+            training.params.teacher = taught_by(training, teacher)
         (model_dir / TRAINING).unlink()
-        dataset = load_dataset(dataset_sha256, settings, datasets_dir(settings))
         info = finish_model(model_dir, dataset, training, settings, reporter, stages)
         publish(registry, model_dir)
         card = (model_dir / CARD).read_text()
         track_training(info, training, card, settings.tracking, registered_in=registry)
-    discard_checkpoints(job_id, settings)
-    reporter.event(EventType.log, {"message": f"registered model version {info.version}"})
     return info
 
 

@@ -43,6 +43,7 @@ from pipeline.trainer import (
     Trainer,
     TrainState,
     classifier,
+    tempered,
 )
 from shared.contracts.jobs import EventType
 from shared.contracts.labels import LABELS
@@ -139,6 +140,7 @@ def prepare(
     reporter: Reporter,
     checkpoints: CheckpointStore | None,
     feedback: Sequence[int] = (),
+    teacher: np.ndarray | None = None,
 ) -> tuple[Run, Course, Trainer]:
     """What a fit works with, the examples it starts on, and a trainer of the base model with a
     new head."""
@@ -152,7 +154,10 @@ def prepare(
     model = classifier(base, padding, config, device)
     max_length = readable_length(config.max_length, tokenizer, model)
     config = config.model_copy(update={"max_length": max_length})
-    splits = Splits(tokenizer, rows, labels, train_index, val_index, len(set(feedback)))
+    soft = None
+    if teacher is not None and config.distil_weight > 0:
+        soft = tempered(teacher, config.distil_temperature)
+    splits = Splits(tokenizer, rows, labels, train_index, val_index, len(set(feedback)), soft)
     train, val = splits.tokenized(config.max_length)
     workload = Workload.of(config, train.lengths, val.lengths)
     planner = Planner(workload, device.type, bf16)
@@ -234,12 +239,14 @@ def fit(
     reporter: Reporter,
     checkpoints: CheckpointStore | None = None,
     feedback: Sequence[int] = (),
+    teacher: np.ndarray | None = None,
 ) -> FitResult:
     """The base model fine-tuned on the rows, from the latest checkpoint of the same config
     where there is one; its encoder adapted to their texts first where the config asks for it
     and the budget holds it, which starts fine-tuning over. `feedback`: the indices of rows
-    that are people's corrections (see split_rows)."""
-    run, course, trainer = prepare(config, rows, settings, reporter, checkpoints, feedback)
+    that are people's corrections (see split_rows). `teacher`: a teacher's log-probabilities
+    for every row, which distil_weight of the loss learns from (pipeline/distil.py)."""
+    run, course, trainer = prepare(config, rows, settings, reporter, checkpoints, feedback, teacher)
     resumed_from, start_over = resume(run, trainer)
     reporter.event(EventType.log, {"message": run.describe()})
     adapting = None if start_over is None else start_over.adapter.state

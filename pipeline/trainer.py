@@ -124,14 +124,25 @@ def _cpu_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Examples:
-    """One split, tokenized: token ids and label ids, row for row."""
+    """One split, tokenized: token ids and label ids, row for row, and where a teacher taught,
+    its probabilities at the distillation temperature."""
 
     ids: list[list[int]]
     labels: np.ndarray
+    soft: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(ids) for ids in self.ids])
+
+
+def tempered(log_probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at a temperature from log-probabilities (the same as from logits)."""
+    scaled = log_probabilities / temperature
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    result: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return result
 
 
 def tokenize(
@@ -140,8 +151,10 @@ def tokenize(
     labels: np.ndarray,
     index: np.ndarray,
     max_length: int,
+    soft: np.ndarray | None = None,
 ) -> Examples:
-    return Examples(encode(tokenizer, [rows[i].text for i in index], max_length), labels[index])
+    ids = encode(tokenizer, [rows[i].text for i in index], max_length)
+    return Examples(ids, labels[index], None if soft is None else soft[index])
 
 
 @dataclass(frozen=True)
@@ -154,10 +167,13 @@ class Splits:
     train_index: np.ndarray
     val_index: np.ndarray
     feedback_rows: int = 0  # people's corrections among the rows, in train_index repeatedly
+    soft: np.ndarray | None = None  # a teacher's probabilities for every row, tempered
 
     def tokenized(self, max_length: int) -> tuple[Examples, Examples]:
         return (
-            tokenize(self.tokenizer, self.rows, self.labels, self.train_index, max_length),
+            tokenize(
+                self.tokenizer, self.rows, self.labels, self.train_index, max_length, self.soft
+            ),
             tokenize(self.tokenizer, self.rows, self.labels, self.val_index, max_length),
         )
 
@@ -258,23 +274,36 @@ class Trainer:
         if self.schedule.total != plan.steps:
             self.schedule.plan(plan.steps, self.config.warmup, self.state.step)
 
-    def step(self, inputs: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on one batch; the batch's loss, still on the device."""
+    def step(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        labels: torch.Tensor,
+        soft: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One optimizer step on one batch; the batch's cross-entropy, still on the device. With
+        a teacher's tempered probabilities (`soft`), distil_weight of the objective is the KL
+        divergence from them (times the temperature squared, as Hinton et al. scale it)."""
         config, labels = self.config, labels.to(self.device)
         twice = config.rdrop > 0
         if twice:
             inputs = {name: torch.cat([tensor, tensor]) for name, tensor in inputs.items()}
             labels = torch.cat([labels, labels])
+            soft = None if soft is None else torch.cat([soft, soft])
         with autocast(self.device, self.bf16):
             logits = self.model(**inputs).logits.float()
         loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
         objective = loss
+        if soft is not None and config.distil_weight > 0:
+            temperature = config.distil_temperature
+            student = F.log_softmax(logits / temperature, dim=-1)
+            kd = F.kl_div(student, soft.to(self.device), reduction="batchmean") * temperature**2
+            objective = (1 - config.distil_weight) * loss + config.distil_weight * kd
         if twice:
             first, second = F.log_softmax(logits, dim=-1).chunk(2)
             kl = F.kl_div(first, second, log_target=True, reduction="batchmean") + F.kl_div(
                 second, first, log_target=True, reduction="batchmean"
             )
-            objective = loss + config.rdrop * kl / 2
+            objective = objective + config.rdrop * kl / 2
         torch.autograd.backward(objective)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -383,9 +412,16 @@ class Run:
             if splits.feedback_rows
             else ""
         )
+        taught = (
+            f", {config.distil_weight:.0%} of its loss from a teacher's probabilities at "
+            f"temperature {config.distil_temperature:g}"
+            if splits.soft is not None
+            else ""
+        )
         return (
             f"training {config.base_model} on {len(splits.train_index)} rows{corrections} "
-            f"({len(splits.val_index)} held out for validation) in batches of {config.batch_size}"
+            f"({len(splits.val_index)} held out for validation) in batches of "
+            f"{config.batch_size}{taught}"
         )
 
     def classifier(self) -> PreTrainedModel:
@@ -417,6 +453,7 @@ class FineTuning:
         began = time.monotonic()
         train = self.course.train
         inputs = collate([train.ids[i] for i in batch], self.padding, self.device)
-        loss = self.trainer.step(inputs, torch.from_numpy(train.labels[batch]))
+        soft = None if train.soft is None else torch.from_numpy(train.soft[batch])
+        loss = self.trainer.step(inputs, torch.from_numpy(train.labels[batch]), soft)
         tokens = int(inputs["input_ids"].numel())
         return Stepped(self.trainer.state.step, len(batch), tokens, loss, began)

@@ -21,7 +21,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from shared.contracts.keys import ApiKey, parse_api_keys
 from shared.contracts.monitor import Signal
 from shared.contracts.serving import Form, serving_form_name
-from shared.contracts.training import PACKAGED_BASE_MODEL, PROFILES, ProfileName, TrainConfig
+from shared.contracts.training import (
+    DISTILLATIONS,
+    PACKAGED_BASE_MODEL,
+    PROFILES,
+    Distillation,
+    ProfileName,
+    TrainConfig,
+)
 from shared.hub import pinned_entry
 
 ENV_PREFIX = "AGNEWS_"
@@ -470,7 +477,12 @@ class TrainingSettings(Group):
         PACKAGED_BASE_MODEL, description="the packaged all-MiniLM-L6-v2, a hub id or a folder"
     )
     profile: ProfileName = Field(
-        "quick", alias="training_profile", description="quick or full (docs/training.md)"
+        "quick", alias="training_profile", description="quick, full or distil (docs/training.md)"
+    )
+    teacher_model: str = Field(
+        "all-mpnet-base-v2",
+        description="a distil run's teacher: a folder, or one under {data_dir}/base-models/ "
+        "(`agnews models fetch-base mpnet` installs all-mpnet-base-v2 there)",
     )
     pipeline_max_steps: int | None = Field(
         None, ge=1, description="the step limit of a pipeline job that names none"
@@ -845,6 +857,11 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def distillation_for(training: TrainingSettings, profile: str | None) -> Distillation | None:
+    """How a profile distils, if it does: `distil`'s teacher, budget and phases."""
+    return DISTILLATIONS.get(profile or training.profile)
 
 
 def config_for(

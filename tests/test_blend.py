@@ -43,7 +43,7 @@ def trained(tmp_path: Path, **changes: object) -> tuple[ModelInfo, Settings, Tra
         bf16=False,
     ).model_copy(update=changes)
     dataset = read_archive(MINI_ARCHIVE, settings)
-    info = train_model(config, dataset, tmp_path / "model", settings, Recorder())
+    info, _ = train_model(config, dataset, tmp_path / "model", settings, Recorder())
     return info, settings, config
 
 

@@ -39,7 +39,7 @@ def test_a_family_trains_registers_and_serves_batched_as_alone(family: str, tmp_
         bf16=False,
     )
     dataset = read_archive(MINI_ARCHIVE, settings)
-    info = train_model(config, dataset, tmp_path / "model", settings, Recorder())
+    info, _ = train_model(config, dataset, tmp_path / "model", settings, Recorder())
 
     assert info.params.max_length <= POSITIONS, "the length limit comes from the model"
     assert info.params.steps == 4

@@ -277,7 +277,7 @@ def test_a_budgeted_run_announces_its_plan_and_runs_every_planned_step(tmp_path:
     config, settings = budgeted(tmp_path)
     recorder = Recorder()
     dataset = read_archive(MINI_ARCHIVE, settings)
-    info = train_model(
+    info, _ = train_model(
         config,
         dataset,
         tmp_path / "model",

@@ -36,7 +36,7 @@ def test_a_registered_model_is_an_mlflow_run_with_its_curves_and_card(
         tmp_path, mlflow_tracking_uri=tracking_uri, mlflow_experiment="agnews-test"
     )
     config = config.model_copy(update={"evals_per_epoch": 4})
-    info = train_model(
+    info, _ = train_model(
         config, read_archive(MINI_ARCHIVE, settings), tmp_path / "model", settings, Recorder()
     )
 
@@ -68,7 +68,7 @@ def test_with_a_dead_tracking_server_the_model_is_registered_without_a_run(
     dead = f"http://127.0.0.1:{free_port()}"
     settings, config = tiny_training(tmp_path, mlflow_tracking_uri=dead)
     with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
-        info = train_model(
+        info, _ = train_model(
             config, read_archive(MINI_ARCHIVE, settings), tmp_path / "model", settings, Recorder()
         )
     assert (tmp_path / "model" / "manifest.json").is_file()

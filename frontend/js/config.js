@@ -18,9 +18,13 @@ export const STAGE_NAMES = {
   batch_predict: "Classify the file",
 };
 
-// A stage's phases, where it has some: training adapts the encoder to the texts first.
+// A stage's phases, where it has some: training adapts the encoder to the texts first; a distil
+// run fine-tunes its teacher (which may adapt too) and has it label the texts before the student.
 export const PHASE_NAMES = {
   adapt: ": adapting to the texts (masked language model)",
+  teacher: ": the teacher",
+  "teacher adapt": ": the teacher, adapting to the texts",
+  label: ": the teacher labels the texts",
 };
 
 // Upper bounds of the monitor's histogram buckets, as shared/contracts/monitor.py has them

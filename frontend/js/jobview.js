@@ -147,8 +147,9 @@ export class JobView {
       const stage = this.stage(data.stage);
       if (stage.state === "pending") stage.state = "running";
     }
-    // Adaptation's masked-LM steps come first with a loss of their own: not the chart's.
-    if (data.stage === "train" && data.phase !== "adapt") {
+    // Adaptation's masked-LM steps, a distil run's teacher and its labelling come first with
+    // steps of their own: not the chart's.
+    if (data.stage === "train" && !data.phase) {
       s.trainTotal = data.total ?? s.trainTotal;
       if (typeof data.loss === "number" && s.loss.length < CONFIG.chartMaxPoints) s.loss.push([data.step, data.loss]);
       this.touch("chart");
@@ -161,7 +162,7 @@ export class JobView {
     if (data.name === "validation_report") {
       s.report = data.report ?? null;
       this.touch("report");
-    } else if (data.name === "validation") {
+    } else if (data.name === "validation" && !data.phase) {
       if (typeof data.loss === "number") s.validationLoss.push([data.step, data.loss]);
       this.touch("chart");
     } else if (data.name === "evaluation") {

@@ -92,6 +92,10 @@ class MalformedEvent(InvalidRequest, code="malformed_event"):
 class ModelNotFound(NotFound, code="model_not_found"): ...
 
 
+class TeacherNotInstalled(InvalidRequest, code="teacher_not_installed"):
+    """A distil run's teacher base model is not where the settings say."""
+
+
 class ChallengerNotFound(NotFound, code="challenger_not_found"): ...
 
 

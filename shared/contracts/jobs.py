@@ -17,6 +17,7 @@ from shared.contracts.results import (
     TrainResult,
 )
 from shared.contracts.times import utcnow
+from shared.contracts.training import ProfileName
 
 
 class JobType(StrEnum):
@@ -138,7 +139,7 @@ class DatasetParams(_Request):
 
 class TrainParams(DatasetParams):
     type: Literal["train"] = "train"
-    profile: Literal["quick", "full"] | None = None
+    profile: ProfileName | None = None
     base_model: str | None = None
     max_steps: int | None = Field(default=None, ge=1)
     promote: bool = False
@@ -184,7 +185,7 @@ class PipelineParams(_Request):
         description="train on the dataset plus every text's latest feedback (feedback wins "
         "where a text disagrees), written as a new dataset under every ingest guard",
     )
-    profile: Literal["quick", "full"] | None = None
+    profile: ProfileName | None = None
     base_model: str | None = None
     max_steps: int | None = Field(default=None, ge=1)
     source: ObjectVersion | None = Field(

