@@ -7,7 +7,11 @@ show that memory, disk and latency stay flat however long it serves.
 1. Starts the whole local stack (Redis, the S3 store, the listener, the gateway, the workers) in a
    fresh directory, and serves a model: `--model DIR` (a registered-format folder such as
    bench/accuracy.py leaves), or the base model fine-tuned a few steps here.
-2. Measures the fleet's peak: 64 clients, each sending one text and the next when answered.
+2. Measures the fleet's peak: 64 clients, each sending one text and the next when answered
+   (closed loop, which batches fuller than single texts arriving on their own); then, with
+   `--peak open` (the default), the peak as the soak loads it: single texts open loop at rising
+   shares of the closed-loop peak, `--ramp-s` each, up to the last rate answered whole (every
+   request 200) with a p99 within `KNEE` times the first step's. The share applies to that.
 3. Sends single-text predictions at `--share` of that peak, open loop (each at its scheduled
    time, whatever the answers do), for `--minutes`; the burst profile sends 2x the peak for 2
    minutes a third of the way in.
@@ -92,6 +96,8 @@ class Run:
     share: float
     minutes: float
     redis_base_bytes: int = 0
+    closed_peak_per_s: float = 0.0
+    ramp: list[dict[str, float]] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
 
@@ -167,6 +173,45 @@ class Sampler:
             time.sleep(1.0)
         self.lost += len(self.unresolved)
         self.unresolved.clear()
+
+
+RAMP = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+KNEE = 2.0  # a ramp step passes with its p99 within this times the first step's
+
+
+async def open_loop_peak(
+    url: str, texts: list[str], closed_peak: float, step_s: float
+) -> tuple[float, list[dict[str, float]]]:
+    """The highest rate the fleet answers whole, open loop, before its latency turns up: rising
+    shares of the closed-loop peak, each sent for step_s; a step passes where every request is
+    answered 200 with a p99 within KNEE times the first step's. The last passing rate, and each
+    step's figures."""
+    steps: list[dict[str, float]] = []
+    peak, first_p99 = RAMP[0] * closed_peak, None
+    for share in RAMP:
+        rate = share * closed_peak
+        load = Load(url, texts, 128)
+        await load.run(lambda _, rate=rate: rate, step_s)
+        latencies = [o.latency_ms for o in load.outcomes if o.status == 200]
+        p99 = percentile(latencies, 99) if latencies else math.inf
+        first_p99 = first_p99 or p99
+        whole = len(latencies) == load.offered
+        passed = whole and p99 <= KNEE * first_p99
+        steps.append(
+            {
+                "rate": round(rate, 1),
+                "answered": len(latencies),
+                "offered": load.offered,
+                "p50_ms": round(percentile(latencies, 50), 1) if latencies else math.inf,
+                "p99_ms": round(p99, 1),
+                "passed": float(passed),
+            }
+        )
+        print(f"ramp {rate:6.1f}/s: {steps[-1]}", flush=True)
+        if not passed:
+            break
+        peak = rate
+    return peak, steps
 
 
 def burst_window(seconds: float) -> tuple[float, float]:
@@ -409,6 +454,8 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.7, help="of the peak, sent steadily")
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--peak-s", type=float, default=60.0)
+    parser.add_argument("--peak", choices=["open", "closed"], default="open")
+    parser.add_argument("--ramp-s", type=float, default=30.0, help="each step of the open ramp")
     parser.add_argument(
         "--connections",
         type=int,
@@ -435,9 +482,14 @@ def main() -> None:
         ) as stack:
             version = serve_model(stack, model_dir, texts[0])
             base = int(sync_client(stack.settings.redis).info("memory")["used_memory"])
-            peak = asyncio.run(measure_peak(stack.url, texts, 64, args.peak_s))
-            print(f"served {version}; peak {peak:.1f} texts/s (64 clients, closed loop)")
+            closed = asyncio.run(measure_peak(stack.url, texts, 64, args.peak_s))
+            print(f"served {version}; peak {closed:.1f} texts/s (64 clients, closed loop)")
+            peak, ramp = closed, list[dict[str, float]]()
+            if args.peak == "open":
+                peak, ramp = asyncio.run(open_loop_peak(stack.url, texts, closed, args.ramp_s))
+                print(f"peak {peak:.1f} texts/s open loop, single texts", flush=True)
             run = Run(args.profile, cpu_line(), round(peak, 1), args.share, args.minutes, base)
+            run.closed_peak_per_s, run.ramp = round(closed, 1), ramp
             load = asyncio.run(drive(run, stack, texts, args))
     run.verdict = judge(run, load, warmup_s=min(600.0, args.minutes * 10))
     OUT.mkdir(exist_ok=True)
