@@ -36,6 +36,7 @@ from pipeline.train import FitResult, fit, split_rows
 from pipeline.trainer import tempered
 from shared.contracts.errors import TeacherNotInstalled
 from shared.contracts.jobs import EventType
+from shared.contracts.labels import LABELS
 from shared.contracts.results import TrainingRecord
 from shared.contracts.training import Distillation, Teacher, TrainConfig
 from shared.registry import read_object
@@ -52,9 +53,9 @@ TEMPERATURES = np.geomspace(0.5, 8.0, 33)
 
 
 class DistilState(BaseModel):
-    """What the finished phases measured, kept for a resumed run and the student's budget."""
+    """What labelling measured, kept for a resumed run and the student's budget (the teacher's
+    seconds are in its training record)."""
 
-    teacher_s: float | None = None
     label_s: float = 0.0
     labelled: bool = False
 
@@ -220,7 +221,6 @@ def train_teacher(
     settings: Settings,
     reporter: Reporter,
     phases: Phases,
-    state: DistilState,
     feedback: Sequence[int],
     teacher_dir: Path,
 ) -> Path:
@@ -247,8 +247,6 @@ def train_teacher(
     result.save(teacher_dir)
     (teacher_dir / TRAINING).write_text(record.model_dump_json(indent=2))
     phases.save_teacher(teacher_dir)
-    state.teacher_s = record.train_seconds
-    _save_state(phases, state)
     checkpoints.clear()
     reporter.event(
         EventType.log,
@@ -278,7 +276,7 @@ def label(
     for k in range(chunks):
         body = phases.read(f"labels/{k:05d}.npy")
         if body is not None:
-            kept[k] = np.frombuffer(body, dtype=np.float32).reshape(-1, 4)
+            kept[k] = np.frombuffer(body, dtype=np.float32).reshape(-1, len(LABELS))
     if len(kept) < chunks:
         device = configure_torch(settings)
         tokenizer = load_tokenizer(str(teacher_dir))
@@ -336,18 +334,15 @@ def distil(
         settings,
         reporter,
         phases,
-        state,
         feedback,
         distilling.scratch / TEACHER_PHASE,
     )
     record = TrainingRecord.model_validate_json((teacher_dir / TRAINING).read_bytes())
-    if state.teacher_s is None:  # a state lost after the teacher's folder was kept
-        state.teacher_s = record.train_seconds
     log_probabilities = label(distillation, teacher_dir, rows, settings, reporter, phases, state)
     labels = np.array([row.label for row in rows], dtype=np.int64)
     _, val_index = split_rows(labels, config, feedback)
     temperature = fit_temperature(log_probabilities[val_index], labels[val_index])
-    budget = distillation.student_budget(state.teacher_s + state.label_s)
+    budget = distillation.student_budget(record.train_seconds + state.label_s)
     student_config = config.model_copy(
         update={"budget_s": budget, "distil_temperature": temperature}
     )
